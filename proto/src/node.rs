@@ -1,0 +1,802 @@
+//! The replica of a document set: documents loaded on demand, local writes, remote changes,
+//! and the persist step that every write goes through. Sessions with peers are in `sync.rs`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::{Automerge, Change, ChangeHash};
+use serde_json::Value as Json;
+
+use crate::doc::{self, DocKind, IngestOutcome, PatchError, SensorView};
+use crate::id::{derive_actor, DocId, NodeName};
+use crate::reading::{Reading, ReadingError};
+use crate::store::{DocMeta, NodeMeta, PeerReceipts, Store, StoreError, StoredChange, WriteBatch, WriteOp, SCHEMA_VERSION};
+use crate::sync::{Session, SessionId};
+use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
+use crate::wire::{CloseCode, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN};
+
+/// A bug planted on purpose so that the simulator's checkers can prove they catch it. Never set
+/// outside simulations and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Canary {
+    /// No planted bug.
+    #[default]
+    None,
+    /// Acknowledge ingests and peer batches before they are durable.
+    AckBeforePersist,
+    /// Record some remote changes in the clock and store without applying them.
+    DropRemoteChange,
+    /// Record local changes one sequence number too high in the vector clock.
+    VcOffByOne,
+}
+
+/// Limits and tunables of one node. `Config::new` gives defaults tuned for a gateway with
+/// 256-512 MiB of memory on a flaky uplink.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's name (the name in its certificate).
+    pub name: NodeName,
+    /// Largest inbound frame accepted and announced to peers. Default 4 MiB.
+    pub frame_bytes_max: u32,
+    /// Largest change this node creates or accepts. Default 1 MiB. Every peer's frame limit
+    /// must leave room for it.
+    pub change_bytes_max: u32,
+    /// Target size of one Changes batch (at least one change is always sent). Default 256 KiB:
+    /// large enough to amortise framing, small enough that an ack comes back quickly.
+    pub batch_bytes_max: u32,
+    /// Unacknowledged batches per session. Default 4: keeps a 100 ms uplink busy at ~10 MB/s.
+    pub inflight_batches_max: usize,
+    /// A batch unacknowledged this long ends the session (it is retransmitted on reconnect).
+    /// Default 30 s.
+    pub ack_timeout_ms: u64,
+    /// Hello and Summary must complete within this. Default 10 s.
+    pub handshake_timeout_ms: u64,
+    /// Remote changes held waiting for their dependencies, over all documents. Default 10,000.
+    pub pending_changes_max: usize,
+    /// Documents kept loaded in memory. Default 1,024.
+    pub docs_loaded_max: usize,
+    /// A new snapshot is written after this many changes since the last one. Default 512:
+    /// loading replays at most this many changes one by one.
+    pub snapshot_changes_min: u64,
+    /// A planted bug for checker tests; `Canary::None` in every real deployment.
+    pub danger_canary: Canary,
+}
+
+impl Config {
+    /// Defaults for a node named `name`.
+    pub fn new(name: NodeName) -> Config {
+        Config {
+            name,
+            frame_bytes_max: 4 * 1024 * 1024,
+            change_bytes_max: 1024 * 1024,
+            batch_bytes_max: 256 * 1024,
+            inflight_batches_max: 4,
+            ack_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+            pending_changes_max: 10_000,
+            docs_loaded_max: 1024,
+            snapshot_changes_min: 512,
+            danger_canary: Canary::None,
+        }
+    }
+
+    /// Checks the limits against each other and the protocol's bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(FRAME_BYTES_MIN..=FRAME_BYTES_LIMIT).contains(&self.frame_bytes_max) {
+            return Err(format!(
+                "frame_bytes_max {} is outside {FRAME_BYTES_MIN}..={FRAME_BYTES_LIMIT}",
+                self.frame_bytes_max
+            ));
+        }
+        if self.change_bytes_max < 1024 || self.change_bytes_max + CHANGES_OVERHEAD_BYTES > self.frame_bytes_max {
+            return Err(format!(
+                "change_bytes_max {} must be at least 1024 and leave {CHANGES_OVERHEAD_BYTES} bytes within frame_bytes_max {}",
+                self.change_bytes_max, self.frame_bytes_max
+            ));
+        }
+        if self.batch_bytes_max == 0 || self.inflight_batches_max == 0 || self.docs_loaded_max == 0 {
+            return Err("batch_bytes_max, inflight_batches_max and docs_loaded_max must be positive".into());
+        }
+        if self.ack_timeout_ms == 0 || self.handshake_timeout_ms == 0 || self.snapshot_changes_min == 0 {
+            return Err("timeouts and snapshot_changes_min must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the shell supplies at open: fresh randomness the core may not make itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Boot {
+    /// Fresh random bytes for this boot (part of the actor; hazard 2).
+    pub nonce: [u8; 16],
+    /// Random id for a store created by this open; ignored for an existing store.
+    pub new_store_id: [u8; 16],
+}
+
+/// Opening a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The store was written by a newer schema.
+    #[error("store has schema version {found}, newer than the supported {supported}; upgrade edgesync")]
+    NewerSchema {
+        /// In the store.
+        found: u32,
+        /// Supported by this build.
+        supported: u32,
+    },
+    /// The store belongs to another node.
+    #[error("store belongs to node {stored}, not {configured}")]
+    NameMismatch {
+        /// Name in the store.
+        stored: NodeName,
+        /// Configured name.
+        configured: NodeName,
+    },
+    /// Reading or writing the store failed.
+    #[error("store failed while opening")]
+    Store(#[from] StoreError),
+}
+
+/// A node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// An earlier write failed: the node accepts nothing more until restarted.
+    #[error("node is poisoned by a failed store write; restart it")]
+    Poisoned,
+    /// The store failed (the node is now poisoned).
+    #[error("store failed")]
+    Store(#[from] StoreError),
+    /// A reading was refused.
+    #[error("invalid reading")]
+    Reading(#[from] ReadingError),
+    /// A merge patch was refused.
+    #[error("invalid merge patch")]
+    Patch(#[from] PatchError),
+    /// The operation does not fit the document's kind.
+    #[error("document {doc} is a {actual:?} document")]
+    KindMismatch {
+        /// Document.
+        doc: DocId,
+        /// Its kind.
+        actual: DocKind,
+    },
+    /// The change would exceed `change_bytes_max`; nothing was written.
+    #[error("change of {len} bytes exceeds the limit of {max}")]
+    ChangeTooLarge {
+        /// Size.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A document would name more actors than [`CLOCK_ACTORS_MAX`].
+    #[error("document {doc} already has {max} actors")]
+    TooManyActors {
+        /// Document.
+        doc: DocId,
+        /// The limit.
+        max: usize,
+    },
+    /// A stored document failed to load.
+    #[error("document {doc} failed to load: {reason}")]
+    Load {
+        /// Document.
+        doc: DocId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where a document change came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A local write through this node's API.
+    Local,
+    /// Changes received from a peer.
+    Remote(NodeName),
+}
+
+/// Something the shell should know; see [`Node::poll_event`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A document gained changes (already committed; durable at `durable_at`).
+    DocChanged {
+        /// Document.
+        doc: DocId,
+        /// Source.
+        origin: Origin,
+    },
+    /// A session ended. The shell drains [`Node::poll_transmit`] (a Close frame may be
+    /// waiting), then drops the transport.
+    SessionClosed {
+        /// Session.
+        session: SessionId,
+        /// Peer.
+        peer: NodeName,
+        /// Why; `None` when the transport was lost.
+        code: Option<CloseCode>,
+        /// Detail.
+        reason: String,
+        /// True when the peer sent the Close.
+        by_peer: bool,
+    },
+}
+
+/// Result of an ingest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ingested {
+    /// Per reading, in input order.
+    pub outcomes: Vec<IngestOutcome>,
+    /// The readings are durable once [`Node::durable_seq`] reaches this.
+    pub durable_at: u64,
+}
+
+/// Result of a merge patch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Patched {
+    /// False when the patch changed nothing.
+    pub changed: bool,
+    /// The change is durable once [`Node::durable_seq`] reaches this.
+    pub durable_at: u64,
+}
+
+/// Outcome of offering one remote change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Applied, together with this many previously buffered changes.
+    New(usize),
+    /// Already held.
+    Duplicate,
+    /// Held until its dependencies arrive.
+    Buffered,
+}
+
+/// A remote change was refused; the session that sent it ends.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("actor {actor} seq {seq} names two different changes")]
+    Equivocation { actor: Actor, seq: u64 },
+    #[error("more than {0} changes are waiting for dependencies")]
+    Overloaded(usize),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl ApplyError {
+    pub(crate) fn close_code(&self) -> CloseCode {
+        match self {
+            ApplyError::Invalid(_) => CloseCode::InvalidChange,
+            ApplyError::Equivocation { .. } => CloseCode::Equivocation,
+            ApplyError::Overloaded(_) => CloseCode::Overloaded,
+            ApplyError::Node(_) => CloseCode::StoreFailed,
+        }
+    }
+}
+
+struct Loaded {
+    doc: Automerge,
+    used: u64,
+}
+
+/// One node's replica of its document set, and its sync sessions. Deterministic: no I/O, no
+/// clock, no randomness of its own. See the crate documentation for the call protocol.
+pub struct Node<S: Store> {
+    pub(crate) cfg: Config,
+    pub(crate) store: S,
+    pub(crate) meta: NodeMeta,
+    pub(crate) actor: Actor,
+    pub(crate) docs: BTreeMap<DocId, DocMeta>,
+    loaded: BTreeMap<DocId, Loaded>,
+    use_tick: u64,
+    pending: BTreeMap<DocId, BTreeMap<(Actor, u64), Change>>,
+    pending_count: usize,
+    pub(crate) peers: BTreeMap<NodeName, PeerReceipts>,
+    pub(crate) sessions: BTreeMap<SessionId, Session>,
+    pub(crate) next_session: u64,
+    pub(crate) commit_seq: u64,
+    pub(crate) durable_seq: u64,
+    pub(crate) now_ms: u64,
+    pub(crate) events: VecDeque<Event>,
+    poisoned: bool,
+    pub(crate) dirty: BTreeSet<DocId>,
+}
+
+impl<S: Store> Node<S> {
+    /// Opens the node over `store`: creates the store's metadata if new, raises the
+    /// incarnation, and loads document metadata and receipts (not documents).
+    pub fn open(mut store: S, cfg: Config, boot: Boot) -> Result<Node<S>, OpenError> {
+        cfg.validate().map_err(OpenError::Config)?;
+        let meta = match store.node_meta()? {
+            None => NodeMeta {
+                schema_version: SCHEMA_VERSION,
+                name: cfg.name.clone(),
+                store_id: boot.new_store_id,
+                incarnation: 1,
+            },
+            Some(m) => {
+                if m.schema_version > SCHEMA_VERSION {
+                    return Err(OpenError::NewerSchema { found: m.schema_version, supported: SCHEMA_VERSION });
+                }
+                if m.name != cfg.name {
+                    return Err(OpenError::NameMismatch { stored: m.name, configured: cfg.name });
+                }
+                NodeMeta { incarnation: m.incarnation + 1, ..m }
+            }
+        };
+        store.commit(WriteBatch { ops: vec![WriteOp::PutNodeMeta(meta.clone())] })?;
+        let actor = derive_actor(&cfg.name, meta.incarnation, &boot.nonce);
+        let docs = store.docs()?.into_iter().collect();
+        let peers = store.peers()?.into_iter().collect();
+        Ok(Node {
+            cfg,
+            store,
+            meta,
+            actor,
+            docs,
+            loaded: BTreeMap::new(),
+            use_tick: 0,
+            pending: BTreeMap::new(),
+            pending_count: 0,
+            peers,
+            sessions: BTreeMap::new(),
+            next_session: 0,
+            commit_seq: 1,
+            durable_seq: 0,
+            now_ms: 0,
+            events: VecDeque::new(),
+            poisoned: false,
+            dirty: BTreeSet::new(),
+        })
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.cfg.name
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The actor this incarnation authors with.
+    pub fn actor(&self) -> Actor {
+        self.actor
+    }
+
+    /// Node metadata (store id, incarnation).
+    pub fn meta(&self) -> &NodeMeta {
+        &self.meta
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, mutably (for the shell's sync step).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Gives the store back (on shutdown, or to simulate a crash).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// True once a store write failed; the node then refuses all writes.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Commits made since open. Everything committed so far is durable once the shell has made
+    /// the store durable up to here and called [`Node::handle_durable`] with it.
+    pub fn commit_seq(&self) -> u64 {
+        self.commit_seq
+    }
+
+    /// Commits known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// The shell reports that the first `seq` commits since open are durable. Releases
+    /// acknowledgements and outbound frames that waited for them.
+    pub fn handle_durable(&mut self, seq: u64) {
+        assert!(seq <= self.commit_seq, "durable {seq} beyond commits {}", self.commit_seq);
+        self.durable_seq = self.durable_seq.max(seq);
+    }
+
+    /// The next event, if any. Poll after every input; events queue until polled.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Every document and its vector clock.
+    pub fn docs(&self) -> impl Iterator<Item = (&DocId, &VectorClock)> {
+        self.docs.iter().map(|(d, m)| (d, &m.clock))
+    }
+
+    /// The document's vector clock, `None` if unknown.
+    pub fn clock(&self, doc: &DocId) -> Option<&VectorClock> {
+        self.docs.get(doc).map(|m| &m.clock)
+    }
+
+    /// Remote changes held waiting for dependencies.
+    pub fn pending_changes(&self) -> usize {
+        self.pending_count
+    }
+
+    /// The document's Automerge heads, sorted; `None` if unknown.
+    pub fn heads(&mut self, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, NodeError> {
+        Ok(self.with_doc(doc, |d| {
+            let mut h = d.get_heads();
+            h.sort();
+            h
+        })?)
+    }
+
+    /// The document's kind; `None` if unknown.
+    pub fn kind(&mut self, doc: &DocId) -> Result<Option<DocKind>, NodeError> {
+        self.with_doc(doc, doc::kind_of)
+    }
+
+    /// The JSON view of any document; `None` if unknown.
+    pub fn json(&mut self, doc: &DocId, conflicts: bool) -> Result<Option<Json>, NodeError> {
+        self.with_doc(doc, |d| doc::json_view(d, conflicts))
+    }
+
+    /// The sensor view; `Ok(None)` if unknown, an error if not a sensor document.
+    pub fn sensor_view(&mut self, doc: &DocId) -> Result<Option<SensorView>, NodeError> {
+        match self.with_doc(doc, doc::sensor_view)? {
+            None => Ok(None),
+            Some(Some(v)) => Ok(Some(v)),
+            Some(None) => Err(NodeError::KindMismatch { doc: doc.clone(), actual: DocKind::Generic }),
+        }
+    }
+
+    /// Runs `f` on the loaded document (loading it if needed); `None` if unknown.
+    pub fn with_doc<T>(&mut self, doc: &DocId, f: impl FnOnce(&Automerge) -> T) -> Result<Option<T>, NodeError> {
+        if !self.docs.contains_key(doc) {
+            return Ok(None);
+        }
+        Ok(Some(f(self.loaded_doc(doc)?)))
+    }
+
+    fn check_writable(&self) -> Result<(), NodeError> {
+        if self.poisoned {
+            Err(NodeError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Loads `doc` (snapshot, then changes after it, in order) if not in memory, and evicts the
+    /// least recently used documents beyond `docs_loaded_max`.
+    pub(crate) fn loaded_doc(&mut self, doc: &DocId) -> Result<&mut Automerge, NodeError> {
+        self.use_tick += 1;
+        let tick = self.use_tick;
+        if !self.loaded.contains_key(doc) {
+            let am = self.load_from_store(doc)?;
+            self.loaded.insert(doc.clone(), Loaded { doc: am, used: tick });
+            while self.loaded.len() > self.cfg.docs_loaded_max {
+                let victim = self
+                    .loaded
+                    .iter()
+                    .filter(|(d, _)| *d != doc)
+                    .min_by_key(|(_, l)| l.used)
+                    .map(|(d, _)| d.clone())
+                    .expect("more than one loaded document");
+                self.loaded.remove(&victim);
+            }
+        }
+        let entry = self.loaded.get_mut(doc).expect("just loaded");
+        entry.used = tick;
+        Ok(&mut entry.doc)
+    }
+
+    fn load_from_store(&mut self, doc: &DocId) -> Result<Automerge, NodeError> {
+        let load_err = |reason: String| NodeError::Load { doc: doc.clone(), reason };
+        let (mut am, mut from) = match self.store.snapshot(doc)? {
+            Some((covers, bytes)) => (Automerge::load(&bytes).map_err(|e| load_err(e.to_string()))?, covers),
+            None => (Automerge::new(), 0),
+        };
+        loop {
+            let chunk = self.store.changes_from(doc, from, 256)?;
+            let Some(last) = chunk.last() else { break };
+            from = last.order + 1;
+            let changes = chunk
+                .iter()
+                .map(|c| Change::try_from(&c.bytes[..]).map_err(|e| load_err(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            am.apply_changes(changes).map_err(|e| load_err(e.to_string()))?;
+        }
+        let expected = self.docs.get(doc).map(|m| m.next_order).unwrap_or(0);
+        if from < expected {
+            return Err(load_err(format!("store holds changes up to order {from}, metadata says {expected}")));
+        }
+        am.set_actor(self.actor.to_automerge());
+        Ok(am)
+    }
+
+    /// Records `change` (already applied to the loaded document) in the batch and the clock.
+    fn record_change(&mut self, batch: &mut WriteBatch, doc: &DocId, change: &Change, local: bool) -> Result<(), NodeError> {
+        let actor = Actor::from_automerge(change.actor_id()).expect("recorded changes have 16-byte actors");
+        let meta = self.docs.entry(doc.clone()).or_default();
+        if meta.clock.get(&actor) == 0 && meta.clock.len() >= CLOCK_ACTORS_MAX {
+            return Err(NodeError::TooManyActors { doc: doc.clone(), max: CLOCK_ACTORS_MAX });
+        }
+        let order = meta.next_order;
+        meta.next_order += 1;
+        if local && self.cfg.danger_canary == Canary::VcOffByOne {
+            meta.clock.observe(actor, change.seq() + 1);
+        } else {
+            meta.clock.advance(actor, change.seq());
+        }
+        batch.push(WriteOp::PutChange {
+            doc: doc.clone(),
+            change: StoredChange {
+                order,
+                actor,
+                seq: change.seq(),
+                hash: change.hash().0,
+                bytes: change.raw_bytes().to_vec(),
+            },
+        });
+        self.dirty.insert(doc.clone());
+        Ok(())
+    }
+
+    /// Adds the metadata (and a snapshot when due) of every document written in `batch`.
+    fn finish_batch(&mut self, batch: &mut WriteBatch) -> Result<(), NodeError> {
+        let touched: Vec<DocId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for doc in &touched {
+            let meta = self.docs.get(doc).expect("touched document has metadata").clone();
+            if meta.next_order - meta.snapshot_order >= self.cfg.snapshot_changes_min {
+                let bytes = self.loaded_doc(doc)?.save();
+                batch.push(WriteOp::PutSnapshot { doc: doc.clone(), covers_order: meta.next_order, bytes });
+                self.docs.get_mut(doc).expect("exists").snapshot_order = meta.next_order;
+            }
+            let meta = self.docs.get(doc).expect("exists").clone();
+            batch.push(WriteOp::PutDocMeta { doc: doc.clone(), meta });
+        }
+        self.dirty = touched.into_iter().collect();
+        Ok(())
+    }
+
+    /// Commits `batch` atomically; a failure poisons the node. Returns the commit's number.
+    pub(crate) fn commit(&mut self, mut batch: WriteBatch) -> Result<u64, NodeError> {
+        self.finish_batch(&mut batch)?;
+        if batch.is_empty() {
+            self.dirty.clear();
+            return Ok(self.commit_seq);
+        }
+        if let Err(e) = self.store.commit(batch) {
+            self.poison();
+            return Err(e.into());
+        }
+        self.commit_seq += 1;
+        Ok(self.commit_seq)
+    }
+
+    /// After a failed write the in-memory state is ahead of the store: drop it all and refuse
+    /// further writes until the shell reopens the node.
+    fn poison(&mut self) {
+        self.poisoned = true;
+        self.loaded.clear();
+        self.dirty.clear();
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in ids {
+            self.close_session(sid, CloseCode::StoreFailed, "store write failed");
+        }
+    }
+
+    /// Documents written by the last commit; tells sessions and the shell.
+    pub(crate) fn announce(&mut self, origin: Origin) {
+        for doc in std::mem::take(&mut self.dirty) {
+            for s in self.sessions.values_mut() {
+                s.mark_dirty(&doc);
+            }
+            self.events.push_back(Event::DocChanged { doc, origin: origin.clone() });
+        }
+    }
+
+    /// The commit an acknowledgement of commit `seq` must wait for.
+    pub(crate) fn durable_at(&self, seq: u64) -> u64 {
+        if self.cfg.danger_canary == Canary::AckBeforePersist {
+            0
+        } else {
+            seq
+        }
+    }
+
+    /// Ingests readings into the sensor document `doc` (created, from the shared genesis, if
+    /// new). Readings whose id is already present are not written again. All new readings are
+    /// written as few Automerge changes as the change size limit allows, in one atomic commit.
+    pub fn ingest(&mut self, doc: &DocId, readings: &[Reading], now_ms: u64) -> Result<Ingested, NodeError> {
+        self.check_writable()?;
+        self.now_ms = self.now_ms.max(now_ms);
+        for r in readings {
+            r.validate()?;
+        }
+        let mut batch = WriteBatch::default();
+        if !self.docs.contains_key(doc) {
+            let mut am = Automerge::new().with_actor(self.actor.to_automerge());
+            let genesis = doc::sensor_genesis().clone();
+            am.apply_changes([genesis.clone()]).expect("genesis applies to an empty document");
+            self.use_tick += 1;
+            self.loaded.insert(doc.clone(), Loaded { doc: am, used: self.use_tick });
+            self.record_change(&mut batch, doc, &genesis, false)?;
+        } else if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Sensor {
+            return Err(NodeError::KindMismatch { doc: doc.clone(), actual: DocKind::Generic });
+        }
+        // Readings are at most READING_BYTES_MAX each; half the change limit leaves room for
+        // Automerge's per-op encoding.
+        let budget = (self.cfg.change_bytes_max / 2) as usize;
+        let mut outcomes = Vec::with_capacity(readings.len());
+        let mut start = 0;
+        while start < readings.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < readings.len() && (end == start || bytes + readings[end].encode().len() <= budget) {
+                bytes += readings[end].encode().len();
+                end += 1;
+            }
+            let time_s = (now_ms / 1000) as i64;
+            let (out, hash) = doc::put_readings(self.loaded_doc(doc)?, &readings[start..end], time_s);
+            outcomes.extend(out);
+            if hash.is_some() {
+                let change = self.loaded_doc(doc)?.get_last_local_change().expect("committed");
+                self.record_change(&mut batch, doc, &change, true)?;
+            }
+            start = end;
+        }
+        let seq = self.commit(batch)?;
+        self.announce(Origin::Local);
+        self.pump_all();
+        Ok(Ingested { outcomes, durable_at: self.durable_at(seq) })
+    }
+
+    /// Applies an RFC 7386 JSON merge patch to the generic document `doc` (created if new) as
+    /// one change.
+    pub fn patch(&mut self, doc: &DocId, patch: &Json, now_ms: u64) -> Result<Patched, NodeError> {
+        self.check_writable()?;
+        self.now_ms = self.now_ms.max(now_ms);
+        doc::validate_patch(patch)?;
+        let is_new = !self.docs.contains_key(doc);
+        if is_new {
+            self.use_tick += 1;
+            let am = Automerge::new().with_actor(self.actor.to_automerge());
+            self.loaded.insert(doc.clone(), Loaded { doc: am, used: self.use_tick });
+        } else if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Generic {
+            return Err(NodeError::KindMismatch { doc: doc.clone(), actual: DocKind::Sensor });
+        }
+        let hash = doc::apply_merge_patch(self.loaded_doc(doc)?, patch, (now_ms / 1000) as i64);
+        if hash.is_none() {
+            if is_new {
+                self.loaded.remove(doc);
+            }
+            return Ok(Patched { changed: false, durable_at: self.durable_at(self.commit_seq) });
+        }
+        let change = self.loaded_doc(doc)?.get_last_local_change().expect("committed");
+        let len = change.raw_bytes().len();
+        if len > self.cfg.change_bytes_max as usize {
+            // The change exists only in memory: forget the loaded copy so it is never served.
+            self.loaded.remove(doc);
+            return Err(NodeError::ChangeTooLarge { len, max: self.cfg.change_bytes_max as usize });
+        }
+        let mut batch = WriteBatch::default();
+        self.record_change(&mut batch, doc, &change, true)?;
+        let seq = self.commit(batch)?;
+        self.announce(Origin::Local);
+        self.pump_all();
+        Ok(Patched { changed: true, durable_at: self.durable_at(seq) })
+    }
+
+    /// Offers one remote change: parsed and hash-checked by Automerge, applied if causally
+    /// ready, ignored if held, buffered (bounded) if its dependencies are missing.
+    pub(crate) fn apply_remote(
+        &mut self,
+        batch: &mut WriteBatch,
+        doc: &DocId,
+        bytes: &[u8],
+    ) -> Result<(Applied, Actor, u64), ApplyError> {
+        if bytes.len() > self.cfg.change_bytes_max as usize {
+            return Err(ApplyError::Invalid(format!(
+                "change of {} bytes exceeds the limit of {}",
+                bytes.len(),
+                self.cfg.change_bytes_max
+            )));
+        }
+        let change = Change::try_from(bytes).map_err(|e| ApplyError::Invalid(format!("change does not parse: {e}")))?;
+        let actor = Actor::from_automerge(change.actor_id())
+            .ok_or_else(|| ApplyError::Invalid("change actor is not 16 bytes".into()))?;
+        if change.seq() == 0 {
+            return Err(ApplyError::Invalid("change has sequence number 0".into()));
+        }
+        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
+        if change.seq() <= held {
+            let am = self.loaded_doc(doc)?;
+            return if am.get_change_meta_by_hash(&change.hash()).is_some() {
+                Ok((Applied::Duplicate, actor, change.seq()))
+            } else {
+                Err(ApplyError::Equivocation { actor, seq: change.seq() })
+            };
+        }
+        if actor == self.actor {
+            return Err(ApplyError::Invalid("change claims this node's current actor".into()));
+        }
+        let seq = change.seq();
+        if !self.is_ready(doc, &change)? {
+            let slot = self.pending.entry(doc.clone()).or_default();
+            if !slot.contains_key(&(actor, change.seq())) {
+                if self.pending_count >= self.cfg.pending_changes_max {
+                    return Err(ApplyError::Overloaded(self.cfg.pending_changes_max));
+                }
+                slot.insert((actor, change.seq()), change);
+                self.pending_count += 1;
+            }
+            return Ok((Applied::Buffered, actor, seq));
+        }
+        self.apply_ready(batch, doc, change)?;
+        let mut drained = 0;
+        while let Some(next) = self.take_ready_pending(doc)? {
+            self.apply_ready(batch, doc, next)?;
+            drained += 1;
+        }
+        Ok((Applied::New(drained), actor, seq))
+    }
+
+    fn is_ready(&mut self, doc: &DocId, change: &Change) -> Result<bool, NodeError> {
+        let actor = Actor::from_automerge(change.actor_id()).expect("checked");
+        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
+        if change.seq() != held + 1 {
+            return Ok(false);
+        }
+        let am = self.loaded_doc(doc)?;
+        Ok(change.deps().iter().all(|d| am.get_change_meta_by_hash(d).is_some()))
+    }
+
+    fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<Change>, NodeError> {
+        let Some(slot) = self.pending.get(doc) else { return Ok(None) };
+        let candidates: Vec<(Actor, u64)> = slot.keys().copied().collect();
+        for key in candidates {
+            let held = self.clock(doc).map(|c| c.get(&key.0)).unwrap_or(0);
+            if key.1 <= held {
+                // Arrived by another path meanwhile; if it differs, the duplicate check of its
+                // next delivery reports the equivocation.
+                self.pending.get_mut(doc).expect("exists").remove(&key);
+                self.pending_count -= 1;
+                continue;
+            }
+            let change = self.pending[doc][&key].clone();
+            if self.is_ready(doc, &change)? {
+                self.pending.get_mut(doc).expect("exists").remove(&key);
+                self.pending_count -= 1;
+                return Ok(Some(change));
+            }
+        }
+        if self.pending.get(doc).is_some_and(|s| s.is_empty()) {
+            self.pending.remove(doc);
+        }
+        Ok(None)
+    }
+
+    fn apply_ready(&mut self, batch: &mut WriteBatch, doc: &DocId, change: Change) -> Result<(), ApplyError> {
+        let planted_drop = self.cfg.danger_canary == Canary::DropRemoteChange && change.seq() % 5 == 3;
+        if !planted_drop {
+            let hash = change.hash();
+            let am = self.loaded_doc(doc)?;
+            am.apply_changes([change.clone()])
+                .map_err(|e| ApplyError::Invalid(format!("automerge refused the change: {e}")))?;
+            if am.get_change_meta_by_hash(&hash).is_none() {
+                return Err(ApplyError::Invalid("automerge did not apply a causally ready change".into()));
+            }
+        }
+        self.record_change(batch, doc, &change, false)?;
+        Ok(())
+    }
+}

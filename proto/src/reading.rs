@@ -1,0 +1,320 @@
+//! Sensor readings: validation and their canonical stored form.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest reading id in bytes.
+pub const READING_ID_BYTES_MAX: usize = 128;
+/// Most fields in one reading.
+pub const READING_FIELDS_MAX: usize = 64;
+/// Longest field name in bytes.
+pub const FIELD_NAME_BYTES_MAX: usize = 64;
+/// Longest string field value in bytes.
+pub const FIELD_STRING_BYTES_MAX: usize = 1024;
+/// Largest encoded reading. Bounds one map value in the document and keeps a full batch of
+/// readings well inside one change.
+pub const READING_BYTES_MAX: usize = 8 * 1024;
+
+/// One field value: a JSON number, string or bool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    /// Bool.
+    Bool(bool),
+    /// An integer that fits i64.
+    Int(i64),
+    /// Any other finite number.
+    Float(f64),
+    /// Text.
+    Str(String),
+}
+
+/// A sensor reading, keyed by `id` within its document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// Unique id: the same id ingested twice, or at two nodes, is one reading.
+    pub id: String,
+    /// Wall-clock time of the measurement, milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// Flat fields.
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+/// The body stored under the reading's id: canonical JSON, identical bytes on every node.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    ts: i64,
+    fields: BTreeMap<String, FieldValue>,
+}
+
+/// Why a reading was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ReadingError {
+    /// Empty id.
+    #[error("reading id is empty")]
+    IdEmpty,
+    /// Id too long.
+    #[error("reading id is {len} bytes, more than the limit of {max}")]
+    IdTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Id with a character outside `A-Z a-z 0-9 . _ : -`.
+    #[error("reading id contains {found:?}; allowed are A-Z a-z 0-9 . _ : -")]
+    IdChar {
+        /// The character.
+        found: char,
+    },
+    /// Timestamp below zero.
+    #[error("reading timestamp {ts_ms} is negative")]
+    NegativeTimestamp {
+        /// The timestamp.
+        ts_ms: i64,
+    },
+    /// Too many fields.
+    #[error("reading has {count} fields, more than the limit of {max}")]
+    TooManyFields {
+        /// Fields given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field name that is empty, too long or has a control character.
+    #[error("field name {name:?} is empty, longer than {max} bytes or has control characters")]
+    BadFieldName {
+        /// The name (truncated).
+        name: String,
+        /// The length limit.
+        max: usize,
+    },
+    /// NaN or an infinity.
+    #[error("field {field:?} is not a finite number")]
+    NonFinite {
+        /// The field.
+        field: String,
+    },
+    /// A string value that is too long.
+    #[error("field {field:?} is {len} bytes, more than the limit of {max}")]
+    StringTooLong {
+        /// The field.
+        field: String,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An object, array or null value.
+    #[error("field {field:?} must be a number, string or bool, not {found}")]
+    NotScalar {
+        /// The field.
+        field: String,
+        /// What was found.
+        found: &'static str,
+    },
+    /// `fields` is not a JSON object.
+    #[error("reading fields must be a JSON object")]
+    FieldsNotObject,
+    /// The whole reading encodes larger than [`READING_BYTES_MAX`].
+    #[error("reading encodes to {len} bytes, more than the limit of {max}")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A stored body that does not parse (only for data from a peer or disk).
+    #[error("stored reading does not parse: {0}")]
+    Malformed(String),
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(FIELD_NAME_BYTES_MAX).collect()
+}
+
+/// Validates a reading id.
+pub fn validate_reading_id(id: &str) -> Result<(), ReadingError> {
+    if id.is_empty() {
+        return Err(ReadingError::IdEmpty);
+    }
+    if id.len() > READING_ID_BYTES_MAX {
+        return Err(ReadingError::IdTooLong { len: id.len(), max: READING_ID_BYTES_MAX });
+    }
+    if let Some(found) =
+        id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(ReadingError::IdChar { found });
+    }
+    Ok(())
+}
+
+impl Reading {
+    /// Builds a reading from JSON fields, refusing anything not flat, finite and bounded.
+    pub fn from_json(
+        id: impl Into<String>,
+        ts_ms: i64,
+        fields: &serde_json::Value,
+    ) -> Result<Reading, ReadingError> {
+        let object = fields.as_object().ok_or(ReadingError::FieldsNotObject)?;
+        if object.len() > READING_FIELDS_MAX {
+            return Err(ReadingError::TooManyFields { count: object.len(), max: READING_FIELDS_MAX });
+        }
+        let mut out = BTreeMap::new();
+        for (name, value) in object {
+            let v = match value {
+                serde_json::Value::Bool(b) => FieldValue::Bool(*b),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => FieldValue::Int(i),
+                    None => FieldValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                serde_json::Value::String(s) => FieldValue::Str(s.clone()),
+                serde_json::Value::Null => {
+                    return Err(ReadingError::NotScalar { field: truncate(name), found: "null" })
+                }
+                serde_json::Value::Array(_) => {
+                    return Err(ReadingError::NotScalar { field: truncate(name), found: "an array" })
+                }
+                serde_json::Value::Object(_) => {
+                    return Err(ReadingError::NotScalar {
+                        field: truncate(name),
+                        found: "an object",
+                    })
+                }
+            };
+            out.insert(name.clone(), v);
+        }
+        let reading = Reading { id: id.into(), ts_ms, fields: out };
+        reading.validate()?;
+        Ok(reading)
+    }
+
+    /// Checks every bound; [`Reading::encode`] relies on it.
+    pub fn validate(&self) -> Result<(), ReadingError> {
+        validate_reading_id(&self.id)?;
+        if self.ts_ms < 0 {
+            return Err(ReadingError::NegativeTimestamp { ts_ms: self.ts_ms });
+        }
+        if self.fields.len() > READING_FIELDS_MAX {
+            return Err(ReadingError::TooManyFields {
+                count: self.fields.len(),
+                max: READING_FIELDS_MAX,
+            });
+        }
+        for (name, value) in &self.fields {
+            if name.is_empty() || name.len() > FIELD_NAME_BYTES_MAX || name.chars().any(char::is_control)
+            {
+                return Err(ReadingError::BadFieldName { name: truncate(name), max: FIELD_NAME_BYTES_MAX });
+            }
+            match value {
+                FieldValue::Float(f) if !f.is_finite() => {
+                    return Err(ReadingError::NonFinite { field: truncate(name) })
+                }
+                FieldValue::Str(s) if s.len() > FIELD_STRING_BYTES_MAX => {
+                    return Err(ReadingError::StringTooLong {
+                        field: truncate(name),
+                        len: s.len(),
+                        max: FIELD_STRING_BYTES_MAX,
+                    })
+                }
+                _ => {}
+            }
+        }
+        let len = self.encode_unchecked().len();
+        if len > READING_BYTES_MAX {
+            return Err(ReadingError::TooLarge { len, max: READING_BYTES_MAX });
+        }
+        Ok(())
+    }
+
+    fn encode_unchecked(&self) -> String {
+        let body = Body { ts: self.ts_ms, fields: self.fields.clone() };
+        // A BTreeMap of finite scalars always serializes.
+        serde_json::to_string(&body).expect("finite flat reading serializes")
+    }
+
+    /// The canonical body stored under the id: `{"ts":MS,"fields":{...}}` with sorted keys.
+    pub fn encode(&self) -> String {
+        self.encode_unchecked()
+    }
+
+    /// Parses a stored body; the body came from a peer, so it is validated like new input.
+    pub fn decode(id: &str, body: &str) -> Result<Reading, ReadingError> {
+        if body.len() > READING_BYTES_MAX {
+            return Err(ReadingError::TooLarge { len: body.len(), max: READING_BYTES_MAX });
+        }
+        let parsed: Body =
+            serde_json::from_str(body).map_err(|e| ReadingError::Malformed(e.to_string()))?;
+        let reading = Reading { id: id.to_string(), ts_ms: parsed.ts, fields: parsed.fields };
+        reading.validate()?;
+        Ok(reading)
+    }
+
+    /// The fields as a JSON object.
+    pub fn fields_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.fields).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    // Flat finite fields are accepted and round-trip through the canonical body.
+    #[test]
+    fn round_trip() {
+        let r = Reading::from_json("r-1", 1_700_000_000_000, &json!({"temp": 22.4, "n": 3, "ok": true, "s": "x"}))
+            .unwrap();
+        let body = r.encode();
+        assert_eq!(body, r#"{"ts":1700000000000,"fields":{"n":3,"ok":true,"s":"x","temp":22.4}}"#);
+        assert_eq!(Reading::decode("r-1", &body).unwrap(), r);
+    }
+
+    // Nested values, nulls, bad ids, oversized and negative inputs get typed errors.
+    #[test]
+    fn rejects_bad_input() {
+        let f = |v| Reading::from_json("r", 0, &v);
+        assert!(matches!(f(json!({"a": {"b": 1}})), Err(ReadingError::NotScalar { .. })));
+        assert!(matches!(f(json!({"a": [1]})), Err(ReadingError::NotScalar { .. })));
+        assert!(matches!(f(json!({"a": null})), Err(ReadingError::NotScalar { .. })));
+        assert!(matches!(f(json!([1])), Err(ReadingError::FieldsNotObject)));
+        assert!(matches!(f(json!({"": 1})), Err(ReadingError::BadFieldName { .. })));
+        assert!(matches!(
+            f(json!({"s": "x".repeat(FIELD_STRING_BYTES_MAX + 1)})),
+            Err(ReadingError::StringTooLong { .. })
+        ));
+        let many: serde_json::Map<_, _> = (0..=READING_FIELDS_MAX).map(|i| (format!("f{i}"), json!(1))).collect();
+        assert!(matches!(f(serde_json::Value::Object(many)), Err(ReadingError::TooManyFields { .. })));
+        let big: serde_json::Map<_, _> =
+            (0..10).map(|i| (format!("f{i}"), json!("y".repeat(FIELD_STRING_BYTES_MAX)))).collect();
+        assert!(matches!(f(serde_json::Value::Object(big)), Err(ReadingError::TooLarge { .. })));
+        assert!(matches!(Reading::from_json("", 0, &json!({})), Err(ReadingError::IdEmpty)));
+        assert!(matches!(Reading::from_json("a b", 0, &json!({})), Err(ReadingError::IdChar { .. })));
+        assert!(matches!(Reading::from_json("r", -1, &json!({})), Err(ReadingError::NegativeTimestamp { .. })));
+    }
+
+    // NaN and infinities cannot enter through the typed API either.
+    #[test]
+    fn rejects_non_finite() {
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let r = Reading {
+                id: "r".into(),
+                ts_ms: 0,
+                fields: [("x".to_string(), FieldValue::Float(x))].into_iter().collect(),
+            };
+            assert!(matches!(r.validate(), Err(ReadingError::NonFinite { .. })));
+        }
+    }
+
+    // A body from a peer with extra keys or the wrong shape is refused, not half-read.
+    #[test]
+    fn decode_rejects_malformed() {
+        assert!(Reading::decode("r", "{").is_err());
+        assert!(Reading::decode("r", r#"{"ts":1,"fields":{},"x":1}"#).is_err());
+        assert!(Reading::decode("r", r#"{"ts":1,"fields":{"a":{"b":1}}}"#).is_err());
+        assert!(Reading::decode("r", r#"{"ts":-1,"fields":{}}"#).is_err());
+    }
+}

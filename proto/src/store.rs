@@ -1,0 +1,392 @@
+//! The storage seam: a synchronous, fallible [`Store`] whose writes are atomic batches, and
+//! [`MemStore`], an in-memory implementation that can simulate a crash.
+//!
+//! Durability contract: [`Store::commit`] applies a batch atomically and makes it visible to
+//! later reads at once; it becomes *durable* later, and in commit order. The shell learns when
+//! (an fsync returned, or at once for a store that persists on write) and tells the node with
+//! [`crate::Node::handle_durable`]. The node acknowledges nothing before that.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{DocId, NodeName};
+use crate::vclock::{Actor, VectorClock};
+
+/// Version of the logical schema behind this trait (document metadata, change index,
+/// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Node-wide metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// [`SCHEMA_VERSION`] of the writer.
+    pub schema_version: u32,
+    /// The node that owns this store.
+    pub name: NodeName,
+    /// Random id of this store, fixed at creation. Peers key their receipts by it, so a node
+    /// whose store was wiped is recognised and resynchronised in full.
+    pub store_id: [u8; 16],
+    /// Raised, durably, on every open; part of the actor derivation (hazard 2).
+    pub incarnation: u64,
+}
+
+/// Per-document metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocMeta {
+    /// Changes held, as a vector clock.
+    pub clock: VectorClock,
+    /// Apply-order number the next change will get. Equals the number of changes held.
+    pub next_order: u64,
+    /// Changes with an order below this are contained in the snapshot.
+    pub snapshot_order: u64,
+}
+
+/// One stored change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChange {
+    /// Position in this replica's apply order for the document; a causal order.
+    pub order: u64,
+    /// Author.
+    pub actor: Actor,
+    /// Author's sequence number.
+    pub seq: u64,
+    /// Automerge change hash.
+    pub hash: [u8; 32],
+    /// The change as Automerge encodes it.
+    pub bytes: Vec<u8>,
+}
+
+/// What a node remembers of one peer: which store it last talked to, and per document the
+/// clock that peer acknowledged holding durably (a receipt).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerReceipts {
+    /// The peer's store id the receipts belong to.
+    pub store_id: Option<[u8; 16]>,
+    /// Per document, what the peer acknowledged.
+    pub clocks: BTreeMap<DocId, VectorClock>,
+}
+
+/// One write in a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Replace the node metadata.
+    PutNodeMeta(NodeMeta),
+    /// Add a change (indexed by (doc, order) and (doc, actor, seq)).
+    PutChange {
+        /// Document.
+        doc: DocId,
+        /// The change.
+        change: StoredChange,
+    },
+    /// Replace a document's metadata.
+    PutDocMeta {
+        /// Document.
+        doc: DocId,
+        /// Metadata.
+        meta: DocMeta,
+    },
+    /// Replace a document's snapshot (an Automerge `save`).
+    PutSnapshot {
+        /// Document.
+        doc: DocId,
+        /// Changes with an order below this are in the snapshot.
+        covers_order: u64,
+        /// The saved document.
+        bytes: Vec<u8>,
+    },
+    /// Forget a peer and all its receipts, then record its current store id.
+    ResetPeer {
+        /// Peer.
+        peer: NodeName,
+        /// The peer's store id.
+        store_id: [u8; 16],
+    },
+    /// Replace a receipt.
+    PutReceipt {
+        /// Peer.
+        peer: NodeName,
+        /// Document.
+        doc: DocId,
+        /// What the peer acknowledged.
+        clock: VectorClock,
+    },
+}
+
+/// Writes applied together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// The writes, applied in order.
+    pub ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// Adds a write.
+    pub fn push(&mut self, op: WriteOp) {
+        self.ops.push(op);
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An earlier write failed; the store refuses all writes until reopened.
+    #[error("store is poisoned by an earlier failed write; restart the node")]
+    Poisoned,
+    /// A stored value failed its checksum or did not decode.
+    #[error("corrupt value in {table} at key {key}")]
+    Corrupt {
+        /// Table (column family) name.
+        table: &'static str,
+        /// Key, printed.
+        key: String,
+    },
+    /// The backend failed.
+    #[error("storage backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The durable state of one node, as the core needs it.
+pub trait Store {
+    /// Node metadata, absent for a new store.
+    fn node_meta(&self) -> Result<Option<NodeMeta>, StoreError>;
+    /// Every document's metadata.
+    fn docs(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError>;
+    /// Every peer's receipts.
+    fn peers(&self) -> Result<Vec<(NodeName, PeerReceipts)>, StoreError>;
+    /// The document's snapshot and the order it covers up to (exclusive).
+    fn snapshot(&self, doc: &DocId) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Up to `limit` changes of `doc` with order `>= from_order`, ascending by order.
+    fn changes_from(&self, doc: &DocId, from_order: u64, limit: usize) -> Result<Vec<StoredChange>, StoreError>;
+    /// `(seq, order, hash)` of the changes by `actor` in `doc` with `seq` in `seqs`, ascending.
+    fn change_index(
+        &self,
+        doc: &DocId,
+        actor: &Actor,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, u64, [u8; 32])>, StoreError>;
+    /// The change at `order`.
+    fn change_at(&self, doc: &DocId, order: u64) -> Result<Option<StoredChange>, StoreError>;
+    /// Applies `batch` atomically. Visible to reads at once; durable later, in commit order.
+    /// After an error the store is poisoned.
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+struct MemState {
+    meta: Option<NodeMeta>,
+    docs: BTreeMap<DocId, DocMeta>,
+    snapshots: BTreeMap<DocId, (u64, Vec<u8>)>,
+    changes: BTreeMap<(DocId, u64), StoredChange>,
+    index: BTreeMap<(DocId, Actor, u64), (u64, [u8; 32])>,
+    peers: BTreeMap<NodeName, PeerReceipts>,
+}
+
+impl MemState {
+    fn apply(&mut self, batch: &WriteBatch) {
+        for op in &batch.ops {
+            match op {
+                WriteOp::PutNodeMeta(m) => self.meta = Some(m.clone()),
+                WriteOp::PutChange { doc, change } => {
+                    self.index.insert((doc.clone(), change.actor, change.seq), (change.order, change.hash));
+                    self.changes.insert((doc.clone(), change.order), change.clone());
+                }
+                WriteOp::PutDocMeta { doc, meta } => {
+                    self.docs.insert(doc.clone(), meta.clone());
+                }
+                WriteOp::PutSnapshot { doc, covers_order, bytes } => {
+                    self.snapshots.insert(doc.clone(), (*covers_order, bytes.clone()));
+                }
+                WriteOp::ResetPeer { peer, store_id } => {
+                    self.peers.insert(peer.clone(), PeerReceipts { store_id: Some(*store_id), clocks: BTreeMap::new() });
+                }
+                WriteOp::PutReceipt { peer, doc, clock } => {
+                    self.peers.entry(peer.clone()).or_default().clocks.insert(doc.clone(), clock.clone());
+                }
+            }
+        }
+    }
+}
+
+/// An in-memory [`Store`] for tests and the simulator. It keeps what is durable apart from
+/// what is only committed, so [`MemStore::crash`] can lose exactly the writes not yet made
+/// durable by [`MemStore::sync`], and it can be told to fail writes.
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    visible: MemState,
+    durable: MemState,
+    unsynced: Vec<WriteBatch>,
+    poisoned: bool,
+    fail_commits: u32,
+    commits: u64,
+    synced_commits: u64,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every committed batch durable. Returns how many commits are now durable in total.
+    pub fn sync(&mut self) -> u64 {
+        for batch in self.unsynced.drain(..) {
+            self.durable.apply(&batch);
+        }
+        self.synced_commits = self.commits;
+        self.synced_commits
+    }
+
+    /// Makes the oldest `n` not-yet-durable batches durable (a partial flush).
+    pub fn sync_some(&mut self, n: usize) -> u64 {
+        let n = n.min(self.unsynced.len());
+        for batch in self.unsynced.drain(..n) {
+            self.durable.apply(&batch);
+        }
+        self.synced_commits += n as u64;
+        self.synced_commits
+    }
+
+    /// Simulates a crash or power cut: every write not yet durable is lost, and the poison of
+    /// a failed write is cleared (the process that saw it is gone).
+    pub fn crash(&mut self) {
+        self.visible = self.durable.clone();
+        self.unsynced.clear();
+        self.poisoned = false;
+        self.fail_commits = 0;
+        self.commits = self.synced_commits;
+    }
+
+    /// The next `n` commits fail (and poison the store).
+    pub fn fail_next_commits(&mut self, n: u32) {
+        self.fail_commits = n;
+    }
+
+    /// Commits made, durable or not (since the last crash, counting those that survived).
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// True once a write failed.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+}
+
+impl Store for MemStore {
+    fn node_meta(&self) -> Result<Option<NodeMeta>, StoreError> {
+        Ok(self.visible.meta.clone())
+    }
+
+    fn docs(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError> {
+        Ok(self.visible.docs.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn peers(&self) -> Result<Vec<(NodeName, PeerReceipts)>, StoreError> {
+        Ok(self.visible.peers.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn snapshot(&self, doc: &DocId) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.visible.snapshots.get(doc).cloned())
+    }
+
+    fn changes_from(&self, doc: &DocId, from_order: u64, limit: usize) -> Result<Vec<StoredChange>, StoreError> {
+        Ok(self
+            .visible
+            .changes
+            .range((doc.clone(), from_order)..=(doc.clone(), u64::MAX))
+            .take(limit)
+            .map(|(_, c)| c.clone())
+            .collect())
+    }
+
+    fn change_index(
+        &self,
+        doc: &DocId,
+        actor: &Actor,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, u64, [u8; 32])>, StoreError> {
+        Ok(self
+            .visible
+            .index
+            .range((doc.clone(), *actor, *seqs.start())..=(doc.clone(), *actor, *seqs.end()))
+            .map(|((_, _, seq), (order, hash))| (*seq, *order, *hash))
+            .collect())
+    }
+
+    fn change_at(&self, doc: &DocId, order: u64) -> Result<Option<StoredChange>, StoreError> {
+        Ok(self.visible.changes.get(&(doc.clone(), order)).cloned())
+    }
+
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if self.fail_commits > 0 {
+            self.fail_commits -= 1;
+            self.poisoned = true;
+            return Err(StoreError::Backend("injected write failure".into()));
+        }
+        self.visible.apply(&batch);
+        self.unsynced.push(batch);
+        self.commits += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> DocId {
+        DocId::new("d").unwrap()
+    }
+
+    fn change(order: u64, seq: u64) -> WriteOp {
+        WriteOp::PutChange {
+            doc: doc(),
+            change: StoredChange { order, actor: Actor([1; 16]), seq, hash: [order as u8; 32], bytes: vec![1, 2] },
+        }
+    }
+
+    // A crash keeps what was synced and loses, whole, every batch that was not.
+    #[test]
+    fn crash_loses_only_unsynced_batches() {
+        let mut s = MemStore::new();
+        s.commit(WriteBatch { ops: vec![change(0, 1)] }).unwrap();
+        assert_eq!(s.sync(), 1);
+        s.commit(WriteBatch { ops: vec![change(1, 2), change(2, 3)] }).unwrap();
+        assert_eq!(s.change_index(&doc(), &Actor([1; 16]), 1..=9).unwrap().len(), 3, "visible before sync");
+        s.crash();
+        let idx = s.change_index(&doc(), &Actor([1; 16]), 1..=9).unwrap();
+        assert_eq!(idx, vec![(1, 0, [0; 32])]);
+        assert!(s.change_at(&doc(), 1).unwrap().is_none());
+        assert_eq!(s.commits(), 1);
+    }
+
+    // A failed write poisons the store until the simulated restart.
+    #[test]
+    fn failure_poisons() {
+        let mut s = MemStore::new();
+        s.fail_next_commits(1);
+        assert!(s.commit(WriteBatch { ops: vec![change(0, 1)] }).is_err());
+        assert!(matches!(s.commit(WriteBatch::default()), Err(StoreError::Poisoned)));
+        assert!(s.change_at(&doc(), 0).unwrap().is_none(), "failed batch left nothing");
+        s.crash();
+        assert!(s.commit(WriteBatch { ops: vec![change(0, 1)] }).is_ok());
+    }
+
+    // Range reads return changes in order and respect the limit.
+    #[test]
+    fn changes_from_is_ordered_and_bounded() {
+        let mut s = MemStore::new();
+        s.commit(WriteBatch { ops: (0..5).map(|i| change(i, i + 1)).collect() }).unwrap();
+        let got: Vec<u64> = s.changes_from(&doc(), 2, 2).unwrap().iter().map(|c| c.order).collect();
+        assert_eq!(got, vec![2, 3]);
+    }
+}

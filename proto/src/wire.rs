@@ -1,0 +1,365 @@
+//! The wire protocol: messages, their postcard encoding, and length-prefixed frames.
+//!
+//! `proto/PROTOCOL.md` is the normative description; this module is the only code that encodes
+//! or decodes frames.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{DocId, NodeName};
+use crate::vclock::VectorClock;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// First bytes of every Hello.
+pub const MAGIC: [u8; 4] = *b"ESYN";
+/// Bytes of the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// Smallest frame limit a peer may announce, and the limit used before the peer's Hello is
+/// known. Large enough for any Summary entry (a document id and a clock of
+/// [`crate::vclock::CLOCK_ACTORS_MAX`] actors).
+pub const FRAME_BYTES_MIN: u32 = 16 * 1024;
+/// Largest frame limit a node may use.
+pub const FRAME_BYTES_LIMIT: u32 = 16 * 1024 * 1024;
+/// Room a Changes frame needs beyond its change bytes for one document's header (tag, batch
+/// number, doc id, counts and length prefixes).
+pub const CHANGES_OVERHEAD_BYTES: u32 = 512;
+/// Longest close reason.
+pub const CLOSE_REASON_BYTES_MAX: usize = 256;
+
+/// Every message of the protocol. Variant order is part of the encoding: never reorder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message in each direction.
+    Hello(Hello),
+    /// Some of the sender's document clocks; `last` ends the summary.
+    Summary(Summary),
+    /// A batch of changes for one or more documents.
+    Changes(Changes),
+    /// The receiver persisted a batch; its durable clocks for the batch's documents.
+    Ack(Ack),
+    /// The sender ends the session.
+    Close(Close),
+}
+
+/// The handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`MAGIC`].
+    pub magic: [u8; 4],
+    /// Lowest protocol version the sender speaks.
+    pub version_min: u16,
+    /// Highest protocol version the sender speaks.
+    pub version_max: u16,
+    /// The sender's node name; must equal the name its certificate proved.
+    pub node: NodeName,
+    /// The sender's store id (see [`crate::store::NodeMeta::store_id`]).
+    pub store_id: [u8; 16],
+    /// Capability bits; none are defined in version 1 and unknown bits are ignored.
+    pub capabilities: u64,
+    /// Largest frame the sender accepts.
+    pub frame_bytes_max: u32,
+}
+
+/// One document's clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocClock {
+    /// Document.
+    pub doc: DocId,
+    /// The sender's durable clock for it.
+    pub clock: VectorClock,
+}
+
+/// Part of the sender's summary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Documents with changes the receiver has not acknowledged, with the sender's clocks.
+    pub entries: Vec<DocClock>,
+    /// True on the summary's final frame.
+    pub last: bool,
+}
+
+/// Changes of one document, in an order in which each change's dependencies come first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocChanges {
+    /// Document.
+    pub doc: DocId,
+    /// Encoded Automerge changes.
+    pub changes: Vec<ChangeBytes>,
+}
+
+/// One encoded Automerge change.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for ChangeBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChangeBytes({} bytes)", self.0.len())
+    }
+}
+
+/// A batch of changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Sender's batch number, echoed in the Ack.
+    pub batch: u64,
+    /// Per document.
+    pub docs: Vec<DocChanges>,
+}
+
+/// Acknowledgement of a persisted batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The batch acknowledged.
+    pub batch: u64,
+    /// The receiver's durable clock for each document of the batch.
+    pub clocks: Vec<DocClock>,
+    /// True on the acknowledgement's final frame (a large one is split across frames).
+    pub last: bool,
+}
+
+/// Why a session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloseCode {
+    /// Orderly shutdown.
+    Shutdown,
+    /// No common protocol version.
+    VersionMismatch,
+    /// A malformed frame or message.
+    Malformed,
+    /// A message not allowed in the current state.
+    Unexpected,
+    /// The Hello names a different node than the transport authenticated.
+    IdentityMismatch,
+    /// A frame larger than the limit.
+    FrameTooLarge,
+    /// A change that fails to parse, its hash check, or a bound.
+    InvalidChange,
+    /// Two different changes with the same (actor, seq).
+    Equivocation,
+    /// A handshake or acknowledgement took too long.
+    Timeout,
+    /// The receiver could not persist.
+    StoreFailed,
+    /// The two nodes' limits are incompatible.
+    LimitsIncompatible,
+    /// The receiver's buffer of changes waiting for dependencies overflowed.
+    Overloaded,
+}
+
+/// The last message of a session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Close {
+    /// Machine-readable reason.
+    pub code: CloseCode,
+    /// Human-readable detail, at most [`CLOSE_REASON_BYTES_MAX`] bytes.
+    pub reason: String,
+}
+
+/// A frame or message that could not be decoded.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The length prefix exceeds the limit; nothing was allocated for it.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The payload is not a valid message.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A close reason longer than allowed.
+    #[error("close reason longer than {CLOSE_REASON_BYTES_MAX} bytes")]
+    ReasonTooLong,
+}
+
+impl Message {
+    /// Encodes into one frame: a 4-byte big-endian length, then the postcard payload.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut out = vec![0u8; FRAME_HEADER_BYTES];
+        // Serializing these types into a Vec cannot fail.
+        let out = postcard::to_extend(self, std::mem::take(&mut out)).expect("message encodes");
+        let mut out = out;
+        let len = (out.len() - FRAME_HEADER_BYTES) as u32;
+        out[..FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    /// Decodes one payload (without the length prefix).
+    pub fn from_payload(payload: &[u8]) -> Result<Message, DecodeError> {
+        let msg: Message = postcard::from_bytes(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if let Message::Close(c) = &msg {
+            if c.reason.len() > CLOSE_REASON_BYTES_MAX {
+                return Err(DecodeError::ReasonTooLong);
+            }
+        }
+        Ok(msg)
+    }
+}
+
+/// Splits a byte stream into messages, refusing any frame above `max` before reading it.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max: u32,
+    failed: bool,
+}
+
+impl FrameDecoder {
+    /// A decoder accepting frames up to `max` payload bytes.
+    pub fn new(max: u32) -> Self {
+        FrameDecoder { buf: Vec::new(), max, failed: false }
+    }
+
+    /// Appends received bytes. At most one frame (plus a header) is ever buffered beyond what
+    /// [`FrameDecoder::next_message`] has consumed, because the caller drains after each push.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if !self.failed {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next complete message, `None` when more bytes are needed. After an error the
+    /// decoder stays failed: the stream cannot be resynchronised.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        if self.failed {
+            return Err(DecodeError::Malformed("stream already failed".into()));
+        }
+        if self.buf.len() < FRAME_HEADER_BYTES {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[..FRAME_HEADER_BYTES].try_into().expect("4 bytes"));
+        if len > self.max {
+            self.failed = true;
+            self.buf = Vec::new();
+            return Err(DecodeError::FrameTooLarge { len, max: self.max });
+        }
+        let end = FRAME_HEADER_BYTES + len as usize;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let result = Message::from_payload(&self.buf[FRAME_HEADER_BYTES..end]);
+        self.buf.drain(..end);
+        if result.is_err() {
+            self.failed = true;
+            self.buf = Vec::new();
+        }
+        result.map(Some)
+    }
+
+    /// Bytes buffered and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vclock::Actor;
+    use proptest::prelude::*;
+
+    fn hello() -> Message {
+        Message::Hello(Hello {
+            magic: MAGIC,
+            version_min: 1,
+            version_max: 1,
+            node: NodeName::new("gw-1").unwrap(),
+            store_id: [7; 16],
+            capabilities: 0,
+            frame_bytes_max: FRAME_BYTES_MIN,
+        })
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let clock = proptest::collection::btree_map(0u8..4, 1u64..100, 0..4)
+            .prop_map(|m| m.into_iter().map(|(a, s)| (Actor([a; 16]), s)).collect::<VectorClock>());
+        let doc = "[a-z]{1,8}(/[a-z0-9]{1,4}){0,2}".prop_map(|s| DocId::new(s).unwrap());
+        let entry = (doc.clone(), clock).prop_map(|(doc, clock)| DocClock { doc, clock });
+        prop_oneof![
+            Just(hello()),
+            (proptest::collection::vec(entry.clone(), 0..4), any::<bool>())
+                .prop_map(|(entries, last)| Message::Summary(Summary { entries, last })),
+            (any::<u64>(), proptest::collection::vec((doc, proptest::collection::vec(any::<Vec<u8>>(), 0..3)), 0..3))
+                .prop_map(|(batch, docs)| Message::Changes(Changes {
+                    batch,
+                    docs: docs
+                        .into_iter()
+                        .map(|(doc, cs)| DocChanges { doc, changes: cs.into_iter().map(ChangeBytes).collect() })
+                        .collect()
+                })),
+            (any::<u64>(), proptest::collection::vec(entry, 0..4))
+                .prop_map(|(batch, clocks)| Message::Ack(Ack { batch, clocks, last: true })),
+            "[a-z ]{0,40}".prop_map(|reason| Message::Close(Close { code: CloseCode::Timeout, reason })),
+        ]
+    }
+
+    proptest! {
+        // Every message survives encode/decode, even when the stream arrives in arbitrary pieces.
+        #[test]
+        fn frames_round_trip(msgs in proptest::collection::vec(arb_message(), 1..6), cut in 1usize..64) {
+            let stream: Vec<u8> = msgs.iter().flat_map(|m| m.to_frame()).collect();
+            let mut dec = FrameDecoder::new(FRAME_BYTES_LIMIT);
+            let mut out = Vec::new();
+            for piece in stream.chunks(cut) {
+                dec.push(piece);
+                while let Some(m) = dec.next_message().unwrap() {
+                    out.push(m);
+                }
+            }
+            prop_assert_eq!(out, msgs);
+            prop_assert_eq!(dec.buffered(), 0);
+        }
+
+        // Arbitrary bytes never panic the decoder; they decode or fail cleanly.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut dec = FrameDecoder::new(FRAME_BYTES_MIN);
+            dec.push(&bytes);
+            for _ in 0..8 {
+                match dec.next_message() {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    // An oversized length prefix is refused before its payload is buffered or allocated.
+    #[test]
+    fn oversized_frame_rejected_early() {
+        let mut dec = FrameDecoder::new(FRAME_BYTES_MIN);
+        dec.push(&(FRAME_BYTES_MIN + 1).to_be_bytes());
+        assert_eq!(
+            dec.next_message(),
+            Err(DecodeError::FrameTooLarge { len: FRAME_BYTES_MIN + 1, max: FRAME_BYTES_MIN })
+        );
+        dec.push(&[0; 100]);
+        assert_eq!(dec.buffered(), 0, "a failed stream buffers nothing more");
+    }
+
+    // Structured garbage inside a valid frame fails as Malformed, and invalid names are refused.
+    #[test]
+    fn malformed_payloads_rejected() {
+        assert!(matches!(Message::from_payload(&[99]), Err(DecodeError::Malformed(_))));
+        let mut frame = hello().to_frame();
+        // Replace the node name "gw-1" with "gw/1": the validated NodeName refuses it.
+        let pos = frame.windows(4).position(|w| w == b"gw-1").unwrap();
+        frame[pos + 2] = b'/';
+        let mut dec = FrameDecoder::new(FRAME_BYTES_MIN);
+        dec.push(&frame);
+        assert!(matches!(dec.next_message(), Err(DecodeError::Malformed(_))));
+        let long = Message::Close(Close { code: CloseCode::Shutdown, reason: "x".repeat(300) }).to_frame();
+        assert_eq!(Message::from_payload(&long[4..]), Err(DecodeError::ReasonTooLong));
+    }
+
+    // The Hello layout is the compatibility anchor: its first bytes are the variant tag and magic.
+    #[test]
+    fn hello_layout_is_stable() {
+        let f = hello().to_frame();
+        assert_eq!(f[4], 0, "Hello is variant 0");
+        assert_eq!(&f[5..9], b"ESYN");
+        assert_eq!(&f[9..11], &[1, 1], "version_min and version_max as varints");
+    }
+}
