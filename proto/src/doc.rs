@@ -43,8 +43,10 @@ pub fn sensor_genesis() -> &'static Change {
     GENESIS.get_or_init(|| {
         let mut doc = Automerge::new().with_actor(genesis_actor().to_automerge());
         let mut tx = doc.transaction();
-        tx.put(ROOT, SCHEMA_KEY, SENSOR_SCHEMA).expect("put on a fresh document");
-        tx.put_object(ROOT, READINGS_KEY, ObjType::Map).expect("put_object on a fresh document");
+        tx.put(ROOT, SCHEMA_KEY, SENSOR_SCHEMA)
+            .expect("put on a fresh document");
+        tx.put_object(ROOT, READINGS_KEY, ObjType::Map)
+            .expect("put_object on a fresh document");
         tx.commit_with(CommitOptions::default().with_time(0));
         doc.get_last_local_change().expect("genesis committed")
     })
@@ -109,7 +111,8 @@ pub(crate) fn put_readings(
             Some(b) if b == body => IngestOutcome::Duplicate,
             Some(_) => IngestOutcome::Conflict,
             None => {
-                tx.put(&obj, r.id.as_str(), body.as_str()).expect("put into readings map");
+                tx.put(&obj, r.id.as_str(), body.as_str())
+                    .expect("put into readings map");
                 written.insert(&r.id, body);
                 IngestOutcome::Inserted
             }
@@ -138,7 +141,9 @@ impl SensorView {
     /// The reading with the greatest (timestamp, id): the same on every replica holding the
     /// same readings, whatever order they arrived in.
     pub fn latest(&self) -> Option<&Reading> {
-        self.readings.values().max_by(|a, b| (a.ts_ms, &a.id).cmp(&(b.ts_ms, &b.id)))
+        self.readings
+            .values()
+            .max_by(|a, b| (a.ts_ms, &a.id).cmp(&(b.ts_ms, &b.id)))
     }
 
     /// `{"readings": {ID: {"ts", "fields"}}, "latest": {"id", "ts", "fields"} | null}`.
@@ -146,7 +151,12 @@ impl SensorView {
         let readings: Map<String, Json> = self
             .readings
             .iter()
-            .map(|(id, r)| (id.clone(), serde_json::json!({"ts": r.ts_ms, "fields": r.fields_json()})))
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    serde_json::json!({"ts": r.ts_ms, "fields": r.fields_json()}),
+                )
+            })
             .collect();
         let latest = self
             .latest()
@@ -159,7 +169,10 @@ impl SensorView {
 /// Reads the sensor view; `None` if the document is not a sensor document.
 pub fn sensor_view(doc: &Automerge) -> Option<SensorView> {
     let obj = readings_obj(doc)?;
-    let mut view = SensorView { readings: BTreeMap::new(), invalid: Vec::new() };
+    let mut view = SensorView {
+        readings: BTreeMap::new(),
+        invalid: Vec::new(),
+    };
     for key in doc.keys(&obj) {
         let parsed = match doc.get(&obj, key.as_str()) {
             Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
@@ -231,7 +244,9 @@ fn scalar_json(s: &ScalarValue) -> Json {
         ScalarValue::Str(x) => Json::String(x.to_string()),
         ScalarValue::Int(i) => Json::from(*i),
         ScalarValue::Uint(u) => Json::from(*u),
-        ScalarValue::F64(f) => serde_json::Number::from_f64(*f).map(Json::Number).unwrap_or(Json::Null),
+        ScalarValue::F64(f) => serde_json::Number::from_f64(*f)
+            .map(Json::Number)
+            .unwrap_or(Json::Null),
         ScalarValue::Counter(c) => Json::from(i64::from(c)),
         ScalarValue::Timestamp(t) => Json::from(*t),
         ScalarValue::Boolean(b) => Json::Bool(*b),
@@ -266,10 +281,14 @@ pub fn validate_patch(patch: &Json) -> Result<(), PatchError> {
     fn walk(v: &Json, depth: usize, count: &mut usize) -> Result<(), PatchError> {
         *count += 1;
         if *count > PATCH_VALUES_MAX {
-            return Err(PatchError::TooLarge { max: PATCH_VALUES_MAX });
+            return Err(PatchError::TooLarge {
+                max: PATCH_VALUES_MAX,
+            });
         }
         if depth > PATCH_DEPTH_MAX {
-            return Err(PatchError::TooDeep { max: PATCH_DEPTH_MAX });
+            return Err(PatchError::TooDeep {
+                max: PATCH_DEPTH_MAX,
+            });
         }
         match v {
             Json::Object(m) => m.values().try_for_each(|x| walk(x, depth + 1, count)),
@@ -285,7 +304,11 @@ pub fn validate_patch(patch: &Json) -> Result<(), PatchError> {
 
 /// Applies an RFC 7386 merge patch as one change. Returns the change hash, or `None` when the
 /// patch changes nothing.
-pub(crate) fn apply_merge_patch(doc: &mut Automerge, patch: &Json, time_s: i64) -> Option<ChangeHash> {
+pub(crate) fn apply_merge_patch(
+    doc: &mut Automerge,
+    patch: &Json,
+    time_s: i64,
+) -> Option<ChangeHash> {
     let mut tx = doc.transaction();
     merge_into(&mut tx, &ROOT, patch);
     if tx.pending_ops() == 0 {
@@ -308,12 +331,16 @@ fn merge_into<T: Transactable>(tx: &mut T, obj: &ObjId, patch: &Json) {
             Json::Object(_) => {
                 let target = match current {
                     Some((Value::Object(ObjType::Map), id)) => id,
-                    _ => tx.put_object(obj, key.as_str(), ObjType::Map).expect("put map"),
+                    _ => tx
+                        .put_object(obj, key.as_str(), ObjType::Map)
+                        .expect("put map"),
                 };
                 merge_into(tx, &target, value);
             }
             Json::Array(items) => {
-                let list = tx.put_object(obj, key.as_str(), ObjType::List).expect("put list");
+                let list = tx
+                    .put_object(obj, key.as_str(), ObjType::List)
+                    .expect("put list");
                 for (i, item) in items.iter().enumerate() {
                     insert_json(tx, &list, i, item);
                 }
@@ -332,18 +359,24 @@ fn merge_into<T: Transactable>(tx: &mut T, obj: &ObjId, patch: &Json) {
 fn insert_json<T: Transactable>(tx: &mut T, list: &ObjId, index: usize, value: &Json) {
     match value {
         Json::Object(m) => {
-            let obj = tx.insert_object(list, index, ObjType::Map).expect("insert map");
+            let obj = tx
+                .insert_object(list, index, ObjType::Map)
+                .expect("insert map");
             for (k, v) in m {
                 put_json(tx, &obj, k, v);
             }
         }
         Json::Array(items) => {
-            let inner = tx.insert_object(list, index, ObjType::List).expect("insert list");
+            let inner = tx
+                .insert_object(list, index, ObjType::List)
+                .expect("insert list");
             for (i, item) in items.iter().enumerate() {
                 insert_json(tx, &inner, i, item);
             }
         }
-        scalar => tx.insert(list, index, json_scalar(scalar)).expect("insert scalar"),
+        scalar => tx
+            .insert(list, index, json_scalar(scalar))
+            .expect("insert scalar"),
     }
 }
 
@@ -474,10 +507,24 @@ mod tests {
     #[test]
     fn merge_patch_semantics() {
         let mut d = doc_with_actor(1);
-        apply_merge_patch(&mut d, &json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, {"x": true}]}), 0);
-        apply_merge_patch(&mut d, &json!({"a": null, "b": {"c": 5}, "l": ["z"], "s": "t"}), 0);
-        assert_eq!(json_view(&d, false), json!({"b": {"c": 5, "d": 3}, "l": ["z"], "s": "t"}));
-        assert!(apply_merge_patch(&mut d, &json!({"s": "t"}), 0).is_none(), "no-op patch makes no change");
+        apply_merge_patch(
+            &mut d,
+            &json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, {"x": true}]}),
+            0,
+        );
+        apply_merge_patch(
+            &mut d,
+            &json!({"a": null, "b": {"c": 5}, "l": ["z"], "s": "t"}),
+            0,
+        );
+        assert_eq!(
+            json_view(&d, false),
+            json!({"b": {"c": 5, "d": 3}, "l": ["z"], "s": "t"})
+        );
+        assert!(
+            apply_merge_patch(&mut d, &json!({"s": "t"}), 0).is_none(),
+            "no-op patch makes no change"
+        );
     }
 
     // Concurrent edits of one key are visible in the conflicts view, and the plain view shows
@@ -493,8 +540,12 @@ mod tests {
         b.merge(&mut a.clone()).unwrap();
         assert_eq!(json_view(&a, false), json_view(&b, false));
         let c = json_view(&a, true);
-        let mut vals: Vec<String> =
-            c["k"][CONFLICTS_KEY].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let mut vals: Vec<String> = c["k"][CONFLICTS_KEY]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(vals[0], json_view(&a, false)["k"], "winner first");
         vals.sort();
         assert_eq!(vals, vec!["from-a", "from-b"]);
@@ -508,9 +559,21 @@ mod tests {
         for _ in 0..=PATCH_DEPTH_MAX {
             deep = json!({ "a": deep });
         }
-        assert_eq!(validate_patch(&deep), Err(PatchError::TooDeep { max: PATCH_DEPTH_MAX }));
-        let wide: Map<String, Json> = (0..=PATCH_VALUES_MAX).map(|i| (i.to_string(), json!(1))).collect();
-        assert_eq!(validate_patch(&Json::Object(wide)), Err(PatchError::TooLarge { max: PATCH_VALUES_MAX }));
+        assert_eq!(
+            validate_patch(&deep),
+            Err(PatchError::TooDeep {
+                max: PATCH_DEPTH_MAX
+            })
+        );
+        let wide: Map<String, Json> = (0..=PATCH_VALUES_MAX)
+            .map(|i| (i.to_string(), json!(1)))
+            .collect();
+        assert_eq!(
+            validate_patch(&Json::Object(wide)),
+            Err(PatchError::TooLarge {
+                max: PATCH_VALUES_MAX
+            })
+        );
         assert_eq!(validate_patch(&json!({"a": [1, {"b": 2}]})), Ok(()));
     }
 }

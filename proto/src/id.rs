@@ -76,10 +76,21 @@ impl DocId {
             return Err(NameError::Empty { kind: KIND });
         }
         if s.len() > DOC_ID_BYTES_MAX {
-            return Err(NameError::TooLong { kind: KIND, len: s.len(), max: DOC_ID_BYTES_MAX });
+            return Err(NameError::TooLong {
+                kind: KIND,
+                len: s.len(),
+                max: DOC_ID_BYTES_MAX,
+            });
         }
-        if let Some((at, found)) = s.char_indices().find(|(_, c)| !is_name_char(*c) && *c != '/') {
-            return Err(NameError::BadChar { kind: KIND, found, at });
+        if let Some((at, found)) = s
+            .char_indices()
+            .find(|(_, c)| !is_name_char(*c) && *c != '/')
+        {
+            return Err(NameError::BadChar {
+                kind: KIND,
+                found,
+                at,
+            });
         }
         let mut count = 0;
         for segment in s.split('/') {
@@ -89,7 +100,10 @@ impl DocId {
             }
         }
         if count > DOC_ID_SEGMENTS_MAX {
-            return Err(NameError::TooManySegments { count, max: DOC_ID_SEGMENTS_MAX });
+            return Err(NameError::TooManySegments {
+                count,
+                max: DOC_ID_SEGMENTS_MAX,
+            });
         }
         Ok(DocId(s))
     }
@@ -147,10 +161,18 @@ impl NodeName {
             return Err(NameError::Empty { kind: KIND });
         }
         if s.len() > NODE_NAME_BYTES_MAX {
-            return Err(NameError::TooLong { kind: KIND, len: s.len(), max: NODE_NAME_BYTES_MAX });
+            return Err(NameError::TooLong {
+                kind: KIND,
+                len: s.len(),
+                max: NODE_NAME_BYTES_MAX,
+            });
         }
         if let Some((at, found)) = s.char_indices().find(|(_, c)| !is_name_char(*c)) {
-            return Err(NameError::BadChar { kind: KIND, found, at });
+            return Err(NameError::BadChar {
+                kind: KIND,
+                found,
+                at,
+            });
         }
         Ok(NodeName(s))
     }
@@ -227,18 +249,41 @@ mod tests {
     // Path-like ids pass; every class of bad id is refused with its own error.
     #[test]
     fn doc_id_validation() {
-        for ok in ["a", "site-a/line-3/sensor-17", "x.y_z-1", &"a".repeat(DOC_ID_BYTES_MAX)] {
+        for ok in [
+            "a",
+            "site-a/line-3/sensor-17",
+            "x.y_z-1",
+            &"a".repeat(DOC_ID_BYTES_MAX),
+        ] {
             assert!(DocId::new(ok).is_ok(), "{ok} should be valid");
         }
-        assert_eq!(DocId::new(""), Err(NameError::Empty { kind: "document id" }));
-        assert!(matches!(DocId::new("a".repeat(257)), Err(NameError::TooLong { len: 257, .. })));
-        assert!(matches!(DocId::new("a b"), Err(NameError::BadChar { found: ' ', at: 1, .. })));
+        assert_eq!(
+            DocId::new(""),
+            Err(NameError::Empty {
+                kind: "document id"
+            })
+        );
+        assert!(matches!(
+            DocId::new("a".repeat(257)),
+            Err(NameError::TooLong { len: 257, .. })
+        ));
+        assert!(matches!(
+            DocId::new("a b"),
+            Err(NameError::BadChar {
+                found: ' ',
+                at: 1,
+                ..
+            })
+        ));
         assert!(matches!(DocId::new("é"), Err(NameError::BadChar { .. })));
         for bad in ["/a", "a/", "a//b", "a/../b", "./a", ".."] {
             assert_eq!(DocId::new(bad), Err(NameError::BadSegment), "{bad}");
         }
         let deep = vec!["s"; DOC_ID_SEGMENTS_MAX + 1].join("/");
-        assert!(matches!(DocId::new(deep), Err(NameError::TooManySegments { .. })));
+        assert!(matches!(
+            DocId::new(deep),
+            Err(NameError::TooManySegments { .. })
+        ));
     }
 
     // A decoded document id is validated like a constructed one.
@@ -247,7 +292,10 @@ mod tests {
         let bytes = postcard::to_allocvec(&"a//b".to_string()).unwrap();
         assert!(postcard::from_bytes::<DocId>(&bytes).is_err());
         let bytes = postcard::to_allocvec(&"a/b".to_string()).unwrap();
-        assert_eq!(postcard::from_bytes::<DocId>(&bytes).unwrap().as_str(), "a/b");
+        assert_eq!(
+            postcard::from_bytes::<DocId>(&bytes).unwrap().as_str(),
+            "a/b"
+        );
     }
 
     // Node names refuse slashes and spaces.
@@ -266,8 +314,15 @@ mod tests {
         let a = derive_actor(&n, 1, &[0; 16]);
         assert_ne!(a, derive_actor(&n, 2, &[0; 16]));
         assert_ne!(a, derive_actor(&n, 1, &[1; 16]));
-        assert_ne!(a, derive_actor(&NodeName::new("gw-2").unwrap(), 1, &[0; 16]));
-        assert_eq!(a, derive_actor(&n, 1, &[0; 16]), "derivation is deterministic");
+        assert_ne!(
+            a,
+            derive_actor(&NodeName::new("gw-2").unwrap(), 1, &[0; 16])
+        );
+        assert_eq!(
+            a,
+            derive_actor(&n, 1, &[0; 16]),
+            "derivation is deterministic"
+        );
         assert_ne!(a, genesis_actor());
     }
 }

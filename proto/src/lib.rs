@@ -78,7 +78,9 @@ pub mod wire;
 
 pub use doc::{DocKind, IngestOutcome, PatchError, SensorView};
 pub use id::{DocId, NameError, NodeName};
-pub use node::{Boot, Canary, Config, Event, Ingested, Node, NodeError, OpenError, Origin, Patched};
+pub use node::{
+    Boot, Canary, Config, Event, Ingested, Node, NodeError, OpenError, Origin, Patched,
+};
 pub use reading::{FieldValue, Reading, ReadingError};
 pub use store::{MemStore, Store, StoreError};
 pub use sync::{SessionId, SessionInfo, SessionStats};

@@ -9,7 +9,10 @@ use serde_json::Value as Json;
 use crate::doc::{self, DocKind, IngestOutcome, PatchError, SensorView};
 use crate::id::{derive_actor, DocId, NodeName};
 use crate::reading::{Reading, ReadingError};
-use crate::store::{DocMeta, NodeMeta, PeerReceipts, Store, StoreError, StoredChange, WriteBatch, WriteOp, SCHEMA_VERSION};
+use crate::store::{
+    DocMeta, NodeMeta, PeerReceipts, Store, StoreError, StoredChange, WriteBatch, WriteOp,
+    SCHEMA_VERSION,
+};
 use crate::sync::{Session, SessionId};
 use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
 use crate::wire::{CloseCode, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN};
@@ -87,16 +90,24 @@ impl Config {
                 self.frame_bytes_max
             ));
         }
-        if self.change_bytes_max < 1024 || self.change_bytes_max + CHANGES_OVERHEAD_BYTES > self.frame_bytes_max {
+        if self.change_bytes_max < 1024
+            || self.change_bytes_max + CHANGES_OVERHEAD_BYTES > self.frame_bytes_max
+        {
             return Err(format!(
                 "change_bytes_max {} must be at least 1024 and leave {CHANGES_OVERHEAD_BYTES} bytes within frame_bytes_max {}",
                 self.change_bytes_max, self.frame_bytes_max
             ));
         }
-        if self.batch_bytes_max == 0 || self.inflight_batches_max == 0 || self.docs_loaded_max == 0 {
-            return Err("batch_bytes_max, inflight_batches_max and docs_loaded_max must be positive".into());
+        if self.batch_bytes_max == 0 || self.inflight_batches_max == 0 || self.docs_loaded_max == 0
+        {
+            return Err(
+                "batch_bytes_max, inflight_batches_max and docs_loaded_max must be positive".into(),
+            );
         }
-        if self.ack_timeout_ms == 0 || self.handshake_timeout_ms == 0 || self.snapshot_changes_min == 0 {
+        if self.ack_timeout_ms == 0
+            || self.handshake_timeout_ms == 0
+            || self.snapshot_changes_min == 0
+        {
             return Err("timeouts and snapshot_changes_min must be positive".into());
         }
         Ok(())
@@ -119,7 +130,9 @@ pub enum OpenError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The store was written by a newer schema.
-    #[error("store has schema version {found}, newer than the supported {supported}; upgrade edgesync")]
+    #[error(
+        "store has schema version {found}, newer than the supported {supported}; upgrade edgesync"
+    )]
     NewerSchema {
         /// In the store.
         found: u32,
@@ -318,15 +331,26 @@ impl<S: Store> Node<S> {
             },
             Some(m) => {
                 if m.schema_version > SCHEMA_VERSION {
-                    return Err(OpenError::NewerSchema { found: m.schema_version, supported: SCHEMA_VERSION });
+                    return Err(OpenError::NewerSchema {
+                        found: m.schema_version,
+                        supported: SCHEMA_VERSION,
+                    });
                 }
                 if m.name != cfg.name {
-                    return Err(OpenError::NameMismatch { stored: m.name, configured: cfg.name });
+                    return Err(OpenError::NameMismatch {
+                        stored: m.name,
+                        configured: cfg.name,
+                    });
                 }
-                NodeMeta { incarnation: m.incarnation + 1, ..m }
+                NodeMeta {
+                    incarnation: m.incarnation + 1,
+                    ..m
+                }
             }
         };
-        store.commit(WriteBatch { ops: vec![WriteOp::PutNodeMeta(meta.clone())] })?;
+        store.commit(WriteBatch {
+            ops: vec![WriteOp::PutNodeMeta(meta.clone())],
+        })?;
         let actor = derive_actor(&cfg.name, meta.incarnation, &boot.nonce);
         let docs = store.docs()?.into_iter().collect();
         let peers = store.peers()?.into_iter().collect();
@@ -406,7 +430,11 @@ impl<S: Store> Node<S> {
     /// The shell reports that the first `seq` commits since open are durable. Releases
     /// acknowledgements and outbound frames that waited for them.
     pub fn handle_durable(&mut self, seq: u64) {
-        assert!(seq <= self.commit_seq, "durable {seq} beyond commits {}", self.commit_seq);
+        assert!(
+            seq <= self.commit_seq,
+            "durable {seq} beyond commits {}",
+            self.commit_seq
+        );
         self.durable_seq = self.durable_seq.max(seq);
     }
 
@@ -432,11 +460,11 @@ impl<S: Store> Node<S> {
 
     /// The document's Automerge heads, sorted; `None` if unknown.
     pub fn heads(&mut self, doc: &DocId) -> Result<Option<Vec<ChangeHash>>, NodeError> {
-        Ok(self.with_doc(doc, |d| {
+        self.with_doc(doc, |d| {
             let mut h = d.get_heads();
             h.sort();
             h
-        })?)
+        })
     }
 
     /// The document's kind; `None` if unknown.
@@ -454,12 +482,19 @@ impl<S: Store> Node<S> {
         match self.with_doc(doc, doc::sensor_view)? {
             None => Ok(None),
             Some(Some(v)) => Ok(Some(v)),
-            Some(None) => Err(NodeError::KindMismatch { doc: doc.clone(), actual: DocKind::Generic }),
+            Some(None) => Err(NodeError::KindMismatch {
+                doc: doc.clone(),
+                actual: DocKind::Generic,
+            }),
         }
     }
 
     /// Runs `f` on the loaded document (loading it if needed); `None` if unknown.
-    pub fn with_doc<T>(&mut self, doc: &DocId, f: impl FnOnce(&Automerge) -> T) -> Result<Option<T>, NodeError> {
+    pub fn with_doc<T>(
+        &mut self,
+        doc: &DocId,
+        f: impl FnOnce(&Automerge) -> T,
+    ) -> Result<Option<T>, NodeError> {
         if !self.docs.contains_key(doc) {
             return Ok(None);
         }
@@ -481,16 +516,26 @@ impl<S: Store> Node<S> {
         let tick = self.use_tick;
         if !self.loaded.contains_key(doc) {
             let am = self.load_from_store(doc)?;
-            self.loaded.insert(doc.clone(), Loaded { doc: am, used: tick });
+            self.loaded.insert(
+                doc.clone(),
+                Loaded {
+                    doc: am,
+                    used: tick,
+                },
+            );
+            // A document with changes not yet committed (`dirty`) must stay: the store cannot
+            // give them back. The budget may be exceeded by one batch's documents meanwhile.
             while self.loaded.len() > self.cfg.docs_loaded_max {
                 let victim = self
                     .loaded
                     .iter()
-                    .filter(|(d, _)| *d != doc)
+                    .filter(|(d, _)| *d != doc && !self.dirty.contains(*d))
                     .min_by_key(|(_, l)| l.used)
-                    .map(|(d, _)| d.clone())
-                    .expect("more than one loaded document");
-                self.loaded.remove(&victim);
+                    .map(|(d, _)| d.clone());
+                match victim {
+                    Some(v) => self.loaded.remove(&v),
+                    None => break,
+                };
             }
         }
         let entry = self.loaded.get_mut(doc).expect("just loaded");
@@ -499,9 +544,15 @@ impl<S: Store> Node<S> {
     }
 
     fn load_from_store(&mut self, doc: &DocId) -> Result<Automerge, NodeError> {
-        let load_err = |reason: String| NodeError::Load { doc: doc.clone(), reason };
+        let load_err = |reason: String| NodeError::Load {
+            doc: doc.clone(),
+            reason,
+        };
         let (mut am, mut from) = match self.store.snapshot(doc)? {
-            Some((covers, bytes)) => (Automerge::load(&bytes).map_err(|e| load_err(e.to_string()))?, covers),
+            Some((covers, bytes)) => (
+                Automerge::load(&bytes).map_err(|e| load_err(e.to_string()))?,
+                covers,
+            ),
             None => (Automerge::new(), 0),
         };
         loop {
@@ -512,22 +563,35 @@ impl<S: Store> Node<S> {
                 .iter()
                 .map(|c| Change::try_from(&c.bytes[..]).map_err(|e| load_err(e.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
-            am.apply_changes(changes).map_err(|e| load_err(e.to_string()))?;
+            am.apply_changes(changes)
+                .map_err(|e| load_err(e.to_string()))?;
         }
         let expected = self.docs.get(doc).map(|m| m.next_order).unwrap_or(0);
         if from < expected {
-            return Err(load_err(format!("store holds changes up to order {from}, metadata says {expected}")));
+            return Err(load_err(format!(
+                "store holds changes up to order {from}, metadata says {expected}"
+            )));
         }
         am.set_actor(self.actor.to_automerge());
         Ok(am)
     }
 
     /// Records `change` (already applied to the loaded document) in the batch and the clock.
-    fn record_change(&mut self, batch: &mut WriteBatch, doc: &DocId, change: &Change, local: bool) -> Result<(), NodeError> {
-        let actor = Actor::from_automerge(change.actor_id()).expect("recorded changes have 16-byte actors");
+    fn record_change(
+        &mut self,
+        batch: &mut WriteBatch,
+        doc: &DocId,
+        change: &Change,
+        local: bool,
+    ) -> Result<(), NodeError> {
+        let actor =
+            Actor::from_automerge(change.actor_id()).expect("recorded changes have 16-byte actors");
         let meta = self.docs.entry(doc.clone()).or_default();
         if meta.clock.get(&actor) == 0 && meta.clock.len() >= CLOCK_ACTORS_MAX {
-            return Err(NodeError::TooManyActors { doc: doc.clone(), max: CLOCK_ACTORS_MAX });
+            return Err(NodeError::TooManyActors {
+                doc: doc.clone(),
+                max: CLOCK_ACTORS_MAX,
+            });
         }
         let order = meta.next_order;
         meta.next_order += 1;
@@ -554,14 +618,25 @@ impl<S: Store> Node<S> {
     fn finish_batch(&mut self, batch: &mut WriteBatch) -> Result<(), NodeError> {
         let touched: Vec<DocId> = std::mem::take(&mut self.dirty).into_iter().collect();
         for doc in &touched {
-            let meta = self.docs.get(doc).expect("touched document has metadata").clone();
+            let meta = self
+                .docs
+                .get(doc)
+                .expect("touched document has metadata")
+                .clone();
             if meta.next_order - meta.snapshot_order >= self.cfg.snapshot_changes_min {
                 let bytes = self.loaded_doc(doc)?.save();
-                batch.push(WriteOp::PutSnapshot { doc: doc.clone(), covers_order: meta.next_order, bytes });
+                batch.push(WriteOp::PutSnapshot {
+                    doc: doc.clone(),
+                    covers_order: meta.next_order,
+                    bytes,
+                });
                 self.docs.get_mut(doc).expect("exists").snapshot_order = meta.next_order;
             }
             let meta = self.docs.get(doc).expect("exists").clone();
-            batch.push(WriteOp::PutDocMeta { doc: doc.clone(), meta });
+            batch.push(WriteOp::PutDocMeta {
+                doc: doc.clone(),
+                meta,
+            });
         }
         self.dirty = touched.into_iter().collect();
         Ok(())
@@ -600,7 +675,10 @@ impl<S: Store> Node<S> {
             for s in self.sessions.values_mut() {
                 s.mark_dirty(&doc);
             }
-            self.events.push_back(Event::DocChanged { doc, origin: origin.clone() });
+            self.events.push_back(Event::DocChanged {
+                doc,
+                origin: origin.clone(),
+            });
         }
     }
 
@@ -616,7 +694,12 @@ impl<S: Store> Node<S> {
     /// Ingests readings into the sensor document `doc` (created, from the shared genesis, if
     /// new). Readings whose id is already present are not written again. All new readings are
     /// written as few Automerge changes as the change size limit allows, in one atomic commit.
-    pub fn ingest(&mut self, doc: &DocId, readings: &[Reading], now_ms: u64) -> Result<Ingested, NodeError> {
+    pub fn ingest(
+        &mut self,
+        doc: &DocId,
+        readings: &[Reading],
+        now_ms: u64,
+    ) -> Result<Ingested, NodeError> {
         self.check_writable()?;
         self.now_ms = self.now_ms.max(now_ms);
         for r in readings {
@@ -626,12 +709,22 @@ impl<S: Store> Node<S> {
         if !self.docs.contains_key(doc) {
             let mut am = Automerge::new().with_actor(self.actor.to_automerge());
             let genesis = doc::sensor_genesis().clone();
-            am.apply_changes([genesis.clone()]).expect("genesis applies to an empty document");
+            am.apply_changes([genesis.clone()])
+                .expect("genesis applies to an empty document");
             self.use_tick += 1;
-            self.loaded.insert(doc.clone(), Loaded { doc: am, used: self.use_tick });
+            self.loaded.insert(
+                doc.clone(),
+                Loaded {
+                    doc: am,
+                    used: self.use_tick,
+                },
+            );
             self.record_change(&mut batch, doc, &genesis, false)?;
         } else if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Sensor {
-            return Err(NodeError::KindMismatch { doc: doc.clone(), actual: DocKind::Generic });
+            return Err(NodeError::KindMismatch {
+                doc: doc.clone(),
+                actual: DocKind::Generic,
+            });
         }
         // Readings are at most READING_BYTES_MAX each; half the change limit leaves room for
         // Automerge's per-op encoding.
@@ -641,15 +734,21 @@ impl<S: Store> Node<S> {
         while start < readings.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < readings.len() && (end == start || bytes + readings[end].encode().len() <= budget) {
+            while end < readings.len()
+                && (end == start || bytes + readings[end].encode().len() <= budget)
+            {
                 bytes += readings[end].encode().len();
                 end += 1;
             }
             let time_s = (now_ms / 1000) as i64;
-            let (out, hash) = doc::put_readings(self.loaded_doc(doc)?, &readings[start..end], time_s);
+            let (out, hash) =
+                doc::put_readings(self.loaded_doc(doc)?, &readings[start..end], time_s);
             outcomes.extend(out);
             if hash.is_some() {
-                let change = self.loaded_doc(doc)?.get_last_local_change().expect("committed");
+                let change = self
+                    .loaded_doc(doc)?
+                    .get_last_local_change()
+                    .expect("committed");
                 self.record_change(&mut batch, doc, &change, true)?;
             }
             start = end;
@@ -657,7 +756,10 @@ impl<S: Store> Node<S> {
         let seq = self.commit(batch)?;
         self.announce(Origin::Local);
         self.pump_all();
-        Ok(Ingested { outcomes, durable_at: self.durable_at(seq) })
+        Ok(Ingested {
+            outcomes,
+            durable_at: self.durable_at(seq),
+        })
     }
 
     /// Applies an RFC 7386 JSON merge patch to the generic document `doc` (created if new) as
@@ -670,30 +772,51 @@ impl<S: Store> Node<S> {
         if is_new {
             self.use_tick += 1;
             let am = Automerge::new().with_actor(self.actor.to_automerge());
-            self.loaded.insert(doc.clone(), Loaded { doc: am, used: self.use_tick });
+            self.loaded.insert(
+                doc.clone(),
+                Loaded {
+                    doc: am,
+                    used: self.use_tick,
+                },
+            );
         } else if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Generic {
-            return Err(NodeError::KindMismatch { doc: doc.clone(), actual: DocKind::Sensor });
+            return Err(NodeError::KindMismatch {
+                doc: doc.clone(),
+                actual: DocKind::Sensor,
+            });
         }
         let hash = doc::apply_merge_patch(self.loaded_doc(doc)?, patch, (now_ms / 1000) as i64);
         if hash.is_none() {
             if is_new {
                 self.loaded.remove(doc);
             }
-            return Ok(Patched { changed: false, durable_at: self.durable_at(self.commit_seq) });
+            return Ok(Patched {
+                changed: false,
+                durable_at: self.durable_at(self.commit_seq),
+            });
         }
-        let change = self.loaded_doc(doc)?.get_last_local_change().expect("committed");
+        let change = self
+            .loaded_doc(doc)?
+            .get_last_local_change()
+            .expect("committed");
         let len = change.raw_bytes().len();
         if len > self.cfg.change_bytes_max as usize {
             // The change exists only in memory: forget the loaded copy so it is never served.
             self.loaded.remove(doc);
-            return Err(NodeError::ChangeTooLarge { len, max: self.cfg.change_bytes_max as usize });
+            return Err(NodeError::ChangeTooLarge {
+                len,
+                max: self.cfg.change_bytes_max as usize,
+            });
         }
         let mut batch = WriteBatch::default();
         self.record_change(&mut batch, doc, &change, true)?;
         let seq = self.commit(batch)?;
         self.announce(Origin::Local);
         self.pump_all();
-        Ok(Patched { changed: true, durable_at: self.durable_at(seq) })
+        Ok(Patched {
+            changed: true,
+            durable_at: self.durable_at(seq),
+        })
     }
 
     /// Offers one remote change: parsed and hash-checked by Automerge, applied if causally
@@ -711,7 +834,8 @@ impl<S: Store> Node<S> {
                 self.cfg.change_bytes_max
             )));
         }
-        let change = Change::try_from(bytes).map_err(|e| ApplyError::Invalid(format!("change does not parse: {e}")))?;
+        let change = Change::try_from(bytes)
+            .map_err(|e| ApplyError::Invalid(format!("change does not parse: {e}")))?;
         let actor = Actor::from_automerge(change.actor_id())
             .ok_or_else(|| ApplyError::Invalid("change actor is not 16 bytes".into()))?;
         if change.seq() == 0 {
@@ -723,20 +847,25 @@ impl<S: Store> Node<S> {
             return if am.get_change_meta_by_hash(&change.hash()).is_some() {
                 Ok((Applied::Duplicate, actor, change.seq()))
             } else {
-                Err(ApplyError::Equivocation { actor, seq: change.seq() })
+                Err(ApplyError::Equivocation {
+                    actor,
+                    seq: change.seq(),
+                })
             };
         }
         if actor == self.actor {
-            return Err(ApplyError::Invalid("change claims this node's current actor".into()));
+            return Err(ApplyError::Invalid(
+                "change claims this node's current actor".into(),
+            ));
         }
         let seq = change.seq();
         if !self.is_ready(doc, &change)? {
             let slot = self.pending.entry(doc.clone()).or_default();
-            if !slot.contains_key(&(actor, change.seq())) {
+            if let std::collections::btree_map::Entry::Vacant(v) = slot.entry((actor, seq)) {
                 if self.pending_count >= self.cfg.pending_changes_max {
                     return Err(ApplyError::Overloaded(self.cfg.pending_changes_max));
                 }
-                slot.insert((actor, change.seq()), change);
+                v.insert(change);
                 self.pending_count += 1;
             }
             return Ok((Applied::Buffered, actor, seq));
@@ -757,11 +886,16 @@ impl<S: Store> Node<S> {
             return Ok(false);
         }
         let am = self.loaded_doc(doc)?;
-        Ok(change.deps().iter().all(|d| am.get_change_meta_by_hash(d).is_some()))
+        Ok(change
+            .deps()
+            .iter()
+            .all(|d| am.get_change_meta_by_hash(d).is_some()))
     }
 
     fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<Change>, NodeError> {
-        let Some(slot) = self.pending.get(doc) else { return Ok(None) };
+        let Some(slot) = self.pending.get(doc) else {
+            return Ok(None);
+        };
         let candidates: Vec<(Actor, u64)> = slot.keys().copied().collect();
         for key in candidates {
             let held = self.clock(doc).map(|c| c.get(&key.0)).unwrap_or(0);
@@ -785,15 +919,23 @@ impl<S: Store> Node<S> {
         Ok(None)
     }
 
-    fn apply_ready(&mut self, batch: &mut WriteBatch, doc: &DocId, change: Change) -> Result<(), ApplyError> {
-        let planted_drop = self.cfg.danger_canary == Canary::DropRemoteChange && change.seq() % 5 == 3;
+    fn apply_ready(
+        &mut self,
+        batch: &mut WriteBatch,
+        doc: &DocId,
+        change: Change,
+    ) -> Result<(), ApplyError> {
+        let planted_drop =
+            self.cfg.danger_canary == Canary::DropRemoteChange && change.seq() % 5 == 3;
         if !planted_drop {
             let hash = change.hash();
             let am = self.loaded_doc(doc)?;
             am.apply_changes([change.clone()])
                 .map_err(|e| ApplyError::Invalid(format!("automerge refused the change: {e}")))?;
             if am.get_change_meta_by_hash(&hash).is_none() {
-                return Err(ApplyError::Invalid("automerge did not apply a causally ready change".into()));
+                return Err(ApplyError::Invalid(
+                    "automerge did not apply a causally ready change".into(),
+                ));
             }
         }
         self.record_change(batch, doc, &change, false)?;

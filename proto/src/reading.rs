@@ -141,10 +141,14 @@ pub fn validate_reading_id(id: &str) -> Result<(), ReadingError> {
         return Err(ReadingError::IdEmpty);
     }
     if id.len() > READING_ID_BYTES_MAX {
-        return Err(ReadingError::IdTooLong { len: id.len(), max: READING_ID_BYTES_MAX });
+        return Err(ReadingError::IdTooLong {
+            len: id.len(),
+            max: READING_ID_BYTES_MAX,
+        });
     }
-    if let Some(found) =
-        id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    if let Some(found) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
     {
         return Err(ReadingError::IdChar { found });
     }
@@ -160,7 +164,10 @@ impl Reading {
     ) -> Result<Reading, ReadingError> {
         let object = fields.as_object().ok_or(ReadingError::FieldsNotObject)?;
         if object.len() > READING_FIELDS_MAX {
-            return Err(ReadingError::TooManyFields { count: object.len(), max: READING_FIELDS_MAX });
+            return Err(ReadingError::TooManyFields {
+                count: object.len(),
+                max: READING_FIELDS_MAX,
+            });
         }
         let mut out = BTreeMap::new();
         for (name, value) in object {
@@ -172,10 +179,16 @@ impl Reading {
                 },
                 serde_json::Value::String(s) => FieldValue::Str(s.clone()),
                 serde_json::Value::Null => {
-                    return Err(ReadingError::NotScalar { field: truncate(name), found: "null" })
+                    return Err(ReadingError::NotScalar {
+                        field: truncate(name),
+                        found: "null",
+                    })
                 }
                 serde_json::Value::Array(_) => {
-                    return Err(ReadingError::NotScalar { field: truncate(name), found: "an array" })
+                    return Err(ReadingError::NotScalar {
+                        field: truncate(name),
+                        found: "an array",
+                    })
                 }
                 serde_json::Value::Object(_) => {
                     return Err(ReadingError::NotScalar {
@@ -186,7 +199,11 @@ impl Reading {
             };
             out.insert(name.clone(), v);
         }
-        let reading = Reading { id: id.into(), ts_ms, fields: out };
+        let reading = Reading {
+            id: id.into(),
+            ts_ms,
+            fields: out,
+        };
         reading.validate()?;
         Ok(reading)
     }
@@ -204,13 +221,20 @@ impl Reading {
             });
         }
         for (name, value) in &self.fields {
-            if name.is_empty() || name.len() > FIELD_NAME_BYTES_MAX || name.chars().any(char::is_control)
+            if name.is_empty()
+                || name.len() > FIELD_NAME_BYTES_MAX
+                || name.chars().any(char::is_control)
             {
-                return Err(ReadingError::BadFieldName { name: truncate(name), max: FIELD_NAME_BYTES_MAX });
+                return Err(ReadingError::BadFieldName {
+                    name: truncate(name),
+                    max: FIELD_NAME_BYTES_MAX,
+                });
             }
             match value {
                 FieldValue::Float(f) if !f.is_finite() => {
-                    return Err(ReadingError::NonFinite { field: truncate(name) })
+                    return Err(ReadingError::NonFinite {
+                        field: truncate(name),
+                    })
                 }
                 FieldValue::Str(s) if s.len() > FIELD_STRING_BYTES_MAX => {
                     return Err(ReadingError::StringTooLong {
@@ -224,13 +248,19 @@ impl Reading {
         }
         let len = self.encode_unchecked().len();
         if len > READING_BYTES_MAX {
-            return Err(ReadingError::TooLarge { len, max: READING_BYTES_MAX });
+            return Err(ReadingError::TooLarge {
+                len,
+                max: READING_BYTES_MAX,
+            });
         }
         Ok(())
     }
 
     fn encode_unchecked(&self) -> String {
-        let body = Body { ts: self.ts_ms, fields: self.fields.clone() };
+        let body = Body {
+            ts: self.ts_ms,
+            fields: self.fields.clone(),
+        };
         // A BTreeMap of finite scalars always serializes.
         serde_json::to_string(&body).expect("finite flat reading serializes")
     }
@@ -243,11 +273,18 @@ impl Reading {
     /// Parses a stored body; the body came from a peer, so it is validated like new input.
     pub fn decode(id: &str, body: &str) -> Result<Reading, ReadingError> {
         if body.len() > READING_BYTES_MAX {
-            return Err(ReadingError::TooLarge { len: body.len(), max: READING_BYTES_MAX });
+            return Err(ReadingError::TooLarge {
+                len: body.len(),
+                max: READING_BYTES_MAX,
+            });
         }
         let parsed: Body =
             serde_json::from_str(body).map_err(|e| ReadingError::Malformed(e.to_string()))?;
-        let reading = Reading { id: id.to_string(), ts_ms: parsed.ts, fields: parsed.fields };
+        let reading = Reading {
+            id: id.to_string(),
+            ts_ms: parsed.ts,
+            fields: parsed.fields,
+        };
         reading.validate()?;
         Ok(reading)
     }
@@ -266,10 +303,17 @@ mod tests {
     // Flat finite fields are accepted and round-trip through the canonical body.
     #[test]
     fn round_trip() {
-        let r = Reading::from_json("r-1", 1_700_000_000_000, &json!({"temp": 22.4, "n": 3, "ok": true, "s": "x"}))
-            .unwrap();
+        let r = Reading::from_json(
+            "r-1",
+            1_700_000_000_000,
+            &json!({"temp": 22.4, "n": 3, "ok": true, "s": "x"}),
+        )
+        .unwrap();
         let body = r.encode();
-        assert_eq!(body, r#"{"ts":1700000000000,"fields":{"n":3,"ok":true,"s":"x","temp":22.4}}"#);
+        assert_eq!(
+            body,
+            r#"{"ts":1700000000000,"fields":{"n":3,"ok":true,"s":"x","temp":22.4}}"#
+        );
         assert_eq!(Reading::decode("r-1", &body).unwrap(), r);
     }
 
@@ -277,23 +321,53 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let f = |v| Reading::from_json("r", 0, &v);
-        assert!(matches!(f(json!({"a": {"b": 1}})), Err(ReadingError::NotScalar { .. })));
-        assert!(matches!(f(json!({"a": [1]})), Err(ReadingError::NotScalar { .. })));
-        assert!(matches!(f(json!({"a": null})), Err(ReadingError::NotScalar { .. })));
+        assert!(matches!(
+            f(json!({"a": {"b": 1}})),
+            Err(ReadingError::NotScalar { .. })
+        ));
+        assert!(matches!(
+            f(json!({"a": [1]})),
+            Err(ReadingError::NotScalar { .. })
+        ));
+        assert!(matches!(
+            f(json!({"a": null})),
+            Err(ReadingError::NotScalar { .. })
+        ));
         assert!(matches!(f(json!([1])), Err(ReadingError::FieldsNotObject)));
-        assert!(matches!(f(json!({"": 1})), Err(ReadingError::BadFieldName { .. })));
+        assert!(matches!(
+            f(json!({"": 1})),
+            Err(ReadingError::BadFieldName { .. })
+        ));
         assert!(matches!(
             f(json!({"s": "x".repeat(FIELD_STRING_BYTES_MAX + 1)})),
             Err(ReadingError::StringTooLong { .. })
         ));
-        let many: serde_json::Map<_, _> = (0..=READING_FIELDS_MAX).map(|i| (format!("f{i}"), json!(1))).collect();
-        assert!(matches!(f(serde_json::Value::Object(many)), Err(ReadingError::TooManyFields { .. })));
-        let big: serde_json::Map<_, _> =
-            (0..10).map(|i| (format!("f{i}"), json!("y".repeat(FIELD_STRING_BYTES_MAX)))).collect();
-        assert!(matches!(f(serde_json::Value::Object(big)), Err(ReadingError::TooLarge { .. })));
-        assert!(matches!(Reading::from_json("", 0, &json!({})), Err(ReadingError::IdEmpty)));
-        assert!(matches!(Reading::from_json("a b", 0, &json!({})), Err(ReadingError::IdChar { .. })));
-        assert!(matches!(Reading::from_json("r", -1, &json!({})), Err(ReadingError::NegativeTimestamp { .. })));
+        let many: serde_json::Map<_, _> = (0..=READING_FIELDS_MAX)
+            .map(|i| (format!("f{i}"), json!(1)))
+            .collect();
+        assert!(matches!(
+            f(serde_json::Value::Object(many)),
+            Err(ReadingError::TooManyFields { .. })
+        ));
+        let big: serde_json::Map<_, _> = (0..10)
+            .map(|i| (format!("f{i}"), json!("y".repeat(FIELD_STRING_BYTES_MAX))))
+            .collect();
+        assert!(matches!(
+            f(serde_json::Value::Object(big)),
+            Err(ReadingError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            Reading::from_json("", 0, &json!({})),
+            Err(ReadingError::IdEmpty)
+        ));
+        assert!(matches!(
+            Reading::from_json("a b", 0, &json!({})),
+            Err(ReadingError::IdChar { .. })
+        ));
+        assert!(matches!(
+            Reading::from_json("r", -1, &json!({})),
+            Err(ReadingError::NegativeTimestamp { .. })
+        ));
     }
 
     // NaN and infinities cannot enter through the typed API either.
@@ -303,7 +377,9 @@ mod tests {
             let r = Reading {
                 id: "r".into(),
                 ts_ms: 0,
-                fields: [("x".to_string(), FieldValue::Float(x))].into_iter().collect(),
+                fields: [("x".to_string(), FieldValue::Float(x))]
+                    .into_iter()
+                    .collect(),
             };
             assert!(matches!(r.validate(), Err(ReadingError::NonFinite { .. })));
         }

@@ -162,7 +162,12 @@ pub trait Store {
     /// The document's snapshot and the order it covers up to (exclusive).
     fn snapshot(&self, doc: &DocId) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// Up to `limit` changes of `doc` with order `>= from_order`, ascending by order.
-    fn changes_from(&self, doc: &DocId, from_order: u64, limit: usize) -> Result<Vec<StoredChange>, StoreError>;
+    fn changes_from(
+        &self,
+        doc: &DocId,
+        from_order: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredChange>, StoreError>;
     /// `(seq, order, hash)` of the changes by `actor` in `doc` with `seq` in `seqs`, ascending.
     fn change_index(
         &self,
@@ -193,20 +198,39 @@ impl MemState {
             match op {
                 WriteOp::PutNodeMeta(m) => self.meta = Some(m.clone()),
                 WriteOp::PutChange { doc, change } => {
-                    self.index.insert((doc.clone(), change.actor, change.seq), (change.order, change.hash));
-                    self.changes.insert((doc.clone(), change.order), change.clone());
+                    self.index.insert(
+                        (doc.clone(), change.actor, change.seq),
+                        (change.order, change.hash),
+                    );
+                    self.changes
+                        .insert((doc.clone(), change.order), change.clone());
                 }
                 WriteOp::PutDocMeta { doc, meta } => {
                     self.docs.insert(doc.clone(), meta.clone());
                 }
-                WriteOp::PutSnapshot { doc, covers_order, bytes } => {
-                    self.snapshots.insert(doc.clone(), (*covers_order, bytes.clone()));
+                WriteOp::PutSnapshot {
+                    doc,
+                    covers_order,
+                    bytes,
+                } => {
+                    self.snapshots
+                        .insert(doc.clone(), (*covers_order, bytes.clone()));
                 }
                 WriteOp::ResetPeer { peer, store_id } => {
-                    self.peers.insert(peer.clone(), PeerReceipts { store_id: Some(*store_id), clocks: BTreeMap::new() });
+                    self.peers.insert(
+                        peer.clone(),
+                        PeerReceipts {
+                            store_id: Some(*store_id),
+                            clocks: BTreeMap::new(),
+                        },
+                    );
                 }
                 WriteOp::PutReceipt { peer, doc, clock } => {
-                    self.peers.entry(peer.clone()).or_default().clocks.insert(doc.clone(), clock.clone());
+                    self.peers
+                        .entry(peer.clone())
+                        .or_default()
+                        .clocks
+                        .insert(doc.clone(), clock.clone());
                 }
             }
         }
@@ -284,18 +308,33 @@ impl Store for MemStore {
     }
 
     fn docs(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError> {
-        Ok(self.visible.docs.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .visible
+            .docs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn peers(&self) -> Result<Vec<(NodeName, PeerReceipts)>, StoreError> {
-        Ok(self.visible.peers.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(self
+            .visible
+            .peers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn snapshot(&self, doc: &DocId) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         Ok(self.visible.snapshots.get(doc).cloned())
     }
 
-    fn changes_from(&self, doc: &DocId, from_order: u64, limit: usize) -> Result<Vec<StoredChange>, StoreError> {
+    fn changes_from(
+        &self,
+        doc: &DocId,
+        from_order: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredChange>, StoreError> {
         Ok(self
             .visible
             .changes
@@ -350,7 +389,13 @@ mod tests {
     fn change(order: u64, seq: u64) -> WriteOp {
         WriteOp::PutChange {
             doc: doc(),
-            change: StoredChange { order, actor: Actor([1; 16]), seq, hash: [order as u8; 32], bytes: vec![1, 2] },
+            change: StoredChange {
+                order,
+                actor: Actor([1; 16]),
+                seq,
+                hash: [order as u8; 32],
+                bytes: vec![1, 2],
+            },
         }
     }
 
@@ -358,10 +403,22 @@ mod tests {
     #[test]
     fn crash_loses_only_unsynced_batches() {
         let mut s = MemStore::new();
-        s.commit(WriteBatch { ops: vec![change(0, 1)] }).unwrap();
+        s.commit(WriteBatch {
+            ops: vec![change(0, 1)],
+        })
+        .unwrap();
         assert_eq!(s.sync(), 1);
-        s.commit(WriteBatch { ops: vec![change(1, 2), change(2, 3)] }).unwrap();
-        assert_eq!(s.change_index(&doc(), &Actor([1; 16]), 1..=9).unwrap().len(), 3, "visible before sync");
+        s.commit(WriteBatch {
+            ops: vec![change(1, 2), change(2, 3)],
+        })
+        .unwrap();
+        assert_eq!(
+            s.change_index(&doc(), &Actor([1; 16]), 1..=9)
+                .unwrap()
+                .len(),
+            3,
+            "visible before sync"
+        );
         s.crash();
         let idx = s.change_index(&doc(), &Actor([1; 16]), 1..=9).unwrap();
         assert_eq!(idx, vec![(1, 0, [0; 32])]);
@@ -374,19 +431,41 @@ mod tests {
     fn failure_poisons() {
         let mut s = MemStore::new();
         s.fail_next_commits(1);
-        assert!(s.commit(WriteBatch { ops: vec![change(0, 1)] }).is_err());
-        assert!(matches!(s.commit(WriteBatch::default()), Err(StoreError::Poisoned)));
-        assert!(s.change_at(&doc(), 0).unwrap().is_none(), "failed batch left nothing");
+        assert!(s
+            .commit(WriteBatch {
+                ops: vec![change(0, 1)]
+            })
+            .is_err());
+        assert!(matches!(
+            s.commit(WriteBatch::default()),
+            Err(StoreError::Poisoned)
+        ));
+        assert!(
+            s.change_at(&doc(), 0).unwrap().is_none(),
+            "failed batch left nothing"
+        );
         s.crash();
-        assert!(s.commit(WriteBatch { ops: vec![change(0, 1)] }).is_ok());
+        assert!(s
+            .commit(WriteBatch {
+                ops: vec![change(0, 1)]
+            })
+            .is_ok());
     }
 
     // Range reads return changes in order and respect the limit.
     #[test]
     fn changes_from_is_ordered_and_bounded() {
         let mut s = MemStore::new();
-        s.commit(WriteBatch { ops: (0..5).map(|i| change(i, i + 1)).collect() }).unwrap();
-        let got: Vec<u64> = s.changes_from(&doc(), 2, 2).unwrap().iter().map(|c| c.order).collect();
+        s.commit(WriteBatch {
+            ops: (0..5).map(|i| change(i, i + 1)).collect(),
+        })
+        .unwrap();
+        let got: Vec<u64> = s
+            .changes_from(&doc(), 2, 2)
+            .unwrap()
+            .iter()
+            .map(|c| c.order)
+            .collect();
         assert_eq!(got, vec![2, 3]);
     }
 }

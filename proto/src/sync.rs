@@ -15,9 +15,9 @@ use crate::node::{Applied, Node, Origin};
 use crate::store::{PeerReceipts, Store, StoreError, WriteBatch, WriteOp};
 use crate::vclock::VectorClock;
 use crate::wire::{
-    Ack, ChangeBytes, Changes, Close, CloseCode, DecodeError, DocChanges, DocClock, FrameDecoder, Hello, Message,
-    Summary, CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC,
-    PROTOCOL_VERSION,
+    Ack, ChangeBytes, Changes, Close, CloseCode, DecodeError, DocChanges, DocClock, FrameDecoder,
+    Hello, Message, Summary, CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT,
+    FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
 };
 
 /// Identifies one session within a node.
@@ -199,7 +199,10 @@ impl<S: Store> Node<S> {
             .filter(|(doc, meta)| {
                 receipts.is_none_or(|r| !meta.clock.le(r.clocks.get(*doc).unwrap_or(&empty)))
             })
-            .map(|(doc, meta)| DocClock { doc: doc.clone(), clock: meta.clock.clone() })
+            .map(|(doc, meta)| DocClock {
+                doc: doc.clone(),
+                clock: meta.clock.clone(),
+            })
             .collect()
     }
 
@@ -207,7 +210,13 @@ impl<S: Store> Node<S> {
         let parts = split_clocks(entries, s.send_frame_max);
         let n = parts.len();
         for (i, entries) in parts.into_iter().enumerate() {
-            s.push(self.commit_seq, &Message::Summary(Summary { entries, last: i + 1 == n }));
+            s.push(
+                self.commit_seq,
+                &Message::Summary(Summary {
+                    entries,
+                    last: i + 1 == n,
+                }),
+            );
         }
     }
 
@@ -215,14 +224,15 @@ impl<S: Store> Node<S> {
     /// arbitrarily. A protocol error closes the session (see [`crate::Event::SessionClosed`]).
     pub fn handle_input(&mut self, sid: SessionId, bytes: &[u8], now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if s.phase == Phase::Closed {
             return;
         }
         s.stats.bytes_in += bytes.len() as u64;
         s.decoder.push(bytes);
-        loop {
-            let Some(s) = self.sessions.get_mut(&sid) else { break };
+        while let Some(s) = self.sessions.get_mut(&sid) {
             if s.phase == Phase::Closed {
                 break;
             }
@@ -245,7 +255,9 @@ impl<S: Store> Node<S> {
         let phase = self.sessions[&sid].phase;
         match (phase, msg) {
             (Phase::AwaitHello, Message::Hello(h)) => self.on_hello(sid, h),
-            (_, Message::Hello(_)) => self.close_session(sid, CloseCode::Unexpected, "second hello"),
+            (_, Message::Hello(_)) => {
+                self.close_session(sid, CloseCode::Unexpected, "second hello")
+            }
             (_, Message::Close(c)) => {
                 let s = self.sessions.remove(&sid).expect("session exists");
                 self.events.push_back(crate::Event::SessionClosed {
@@ -256,7 +268,9 @@ impl<S: Store> Node<S> {
                     by_peer: true,
                 });
             }
-            (Phase::AwaitHello, _) => self.close_session(sid, CloseCode::Unexpected, "message before hello"),
+            (Phase::AwaitHello, _) => {
+                self.close_session(sid, CloseCode::Unexpected, "message before hello")
+            }
             (_, Message::Summary(sm)) => self.on_summary(sid, sm),
             (_, Message::Changes(c)) => self.on_changes(sid, c),
             (_, Message::Ack(a)) => self.on_ack(sid, a),
@@ -269,16 +283,25 @@ impl<S: Store> Node<S> {
             return self.close_session(sid, CloseCode::Malformed, "bad magic");
         }
         if !(h.version_min..=h.version_max).contains(&PROTOCOL_VERSION) {
-            let reason = format!("peer speaks versions {}..={}, this node {PROTOCOL_VERSION}", h.version_min, h.version_max);
+            let reason = format!(
+                "peer speaks versions {}..={}, this node {PROTOCOL_VERSION}",
+                h.version_min, h.version_max
+            );
             return self.close_session(sid, CloseCode::VersionMismatch, &reason);
         }
         if h.node != s.peer {
-            let reason = format!("hello names {} but the transport authenticated {}", h.node, s.peer);
+            let reason = format!(
+                "hello names {} but the transport authenticated {}",
+                h.node, s.peer
+            );
             return self.close_session(sid, CloseCode::IdentityMismatch, &reason);
         }
         let need = self.cfg.change_bytes_max + CHANGES_OVERHEAD_BYTES;
         if h.frame_bytes_max < FRAME_BYTES_MIN || h.frame_bytes_max < need {
-            let reason = format!("peer accepts frames of {} bytes; this node needs {need}", h.frame_bytes_max);
+            let reason = format!(
+                "peer accepts frames of {} bytes; this node needs {need}",
+                h.frame_bytes_max
+            );
             return self.close_session(sid, CloseCode::LimitsIncompatible, &reason);
         }
         s.send_frame_max = h.frame_bytes_max.min(FRAME_BYTES_LIMIT);
@@ -287,8 +310,19 @@ impl<S: Store> Node<S> {
         let recorded = self.peers.get(&peer).and_then(|r| r.store_id);
         if recorded != Some(h.store_id) {
             // A new peer, or one whose store was replaced: its receipts say nothing any more.
-            self.peers.insert(peer.clone(), PeerReceipts { store_id: Some(h.store_id), clocks: BTreeMap::new() });
-            let batch = WriteBatch { ops: vec![WriteOp::ResetPeer { peer, store_id: h.store_id }] };
+            self.peers.insert(
+                peer.clone(),
+                PeerReceipts {
+                    store_id: Some(h.store_id),
+                    clocks: BTreeMap::new(),
+                },
+            );
+            let batch = WriteBatch {
+                ops: vec![WriteOp::ResetPeer {
+                    peer,
+                    store_id: h.store_id,
+                }],
+            };
             if self.commit(batch).is_err() {
                 return;
             }
@@ -303,12 +337,22 @@ impl<S: Store> Node<S> {
     }
 
     /// Raises the receipt for (peer, doc) to include `clock`; adds the write to `batch`.
-    fn raise_receipt(&mut self, batch: &mut WriteBatch, peer: &NodeName, doc: &DocId, clock: &VectorClock) {
+    fn raise_receipt(
+        &mut self,
+        batch: &mut WriteBatch,
+        peer: &NodeName,
+        doc: &DocId,
+        clock: &VectorClock,
+    ) {
         let r = self.peers.entry(peer.clone()).or_default();
         let entry = r.clocks.entry(doc.clone()).or_default();
         if !clock.le(entry) {
             entry.merge(clock);
-            batch.push(WriteOp::PutReceipt { peer: peer.clone(), doc: doc.clone(), clock: entry.clone() });
+            batch.push(WriteOp::PutReceipt {
+                peer: peer.clone(),
+                doc: doc.clone(),
+                clock: entry.clone(),
+            });
         }
     }
 
@@ -333,7 +377,9 @@ impl<S: Store> Node<S> {
 
     fn on_summary(&mut self, sid: SessionId, sm: Summary) {
         self.learn_clocks(sid, sm.entries);
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if sm.last && s.phase == Phase::AwaitSummary {
             s.phase = Phase::Live;
             let empty = VectorClock::new();
@@ -360,7 +406,10 @@ impl<S: Store> Node<S> {
                 match self.apply_remote(&mut batch, &dc.doc, &ch.0) {
                     Ok((applied, actor, seq)) => {
                         // The sender holds (actor, 1..=seq): it holds this change, causally closed.
-                        received.get_mut(&dc.doc).expect("inserted").observe(actor, seq);
+                        received
+                            .get_mut(&dc.doc)
+                            .expect("inserted")
+                            .observe(actor, seq);
                         match applied {
                             Applied::New(n) => stats.changes_applied += 1 + n as u64,
                             Applied::Duplicate => stats.changes_duplicate += 1,
@@ -378,7 +427,9 @@ impl<S: Store> Node<S> {
         // store stay equal, and the session ends below.
         let Ok(seq) = self.commit(batch) else { return };
         self.announce(Origin::Remote(peer));
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         s.stats.changes_received += stats.changes_received;
         s.stats.changes_applied += stats.changes_applied;
         s.stats.changes_duplicate += stats.changes_duplicate;
@@ -392,7 +443,10 @@ impl<S: Store> Node<S> {
         }
         let clocks: Vec<DocClock> = received
             .keys()
-            .map(|doc| DocClock { doc: doc.clone(), clock: self.clock(doc).cloned().unwrap_or_default() })
+            .map(|doc| DocClock {
+                doc: doc.clone(),
+                clock: self.clock(doc).cloned().unwrap_or_default(),
+            })
             .collect();
         let gate = self.durable_at(seq);
         let s = self.sessions.get_mut(&sid).expect("session exists");
@@ -400,14 +454,23 @@ impl<S: Store> Node<S> {
         let parts = split_clocks(clocks, s.send_frame_max);
         let n = parts.len();
         for (i, clocks) in parts.into_iter().enumerate() {
-            s.push(gate, &Message::Ack(Ack { batch: c.batch, clocks, last: i + 1 == n }));
+            s.push(
+                gate,
+                &Message::Ack(Ack {
+                    batch: c.batch,
+                    clocks,
+                    last: i + 1 == n,
+                }),
+            );
         }
     }
 
     fn on_ack(&mut self, sid: SessionId, a: Ack) {
         let docs: Vec<DocId> = a.clocks.iter().map(|e| e.doc.clone()).collect();
         self.learn_clocks(sid, a.clocks);
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if a.last && s.inflight.remove(&a.batch).is_some() {
             s.stats.batches_acked += 1;
         }
@@ -432,7 +495,9 @@ impl<S: Store> Node<S> {
     }
 
     fn pump(&mut self, sid: SessionId) -> Result<(), StoreError> {
-        let Some(mut s) = self.sessions.remove(&sid) else { return Ok(()) };
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return Ok(());
+        };
         let result = self.fill_window(&mut s);
         self.sessions.insert(sid, s);
         match result {
@@ -460,12 +525,21 @@ impl<S: Store> Node<S> {
             let mut full = false;
             while !full {
                 if s.cursor.is_none() {
-                    let Some(doc) = s.queue.pop_first() else { break };
-                    let Some(meta) = self.docs.get(&doc) else { continue };
+                    let Some(doc) = s.queue.pop_first() else {
+                        break;
+                    };
+                    let Some(meta) = self.docs.get(&doc) else {
+                        continue;
+                    };
                     let have = s.known_with_inflight(&doc);
                     let mut orders = Vec::new();
                     for (actor, seqs) in have.missing_from(&meta.clock) {
-                        orders.extend(self.store.change_index(&doc, &actor, seqs)?.into_iter().map(|(_, o, _)| o));
+                        orders.extend(
+                            self.store
+                                .change_index(&doc, &actor, seqs)?
+                                .into_iter()
+                                .map(|(_, o, _)| o),
+                        );
                     }
                     if orders.is_empty() {
                         continue;
@@ -476,10 +550,13 @@ impl<S: Store> Node<S> {
                 }
                 let (doc, orders) = s.cursor.as_mut().expect("set above");
                 while let Some(&order) = orders.front() {
-                    let change = self.store.change_at(doc, order)?.ok_or_else(|| StoreError::Corrupt {
-                        table: "changes",
-                        key: format!("{doc}@{order}"),
-                    })?;
+                    let change =
+                        self.store
+                            .change_at(doc, order)?
+                            .ok_or_else(|| StoreError::Corrupt {
+                                table: "changes",
+                                key: format!("{doc}@{order}"),
+                            })?;
                     if change.bytes.len() > frame_room as usize {
                         return Ok(Some(format!(
                             "a change of {} bytes does not fit the peer's frame limit of {}",
@@ -494,10 +571,17 @@ impl<S: Store> Node<S> {
                     }
                     orders.pop_front();
                     bytes += cost;
-                    sent.entry(doc.clone()).or_default().observe(change.actor, change.seq);
+                    sent.entry(doc.clone())
+                        .or_default()
+                        .observe(change.actor, change.seq);
                     match docs_out.last_mut() {
-                        Some(last) if &last.doc == doc => last.changes.push(ChangeBytes(change.bytes)),
-                        _ => docs_out.push(DocChanges { doc: doc.clone(), changes: vec![ChangeBytes(change.bytes)] }),
+                        Some(last) if &last.doc == doc => {
+                            last.changes.push(ChangeBytes(change.bytes))
+                        }
+                        _ => docs_out.push(DocChanges {
+                            doc: doc.clone(),
+                            changes: vec![ChangeBytes(change.bytes)],
+                        }),
                     }
                 }
                 if orders.is_empty() {
@@ -510,8 +594,20 @@ impl<S: Store> Node<S> {
             let batch = s.next_batch;
             s.next_batch += 1;
             s.stats.changes_sent += docs_out.iter().map(|d| d.changes.len() as u64).sum::<u64>();
-            s.inflight.insert(batch, Inflight { sent_ms: self.now_ms, clocks: sent });
-            s.push(self.commit_seq, &Message::Changes(Changes { batch, docs: docs_out }));
+            s.inflight.insert(
+                batch,
+                Inflight {
+                    sent_ms: self.now_ms,
+                    clocks: sent,
+                },
+            );
+            s.push(
+                self.commit_seq,
+                &Message::Changes(Changes {
+                    batch,
+                    docs: docs_out,
+                }),
+            );
         }
         Ok(None)
     }
@@ -520,8 +616,15 @@ impl<S: Store> Node<S> {
     /// durable. `None` when nothing is ready.
     pub fn poll_transmit(&mut self, sid: SessionId) -> Option<Vec<u8>> {
         let s = self.sessions.get_mut(&sid)?;
-        let ready = s.outbox.front().is_some_and(|(gate, _)| *gate <= self.durable_seq);
-        let frame = if ready { s.outbox.pop_front().map(|(_, f)| f) } else { None };
+        let ready = s
+            .outbox
+            .front()
+            .is_some_and(|(gate, _)| *gate <= self.durable_seq);
+        let frame = if ready {
+            s.outbox.pop_front().map(|(_, f)| f)
+        } else {
+            None
+        };
         if let Some(f) = &frame {
             s.stats.frames_out += 1;
             s.stats.bytes_out += f.len() as u64;
@@ -535,7 +638,9 @@ impl<S: Store> Node<S> {
     /// Ends a session: queues a Close frame (sent by [`Node::poll_transmit`]) and reports
     /// [`crate::Event::SessionClosed`].
     pub fn close_session(&mut self, sid: SessionId, code: CloseCode, reason: &str) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if s.phase == Phase::Closed {
             return;
         }
@@ -548,9 +653,21 @@ impl<S: Store> Node<S> {
         s.inflight.clear();
         s.queue.clear();
         s.cursor = None;
-        s.push(0, &Message::Close(Close { code, reason: reason.clone() }));
+        s.push(
+            0,
+            &Message::Close(Close {
+                code,
+                reason: reason.clone(),
+            }),
+        );
         let peer = s.peer.clone();
-        self.events.push_back(crate::Event::SessionClosed { session: sid, peer, code: Some(code), reason, by_peer: false });
+        self.events.push_back(crate::Event::SessionClosed {
+            session: sid,
+            peer,
+            code: Some(code),
+            reason,
+            by_peer: false,
+        });
     }
 
     /// The transport of a session is gone (closed, reset, idle timeout). Anything unacknowledged
@@ -588,7 +705,11 @@ impl<S: Store> Node<S> {
             .map(|(id, _)| *id)
             .collect();
         for sid in overdue {
-            let what = if self.sessions[&sid].phase == Phase::Live { "acknowledgement" } else { "handshake" };
+            let what = if self.sessions[&sid].phase == Phase::Live {
+                "acknowledgement"
+            } else {
+                "handshake"
+            };
             self.close_session(sid, CloseCode::Timeout, &format!("{what} timed out"));
         }
     }
@@ -596,7 +717,10 @@ impl<S: Store> Node<S> {
     /// When [`Node::handle_timeout`] should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
         let (hs, ack) = (self.cfg.handshake_timeout_ms, self.cfg.ack_timeout_ms);
-        self.sessions.values().filter_map(|s| s.deadline(hs, ack)).min()
+        self.sessions
+            .values()
+            .filter_map(|s| s.deadline(hs, ack))
+            .min()
     }
 
     /// Every session.

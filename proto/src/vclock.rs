@@ -140,7 +140,11 @@ impl VectorClock {
     /// applied in order, so `seq` must be exactly one past the current entry.
     pub fn advance(&mut self, actor: Actor, seq: u64) {
         let current = self.get(&actor);
-        assert_eq!(seq, current + 1, "vector clock for {actor} must advance by one");
+        assert_eq!(
+            seq,
+            current + 1,
+            "vector clock for {actor} must advance by one"
+        );
         self.entries.insert(actor, seq);
     }
 
@@ -168,7 +172,9 @@ impl VectorClock {
 
     /// True when every change `self` holds is held by `other` too.
     pub fn le(&self, other: &VectorClock) -> bool {
-        self.entries.iter().all(|(actor, seq)| *seq <= other.get(actor))
+        self.entries
+            .iter()
+            .all(|(actor, seq)| *seq <= other.get(actor))
     }
 
     /// The partial order between the two clocks.

@@ -188,7 +188,8 @@ impl Message {
 
     /// Decodes one payload (without the length prefix).
     pub fn from_payload(payload: &[u8]) -> Result<Message, DecodeError> {
-        let msg: Message = postcard::from_bytes(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let msg: Message =
+            postcard::from_bytes(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if let Message::Close(c) = &msg {
             if c.reason.len() > CLOSE_REASON_BYTES_MAX {
                 return Err(DecodeError::ReasonTooLong);
@@ -209,7 +210,11 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder accepting frames up to `max` payload bytes.
     pub fn new(max: u32) -> Self {
-        FrameDecoder { buf: Vec::new(), max, failed: false }
+        FrameDecoder {
+            buf: Vec::new(),
+            max,
+            failed: false,
+        }
     }
 
     /// Appends received bytes. At most one frame (plus a header) is ever buffered beyond what
@@ -273,25 +278,48 @@ mod tests {
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
-        let clock = proptest::collection::btree_map(0u8..4, 1u64..100, 0..4)
-            .prop_map(|m| m.into_iter().map(|(a, s)| (Actor([a; 16]), s)).collect::<VectorClock>());
+        let clock = proptest::collection::btree_map(0u8..4, 1u64..100, 0..4).prop_map(|m| {
+            m.into_iter()
+                .map(|(a, s)| (Actor([a; 16]), s))
+                .collect::<VectorClock>()
+        });
         let doc = "[a-z]{1,8}(/[a-z0-9]{1,4}){0,2}".prop_map(|s| DocId::new(s).unwrap());
         let entry = (doc.clone(), clock).prop_map(|(doc, clock)| DocClock { doc, clock });
         prop_oneof![
             Just(hello()),
-            (proptest::collection::vec(entry.clone(), 0..4), any::<bool>())
+            (
+                proptest::collection::vec(entry.clone(), 0..4),
+                any::<bool>()
+            )
                 .prop_map(|(entries, last)| Message::Summary(Summary { entries, last })),
-            (any::<u64>(), proptest::collection::vec((doc, proptest::collection::vec(any::<Vec<u8>>(), 0..3)), 0..3))
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (doc, proptest::collection::vec(any::<Vec<u8>>(), 0..3)),
+                    0..3
+                )
+            )
                 .prop_map(|(batch, docs)| Message::Changes(Changes {
                     batch,
                     docs: docs
                         .into_iter()
-                        .map(|(doc, cs)| DocChanges { doc, changes: cs.into_iter().map(ChangeBytes).collect() })
+                        .map(|(doc, cs)| DocChanges {
+                            doc,
+                            changes: cs.into_iter().map(ChangeBytes).collect()
+                        })
                         .collect()
                 })),
-            (any::<u64>(), proptest::collection::vec(entry, 0..4))
-                .prop_map(|(batch, clocks)| Message::Ack(Ack { batch, clocks, last: true })),
-            "[a-z ]{0,40}".prop_map(|reason| Message::Close(Close { code: CloseCode::Timeout, reason })),
+            (any::<u64>(), proptest::collection::vec(entry, 0..4)).prop_map(|(batch, clocks)| {
+                Message::Ack(Ack {
+                    batch,
+                    clocks,
+                    last: true,
+                })
+            }),
+            "[a-z ]{0,40}".prop_map(|reason| Message::Close(Close {
+                code: CloseCode::Timeout,
+                reason
+            })),
         ]
     }
 
@@ -333,7 +361,10 @@ mod tests {
         dec.push(&(FRAME_BYTES_MIN + 1).to_be_bytes());
         assert_eq!(
             dec.next_message(),
-            Err(DecodeError::FrameTooLarge { len: FRAME_BYTES_MIN + 1, max: FRAME_BYTES_MIN })
+            Err(DecodeError::FrameTooLarge {
+                len: FRAME_BYTES_MIN + 1,
+                max: FRAME_BYTES_MIN
+            })
         );
         dec.push(&[0; 100]);
         assert_eq!(dec.buffered(), 0, "a failed stream buffers nothing more");
@@ -342,7 +373,10 @@ mod tests {
     // Structured garbage inside a valid frame fails as Malformed, and invalid names are refused.
     #[test]
     fn malformed_payloads_rejected() {
-        assert!(matches!(Message::from_payload(&[99]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Message::from_payload(&[99]),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut frame = hello().to_frame();
         // Replace the node name "gw-1" with "gw/1": the validated NodeName refuses it.
         let pos = frame.windows(4).position(|w| w == b"gw-1").unwrap();
@@ -350,8 +384,15 @@ mod tests {
         let mut dec = FrameDecoder::new(FRAME_BYTES_MIN);
         dec.push(&frame);
         assert!(matches!(dec.next_message(), Err(DecodeError::Malformed(_))));
-        let long = Message::Close(Close { code: CloseCode::Shutdown, reason: "x".repeat(300) }).to_frame();
-        assert_eq!(Message::from_payload(&long[4..]), Err(DecodeError::ReasonTooLong));
+        let long = Message::Close(Close {
+            code: CloseCode::Shutdown,
+            reason: "x".repeat(300),
+        })
+        .to_frame();
+        assert_eq!(
+            Message::from_payload(&long[4..]),
+            Err(DecodeError::ReasonTooLong)
+        );
     }
 
     // The Hello layout is the compatibility anchor: its first bytes are the variant tag and magic.

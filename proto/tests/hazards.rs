@@ -1,0 +1,421 @@
+mod common;
+
+use common::{doc, name, open, persist, Net};
+use edgesync_proto::wire::{
+    ChangeBytes, Changes, DocChanges, Hello, Message, Summary, FRAME_BYTES_MIN, MAGIC,
+    PROTOCOL_VERSION,
+};
+use edgesync_proto::{CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId};
+use serde_json::json;
+
+fn reading(id: &str, v: i64) -> Reading {
+    Reading::from_json(id, v, &json!({ "v": v })).unwrap()
+}
+
+fn hello_from(node: &str) -> Message {
+    Message::Hello(Hello {
+        magic: MAGIC,
+        version_min: PROTOCOL_VERSION,
+        version_max: PROTOCOL_VERSION,
+        node: NodeName::new(node).unwrap(),
+        store_id: [9; 16],
+        capabilities: 0,
+        frame_bytes_max: 4 * 1024 * 1024,
+    })
+}
+
+/// Opens a session on `node` for a peer driven by hand, past Hello and Summary.
+fn hand_session(node: &mut Node<MemStore>, peer: &str) -> SessionId {
+    let sid = node.connect(NodeName::new(peer).unwrap(), 0);
+    node.handle_input(sid, &hello_from(peer).to_frame(), 0);
+    node.handle_input(
+        sid,
+        &Message::Summary(Summary {
+            entries: vec![],
+            last: true,
+        })
+        .to_frame(),
+        0,
+    );
+    sid
+}
+
+fn closes(node: &mut Node<MemStore>) -> Vec<(SessionId, Option<CloseCode>)> {
+    let mut out = Vec::new();
+    while let Some(e) = node.poll_event() {
+        if let Event::SessionClosed { session, code, .. } = e {
+            out.push((session, code));
+        }
+    }
+    out
+}
+
+/// All changes of a document held by `node`, in causal order.
+fn changes_of(node: &mut Node<MemStore>, d: &str) -> Vec<Vec<u8>> {
+    node.with_doc(&doc(d), |am| {
+        am.get_changes(&[])
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
+    })
+    .unwrap()
+    .unwrap()
+}
+
+fn changes_frame(batch: u64, d: &str, changes: Vec<Vec<u8>>) -> Vec<u8> {
+    Message::Changes(Changes {
+        batch,
+        docs: vec![DocChanges {
+            doc: doc(d),
+            changes: changes.into_iter().map(ChangeBytes).collect(),
+        }],
+    })
+    .to_frame()
+}
+
+// Hazard 1: two partitioned nodes that both create the same new sensor document keep both
+// sides' readings after they reconnect.
+#[test]
+fn hazard1_concurrent_creation_of_a_sensor_document() {
+    let mut net = Net::new(2, |_| {});
+    net.nodes[0]
+        .ingest(&doc("site/s1"), &[reading("a", 1)], 0)
+        .unwrap();
+    net.nodes[1]
+        .ingest(&doc("site/s1"), &[reading("b", 2)], 0)
+        .unwrap();
+    net.connect(0, 1);
+    net.settle();
+    for n in net.nodes.iter_mut() {
+        let v = n.sensor_view(&doc("site/s1")).unwrap().unwrap();
+        assert_eq!(v.readings.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(v.latest().unwrap().id, "b");
+    }
+}
+
+// Hazard 2: a change that was not durable never leaves the node, and after a crash the node
+// authors under a new actor, so no (actor, seq) can be reused.
+#[test]
+fn hazard2_no_actor_sequence_reuse_across_a_crash() {
+    let mut a = open(0, MemStore::new(), 1, |_| {});
+    persist(&mut a);
+    let first_actor = a.actor();
+    let sid = a.connect(name(1), 0);
+    a.ingest(&doc("d"), &[reading("lost", 1)], 0).unwrap();
+    // Not durable yet: the frames that would advertise it are held back.
+    assert!(a.durable_seq() < a.commit_seq());
+    let mut leaked = Vec::new();
+    while let Some(f) = a.poll_transmit(sid) {
+        leaked.push(f);
+    }
+    let hello_only = leaked.iter().all(|f| !matches!(Message::from_payload(&f[4..]), Ok(Message::Summary(s)) if !s.entries.is_empty()));
+    assert!(
+        hello_only,
+        "no summary naming the unpersisted document was sent"
+    );
+    let mut store = a.into_store();
+    store.crash();
+    let mut a = open(0, store, 1, |_| {});
+    assert_ne!(
+        a.actor(),
+        first_actor,
+        "a restart authors under a new actor"
+    );
+    assert!(
+        a.clock(&doc("d")).is_none(),
+        "the unpersisted ingest is gone"
+    );
+    a.ingest(&doc("d"), &[reading("kept", 2)], 0).unwrap();
+    let clock = a.clock(&doc("d")).unwrap().clone();
+    assert_eq!(clock.get(&a.actor()), 1);
+    assert_eq!(clock.get(&first_actor), 0);
+}
+
+// Hazard 2, detection: a peer that presents two different changes under one (actor, seq) is
+// refused and the session ends with Equivocation; the first change stays.
+#[test]
+fn hazard2_equivocation_is_detected() {
+    let mut author = open(0, MemStore::new(), 1, |_| {});
+    author.patch(&doc("g"), &json!({"x": 1}), 0).unwrap();
+    let first = changes_of(&mut author, "g");
+    let mut store = MemStore::new();
+    // Same name, incarnation and nonce: the same actor (only a broken node would do this).
+    let mut twin = open(0, std::mem::take(&mut store), 1, |_| {});
+    twin.patch(&doc("g"), &json!({"x": 2}), 0).unwrap();
+    let second = changes_of(&mut twin, "g");
+    assert_ne!(first, second);
+
+    let mut b = open(1, MemStore::new(), 2, |_| {});
+    let sid = hand_session(&mut b, "n0");
+    b.handle_input(sid, &changes_frame(0, "g", first), 0);
+    b.handle_input(sid, &changes_frame(1, "g", second), 0);
+    assert_eq!(closes(&mut b), vec![(sid, Some(CloseCode::Equivocation))]);
+    assert_eq!(b.json(&doc("g"), false).unwrap().unwrap(), json!({"x": 1}));
+}
+
+// Hazard 3: a change whose dependency is missing is held, not counted in the clock, and
+// applied when the dependency arrives; the buffer is bounded.
+#[test]
+fn hazard3_causal_gaps_are_buffered_not_counted() {
+    let mut author = open(0, MemStore::new(), 1, |_| {});
+    for i in 0..3 {
+        author.patch(&doc("g"), &json!({ "k": i }), 0).unwrap();
+    }
+    let cs = changes_of(&mut author, "g");
+    let mut b = open(1, MemStore::new(), 2, |_| {});
+    let sid = hand_session(&mut b, "n0");
+    b.handle_input(
+        sid,
+        &changes_frame(0, "g", vec![cs[2].clone(), cs[1].clone()]),
+        0,
+    );
+    assert_eq!(b.pending_changes(), 2);
+    assert!(
+        b.clock(&doc("g")).is_none_or(|c| c.is_empty()),
+        "gapped changes are not in the clock"
+    );
+    b.handle_input(sid, &changes_frame(1, "g", vec![cs[0].clone()]), 0);
+    assert_eq!(b.pending_changes(), 0);
+    assert_eq!(b.clock(&doc("g")).unwrap().get(&author.actor()), 3);
+    assert_eq!(b.json(&doc("g"), false).unwrap().unwrap(), json!({"k": 2}));
+
+    let mut c = open(2, MemStore::new(), 3, |cfg| cfg.pending_changes_max = 1);
+    let sid = hand_session(&mut c, "n0");
+    c.handle_input(
+        sid,
+        &changes_frame(0, "g", vec![cs[2].clone(), cs[1].clone()]),
+        0,
+    );
+    assert_eq!(closes(&mut c), vec![(sid, Some(CloseCode::Overloaded))]);
+    assert_eq!(c.pending_changes(), 1, "the buffer never exceeds its bound");
+}
+
+// Hazard 5: hostile frames end only their own session with a distinct code; the node keeps
+// syncing with an honest peer and its stored state is untouched.
+#[test]
+fn hazard5_hostile_input_ends_only_that_session() {
+    let mut net = Net::new(2, |c| {
+        c.frame_bytes_max = FRAME_BYTES_MIN.max(1024 * 1024 + 1024)
+    });
+    net.nodes[0]
+        .ingest(&doc("s"), &[reading("r1", 1)], 0)
+        .unwrap();
+    net.connect(0, 1);
+    net.settle();
+    let before = net.nodes[1].clock(&doc("s")).cloned();
+
+    let mut author = open(5, MemStore::new(), 9, |_| {});
+    author.patch(&doc("g"), &json!({"x": 1}), 0).unwrap();
+    let mut good_change = changes_of(&mut author, "g").remove(0);
+    let mut corrupt = good_change.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    good_change.extend_from_slice(&[0; 8]);
+    let huge = vec![0u8; 1024 * 1024 + 1];
+
+    let pre_hello: Vec<(&str, Vec<Vec<u8>>, CloseCode)> = vec![
+        (
+            "garbage",
+            vec![vec![0, 0, 0, 3, 0xff, 0xfe, 0xfd]],
+            CloseCode::Malformed,
+        ),
+        (
+            "oversized frame",
+            vec![u32::MAX.to_be_bytes().to_vec()],
+            CloseCode::FrameTooLarge,
+        ),
+        (
+            "before hello",
+            vec![Message::Summary(Summary {
+                entries: vec![],
+                last: true,
+            })
+            .to_frame()],
+            CloseCode::Unexpected,
+        ),
+        (
+            "wrong identity",
+            vec![hello_from("mallory").to_frame()],
+            CloseCode::IdentityMismatch,
+        ),
+        (
+            "wrong version",
+            vec![{
+                let Message::Hello(mut h) = hello_from("x") else {
+                    unreachable!()
+                };
+                h.version_min = 7;
+                h.version_max = 9;
+                Message::Hello(h).to_frame()
+            }],
+            CloseCode::VersionMismatch,
+        ),
+        (
+            "bad magic",
+            vec![{
+                let Message::Hello(mut h) = hello_from("x") else {
+                    unreachable!()
+                };
+                h.magic = *b"HTTP";
+                Message::Hello(h).to_frame()
+            }],
+            CloseCode::Malformed,
+        ),
+    ];
+    for (what, frames, code) in pre_hello {
+        let sid = net.nodes[1].connect(NodeName::new("x").unwrap(), 0);
+        for f in frames {
+            net.nodes[1].handle_input(sid, &f, 0);
+        }
+        let got: Vec<_> = closes(&mut net.nodes[1])
+            .into_iter()
+            .filter(|(s, _)| *s == sid)
+            .collect();
+        assert_eq!(got, vec![(sid, Some(code))], "{what}");
+    }
+    let post_hello: Vec<(&str, Vec<u8>, CloseCode)> = vec![
+        (
+            "corrupt change",
+            changes_frame(0, "g", vec![corrupt]),
+            CloseCode::InvalidChange,
+        ),
+        (
+            "trailing bytes",
+            changes_frame(0, "g", vec![good_change]),
+            CloseCode::InvalidChange,
+        ),
+        (
+            "oversized change",
+            changes_frame(0, "g", vec![huge]),
+            CloseCode::InvalidChange,
+        ),
+        (
+            "second hello",
+            hello_from("x").to_frame(),
+            CloseCode::Unexpected,
+        ),
+    ];
+    for (what, frame, code) in post_hello {
+        let sid = hand_session(&mut net.nodes[1], "x");
+        net.nodes[1].handle_input(sid, &frame, 0);
+        let got: Vec<_> = closes(&mut net.nodes[1])
+            .into_iter()
+            .filter(|(s, _)| *s == sid)
+            .collect();
+        assert_eq!(got, vec![(sid, Some(code))], "{what}");
+    }
+    assert_eq!(
+        net.nodes[1].clock(&doc("s")).cloned(),
+        before,
+        "stored state untouched"
+    );
+    assert!(
+        net.nodes[1].clock(&doc("g")).is_none(),
+        "nothing of the refused changes was kept"
+    );
+    // The honest session still works.
+    net.nodes[0]
+        .ingest(&doc("s"), &[reading("r2", 2)], 0)
+        .unwrap();
+    net.settle();
+    let v = net.nodes[1].sensor_view(&doc("s")).unwrap().unwrap();
+    assert_eq!(v.readings.len(), 2);
+}
+
+// Reconciliation round trips do not grow with the number of documents, and receipts make a
+// reconnect after a partition send only what changed.
+#[test]
+fn round_trips_independent_of_document_count() {
+    let rounds = |docs: usize| {
+        let mut net = Net::new(2, |_| {});
+        for i in 0..docs {
+            net.nodes[0]
+                .ingest(&doc(&format!("d/{i}")), &[reading("a", 1)], 0)
+                .unwrap();
+            net.nodes[1]
+                .ingest(&doc(&format!("d/{i}")), &[reading("b", 1)], 0)
+                .unwrap();
+        }
+        net.connect(0, 1);
+        let first = net.settle();
+        // Partition, change a few documents on each side, heal.
+        net.disconnect(0, 1);
+        for i in 0..3.min(docs) {
+            net.nodes[0]
+                .ingest(&doc(&format!("d/{i}")), &[reading("c", 2)], 0)
+                .unwrap();
+            net.nodes[1]
+                .ingest(&doc(&format!("d/{}", docs - 1 - i)), &[reading("d", 2)], 0)
+                .unwrap();
+        }
+        net.connect(0, 1);
+        let before: u64 = net.nodes[0]
+            .sessions()
+            .iter()
+            .map(|s| s.stats.changes_sent)
+            .sum();
+        let second = net.settle();
+        let sent: u64 = net.nodes[0]
+            .sessions()
+            .iter()
+            .map(|s| s.stats.changes_sent)
+            .sum::<u64>()
+            - before;
+        (first, second, sent)
+    };
+    let (f1, s1, _) = rounds(1);
+    let (f200, s200, sent200) = rounds(200);
+    assert_eq!(
+        f1, f200,
+        "first sync: same number of exchanges for 1 and 200 documents"
+    );
+    assert_eq!(s1, s200, "resync: same number of exchanges");
+    assert_eq!(
+        sent200, 3,
+        "after the partition only the 3 changed documents' changes are sent"
+    );
+}
+
+// A peer whose store was wiped (new store id) is recognised and receives everything again.
+#[test]
+fn wiped_peer_is_resynchronised() {
+    let mut net = Net::new(2, |_| {});
+    net.nodes[0]
+        .ingest(&doc("s"), &[reading("r1", 1)], 0)
+        .unwrap();
+    net.connect(0, 1);
+    net.settle();
+    net.disconnect(0, 1);
+    net.nodes[1] = open(1, MemStore::new(), 77, |_| {});
+    net.connect(0, 1);
+    net.settle();
+    let v = net.nodes[1].sensor_view(&doc("s")).unwrap().unwrap();
+    assert_eq!(v.readings.len(), 1);
+}
+
+// Receipts survive a restart: after reopening, a reconnect to an up-to-date peer sends no
+// change at all.
+#[test]
+fn receipts_survive_restart() {
+    let mut net = Net::new(2, |_| {});
+    for i in 0..20 {
+        net.nodes[0]
+            .ingest(&doc(&format!("d/{i}")), &[reading("a", 1)], 0)
+            .unwrap();
+    }
+    net.connect(0, 1);
+    net.settle();
+    net.disconnect(0, 1);
+    let store =
+        std::mem::replace(&mut net.nodes[0], open(9, MemStore::new(), 99, |_| {})).into_store();
+    net.nodes[0] = open(0, store, 5, |_| {});
+    assert_eq!(net.nodes[0].peer_unacked(&name(1)), 0);
+    net.connect(0, 1);
+    net.settle();
+    let sent: u64 = net.nodes[0]
+        .sessions()
+        .iter()
+        .map(|s| s.stats.changes_sent)
+        .sum();
+    assert_eq!(sent, 0);
+}
