@@ -65,6 +65,10 @@ pub struct PeerReceipts {
     pub store_id: Option<[u8; 16]>,
     /// Per document, what the peer acknowledged.
     pub clocks: BTreeMap<DocId, VectorClock>,
+    /// Per document, the clock this node last reported to the peer (in a Summary or Ack): what
+    /// the peer believes this node holds. A document whose clock differs is summarised on the
+    /// next connect, so the peer does not resend changes this node got elsewhere.
+    pub reported: BTreeMap<DocId, VectorClock>,
 }
 
 /// One write in a batch.
@@ -95,12 +99,21 @@ pub enum WriteOp {
         /// The saved document.
         bytes: Vec<u8>,
     },
-    /// Forget a peer and all its receipts, then record its current store id.
+    /// Forget a peer, its receipts and reported clocks, then record its current store id.
     ResetPeer {
         /// Peer.
         peer: NodeName,
         /// The peer's store id.
         store_id: [u8; 16],
+    },
+    /// Replace the clock last reported to a peer.
+    PutReported {
+        /// Peer.
+        peer: NodeName,
+        /// Document.
+        doc: DocId,
+        /// What the peer was told.
+        clock: VectorClock,
     },
     /// Replace a receipt.
     PutReceipt {
@@ -193,44 +206,45 @@ struct MemState {
 }
 
 impl MemState {
-    fn apply(&mut self, batch: &WriteBatch) {
-        for op in &batch.ops {
+    fn apply(&mut self, batch: WriteBatch) {
+        for op in batch.ops {
             match op {
-                WriteOp::PutNodeMeta(m) => self.meta = Some(m.clone()),
+                WriteOp::PutNodeMeta(m) => self.meta = Some(m),
                 WriteOp::PutChange { doc, change } => {
-                    self.index.insert(
-                        (doc.clone(), change.actor, change.seq),
-                        (change.order, change.hash),
-                    );
-                    self.changes
-                        .insert((doc.clone(), change.order), change.clone());
+                    let key = (doc.clone(), change.actor, change.seq);
+                    self.index.insert(key, (change.order, change.hash));
+                    self.changes.insert((doc, change.order), change);
                 }
                 WriteOp::PutDocMeta { doc, meta } => {
-                    self.docs.insert(doc.clone(), meta.clone());
+                    self.docs.insert(doc, meta);
                 }
                 WriteOp::PutSnapshot {
                     doc,
                     covers_order,
                     bytes,
                 } => {
-                    self.snapshots
-                        .insert(doc.clone(), (*covers_order, bytes.clone()));
+                    self.snapshots.insert(doc, (covers_order, bytes));
                 }
                 WriteOp::ResetPeer { peer, store_id } => {
-                    self.peers.insert(
-                        peer.clone(),
-                        PeerReceipts {
-                            store_id: Some(*store_id),
-                            clocks: BTreeMap::new(),
-                        },
-                    );
+                    let fresh = PeerReceipts {
+                        store_id: Some(store_id),
+                        ..PeerReceipts::default()
+                    };
+                    self.peers.insert(peer, fresh);
                 }
                 WriteOp::PutReceipt { peer, doc, clock } => {
                     self.peers
-                        .entry(peer.clone())
+                        .entry(peer)
                         .or_default()
                         .clocks
-                        .insert(doc.clone(), clock.clone());
+                        .insert(doc, clock);
+                }
+                WriteOp::PutReported { peer, doc, clock } => {
+                    self.peers
+                        .entry(peer)
+                        .or_default()
+                        .reported
+                        .insert(doc, clock);
                 }
             }
         }
@@ -260,19 +274,9 @@ impl MemStore {
     /// Makes every committed batch durable. Returns how many commits are now durable in total.
     pub fn sync(&mut self) -> u64 {
         for batch in self.unsynced.drain(..) {
-            self.durable.apply(&batch);
+            self.durable.apply(batch);
         }
         self.synced_commits = self.commits;
-        self.synced_commits
-    }
-
-    /// Makes the oldest `n` not-yet-durable batches durable (a partial flush).
-    pub fn sync_some(&mut self, n: usize) -> u64 {
-        let n = n.min(self.unsynced.len());
-        for batch in self.unsynced.drain(..n) {
-            self.durable.apply(&batch);
-        }
-        self.synced_commits += n as u64;
         self.synced_commits
     }
 
@@ -299,6 +303,16 @@ impl MemStore {
     /// True once a write failed.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// Commits made durable so far (what survives [`MemStore::crash`]).
+    pub fn durable_commits(&self) -> u64 {
+        self.synced_commits
+    }
+
+    /// The document's clock in the durable state (what a crash would leave).
+    pub fn durable_clock(&self, doc: &DocId) -> Option<&VectorClock> {
+        self.durable.docs.get(doc).map(|m| &m.clock)
     }
 }
 
@@ -371,7 +385,7 @@ impl Store for MemStore {
             self.poisoned = true;
             return Err(StoreError::Backend("injected write failure".into()));
         }
-        self.visible.apply(&batch);
+        self.visible.apply(batch.clone());
         self.unsynced.push(batch);
         self.commits += 1;
         Ok(())

@@ -186,24 +186,54 @@ impl<S: Store> Node<S> {
         });
         s.push(self.commit_seq, &hello);
         let entries = self.summary_entries(Some(&receipts));
-        self.queue_summary(&mut s, entries);
+        self.send_summary(&mut s, entries);
         self.sessions.insert(sid, s);
         sid
     }
 
-    /// Clocks of the documents whose clock `receipts` does not cover (all with `None`).
+    /// Clocks of the documents whose clock differs from what the peer was last told (all
+    /// documents with `None`).
     fn summary_entries(&self, receipts: Option<&PeerReceipts>) -> Vec<DocClock> {
-        let empty = VectorClock::new();
         self.docs
             .iter()
             .filter(|(doc, meta)| {
-                receipts.is_none_or(|r| !meta.clock.le(r.clocks.get(*doc).unwrap_or(&empty)))
+                receipts.is_none_or(|r| r.reported.get(*doc) != Some(&meta.clock))
             })
             .map(|(doc, meta)| DocClock {
                 doc: doc.clone(),
                 clock: meta.clock.clone(),
             })
             .collect()
+    }
+
+    /// Records (in memory and in `batch`) that `peer` was told `clock` for `doc`.
+    fn note_reported(
+        &mut self,
+        batch: &mut WriteBatch,
+        peer: &NodeName,
+        doc: &DocId,
+        clock: &VectorClock,
+    ) {
+        let r = self.peers.entry(peer.clone()).or_default();
+        if r.reported.get(doc) != Some(clock) {
+            r.reported.insert(doc.clone(), clock.clone());
+            batch.push(WriteOp::PutReported {
+                peer: peer.clone(),
+                doc: doc.clone(),
+                clock: clock.clone(),
+            });
+        }
+    }
+
+    /// Queues `entries` as the session's summary and remembers them as reported.
+    fn send_summary(&mut self, s: &mut Session, entries: Vec<DocClock>) {
+        let mut batch = WriteBatch::default();
+        for e in &entries {
+            self.note_reported(&mut batch, &s.peer.clone(), &e.doc, &e.clock);
+        }
+        self.queue_summary(s, entries);
+        // Reported clocks need not be durable: losing one only enlarges a later summary.
+        let _ = self.commit(batch);
     }
 
     fn queue_summary(&self, s: &mut Session, entries: Vec<DocClock>) {
@@ -310,19 +340,34 @@ impl<S: Store> Node<S> {
         let recorded = self.peers.get(&peer).and_then(|r| r.store_id);
         if recorded != Some(h.store_id) {
             // A new peer, or one whose store was replaced: its receipts say nothing any more.
-            self.peers.insert(
-                peer.clone(),
-                PeerReceipts {
-                    store_id: Some(h.store_id),
-                    clocks: BTreeMap::new(),
-                },
-            );
-            let batch = WriteBatch {
-                ops: vec![WriteOp::ResetPeer {
-                    peer,
-                    store_id: h.store_id,
-                }],
+            // What a new peer was told in this session's summary still holds; a replaced
+            // peer has forgotten everything it was told.
+            let kept = match recorded {
+                None => self
+                    .peers
+                    .get(&peer)
+                    .map(|r| r.reported.clone())
+                    .unwrap_or_default(),
+                Some(_) => BTreeMap::new(),
             };
+            let mut ops = vec![WriteOp::ResetPeer {
+                peer: peer.clone(),
+                store_id: h.store_id,
+            }];
+            for (doc, clock) in &kept {
+                ops.push(WriteOp::PutReported {
+                    peer: peer.clone(),
+                    doc: doc.clone(),
+                    clock: clock.clone(),
+                });
+            }
+            let fresh = PeerReceipts {
+                store_id: Some(h.store_id),
+                reported: kept,
+                ..PeerReceipts::default()
+            };
+            self.peers.insert(peer, fresh);
+            let batch = WriteBatch { ops };
             if self.commit(batch).is_err() {
                 return;
             }
@@ -330,7 +375,7 @@ impl<S: Store> Node<S> {
                 let entries = self.summary_entries(None);
                 let mut s = self.sessions.remove(&sid).expect("session exists");
                 s.known.clear();
-                self.queue_summary(&mut s, entries);
+                self.send_summary(&mut s, entries);
                 self.sessions.insert(sid, s);
             }
         }
@@ -422,6 +467,11 @@ impl<S: Store> Node<S> {
                     }
                 }
             }
+        }
+        // The Ack will tell the peer these clocks: remember them, in the same commit.
+        for doc in received.keys() {
+            let clock = self.clock(doc).cloned().unwrap_or_default();
+            self.note_reported(&mut batch, &peer, doc, &clock);
         }
         // What was valid is applied and kept even if a later change was refused: memory and
         // store stay equal, and the session ends below.
@@ -743,6 +793,12 @@ impl<S: Store> Node<S> {
         self.sessions.values().all(|s| {
             s.outbox.is_empty() && s.inflight.is_empty() && s.queue.is_empty() && s.cursor.is_none()
         })
+    }
+
+    /// What this node remembers of `peer`: its store id and, per document, the clock it
+    /// acknowledged.
+    pub fn receipts(&self, peer: &NodeName) -> Option<&PeerReceipts> {
+        self.peers.get(peer)
     }
 
     /// How many changes this node holds that `peer` has not acknowledged (per durable receipts).
