@@ -12,6 +12,3 @@ if [ "${#need[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! cargo nextest --version >/dev/null 2>&1; then
-  cargo install --locked cargo-nextest >/dev/null
-fi

@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# The full test suite: formatting, lints, every crate's tests (unit, property, integration,
-# doc), and the dependency-direction check.
+# The full test suite: formatting, lints, dependency direction, every crate's tests (unit,
+# property, integration, simulator, doc), then a 200-seed simulator swarm and the canaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# proto must stay free of I/O runtimes and storage engines.
-if cargo tree -p edgesync-proto -e normal --prefix none | grep -E '^(tokio|quinn|rocksdb|librocksdb-sys|edgesync) ' ; then
-  echo "edgesync-proto depends on a forbidden crate" >&2
-  exit 1
-fi
-cargo nextest run --workspace --locked --no-fail-fast
+# The core and the simulator stay free of I/O runtimes, storage engines and the shell crate.
+for crate in edgesync-proto edgesync-sim; do
+  if cargo tree -p "$crate" -e normal --prefix none | grep -E '^(tokio|quinn|rocksdb|librocksdb-sys|edgesync) '; then
+    echo "$crate depends on a forbidden crate" >&2
+    exit 1
+  fi
+done
+cargo build --release --locked -p edgesync-sim
+sim="$CARGO_TARGET_DIR/release/edgesync-sim"
+"$sim" swarm --seeds 1..201
+for canary in ack-before-persist drop-remote-change vc-off-by-one; do
+  "$sim" swarm --seeds 1..21 --canary "$canary"
+done
 cargo test --workspace --locked --doc
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi

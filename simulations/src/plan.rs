@@ -1,0 +1,354 @@
+//! What one run simulates: topology, size, duration, scenario and the randomized knobs, all
+//! drawn from the seed.
+
+use std::fmt;
+use std::str::FromStr;
+
+use edgesync_proto::wire::FRAME_BYTES_MIN;
+use edgesync_proto::Canary;
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// How nodes are connected. Node 0 is the cloud.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Every gateway dials the cloud.
+    Star,
+    /// Every gateway dials the cloud and every other gateway.
+    Mesh,
+    /// Node i dials node i-1: edge → gateway → … → cloud.
+    Chain,
+    /// A random spanning tree plus random extra links.
+    Random,
+}
+
+impl Topology {
+    /// All topologies.
+    pub const ALL: [Topology; 4] = [
+        Topology::Star,
+        Topology::Mesh,
+        Topology::Chain,
+        Topology::Random,
+    ];
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Topology::Star => "star",
+            Topology::Mesh => "mesh",
+            Topology::Chain => "chain",
+            Topology::Random => "random",
+        })
+    }
+}
+
+impl FromStr for Topology {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "star" => Ok(Topology::Star),
+            "mesh" => Ok(Topology::Mesh),
+            "chain" => Ok(Topology::Chain),
+            "random" => Ok(Topology::Random),
+            _ => Err(format!(
+                "unknown topology {s:?}; expected star, mesh, chain or random"
+            )),
+        }
+    }
+}
+
+/// A named scenario: a fixed fault script on top of the seed's random knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Random faults drawn from the seed.
+    Random,
+    /// The fleet splits into two halves that both keep ingesting, then heals.
+    SplitBrain,
+    /// A gateway ingests a burst of 50 readings and crashes in the middle of it.
+    CrashBurst,
+    /// A gateway's uplink flaps for most of the run.
+    FlappingUplink,
+    /// Two partitioned gateways ingest the same reading ids.
+    SameIds,
+}
+
+impl Scenario {
+    /// The named scenarios (not `Random`).
+    pub const NAMED: [Scenario; 4] = [
+        Scenario::SplitBrain,
+        Scenario::CrashBurst,
+        Scenario::FlappingUplink,
+        Scenario::SameIds,
+    ];
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scenario::Random => "random",
+            Scenario::SplitBrain => "split-brain",
+            Scenario::CrashBurst => "crash-burst",
+            Scenario::FlappingUplink => "flapping-uplink",
+            Scenario::SameIds => "same-ids",
+        })
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(Scenario::Random),
+            "split-brain" => Ok(Scenario::SplitBrain),
+            "crash-burst" => Ok(Scenario::CrashBurst),
+            "flapping-uplink" => Ok(Scenario::FlappingUplink),
+            "same-ids" => Ok(Scenario::SameIds),
+            _ => Err(format!(
+                "unknown scenario {s:?}; expected random, split-brain, crash-burst, flapping-uplink or same-ids"
+            )),
+        }
+    }
+}
+
+/// Parses a canary name.
+pub fn parse_canary(s: &str) -> Result<Canary, String> {
+    match s {
+        "none" => Ok(Canary::None),
+        "ack-before-persist" => Ok(Canary::AckBeforePersist),
+        "drop-remote-change" => Ok(Canary::DropRemoteChange),
+        "vc-off-by-one" => Ok(Canary::VcOffByOne),
+        _ => Err(format!(
+            "unknown canary {s:?}; expected ack-before-persist, drop-remote-change or vc-off-by-one"
+        )),
+    }
+}
+
+/// The canary's command-line name.
+pub fn canary_name(c: Canary) -> &'static str {
+    match c {
+        Canary::None => "none",
+        Canary::AckBeforePersist => "ack-before-persist",
+        Canary::DropRemoteChange => "drop-remote-change",
+        Canary::VcOffByOne => "vc-off-by-one",
+    }
+}
+
+/// Every canary that plants a bug.
+pub const CANARIES: [Canary; 3] = [
+    Canary::AckBeforePersist,
+    Canary::DropRemoteChange,
+    Canary::VcOffByOne,
+];
+
+/// What the command line asked for; unset fields are drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct RunArgs {
+    /// The seed.
+    pub seed: u64,
+    /// Number of nodes (cloud included).
+    pub nodes: Option<usize>,
+    /// Topology.
+    pub topology: Option<Topology>,
+    /// Simulated time with faults, in ms; then faults stop and the run waits for convergence.
+    pub duration_ms: Option<u64>,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Planted bug.
+    pub canary: Canary,
+    /// Keep the event log for printing.
+    pub trace: bool,
+}
+
+impl RunArgs {
+    /// A run of `seed` with everything else drawn from it.
+    pub fn seed(seed: u64) -> RunArgs {
+        RunArgs {
+            seed,
+            nodes: None,
+            topology: None,
+            duration_ms: None,
+            scenario: Scenario::Random,
+            canary: Canary::None,
+            trace: false,
+        }
+    }
+}
+
+/// Tunables randomized per seed so that rare paths run constantly.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// Target batch size; down to one byte (one change per batch).
+    pub batch_bytes_max: u32,
+    /// Frame limit per node.
+    pub frame_bytes_max: Vec<u32>,
+    /// Fleet-wide change limit.
+    pub change_bytes_max: u32,
+    /// Batches in flight.
+    pub inflight_batches_max: usize,
+    /// Ack timeout.
+    pub ack_timeout_ms: u64,
+    /// Handshake timeout.
+    pub handshake_timeout_ms: u64,
+    /// Causal buffer bound.
+    pub pending_changes_max: usize,
+    /// Documents in memory.
+    pub docs_loaded_max: usize,
+    /// Snapshot interval.
+    pub snapshot_changes_min: u64,
+    /// Mean time between store syncs (fsync) per node.
+    pub sync_interval_ms: u64,
+    /// One-way latency.
+    pub latency_ms: u64,
+    /// Added uniform jitter.
+    pub jitter_ms: u64,
+    /// Per-frame loss probability (while faults run).
+    pub loss: f64,
+    /// Per-frame duplication probability.
+    pub dup: f64,
+    /// Per-frame reordering probability.
+    pub reorder: f64,
+    /// Transport idle timeout.
+    pub idle_timeout_ms: u64,
+    /// Reconnect backoff base.
+    pub backoff_base_ms: u64,
+    /// Reconnect backoff cap.
+    pub backoff_cap_ms: u64,
+    /// Mean time between ingests (whole fleet).
+    pub ingest_interval_ms: u64,
+    /// Mean time between generic document edits (whole fleet).
+    pub patch_interval_ms: u64,
+    /// Fault events (partitions, crashes, store failures) during the run.
+    pub faults: u32,
+    /// Maximum wall-clock skew per node.
+    pub skew_max_ms: u64,
+}
+
+/// Everything a run needs, fully determined by the seed and the explicit arguments.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The seed.
+    pub seed: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// Topology.
+    pub topology: Topology,
+    /// Duration of the fault phase.
+    pub duration_ms: u64,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Canary.
+    pub canary: Canary,
+    /// Knobs.
+    pub knobs: Knobs,
+}
+
+impl Plan {
+    /// Draws the plan. The seed's draws happen in a fixed order whatever was given explicitly,
+    /// so `run --seed S --nodes N ...` printed by a swarm reproduces the swarm's run exactly.
+    pub fn draw(args: &RunArgs) -> Plan {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(args.seed ^ 0x6564_6765_7379_6e63);
+        let nodes = rng.random_range(3..=7usize);
+        let topology = Topology::ALL[rng.random_range(0..4usize)];
+        let duration_ms = rng.random_range(20..=120u64) * 1000;
+        let nodes = args.nodes.unwrap_or(nodes).max(2);
+        // Log-uniform batch sizes: 1 byte (one change per batch) up to 256 KiB.
+        let batch_bytes_max = 1u32 << rng.random_range(0..=18u32);
+        let change_bytes_max = FRAME_BYTES_MIN - 1024;
+        let frame_bytes_max = (0..nodes)
+            .map(|_| {
+                if rng.random_bool(0.5) {
+                    FRAME_BYTES_MIN
+                } else {
+                    FRAME_BYTES_MIN << rng.random_range(1..=8u32)
+                }
+            })
+            .collect();
+        let faulty = rng.random_bool(0.8);
+        let knobs = Knobs {
+            batch_bytes_max,
+            frame_bytes_max,
+            change_bytes_max,
+            inflight_batches_max: rng.random_range(1..=8),
+            ack_timeout_ms: rng.random_range(2..=30) * 1000,
+            handshake_timeout_ms: rng.random_range(2..=10) * 1000,
+            pending_changes_max: [16, 64, 1000, 10_000][rng.random_range(0..4usize)],
+            // Small memory budgets and frequent snapshots are rare paths worth running, and
+            // the costliest (documents reload on every touch): a minority of seeds get them.
+            docs_loaded_max: match rng.random_range(0..16u32) {
+                0 => 1,
+                1 | 2 => 3,
+                _ => 64,
+            },
+            snapshot_changes_min: match rng.random_range(0..8u32) {
+                0 => 8,
+                1 | 2 => 128,
+                _ => 1024,
+            },
+            sync_interval_ms: rng.random_range(1..=100),
+            latency_ms: rng.random_range(1..=150),
+            jitter_ms: rng.random_range(0..=50),
+            loss: if faulty {
+                rng.random_range(0.0..0.02)
+            } else {
+                0.0
+            },
+            dup: if faulty {
+                rng.random_range(0.0..0.02)
+            } else {
+                0.0
+            },
+            reorder: if faulty {
+                rng.random_range(0.0..0.01)
+            } else {
+                0.0
+            },
+            idle_timeout_ms: rng.random_range(3..=15) * 1000,
+            backoff_base_ms: rng.random_range(50..=1000),
+            backoff_cap_ms: rng.random_range(2..=10) * 1000,
+            ingest_interval_ms: rng.random_range(50..=500),
+            patch_interval_ms: rng.random_range(200..=3000),
+            faults: if faulty { rng.random_range(2..=14) } else { 0 },
+            skew_max_ms: rng.random_range(0..=30_000),
+        };
+        let mut knobs = knobs;
+        // Keep the offered load (one change per ingest or patch) at most a quarter of what one
+        // link can carry (window x changes per batch / round trip): in a star the cloud relays
+        // every change to every gateway, and a node back from a partition must catch up within
+        // the liveness bound. Tiny batches still run; the workload thins out around them.
+        let changes_per_batch = (knobs.batch_bytes_max as f64 / 400.0).max(1.0);
+        let round_trip_ms =
+            (2 * knobs.latency_ms + knobs.jitter_ms + 2 * knobs.sync_interval_ms) as f64;
+        let capacity_per_s =
+            knobs.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
+        let offered_per_s =
+            1000.0 / knobs.ingest_interval_ms as f64 + 1000.0 / knobs.patch_interval_ms as f64;
+        let thin = (4.0 * offered_per_s / capacity_per_s).max(1.0);
+        knobs.ingest_interval_ms = (knobs.ingest_interval_ms as f64 * thin).ceil() as u64;
+        knobs.patch_interval_ms = (knobs.patch_interval_ms as f64 * thin).ceil() as u64;
+        Plan {
+            seed: args.seed,
+            nodes,
+            topology: args.topology.unwrap_or(topology),
+            duration_ms: args.duration_ms.unwrap_or(duration_ms).max(1000),
+            scenario: args.scenario,
+            canary: args.canary,
+            knobs,
+        }
+    }
+
+    /// The command line that reproduces this run.
+    pub fn reproduce(&self) -> String {
+        let mut s = format!(
+            "edgesync-sim run --seed {} --nodes {} --topology {} --duration-ms {}",
+            self.seed, self.nodes, self.topology, self.duration_ms
+        );
+        if self.scenario != Scenario::Random {
+            s.push_str(&format!(" --scenario {}", self.scenario));
+        }
+        if self.canary != Canary::None {
+            s.push_str(&format!(" --canary {}", canary_name(self.canary)));
+        }
+        s
+    }
+}
