@@ -67,6 +67,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod conformance;
 pub mod doc;
 pub mod id;
 mod node;

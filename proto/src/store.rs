@@ -466,6 +466,16 @@ mod tests {
             .is_ok());
     }
 
+    // MemStore passes the store conformance suite; "reopen" is a sync then a crash.
+    #[test]
+    fn conformance() {
+        crate::conformance::check_store(MemStore::new, |mut s| {
+            s.sync();
+            s.crash();
+            s
+        });
+    }
+
     // Range reads return changes in order and respect the limit.
     #[test]
     fn changes_from_is_ordered_and_bounded() {

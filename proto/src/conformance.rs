@@ -1,0 +1,261 @@
+//! A conformance suite for [`Store`] implementations: the in-memory store of the simulator and
+//! the RocksDB store of the node must behave the same. Each check panics with a message on a
+//! difference; call [`check_store`] from a test of the implementation.
+
+use std::collections::BTreeMap;
+
+use crate::store::{
+    DocMeta, NodeMeta, PeerReceipts, Store, StoredChange, WriteBatch, WriteOp, SCHEMA_VERSION,
+};
+use crate::{Actor, Boot, Config, DocId, Node, NodeName, Reading, VectorClock};
+
+fn doc(s: &str) -> DocId {
+    DocId::new(s).expect("valid")
+}
+
+fn peer(s: &str) -> NodeName {
+    NodeName::new(s).expect("valid")
+}
+
+fn change(order: u64, actor: u8, seq: u64) -> StoredChange {
+    StoredChange {
+        order,
+        actor: Actor([actor; 16]),
+        seq,
+        hash: [order as u8 ^ actor; 32],
+        bytes: vec![actor; 3 + order as usize],
+    }
+}
+
+fn clock(pairs: &[(u8, u64)]) -> VectorClock {
+    pairs.iter().map(|(a, s)| (Actor([*a; 16]), *s)).collect()
+}
+
+/// Runs every check. `fresh` makes an empty store; `reopen` makes what was committed durable,
+/// closes the store and opens it again (a restart).
+pub fn check_store<S: Store>(mut fresh: impl FnMut() -> S, mut reopen: impl FnMut(S) -> S) {
+    empty_store_is_empty(fresh());
+    writes_read_back(fresh(), &mut reopen);
+    ranges_respect_documents_and_bounds(fresh());
+    peers_reset_forgets_receipts(fresh(), &mut reopen);
+    node_state_survives_reopen(fresh(), &mut reopen);
+}
+
+fn empty_store_is_empty<S: Store>(s: S) {
+    assert_eq!(s.node_meta().unwrap(), None);
+    assert!(s.docs().unwrap().is_empty());
+    assert!(s.peers().unwrap().is_empty());
+    assert_eq!(s.snapshot(&doc("a")).unwrap(), None);
+    assert!(s.changes_from(&doc("a"), 0, 10).unwrap().is_empty());
+    assert!(s
+        .change_index(&doc("a"), &Actor([1; 16]), 1..=u64::MAX)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.change_at(&doc("a"), 0).unwrap(), None);
+}
+
+fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
+    let meta = NodeMeta {
+        schema_version: SCHEMA_VERSION,
+        name: peer("n"),
+        store_id: [3; 16],
+        incarnation: 7,
+    };
+    let dm = DocMeta {
+        clock: clock(&[(1, 2)]),
+        next_order: 2,
+        snapshot_order: 1,
+    };
+    let batch = WriteBatch {
+        ops: vec![
+            WriteOp::PutNodeMeta(meta.clone()),
+            WriteOp::PutChange {
+                doc: doc("a"),
+                change: change(0, 1, 1),
+            },
+            WriteOp::PutChange {
+                doc: doc("a"),
+                change: change(1, 1, 2),
+            },
+            WriteOp::PutDocMeta {
+                doc: doc("a"),
+                meta: dm.clone(),
+            },
+            WriteOp::PutSnapshot {
+                doc: doc("a"),
+                covers_order: 1,
+                bytes: vec![9, 9],
+            },
+            WriteOp::ResetPeer {
+                peer: peer("p"),
+                store_id: [5; 16],
+            },
+            WriteOp::PutReceipt {
+                peer: peer("p"),
+                doc: doc("a"),
+                clock: clock(&[(1, 1)]),
+            },
+            WriteOp::PutReported {
+                peer: peer("p"),
+                doc: doc("a"),
+                clock: clock(&[(1, 2)]),
+            },
+        ],
+    };
+    s.commit(batch).unwrap();
+    let check = |s: &S| {
+        assert_eq!(s.node_meta().unwrap(), Some(meta.clone()));
+        assert_eq!(s.docs().unwrap(), vec![(doc("a"), dm.clone())]);
+        assert_eq!(s.snapshot(&doc("a")).unwrap(), Some((1, vec![9, 9])));
+        assert_eq!(s.change_at(&doc("a"), 1).unwrap(), Some(change(1, 1, 2)));
+        assert_eq!(
+            s.changes_from(&doc("a"), 0, 10).unwrap(),
+            vec![change(0, 1, 1), change(1, 1, 2)]
+        );
+        let expected = PeerReceipts {
+            store_id: Some([5; 16]),
+            clocks: BTreeMap::from([(doc("a"), clock(&[(1, 1)]))]),
+            reported: BTreeMap::from([(doc("a"), clock(&[(1, 2)]))]),
+        };
+        assert_eq!(s.peers().unwrap(), vec![(peer("p"), expected)]);
+    };
+    check(&s);
+    let s = reopen(s);
+    check(&s);
+}
+
+fn ranges_respect_documents_and_bounds<S: Store>(mut s: S) {
+    let mut ops = Vec::new();
+    for (d, n) in [("a", 5u64), ("a/b", 3), ("b", 2)] {
+        for i in 0..n {
+            ops.push(WriteOp::PutChange {
+                doc: doc(d),
+                change: change(i, (i % 2) as u8 + 1, i / 2 + 1),
+            });
+        }
+    }
+    s.commit(WriteBatch { ops }).unwrap();
+    let orders = |v: Vec<StoredChange>| v.into_iter().map(|c| c.order).collect::<Vec<_>>();
+    assert_eq!(
+        orders(s.changes_from(&doc("a"), 0, 100).unwrap()),
+        vec![0, 1, 2, 3, 4],
+        "a's log excludes a/b"
+    );
+    assert_eq!(
+        orders(s.changes_from(&doc("a"), 3, 100).unwrap()),
+        vec![3, 4]
+    );
+    assert_eq!(
+        orders(s.changes_from(&doc("a"), 1, 2).unwrap()),
+        vec![1, 2],
+        "limit"
+    );
+    assert_eq!(
+        orders(s.changes_from(&doc("a/b"), 0, 100).unwrap()),
+        vec![0, 1, 2]
+    );
+    // Actor 1 wrote orders 0, 2, 4 as seqs 1, 2, 3.
+    let a1 = Actor([1; 16]);
+    let idx = s.change_index(&doc("a"), &a1, 2..=3).unwrap();
+    assert_eq!(
+        idx.iter()
+            .map(|(seq, order, _)| (*seq, *order))
+            .collect::<Vec<_>>(),
+        vec![(2, 2), (3, 4)]
+    );
+    assert_eq!(
+        s.change_index(&doc("a"), &a1, 1..=u64::MAX).unwrap().len(),
+        3
+    );
+    assert!(s.change_index(&doc("a"), &a1, 4..=9).unwrap().is_empty());
+    assert_eq!(
+        s.change_index(&doc("b"), &a1, 1..=1).unwrap()[0].2,
+        change(0, 1, 1).hash
+    );
+}
+
+fn peers_reset_forgets_receipts<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
+    let r = |p: &str, d: &str| WriteOp::PutReceipt {
+        peer: peer(p),
+        doc: doc(d),
+        clock: clock(&[(1, 1)]),
+    };
+    s.commit(WriteBatch {
+        ops: vec![
+            WriteOp::ResetPeer {
+                peer: peer("p"),
+                store_id: [1; 16],
+            },
+            WriteOp::ResetPeer {
+                peer: peer("p2"),
+                store_id: [2; 16],
+            },
+            r("p", "x"),
+            r("p", "y"),
+            r("p2", "x"),
+        ],
+    })
+    .unwrap();
+    s.commit(WriteBatch {
+        ops: vec![WriteOp::ResetPeer {
+            peer: peer("p"),
+            store_id: [9; 16],
+        }],
+    })
+    .unwrap();
+    let s = reopen(s);
+    let peers: BTreeMap<NodeName, PeerReceipts> = s.peers().unwrap().into_iter().collect();
+    assert_eq!(peers[&peer("p")].store_id, Some([9; 16]));
+    assert!(
+        peers[&peer("p")].clocks.is_empty(),
+        "reset forgets the peer's receipts"
+    );
+    assert_eq!(peers[&peer("p2")].clocks.len(), 1, "and only that peer's");
+}
+
+fn node_state_survives_reopen<S: Store>(s: S, reopen: &mut impl FnMut(S) -> S) {
+    let cfg = || {
+        let mut c = Config::new(peer("node-a"));
+        c.snapshot_changes_min = 3;
+        c
+    };
+    let boot = Boot {
+        nonce: [1; 16],
+        new_store_id: [2; 16],
+    };
+    let mut n = Node::open(s, cfg(), boot).unwrap();
+    let d = doc("site/s1");
+    for i in 0..7 {
+        let r = Reading::from_json(format!("r{i}"), i, &serde_json::json!({ "v": i })).unwrap();
+        n.ingest(&d, &[r], 1000).unwrap();
+    }
+    n.patch(&doc("app/g"), &serde_json::json!({"k": [1, 2]}), 1000)
+        .unwrap();
+    let before = (
+        n.heads(&d).unwrap(),
+        n.json(&d, true).unwrap(),
+        n.clock(&d).cloned(),
+        n.json(&doc("app/g"), false).unwrap(),
+    );
+    let incarnation = n.meta().incarnation;
+    let s = reopen(n.into_store());
+    let mut n = Node::open(
+        s,
+        cfg(),
+        Boot {
+            nonce: [3; 16],
+            new_store_id: [4; 16],
+        },
+    )
+    .unwrap();
+    let after = (
+        n.heads(&d).unwrap(),
+        n.json(&d, true).unwrap(),
+        n.clock(&d).cloned(),
+        n.json(&doc("app/g"), false).unwrap(),
+    );
+    assert_eq!(before, after, "documents survive a reopen");
+    assert_eq!(n.meta().incarnation, incarnation + 1);
+    assert_eq!(n.meta().store_id, [2; 16], "store id fixed at creation");
+    assert_eq!(n.sensor_view(&d).unwrap().unwrap().readings.len(), 7);
+}

@@ -1,0 +1,494 @@
+//! The durable node store: the core's [`Store`] trait on RocksDB.
+//!
+//! Every commit of the core is one RocksDB `WriteBatch`, written to the WAL without waiting for
+//! the disk. Durability is then a separate, shared step ([`Syncer::sync`]): one WAL fsync makes
+//! every commit before it durable, so concurrent writers share one fsync (group commit) instead
+//! of paying one each. With [`Durability::Wal`] the WAL write alone counts as durable: it
+//! survives a process crash but not a power cut. The on-disk layout is in [`schema`].
+
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use edgesync_proto::store::{DocMeta, NodeMeta, PeerReceipts, StoredChange, WriteBatch, WriteOp};
+use edgesync_proto::{Actor, DocId, NodeName, Store, StoreError};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB,
+};
+
+use schema::*;
+
+/// When a commit counts as durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After the WAL is fsynced: survives power loss. The default.
+    #[default]
+    Fsync,
+    /// After the WAL write: survives a process crash, not a power cut.
+    Wal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "wal" => Ok(Durability::Wal),
+            _ => Err(format!("unknown durability {s:?}; expected fsync or wal")),
+        }
+    }
+}
+
+/// Opening a data directory failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process (or another store in this process) holds the directory.
+    #[error("data directory {} is in use by another edgesync process (lock file {}/LOCK is held)", dir.display(), dir.display())]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Written by a newer schema version.
+    #[error("data directory {} was written by schema version {found}; this edgesync reads up to version {supported}: upgrade edgesync or use another directory", dir.display())]
+    NewerSchema {
+        /// The directory.
+        dir: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// Metadata that fails its checksum or does not decode.
+    #[error("data directory {} is corrupt", dir.display())]
+    Corrupt {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: StoreError,
+    },
+    /// RocksDB refused to open.
+    #[error("cannot open data directory {}", dir.display())]
+    Rocks {
+        /// The directory.
+        dir: PathBuf,
+        /// RocksDB's error.
+        #[source]
+        source: rocksdb::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Shared {
+    poisoned: AtomicBool,
+    commits: AtomicU64,
+    bytes: AtomicU64,
+    durable: AtomicU64,
+    sync_lock: Mutex<()>,
+}
+
+/// RocksDB-backed [`Store`].
+pub struct RocksStore {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+    durability: Durability,
+    dir: PathBuf,
+}
+
+/// Makes commits durable; cloneable and usable from another thread than the one committing.
+#[derive(Clone)]
+pub struct Syncer {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+    durability: Durability,
+}
+
+impl Syncer {
+    /// Makes every commit so far durable and returns how many commits (since open) are now
+    /// durable. Concurrent callers share one fsync. A failed fsync poisons the store.
+    pub fn sync(&self) -> Result<u64, StoreError> {
+        let _one_at_a_time = self
+            .shared
+            .sync_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Poisoned);
+        }
+        let target = self.shared.commits.load(Ordering::SeqCst);
+        if target <= self.shared.durable.load(Ordering::SeqCst) {
+            return Ok(target);
+        }
+        if self.durability == Durability::Fsync {
+            if let Err(e) = self.db.flush_wal(true) {
+                self.shared.poisoned.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "wal fsync failed; store poisoned");
+                return Err(StoreError::Backend(Box::new(e)));
+            }
+        }
+        self.shared.durable.store(target, Ordering::SeqCst);
+        Ok(target)
+    }
+
+    /// Commits made since open.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of write batches committed since open (keys, values and batch framing).
+    pub fn bytes_written(&self) -> u64 {
+        self.shared.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Commits known durable.
+    pub fn durable(&self) -> u64 {
+        self.shared.durable.load(Ordering::SeqCst)
+    }
+
+    /// False once a write or fsync failed.
+    pub fn is_healthy(&self) -> bool {
+        !self.shared.poisoned.load(Ordering::SeqCst)
+    }
+}
+
+fn backend(e: rocksdb::Error) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn is_lock_error(e: &rocksdb::Error) -> bool {
+    let s = e.to_string();
+    s.contains("lock") || s.contains("LOCK")
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store in `dir`. Refuses a directory held by another
+    /// process or written by a newer schema, with a message saying so.
+    pub fn open(dir: impl AsRef<Path>, durability: Durability) -> Result<RocksStore, OpenError> {
+        let dir = dir.as_ref().to_path_buf();
+        let rocks = |source| OpenError::Rocks {
+            dir: dir.clone(),
+            source,
+        };
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Bounded background work for a small gateway: 2 background jobs, 16 MiB memtables.
+        opts.set_max_background_jobs(2);
+        opts.set_write_buffer_size(16 * 1024 * 1024);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut names: Vec<String> = COLUMN_FAMILIES.iter().map(|s| s.to_string()).collect();
+        if let Ok(existing) = DB::list_cf(&opts, &dir) {
+            for n in existing {
+                if !names.contains(&n) && n != "default" {
+                    names.push(n);
+                }
+            }
+        }
+        let cfs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = match DB::open_cf_descriptors(&opts, &dir, cfs) {
+            Ok(db) => db,
+            Err(e) if is_lock_error(&e) => return Err(OpenError::Locked { dir }),
+            Err(e) => return Err(rocks(e)),
+        };
+        let meta = db
+            .cf_handle(CF_META)
+            .expect("opened with every column family");
+        match db.get_cf(&meta, KEY_SCHEMA).map_err(rocks)? {
+            Some(v) => {
+                let payload =
+                    open_value(CF_META, KEY_SCHEMA, &v).map_err(|source| OpenError::Corrupt {
+                        dir: dir.clone(),
+                        source,
+                    })?;
+                let found = <[u8; 4]>::try_from(payload)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| OpenError::Corrupt {
+                        dir: dir.clone(),
+                        source: StoreError::Corrupt {
+                            table: CF_META,
+                            key: "schema".into(),
+                        },
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(OpenError::NewerSchema {
+                        dir,
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                let v = seal(CF_META, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+                let mut w = WriteOptions::default();
+                w.set_sync(true);
+                db.put_cf_opt(&meta, KEY_SCHEMA, v, &w).map_err(rocks)?;
+            }
+        }
+        Ok(RocksStore {
+            db: Arc::new(db),
+            shared: Arc::new(Shared {
+                poisoned: AtomicBool::new(false),
+                commits: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                durable: AtomicU64::new(0),
+                sync_lock: Mutex::new(()),
+            }),
+            durability,
+            dir,
+        })
+    }
+
+    /// The handle that makes commits durable.
+    pub fn syncer(&self) -> Syncer {
+        Syncer {
+            db: self.db.clone(),
+            shared: self.shared.clone(),
+            durability: self.durability,
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The durability policy.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("opened with every column family")
+    }
+
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(cf), key).map_err(backend)
+    }
+
+    /// Visits `(key, value)` in `cf` from `from` while keys are below `to` (exclusive).
+    fn scan(
+        &self,
+        cf: &'static str,
+        from: &[u8],
+        to: Option<Vec<u8>>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut ro = ReadOptions::default();
+        if let Some(to) = to {
+            ro.set_iterate_upper_bound(to);
+        }
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf),
+            ro,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(backend)?;
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+impl Store for RocksStore {
+    fn node_meta(&self) -> Result<Option<NodeMeta>, StoreError> {
+        self.get(CF_META, KEY_NODE)?
+            .map(|v| open_postcard(CF_META, KEY_NODE, &v))
+            .transpose()
+    }
+
+    fn docs(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError> {
+        let mut out = Vec::new();
+        self.scan(CF_DOCS, &[], None, |k, v| {
+            let (doc, rest) = parse_doc_key(CF_DOCS, k)?;
+            if !rest.is_empty() {
+                return Err(StoreError::Corrupt {
+                    table: CF_DOCS,
+                    key: printable(k),
+                });
+            }
+            out.push((doc, open_postcard::<DocMetaValue>(CF_DOCS, k, v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn peers(&self) -> Result<Vec<(NodeName, PeerReceipts)>, StoreError> {
+        let mut peers: std::collections::BTreeMap<NodeName, PeerReceipts> = Default::default();
+        self.scan(CF_PEERS, &[], None, |k, v| {
+            let (peer, _) = parse_peer_key(CF_PEERS, k)?;
+            let id: [u8; 16] =
+                open_value(CF_PEERS, k, v)?
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        table: CF_PEERS,
+                        key: printable(k),
+                    })?;
+            peers.entry(peer).or_default().store_id = Some(id);
+            Ok(true)
+        })?;
+        self.scan(CF_RECEIPTS, &[], None, |k, v| {
+            let (peer, doc, kind) = parse_receipt_key(k)?;
+            let clock: ClockValue = open_postcard(CF_RECEIPTS, k, v)?;
+            let r = peers.entry(peer).or_default();
+            match kind {
+                RECEIPT_ACKED => r.clocks.insert(doc, clock),
+                _ => r.reported.insert(doc, clock),
+            };
+            Ok(true)
+        })?;
+        Ok(peers.into_iter().collect())
+    }
+
+    fn snapshot(&self, doc: &DocId) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let key = doc_key(doc);
+        match self.get(CF_SNAPSHOTS, &key)? {
+            None => Ok(None),
+            Some(v) => parse_snapshot_value(&key, open_value(CF_SNAPSHOTS, &key, &v)?).map(Some),
+        }
+    }
+
+    fn changes_from(
+        &self,
+        doc: &DocId,
+        from_order: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredChange>, StoreError> {
+        let mut out = Vec::new();
+        let end = prefix_end(&doc_key(doc));
+        self.scan(
+            CF_CHANGES,
+            &change_key(doc, from_order),
+            Some(end),
+            |k, v| {
+                out.push(open_postcard::<ChangeValue>(CF_CHANGES, k, v)?);
+                Ok(out.len() < limit)
+            },
+        )?;
+        Ok(out)
+    }
+
+    fn change_index(
+        &self,
+        doc: &DocId,
+        actor: &Actor,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, u64, [u8; 32])>, StoreError> {
+        let mut out = Vec::new();
+        let from = index_key(doc, actor, *seqs.start());
+        let end = match seqs.end().checked_add(1) {
+            Some(e) => index_key(doc, actor, e),
+            None => prefix_end(&index_key(doc, actor, 0)[..doc_key(doc).len() + 16]),
+        };
+        self.scan(CF_CHANGE_INDEX, &from, Some(end), |k, v| {
+            let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8 bytes"));
+            let (order, hash) = parse_index_value(k, open_value(CF_CHANGE_INDEX, k, v)?)?;
+            out.push((seq, order, hash));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn change_at(&self, doc: &DocId, order: u64) -> Result<Option<StoredChange>, StoreError> {
+        let key = change_key(doc, order);
+        self.get(CF_CHANGES, &key)?
+            .map(|v| open_postcard(CF_CHANGES, &key, &v))
+            .transpose()
+    }
+
+    fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Poisoned);
+        }
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                WriteOp::PutNodeMeta(m) => {
+                    wb.put_cf(
+                        self.cf(CF_META),
+                        KEY_NODE,
+                        seal_postcard(CF_META, KEY_NODE, &m),
+                    );
+                }
+                WriteOp::PutChange { doc, change } => {
+                    let ik = index_key(&doc, &change.actor, change.seq);
+                    let iv = seal(
+                        CF_CHANGE_INDEX,
+                        &ik,
+                        index_value(change.order, &change.hash),
+                    );
+                    wb.put_cf(self.cf(CF_CHANGE_INDEX), &ik, iv);
+                    let ck = change_key(&doc, change.order);
+                    let cv = seal_postcard(CF_CHANGES, &ck, &change);
+                    wb.put_cf(self.cf(CF_CHANGES), &ck, cv);
+                }
+                WriteOp::PutDocMeta { doc, meta } => {
+                    let k = doc_key(&doc);
+                    let v = seal_postcard(CF_DOCS, &k, &meta);
+                    wb.put_cf(self.cf(CF_DOCS), &k, v);
+                }
+                WriteOp::PutSnapshot {
+                    doc,
+                    covers_order,
+                    bytes,
+                } => {
+                    let k = doc_key(&doc);
+                    let v = seal(CF_SNAPSHOTS, &k, snapshot_value(covers_order, &bytes));
+                    wb.put_cf(self.cf(CF_SNAPSHOTS), &k, v);
+                }
+                WriteOp::ResetPeer { peer, store_id } => {
+                    let k = peer_key(&peer);
+                    wb.delete_range_cf(self.cf(CF_RECEIPTS), &k, &prefix_end(&k));
+                    let v = seal(CF_PEERS, &k, store_id.to_vec());
+                    wb.put_cf(self.cf(CF_PEERS), &k, v);
+                }
+                WriteOp::PutReceipt { peer, doc, clock } => {
+                    let k = receipt_key(&peer, &doc, RECEIPT_ACKED);
+                    let v = seal_postcard(CF_RECEIPTS, &k, &clock);
+                    wb.put_cf(self.cf(CF_RECEIPTS), &k, v);
+                }
+                WriteOp::PutReported { peer, doc, clock } => {
+                    let k = receipt_key(&peer, &doc, RECEIPT_REPORTED);
+                    let v = seal_postcard(CF_RECEIPTS, &k, &clock);
+                    wb.put_cf(self.cf(CF_RECEIPTS), &k, v);
+                }
+            }
+        }
+        // The WAL is written now (so the batch survives a process crash); the fsync that makes
+        // it survive power loss is the Syncer's, shared by every commit before it.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        let size = wb.size_in_bytes() as u64;
+        if let Err(e) = self.db.write_opt(wb, &wo) {
+            self.shared.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, dir = %self.dir.display(), "store write failed; store poisoned");
+            return Err(backend(e));
+        }
+        self.shared.bytes.fetch_add(size, Ordering::SeqCst);
+        let n = self.shared.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.durability == Durability::Wal {
+            self.shared.durable.fetch_max(n, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
