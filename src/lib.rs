@@ -5,6 +5,7 @@
 //! HTTP API and the CLI come next.
 #![warn(missing_docs)]
 
+pub mod net;
 pub mod node;
 pub mod store;
 

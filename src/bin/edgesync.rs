@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use edgesync::net::pki::{self, Role};
 use edgesync::node::{DurableNode, NodeOptions};
 use edgesync::store::{Durability, RocksStore};
 use edgesync_proto::{Boot, Config, DocId, Node, NodeName, Reading, VectorClock};
@@ -29,6 +30,11 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// The fleet PKI: a fleet CA and node certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
     /// Test support: ingest readings forever, printing each reading id once it is durable.
     #[command(hide = true)]
     DebugIngestLoop {
@@ -36,6 +42,42 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value = "fsync")]
         durability: Durability,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a fleet CA: DIR/ca.crt and DIR/ca.key (mode 0600). Refuses to overwrite one.
+    Init {
+        /// Directory for the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = pki::CA_VALID_DAYS)]
+        valid_days: u32,
+    },
+    /// Issue (or renew) a node certificate: DIR/NAME.crt and DIR/NAME.key, signed by DIR/ca.*.
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node name (subject CN and DNS name; the name peers dial and configs use).
+        #[arg(long)]
+        name: String,
+        /// Role in the fleet.
+        #[arg(long)]
+        role: Role,
+        /// Site, if any.
+        #[arg(long)]
+        site: Option<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = pki::NODE_VALID_DAYS)]
+        valid_days: u32,
+    },
+    /// Print a certificate's name, role, site, issuer and validity as JSON.
+    Show {
+        /// A PEM certificate file.
+        file: PathBuf,
     },
 }
 
@@ -52,11 +94,41 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { data_dir, name } => check(data_dir, &name),
+        Command::Pki { command } => pki_command(command),
         Command::DebugIngestLoop {
             data_dir,
             durability,
         } => ingest_loop(data_dir, durability),
     }
+}
+
+fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
+    match cmd {
+        PkiCommand::Init { dir, valid_days } => {
+            let (crt, key) = pki::init(&dir, valid_days)?;
+            println!("created {} and {}", crt.display(), key.display());
+        }
+        PkiCommand::Issue {
+            dir,
+            name,
+            role,
+            site,
+            valid_days,
+        } => {
+            let name = NodeName::new(name).context("invalid node name")?;
+            let spec = pki::NodeSpec::new(name, role, site, valid_days)?;
+            let (crt, key) = pki::issue(&dir, &spec)?;
+            println!("issued {} and {}", crt.display(), key.display());
+        }
+        PkiCommand::Show { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let der = pki::pem_to_der(&text, &file.display().to_string())?;
+            let info = pki::cert_info(&der).with_context(|| file.display().to_string())?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+    }
+    Ok(())
 }
 
 fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {

@@ -1,0 +1,371 @@
+//! TLS for the transport: the node's credentials (reloadable for rotation), and the rustls and
+//! quinn configurations built from them. One module decides everything about trust:
+//!
+//! - TLS 1.3 only, ring provider, ALPN [`ALPN`] required on both sides.
+//! - The server requires a client certificate chaining to the fleet CA.
+//! - The client verifies the server's certificate against the fleet CA and the peer name it
+//!   expects from its configuration (a DNS subject-alternative name), never an IP address.
+//! - After the handshake, [`super::pki::identity`] maps the verified certificate to the
+//!   [`PeerIdentity`] the rest of the node uses.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use edgesync_proto::NodeName;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+use super::pki::{self, PeerIdentity};
+
+/// The application protocol negotiated by every edgesync connection.
+pub const ALPN: &[u8] = b"edgesync/1";
+
+/// Where a node's TLS material lives.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The fleet CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM, PKCS#8).
+    pub key: PathBuf,
+}
+
+/// Loading or using TLS material failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file did not hold what it should.
+    #[error("{}: {detail}", path.display())]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The certificate is not for this node.
+    #[error("{}: certificate is for {found:?}, but this node is {expected:?}", path.display())]
+    WrongName {
+        /// The file.
+        path: PathBuf,
+        /// The configured name.
+        expected: String,
+        /// The certificate's name.
+        found: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn bad(path: &Path, detail: impl Into<String>) -> TlsError {
+    TlsError::Bad {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// (modified time, length) of the certificate and key files, to notice a renewal.
+type Stamp = Vec<(Option<SystemTime>, u64)>;
+
+fn stamp(files: &TlsFiles) -> Stamp {
+    [&files.cert, &files.key]
+        .iter()
+        .map(|p| match fs::metadata(p) {
+            Ok(m) => (m.modified().ok(), m.len()),
+            Err(_) => (None, 0),
+        })
+        .collect()
+}
+
+/// This node's TLS credentials: the fleet roots and the current certificate and key, which
+/// [`Credentials::reload`] replaces for new connections without a restart.
+#[derive(Debug)]
+pub struct Credentials {
+    name: NodeName,
+    files: TlsFiles,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+    identity: RwLock<PeerIdentity>,
+    stamp: Mutex<Stamp>,
+}
+
+impl Credentials {
+    /// Loads the CA, certificate and key, and checks that the certificate is this node's
+    /// (`name`) and chains to the CA. An expired or not yet valid certificate is accepted with
+    /// a warning (the node works offline and picks up a renewal), anything else is an error.
+    pub fn load(files: &TlsFiles, name: &NodeName) -> Result<Arc<Credentials>, TlsError> {
+        let provider = provider();
+        let ca_pem = read(&files.ca)?;
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca_pem) {
+            let c = c.map_err(|e| bad(&files.ca, format!("not a PEM certificate: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| bad(&files.ca, format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&files.ca, "no certificate in file"));
+        }
+        let roots = Arc::new(roots);
+        let stamp_now = stamp(files);
+        let (key, id) = load_key(files, name, &roots, &provider)?;
+        Ok(Arc::new(Credentials {
+            name: name.clone(),
+            files: files.clone(),
+            roots,
+            provider,
+            current: RwLock::new(key),
+            identity: RwLock::new(id),
+            stamp: Mutex::new(stamp_now),
+        }))
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    /// The identity in the current certificate.
+    pub fn identity(&self) -> PeerIdentity {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current certificate (DER).
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.current().cert[0].to_vec()
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the certificate and key; new connections use them. On error the current ones
+    /// stay in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let s = stamp(&self.files);
+        let (key, id) = load_key(&self.files, &self.name, &self.roots, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = id;
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        tracing::info!(cert = %self.files.cert.display(), "certificate reloaded");
+        Ok(())
+    }
+
+    /// Reloads if the certificate or key file changed since the last load. `Ok(true)` when it
+    /// reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamp(&self.files);
+        if *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) == now {
+            return Ok(false);
+        }
+        match self.reload() {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // Do not retry the same broken files in a loop; a further change retries.
+                *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns a task that reloads on SIGHUP and whenever the files change (checked every
+    /// `every`). Errors are logged; the current certificate stays in use.
+    pub fn spawn_reloader(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let forced = tokio::select! {
+                    _ = tick.tick() => false,
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                let r = if forced {
+                    me.reload().map(|()| true)
+                } else {
+                    me.reload_if_changed()
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "certificate reload failed; keeping the current one");
+                }
+            }
+        })
+    }
+
+    /// The quinn server configuration (requires client certificates from the fleet).
+    pub fn server_config(
+        self: &Arc<Self>,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ServerConfig, TlsError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(transport);
+        Ok(server)
+    }
+
+    /// The quinn client configuration (verifies servers against the fleet CA and the expected
+    /// name given to `connect`).
+    pub fn client_config(
+        self: &Arc<Self>,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::ClientConfig, TlsError> {
+        self.client_config_with_alpn(transport, ALPN)
+    }
+
+    /// As [`Credentials::client_config`] with another ALPN (tests of rejection use it).
+    #[doc(hidden)]
+    pub fn client_config_with_alpn(
+        self: &Arc<Self>,
+        transport: Arc<quinn::TransportConfig>,
+        alpn: &[u8],
+    ) -> Result<quinn::ClientConfig, TlsError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(self.roots.clone())
+            .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(transport);
+        Ok(client)
+    }
+}
+
+fn load_key(
+    files: &TlsFiles,
+    name: &NodeName,
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Arc<CertifiedKey>, PeerIdentity), TlsError> {
+    let cert_pem = read(&files.cert)?;
+    let cert = CertificateDer::pem_slice_iter(&cert_pem)
+        .next()
+        .ok_or_else(|| bad(&files.cert, "no certificate in file"))?
+        .map_err(|e| bad(&files.cert, format!("not a PEM certificate: {e}")))?;
+    let key_pem = read(&files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| bad(&files.key, format!("not a PEM private key: {e}")))?;
+    let id = pki::identity(&cert).map_err(|e| bad(&files.cert, e.to_string()))?;
+    if &id.name != name {
+        return Err(TlsError::WrongName {
+            path: files.cert.clone(),
+            expected: name.to_string(),
+            found: id.name.to_string(),
+        });
+    }
+    // Chains to the fleet CA and is valid for the name (the check a dialler will make).
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let server_name = ServerName::try_from(name.as_str().to_string())
+        .map_err(|e| bad(&files.cert, format!("name is not a DNS name: {e}")))?;
+    match verifier.verify_server_cert(&cert, &[], &server_name, &[], UnixTime::now()) {
+        Ok(_) => {}
+        Err(rustls::Error::InvalidCertificate(
+            e @ (rustls::CertificateError::Expired
+            | rustls::CertificateError::ExpiredContext { .. }
+            | rustls::CertificateError::NotValidYet
+            | rustls::CertificateError::NotValidYetContext { .. }),
+        )) => {
+            tracing::warn!(cert = %files.cert.display(), error = ?e, "this node's certificate is outside its validity; peers will refuse it until it is renewed");
+        }
+        Err(e) => {
+            return Err(bad(
+                &files.cert,
+                format!(
+                    "not accepted by the fleet CA in {}: {e}",
+                    files.ca.display()
+                ),
+            ))
+        }
+    }
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad(&files.key, format!("unusable private key: {e}")))?;
+    let ck = CertifiedKey::new(vec![cert], signing);
+    ck.keys_match().map_err(|e| {
+        bad(
+            &files.key,
+            format!(
+                "does not match the certificate {}: {e}",
+                files.cert.display()
+            ),
+        )
+    })?;
+    Ok((Arc::new(ck), id))
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<Credentials>);
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

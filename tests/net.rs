@@ -1,0 +1,420 @@
+//! The transport on loopback with real certificates: a working handshake and frame exchange,
+//! each kind of rejection with its distinct logged reason (while the accepting node keeps
+//! serving others), and certificate rotation without a restart.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgesync::net::pki::{self, NodeSpec, Pem, Role};
+use edgesync::net::{close, Credentials, Endpoint, LinkError, NetOptions, TlsFiles, ALPN};
+use edgesync_proto::wire::{Close, Message};
+use edgesync_proto::{CloseCode, NodeName};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration as TimeDuration, OffsetDateTime};
+use tokio::sync::mpsc;
+
+fn name(s: &str) -> NodeName {
+    NodeName::new(s).unwrap()
+}
+
+/// A fleet CA in a temporary directory, issuing node certificates into it.
+struct Fleet {
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        pki::init(dir.path(), 30).unwrap();
+        Fleet { dir }
+    }
+
+    fn ca(&self) -> Pem {
+        pki::load_ca(self.dir.path()).unwrap()
+    }
+
+    fn files(&self, n: &str) -> TlsFiles {
+        TlsFiles {
+            ca: self.dir.path().join("ca.crt"),
+            cert: self.dir.path().join(format!("{n}.crt")),
+            key: self.dir.path().join(format!("{n}.key")),
+        }
+    }
+
+    fn issue(&self, n: &str, role: Role) -> TlsFiles {
+        let spec = NodeSpec::new(name(n), role, Some("site-a".into()), 10).unwrap();
+        pki::issue(self.dir.path(), &spec).unwrap();
+        self.files(n)
+    }
+
+    fn creds(&self, n: &str, role: Role) -> Arc<Credentials> {
+        Credentials::load(&self.issue(n, role), &name(n)).unwrap()
+    }
+}
+
+fn opts() -> NetOptions {
+    NetOptions {
+        handshake_timeout: Duration::from_secs(5),
+        frame_bytes_max: 64 * 1024,
+        ..NetOptions::default()
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// An accepting node that echoes every frame; reports each failure kind on `errors`.
+fn echo_server(ep: Arc<Endpoint>, errors: mpsc::UnboundedSender<&'static str>) {
+    tokio::spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            let (ep, errors) = (ep.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut link = match ep.establish(inc).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = errors.send(e.kind());
+                        return;
+                    }
+                };
+                loop {
+                    match link.rx.next_frame().await {
+                        Ok(Some(f)) => {
+                            if link.tx.send(&f).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) | Err(LinkError::Closed(_)) => return,
+                        Err(e) => {
+                            link.fail(&e);
+                            let _ = errors.send(e.kind());
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn ping(text: &str) -> Vec<u8> {
+    Message::Close(Close {
+        code: CloseCode::Shutdown,
+        reason: text.into(),
+    })
+    .to_frame()
+}
+
+/// Dials as `client`, sends one frame and expects it back.
+async fn round_trip(client: &Endpoint, server: SocketAddr, expect: &str) -> Vec<u8> {
+    let mut link = client.dial(server, &name(expect)).await.expect("dial");
+    assert_eq!(link.peer.name, name(expect));
+    let f = ping("hello");
+    link.tx.send(&f).await.unwrap();
+    let back = link.rx.next_frame().await.unwrap().expect("a frame");
+    assert_eq!(back, f);
+    let cert = link
+        .conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .unwrap()[0]
+        .to_vec();
+    link.close(close::SHUTDOWN, "done");
+    cert
+}
+
+/// A quinn client configuration built by hand, to present what a real node never would.
+fn raw_client(roots_pem: &str, cert: Option<&Pem>, alpn: &[u8]) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut cfg = match cert {
+        None => b.with_no_client_auth(),
+        Some(p) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(p.cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(p.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap(),
+    ))
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+async fn next_error(errors: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+    tokio::time::timeout(Duration::from_secs(10), errors.recv())
+        .await
+        .expect("the server reports the failure")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_frames_and_every_rejection() {
+    let logs = Captured::default();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish(),
+    )
+    .expect("the only test here that installs a subscriber");
+    let fleet = Fleet::new();
+    let server = Arc::new(
+        Endpoint::bind(loopback(), true, fleet.creds("cloud", Role::Cloud), opts()).unwrap(),
+    );
+    let addr = server.local_addr().unwrap();
+    let (etx, mut errors) = mpsc::unbounded_channel();
+    echo_server(server.clone(), etx);
+    let good = Endpoint::bind(
+        loopback(),
+        false,
+        fleet.creds("gw-1", Role::Gateway),
+        opts(),
+    )
+    .unwrap();
+
+    // A working handshake and frame exchange; the identity comes from the certificate.
+    round_trip(&good, addr, "cloud").await;
+    let mut link = good.dial(addr, &name("cloud")).await.unwrap();
+    assert_eq!(link.peer.role, Role::Cloud);
+    assert_eq!(link.peer.site.as_deref(), Some("site-a"));
+    link.tx.send(&ping("x")).await.unwrap();
+    assert!(link.rx.next_frame().await.unwrap().is_some());
+
+    let ca = fleet.ca();
+    let rogue = Fleet::new();
+    let now = OffsetDateTime::now_utc();
+    let expired = pki::make_node(
+        &ca,
+        &NodeSpec {
+            name: name("gw-old"),
+            role: Role::Gateway,
+            site: None,
+            not_before: now - TimeDuration::days(30),
+            not_after: now - TimeDuration::days(1),
+        },
+    )
+    .unwrap();
+    let rogue_node = pki::make_node(
+        &rogue.ca(),
+        &NodeSpec::new(name("gw-1"), Role::Gateway, None, 10).unwrap(),
+    )
+    .unwrap();
+    let self_signed = {
+        let c = rcgen::generate_simple_self_signed(vec!["gw-1".to_string()]).unwrap();
+        Pem {
+            cert: c.cert.pem(),
+            key: c.signing_key.serialize_pem(),
+        }
+    };
+    let cases: Vec<(&str, quinn::ClientConfig, &str)> = vec![
+        (
+            "no client certificate",
+            raw_client(&ca.cert, None, ALPN),
+            "no-client-cert",
+        ),
+        (
+            "rogue fleet CA",
+            raw_client(&ca.cert, Some(&rogue_node), ALPN),
+            "unknown-issuer",
+        ),
+        (
+            "self-signed",
+            raw_client(&ca.cert, Some(&self_signed), ALPN),
+            "unknown-issuer",
+        ),
+        (
+            "expired",
+            raw_client(&ca.cert, Some(&expired), ALPN),
+            "expired",
+        ),
+        (
+            "wrong ALPN",
+            good.credentials()
+                .client_config_with_alpn(good.transport_config(), b"h3")
+                .unwrap(),
+            "alpn",
+        ),
+    ];
+    for (what, cfg, kind) in cases {
+        let r = good.dial_with(cfg, addr, &name("cloud")).await;
+        let e = match r {
+            Ok(mut l) => {
+                // TLS 1.3 clients learn of a refused certificate only on first use.
+                let _ = l.tx.send(&ping("x")).await;
+                l.rx.next_frame().await.expect_err(what)
+            }
+            Err(e) => e,
+        };
+        assert_eq!(e.kind(), kind, "{what}: client sees {e}");
+        assert_eq!(
+            next_error(&mut errors).await,
+            kind,
+            "{what}: server reason; logs: {}",
+            String::from_utf8_lossy(&logs.0.lock().unwrap())
+        );
+        round_trip(&good, addr, "cloud").await;
+    }
+    let rej = server.rejections();
+    assert_eq!(rej.get("unknown-issuer"), Some(&2), "{rej:?}");
+    for kind in ["no-client-cert", "expired", "alpn"] {
+        assert_eq!(rej.get(kind), Some(&1), "{kind}: {rej:?}");
+    }
+
+    // A server whose certificate does not carry the name the dialler expects.
+    let other = Arc::new(
+        Endpoint::bind(loopback(), true, fleet.creds("gw-2", Role::Gateway), opts()).unwrap(),
+    );
+    let (otx, _orx) = mpsc::unbounded_channel();
+    echo_server(other.clone(), otx);
+    let e = good
+        .dial(other.local_addr().unwrap(), &name("cloud"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.kind(), "name-mismatch", "{e}");
+    round_trip(&good, other.local_addr().unwrap(), "gw-2").await;
+
+    // An oversized frame is refused from its header, before the payload is allocated.
+    let mut link = good.dial(addr, &name("cloud")).await.unwrap();
+    link.tx
+        .send(&(64u32 * 1024 + 1).to_be_bytes())
+        .await
+        .unwrap();
+    assert_eq!(next_error(&mut errors).await, "frame-too-large");
+    let e = link.rx.next_frame().await.expect_err("closed");
+    assert_eq!(e.kind(), "frame-too-large", "{e}");
+    round_trip(&good, addr, "cloud").await;
+
+    // Garbage after the handshake.
+    assert!(Message::from_payload(&[0xff; 12]).is_err());
+    let mut link = good.dial(addr, &name("cloud")).await.unwrap();
+    let mut garbage = 12u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 12]);
+    link.tx.send(&garbage).await.unwrap();
+    assert_eq!(next_error(&mut errors).await, "malformed");
+    assert_eq!(
+        link.rx.next_frame().await.expect_err("closed").kind(),
+        "malformed"
+    );
+    round_trip(&good, addr, "cloud").await;
+
+    // Every rejection was logged with its reason.
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for kind in [
+        "no-client-cert",
+        "unknown-issuer",
+        "expired",
+        "alpn",
+        "frame-too-large",
+        "malformed",
+    ] {
+        assert!(
+            text.contains(&format!("reason=\"{kind}\"")),
+            "{kind} not logged in:\n{text}"
+        );
+    }
+}
+
+fn reissue(fleet: &Fleet, n: &str) {
+    let spec = NodeSpec::new(name(n), Role::Cloud, None, 20).unwrap();
+    pki::issue(fleet.dir.path(), &spec).unwrap();
+}
+
+fn copy_over(from: &Path, to: &Path) {
+    std::fs::write(to, std::fs::read(from).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_without_restart() {
+    let fleet = Fleet::new();
+    let creds = fleet.creds("cloud", Role::Cloud);
+    let server = Arc::new(Endpoint::bind(loopback(), true, creds.clone(), opts()).unwrap());
+    let addr = server.local_addr().unwrap();
+    let (etx, _errors) = mpsc::unbounded_channel();
+    echo_server(server.clone(), etx);
+    let client = Endpoint::bind(
+        loopback(),
+        false,
+        fleet.creds("gw-1", Role::Gateway),
+        opts(),
+    )
+    .unwrap();
+    let first = round_trip(&client, addr, "cloud").await;
+    assert!(!creds.reload_if_changed().unwrap(), "nothing changed yet");
+
+    // Renewed on disk: picked up for new connections by the file watcher.
+    let reloader = creds.spawn_reloader(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(20)); // a distinct modification time
+    reissue(&fleet, "cloud");
+    let mut second = first.clone();
+    for _ in 0..100 {
+        second = round_trip(&client, addr, "cloud").await;
+        if second != first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(second, first, "the renewed certificate is served");
+    assert_eq!(second, creds.cert_der());
+    reloader.abort();
+
+    // A replacement for another node, or from another CA, is refused; the current one stays.
+    let files = fleet.files("cloud");
+    let other = fleet.issue("gw-9", Role::Gateway);
+    copy_over(&other.cert, &files.cert);
+    copy_over(&other.key, &files.key);
+    let e = creds.reload().unwrap_err();
+    assert!(e.to_string().contains("gw-9"), "{e}");
+    let rogue = Fleet::new();
+    let r = rogue.issue("cloud", Role::Cloud);
+    copy_over(&r.cert, &files.cert);
+    copy_over(&r.key, &files.key);
+    let e = creds.reload().unwrap_err();
+    assert!(e.to_string().contains("fleet CA"), "{e}");
+    assert_eq!(round_trip(&client, addr, "cloud").await, second);
+}
+
+#[test]
+fn credentials_refuse_a_certificate_for_another_name() {
+    let fleet = Fleet::new();
+    let files = fleet.issue("gw-1", Role::Gateway);
+    let e = Credentials::load(&files, &name("gw-2")).unwrap_err();
+    assert!(e.to_string().contains("gw-1"), "{e}");
+    let mut broken = files.clone();
+    broken.key = files.cert.clone();
+    assert!(Credentials::load(&broken, &name("gw-1")).is_err());
+}
