@@ -222,7 +222,7 @@ pub fn make_ca(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<
     let mut dn = DistinguishedName::new();
     // A random fleet id in the name keeps two fleets' CAs apart even by name.
     let key = KeyPair::generate()?;
-    let id = blake3::hash(&key.public_key_raw()).to_hex();
+    let id = blake3::hash(key.public_key_raw()).to_hex();
     dn.push(
         DnType::CommonName,
         format!("edgesync fleet CA {}", &id[..12]),
