@@ -234,6 +234,62 @@ fn concurrent_writers_all_answered() {
     assert_eq!(total, 400);
 }
 
+// Requests that commit nothing new (a duplicate reading, an empty patch) are answered at once,
+// not left waiting for a durability report that no new commit will trigger.
+#[test]
+fn requests_that_commit_nothing_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    for durability in [Durability::Fsync, Durability::Wal] {
+        let mut opts = NodeOptions::new(config(), dir.path().join(format!("{durability:?}")));
+        opts.durability = durability;
+        let node = DurableNode::start(opts).unwrap();
+        let h = node.handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let doc = DocId::new("d").unwrap();
+            let first = h.ingest(doc.clone(), vec![reading("r1", 1)]).unwrap();
+            let again = h.ingest(doc.clone(), vec![reading("r1", 1)]).unwrap();
+            let a = h.patch(DocId::new("g").unwrap(), json!({"k": 1})).unwrap();
+            let b = h.patch(DocId::new("g").unwrap(), json!({"k": 1})).unwrap();
+            let _ = tx.send((first, again, a, b));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("every request answered");
+        assert_eq!(
+            got,
+            (
+                vec![IngestOutcome::Inserted],
+                vec![IngestOutcome::Duplicate],
+                true,
+                false
+            )
+        );
+        node.shutdown();
+    }
+}
+
+// Shutdown closes the store even while an app still holds handles; those then fail cleanly.
+#[test]
+fn shutdown_releases_the_store_while_handles_remain() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = DurableNode::start(NodeOptions::new(config(), dir.path())).unwrap();
+    let h = node.handle();
+    h.ingest(DocId::new("d").unwrap(), vec![reading("r1", 1)])
+        .unwrap();
+    node.shutdown();
+    assert!(h
+        .ingest(DocId::new("d").unwrap(), vec![reading("r2", 2)])
+        .is_err());
+    let again = DurableNode::start(NodeOptions::new(config(), dir.path())).expect("reopens");
+    let v = again
+        .handle()
+        .json(DocId::new("d").unwrap(), false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(v["readings"].as_object().unwrap().len(), 1);
+}
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_edgesync")
 }

@@ -153,6 +153,24 @@ impl Syncer {
     }
 }
 
+/// A store's health and counters; holding one does not keep the database open.
+#[derive(Clone, Debug)]
+pub struct Health {
+    shared: Arc<Shared>,
+}
+
+impl Health {
+    /// False once a write or fsync failed.
+    pub fn is_healthy(&self) -> bool {
+        !self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of write batches committed since open.
+    pub fn bytes_written(&self) -> u64 {
+        self.shared.bytes.load(Ordering::SeqCst)
+    }
+}
+
 fn backend(e: rocksdb::Error) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
@@ -248,6 +266,13 @@ impl RocksStore {
             db: self.db.clone(),
             shared: self.shared.clone(),
             durability: self.durability,
+        }
+    }
+
+    /// Health and counters, without keeping the database open.
+    pub fn health(&self) -> Health {
+        Health {
+            shared: self.shared.clone(),
         }
     }
 
