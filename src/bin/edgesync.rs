@@ -1,11 +1,13 @@
 //! The `edgesync` command line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use edgesync::daemon::config::LogFormat;
+use edgesync::daemon::Settings;
 use edgesync::net::pki::{self, Role};
 use edgesync::node::{DurableNode, NodeOptions};
 use edgesync::store::{Durability, RocksStore};
@@ -20,6 +22,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node until SIGTERM or SIGINT.
+    Run {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A cloud and two gateways on loopback in this process: ingest, cut a gateway's uplink,
+    /// ingest on both sides, heal, and show convergence.
+    Demo,
+    /// Ingest one reading through a node's HTTP API.
+    Ingest {
+        /// The node's API, e.g. http://127.0.0.1:8401.
+        #[arg(long, default_value = "http://127.0.0.1:8401")]
+        api: String,
+        /// Document id.
+        #[arg(long)]
+        doc: String,
+        /// Reading id (default: a fresh unique one).
+        #[arg(long)]
+        id: Option<String>,
+        /// Timestamp, ms since the Unix epoch (default: now).
+        #[arg(long)]
+        ts: Option<i64>,
+        /// Fields as NAME=VALUE: numbers, true/false, anything else a string.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+    /// Print a document through a node's HTTP API.
+    Get {
+        /// The node's API.
+        #[arg(long, default_value = "http://127.0.0.1:8401")]
+        api: String,
+        /// Document id.
+        #[arg(long)]
+        doc: String,
+        /// Show concurrent values.
+        #[arg(long)]
+        conflicts: bool,
+    },
+    /// Print a node's status through its HTTP API.
+    Status {
+        /// The node's API.
+        #[arg(long, default_value = "http://127.0.0.1:8401")]
+        api: String,
+    },
     /// Verify a data directory: every value's checksum, every document loads, and every
     /// document's vector clock matches the changes it holds. Prints a summary as JSON.
     Check {
@@ -91,8 +138,129 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LOG_LEVEL")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+fn field_value(v: &str) -> serde_json::Value {
+    if v == "true" || v == "false" {
+        return serde_json::Value::Bool(v == "true");
+    }
+    match v.parse::<f64>() {
+        Ok(n) if n.is_finite() => serde_json::json!(n),
+        _ => serde_json::Value::String(v.to_string()),
+    }
+}
+
+fn http(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = match (method, body) {
+        ("POST", Some(b)) => agent.post(url).send_json(b),
+        _ => agent.get(url).call(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot reach the node at {url}: {e}"))?;
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .read_to_string()
+        .map_err(|e| anyhow::anyhow!("reading the answer from {url}: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| anyhow::anyhow!("{url} answered {status} with non-JSON: {text}"))?;
+    if !status.is_success() {
+        let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or(&text);
+        anyhow::bail!("{url}: {status}: {msg}");
+    }
+    Ok(v)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config } => {
+            let settings = Settings::load(&config, &|k| std::env::var(k).ok())?;
+            init_logs(settings.log_format, "info");
+            runtime()?.block_on(edgesync::daemon::run(settings))
+        }
+        Command::Demo => {
+            // The demo tells its own story on stdout; logs only for problems unless asked.
+            init_logs(LogFormat::Auto, "warn");
+            runtime()?.block_on(edgesync::daemon::demo::run())
+        }
+        Command::Ingest {
+            api,
+            doc,
+            id,
+            ts,
+            fields,
+        } => {
+            let mut f = serde_json::Map::new();
+            for kv in fields {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("field {kv:?} is not NAME=VALUE"))?;
+                f.insert(k.to_string(), field_value(v));
+            }
+            let body = serde_json::json!({"doc": doc, "id": id, "ts": ts, "fields": f});
+            let v = http(
+                "POST",
+                &format!("{}/v1/ingest", api.trim_end_matches('/')),
+                Some(body),
+            )?;
+            println!("{v}");
+            Ok(())
+        }
+        Command::Get {
+            api,
+            doc,
+            conflicts,
+        } => {
+            let q = if conflicts { "?conflicts=true" } else { "" };
+            let v = http(
+                "GET",
+                &format!("{}/v1/docs/{doc}{q}", api.trim_end_matches('/')),
+                None,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Status { api } => {
+            let v = http(
+                "GET",
+                &format!("{}/v1/status", api.trim_end_matches('/')),
+                None,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
         Command::Check { data_dir, name } => check(data_dir, &name),
         Command::Pki { command } => pki_command(command),
         Command::DebugIngestLoop {

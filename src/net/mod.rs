@@ -278,6 +278,11 @@ impl FrameSink {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// Waits until the peer has read the stream to its end (or stopped reading it).
+    pub async fn delivered(&mut self) {
+        let _ = self.send.stopped().await;
+    }
 }
 
 /// The receiving half of a link's stream.

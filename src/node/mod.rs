@@ -9,18 +9,27 @@
 //!   and durable throughput grows with concurrency.
 //!
 //! A request is answered only when everything it wrote is durable. [`NodeHandle`] is cheap to
-//! clone and can be used from any thread.
+//! clone and can be used from any thread; each call has a blocking form and an `_async` form.
+//!
+//! Peers: the transport (see [`crate::mesh`]) reports an authenticated link with
+//! [`NodeHandle::peer_up`], feeds its frames with [`NodeHandle::peer_input`] and reports its end
+//! with [`NodeHandle::peer_down`]; the core thread sends outbound frames (only once durable) on
+//! the link's channel. The core thread also runs the protocol's timers.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgesync_proto::{Boot, Config, DocId, IngestOutcome, Node, NodeError, Reading};
+use edgesync_proto::{
+    Boot, Config, DocId, Event, IngestOutcome, Node, NodeError, NodeName, Origin, Reading,
+    SessionId, SessionStats,
+};
 use serde_json::Value as Json;
+use tokio::sync::{broadcast, oneshot};
 
-use crate::store::{Durability, OpenError, RocksStore, Syncer};
+use crate::store::{Durability, Health, OpenError, RocksStore};
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -100,7 +109,113 @@ pub enum StartError {
     Thread(#[from] std::io::Error),
 }
 
-type Reply<T> = SyncSender<Result<T, Error>>;
+type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// What the core thread sends to a link.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to send (everything it describes is durable).
+    Frame(Vec<u8>),
+    /// The session ended: send what was queued, then close the connection.
+    Close(String),
+}
+
+/// A document changed (committed and durable).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DocEvent {
+    /// The document.
+    pub doc: String,
+    /// `"local"` or the name of the peer the change came from.
+    pub origin: String,
+}
+
+/// One session as the node sees it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionStatus {
+    /// Session number (this process).
+    pub session: u64,
+    /// The peer.
+    pub peer: String,
+    /// Handshake and summaries done.
+    pub live: bool,
+    /// Batches sent, not yet acknowledged.
+    pub inflight_batches: usize,
+    /// Counters.
+    pub frames_in: u64,
+    /// Counters.
+    pub frames_out: u64,
+    /// Counters.
+    pub bytes_in: u64,
+    /// Counters.
+    pub bytes_out: u64,
+    /// Counters.
+    pub changes_sent: u64,
+    /// Counters.
+    pub changes_received: u64,
+    /// Counters.
+    pub changes_applied: u64,
+    /// Counters.
+    pub changes_duplicate: u64,
+}
+
+/// The node's state for status pages and metrics.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Documents held.
+    pub docs: usize,
+    /// Commits since start, and how many are durable.
+    pub commits: u64,
+    /// Durable commits.
+    pub durable_commits: u64,
+    /// Changes waiting for dependencies.
+    pub pending_changes: usize,
+    /// Store healthy (no failed write or fsync).
+    pub healthy: bool,
+    /// Open sessions.
+    pub sessions: Vec<SessionStatus>,
+    /// Per peer asked about: local changes it has not acknowledged.
+    pub unacked: BTreeMap<String, u64>,
+    /// Counters summed over every session since start, closed ones included.
+    pub totals: SessionStatus,
+}
+
+fn session_status(
+    id: u64,
+    peer: &str,
+    live: bool,
+    inflight: usize,
+    s: &SessionStats,
+) -> SessionStatus {
+    SessionStatus {
+        session: id,
+        peer: peer.to_string(),
+        live,
+        inflight_batches: inflight,
+        frames_in: s.frames_in,
+        frames_out: s.frames_out,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        changes_sent: s.changes_sent,
+        changes_received: s.changes_received,
+        changes_applied: s.changes_applied,
+        changes_duplicate: s.changes_duplicate,
+    }
+}
+
+fn add_stats(into: &mut SessionStats, s: &SessionStats) {
+    into.frames_in += s.frames_in;
+    into.frames_out += s.frames_out;
+    into.bytes_in += s.bytes_in;
+    into.bytes_out += s.bytes_out;
+    into.changes_sent += s.changes_sent;
+    into.changes_received += s.changes_received;
+    into.changes_applied += s.changes_applied;
+    into.changes_duplicate += s.changes_duplicate;
+    into.changes_buffered += s.changes_buffered;
+    into.batches_acked += s.batches_acked;
+}
 /// Ingest requests of one document waiting to share a change: (readings, answer).
 type DocRequests = Vec<(Vec<Reading>, Reply<Vec<IngestOutcome>>)>;
 
@@ -123,6 +238,26 @@ enum Cmd {
     Docs {
         reply: Reply<Vec<DocId>>,
     },
+    PeerUp {
+        peer: NodeName,
+        out: tokio::sync::mpsc::UnboundedSender<Outbound>,
+        reply: Reply<SessionId>,
+    },
+    PeerInput {
+        sid: SessionId,
+        frame: Vec<u8>,
+    },
+    PeerDown {
+        sid: SessionId,
+    },
+    CloseSessions {
+        reason: String,
+        reply: Reply<usize>,
+    },
+    Status {
+        peers: Vec<NodeName>,
+        reply: Reply<NodeStatus>,
+    },
     Durable(Result<u64, String>),
     Shutdown,
 }
@@ -138,7 +273,10 @@ pub struct DurableNode {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: Sender<Cmd>,
-    syncer: Syncer,
+    health: Health,
+    events: broadcast::Sender<DocEvent>,
+    name: NodeName,
+    started: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -159,6 +297,7 @@ impl DurableNode {
     pub fn start(opts: NodeOptions) -> Result<DurableNode, StartError> {
         let store = RocksStore::open(&opts.data_dir, opts.durability)?;
         let syncer = store.syncer();
+        let health = store.health();
         let boot = Boot {
             nonce: random16()?,
             new_store_id: random16()?,
@@ -171,14 +310,18 @@ impl DurableNode {
         );
         let (tx, rx) = mpsc::channel();
         let (kick_tx, kick_rx) = mpsc::channel::<()>();
+        let (events, _) = broadcast::channel(1024);
         let durable_tx = tx.clone();
-        let sync_handle = syncer.clone();
+        let sync_handle = syncer;
         let syncer_thread = std::thread::Builder::new()
             .name("edgesync-syncer".into())
             .spawn(move || {
                 while kick_rx.recv().is_ok() {
                     while kick_rx.try_recv().is_ok() {}
+                    let t = Instant::now();
                     let r = sync_handle.sync().map_err(|e| e.to_string());
+                    metrics::histogram!("edgesync_store_sync_seconds")
+                        .record(t.elapsed().as_secs_f64());
                     let failed = r.is_err();
                     if durable_tx.send(Cmd::Durable(r)).is_err() || failed {
                         break;
@@ -186,6 +329,7 @@ impl DurableNode {
                 }
             })?;
         let core_opts = opts.clone();
+        let core_events = events.clone();
         let core = std::thread::Builder::new()
             .name("edgesync-core".into())
             .spawn(move || {
@@ -194,11 +338,21 @@ impl DurableNode {
                     opts: core_opts,
                     kick: kick_tx,
                     waiting: VecDeque::new(),
+                    links: BTreeMap::new(),
+                    last_stats: BTreeMap::new(),
+                    totals: SessionStats::default(),
+                    events: core_events,
                 }
                 .run(rx)
             })?;
         Ok(DurableNode {
-            handle: NodeHandle { tx, syncer },
+            handle: NodeHandle {
+                tx,
+                health,
+                events,
+                name: opts.config.name.clone(),
+                started: Instant::now(),
+            },
             core: Some(core),
             syncer: Some(syncer_thread),
         })
@@ -232,22 +386,59 @@ impl Drop for DurableNode {
 }
 
 impl NodeHandle {
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, Error> {
-        let (tx, rx) = mpsc::sync_channel(1);
+    fn send<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Cmd,
+    ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+        let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| Error::Stopped)?;
-        rx.recv().map_err(|_| Error::Stopped)?
+        Ok(rx)
+    }
+
+    /// Blocking call; must not be used from inside an async runtime (use the `_async` forms).
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, Error> {
+        self.send(make)?
+            .blocking_recv()
+            .map_err(|_| Error::Stopped)?
+    }
+
+    async fn call_async<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, Error> {
+        self.send(make)?.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    /// Seconds since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Ingests readings into a sensor document; returns once they are durable.
     pub fn ingest(&self, doc: DocId, readings: Vec<Reading>) -> Result<Vec<IngestOutcome>, Error> {
-        for r in &readings {
-            r.validate().map_err(|e| Error::Invalid(e.to_string()))?;
-        }
+        validate(&readings)?;
         self.call(|reply| Cmd::Ingest {
             doc,
             readings,
             reply,
         })
+    }
+
+    /// [`NodeHandle::ingest`] for async callers.
+    pub async fn ingest_async(
+        &self,
+        doc: DocId,
+        readings: Vec<Reading>,
+    ) -> Result<Vec<IngestOutcome>, Error> {
+        validate(&readings)?;
+        self.call_async(|reply| Cmd::Ingest {
+            doc,
+            readings,
+            reply,
+        })
+        .await
     }
 
     /// Applies a JSON merge patch to a generic document; returns once durable. `false` when the
@@ -256,7 +447,15 @@ impl NodeHandle {
         self.call(|reply| Cmd::Patch { doc, patch, reply })
     }
 
-    /// The JSON view of a document (`None` if unknown).
+    /// [`NodeHandle::patch`] for async callers.
+    pub async fn patch_async(&self, doc: DocId, patch: Json) -> Result<bool, Error> {
+        self.call_async(|reply| Cmd::Patch { doc, patch, reply })
+            .await
+    }
+
+    /// The JSON view of a document (`None` if unknown): for a sensor document
+    /// `{"readings": {ID: {"ts", "fields"}}, "latest": ...}`, for a generic one its JSON. With
+    /// `conflicts`, the raw document with concurrent values as `{"$conflicts": [...]}`.
     pub fn json(&self, doc: DocId, conflicts: bool) -> Result<Option<Json>, Error> {
         self.call(|reply| Cmd::Json {
             doc,
@@ -265,20 +464,84 @@ impl NodeHandle {
         })
     }
 
+    /// [`NodeHandle::json`] for async callers.
+    pub async fn json_async(&self, doc: DocId, conflicts: bool) -> Result<Option<Json>, Error> {
+        self.call_async(|reply| Cmd::Json {
+            doc,
+            conflicts,
+            reply,
+        })
+        .await
+    }
+
     /// Every document id.
     pub fn docs(&self) -> Result<Vec<DocId>, Error> {
         self.call(|reply| Cmd::Docs { reply })
     }
 
+    /// [`NodeHandle::docs`] for async callers.
+    pub async fn docs_async(&self) -> Result<Vec<DocId>, Error> {
+        self.call_async(|reply| Cmd::Docs { reply }).await
+    }
+
+    /// Status, with the unacknowledged change count of each of `peers`.
+    pub async fn status_async(&self, peers: Vec<NodeName>) -> Result<NodeStatus, Error> {
+        self.call_async(|reply| Cmd::Status { peers, reply }).await
+    }
+
+    /// Every document change from now on (local or remote), once durable. A slow subscriber
+    /// that falls more than 1,024 events behind gets `Lagged` and continues.
+    pub fn subscribe(&self) -> broadcast::Receiver<DocEvent> {
+        self.events.subscribe()
+    }
+
+    /// A link to `peer` (authenticated by the transport) is up: starts a session whose frames
+    /// go to `out`.
+    pub async fn peer_up(
+        &self,
+        peer: NodeName,
+        out: tokio::sync::mpsc::UnboundedSender<Outbound>,
+    ) -> Result<SessionId, Error> {
+        self.call_async(|reply| Cmd::PeerUp { peer, out, reply })
+            .await
+    }
+
+    /// A frame arrived on a session's link.
+    pub fn peer_input(&self, sid: SessionId, frame: Vec<u8>) -> Result<(), Error> {
+        self.tx
+            .send(Cmd::PeerInput { sid, frame })
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Ends every session with a Close frame (code `Shutdown`); each link then finishes and
+    /// closes. Returns how many sessions were closed.
+    pub async fn close_sessions_async(&self, reason: &str) -> Result<usize, Error> {
+        let reason = reason.to_string();
+        self.call_async(|reply| Cmd::CloseSessions { reason, reply })
+            .await
+    }
+
+    /// A session's link is gone.
+    pub fn peer_down(&self, sid: SessionId) {
+        let _ = self.tx.send(Cmd::PeerDown { sid });
+    }
+
     /// False once a store write or fsync failed.
     pub fn is_healthy(&self) -> bool {
-        self.syncer.is_healthy()
+        self.health.is_healthy()
     }
 
     /// Bytes written to the store since start.
     pub fn bytes_written(&self) -> u64 {
-        self.syncer.bytes_written()
+        self.health.bytes_written()
     }
+}
+
+fn validate(readings: &[Reading]) -> Result<(), Error> {
+    for r in readings {
+        r.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+    }
+    Ok(())
 }
 
 enum Waiting {
@@ -292,18 +555,40 @@ struct Core {
     kick: Sender<()>,
     /// Answers waiting for durability, in commit order: (commit, answer).
     waiting: VecDeque<(u64, Waiting)>,
+    /// Open sessions and their links.
+    links: BTreeMap<SessionId, tokio::sync::mpsc::UnboundedSender<Outbound>>,
+    /// Latest counters of each open session.
+    last_stats: BTreeMap<SessionId, SessionStats>,
+    /// Counters of closed sessions.
+    totals: SessionStats,
+    events: broadcast::Sender<DocEvent>,
 }
 
 impl Core {
     fn run(mut self, rx: Receiver<Cmd>) {
         let mut pending: Option<Cmd> = None;
         loop {
+            self.pump();
             let first = match pending.take() {
                 Some(c) => c,
-                None => match rx.recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                },
+                None => {
+                    let wait = self
+                        .node
+                        .poll_timeout()
+                        .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                    let got = match wait {
+                        Some(w) => rx.recv_timeout(w),
+                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    };
+                    match got {
+                        Ok(c) => c,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            self.node.handle_timeout(now_ms());
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
             };
             let mut ingests: Vec<(DocId, Vec<Reading>, Reply<Vec<IngestOutcome>>)> = Vec::new();
             let mut readings = 0usize;
@@ -353,6 +638,7 @@ impl Core {
             }
         }
         self.node.shutdown();
+        self.pump();
         // Answer what is still waiting with one last sync.
         let syncer = self.node.store().syncer();
         match syncer.sync() {
@@ -374,15 +660,152 @@ impl Core {
                 conflicts,
                 reply,
             } => {
-                let _ = reply.send(self.node.json(&doc, conflicts).map_err(Error::from));
+                let view = match self.node.kind(&doc) {
+                    Ok(Some(edgesync_proto::DocKind::Sensor)) if !conflicts => {
+                        self.node.sensor_view(&doc).map(|v| v.map(|v| v.to_json()))
+                    }
+                    _ => self.node.json(&doc, conflicts),
+                };
+                let _ = reply.send(view.map_err(Error::from));
             }
             Cmd::Docs { reply } => {
                 let _ = reply.send(Ok(self.node.docs().map(|(d, _)| d.clone()).collect()));
             }
+            Cmd::PeerUp { peer, out, reply } => {
+                if self.node.is_poisoned() {
+                    let _ = reply.send(Err(Error::Unavailable("store failed".into())));
+                    return;
+                }
+                let sid = self.node.connect(peer, now_ms());
+                self.links.insert(sid, out);
+                let _ = reply.send(Ok(sid));
+            }
+            Cmd::PeerInput { sid, frame } => {
+                if self.links.contains_key(&sid) {
+                    self.node.handle_input(sid, &frame, now_ms());
+                }
+            }
+            Cmd::CloseSessions { reason, reply } => {
+                let sids: Vec<SessionId> = self.links.keys().copied().collect();
+                for sid in &sids {
+                    self.node
+                        .close_session(*sid, edgesync_proto::CloseCode::Shutdown, &reason);
+                }
+                let _ = reply.send(Ok(sids.len()));
+            }
+            Cmd::PeerDown { sid } => {
+                if self.links.contains_key(&sid) {
+                    self.node.disconnect(sid);
+                }
+            }
+            Cmd::Status { peers, reply } => {
+                let _ = reply.send(Ok(self.status(peers)));
+            }
             Cmd::Durable(r) => self.durable(r),
             Cmd::Ingest { .. } | Cmd::Shutdown => unreachable!("handled by run"),
         }
-        while self.node.poll_event().is_some() {}
+    }
+
+    fn status(&mut self, peers: Vec<NodeName>) -> NodeStatus {
+        let sessions: Vec<SessionStatus> = self
+            .node
+            .sessions()
+            .iter()
+            .map(|s| {
+                session_status(
+                    s.id.0,
+                    s.peer.as_str(),
+                    s.live,
+                    s.inflight_batches,
+                    &s.stats,
+                )
+            })
+            .collect();
+        let mut totals = self.totals.clone();
+        for s in self.node.sessions() {
+            add_stats(&mut totals, &s.stats);
+        }
+        NodeStatus {
+            name: self.node.name().to_string(),
+            docs: self.node.docs().count(),
+            commits: self.node.commit_seq(),
+            durable_commits: self.node.durable_seq(),
+            pending_changes: self.node.pending_changes(),
+            healthy: !self.node.is_poisoned() && self.node.store().syncer().is_healthy(),
+            sessions,
+            unacked: peers
+                .iter()
+                .map(|p| (p.to_string(), self.node.peer_unacked(p)))
+                .collect(),
+            totals: session_status(0, "", false, 0, &totals),
+        }
+    }
+
+    /// After every request: start making new commits durable, send released frames, publish
+    /// events, and end the links of closed sessions.
+    fn pump(&mut self) {
+        if self.node.commit_seq() > self.node.durable_seq() {
+            if self.opts.durability == Durability::Wal {
+                let r = self.node.store().syncer().sync().map_err(|e| e.to_string());
+                self.durable(r);
+            } else {
+                let _ = self.kick.send(());
+            }
+        }
+        for s in self.node.sessions() {
+            self.last_stats.insert(s.id, s.stats.clone());
+        }
+        let sids: Vec<SessionId> = self.links.keys().copied().collect();
+        for sid in sids {
+            while let Some(frame) = self.node.poll_transmit(sid) {
+                if let Some(out) = self.links.get(&sid) {
+                    let _ = out.send(Outbound::Frame(frame));
+                }
+            }
+        }
+        while let Some(ev) = self.node.poll_event() {
+            match ev {
+                Event::DocChanged { doc, origin } => {
+                    let origin = match origin {
+                        Origin::Local => "local".to_string(),
+                        Origin::Remote(p) => p.to_string(),
+                    };
+                    let _ = self.events.send(DocEvent {
+                        doc: doc.to_string(),
+                        origin,
+                    });
+                }
+                Event::SessionClosed {
+                    session,
+                    peer,
+                    code,
+                    reason,
+                    by_peer,
+                } => {
+                    let out = self.links.remove(&session);
+                    while let Some(frame) = self.node.poll_transmit(session) {
+                        if let Some(out) = &out {
+                            let _ = out.send(Outbound::Frame(frame));
+                        }
+                    }
+                    if let Some(s) = self.last_stats.remove(&session) {
+                        add_stats(&mut self.totals, &s);
+                    }
+                    let why = match code {
+                        Some(c) => format!("{c:?}: {reason}"),
+                        None => "transport lost".to_string(),
+                    };
+                    if code.is_some_and(|c| c != edgesync_proto::CloseCode::Shutdown) {
+                        tracing::warn!(%peer, session = session.0, by_peer, reason = %why, "session closed");
+                    } else {
+                        tracing::info!(%peer, session = session.0, by_peer, reason = %why, "session closed");
+                    }
+                    if let Some(out) = out {
+                        let _ = out.send(Outbound::Close(why));
+                    }
+                }
+            }
+        }
     }
 
     /// Ingests a batch: all readings for one document become one core ingest (one change).
@@ -396,8 +819,11 @@ impl Core {
                 .iter()
                 .flat_map(|(rs, _)| rs.iter().cloned())
                 .collect();
+            let started = Instant::now();
             match self.node.ingest(&doc, &all, now_ms()) {
                 Ok(done) => {
+                    metrics::histogram!("edgesync_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     let mut outcomes = done.outcomes.into_iter();
                     for (rs, reply) in requests {
                         let mine: Vec<IngestOutcome> = outcomes.by_ref().take(rs.len()).collect();
@@ -412,17 +838,23 @@ impl Core {
                 }
             }
         }
-        while self.node.poll_event().is_some() {}
     }
 
+    /// Answers `w` once commit `durable_at` is durable: at once if it already is (a duplicate
+    /// reading or an empty patch commits nothing new, and no later durability report may come).
     fn wait(&mut self, durable_at: u64, w: Waiting) {
-        self.waiting.push_back((durable_at, w));
-        if self.opts.durability == Durability::Wal {
-            let seq = self.node.store().syncer().durable();
-            self.durable(Ok(seq));
-        } else {
-            let _ = self.kick.send(());
+        if durable_at <= self.node.durable_seq() && self.waiting.is_empty() {
+            match w {
+                Waiting::Ingest(reply, out) => {
+                    let _ = reply.send(Ok(out));
+                }
+                Waiting::Patch(reply, changed) => {
+                    let _ = reply.send(Ok(changed));
+                }
+            }
+            return;
         }
+        self.waiting.push_back((durable_at, w));
     }
 
     fn durable(&mut self, r: Result<u64, String>) {

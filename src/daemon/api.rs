@@ -1,0 +1,320 @@
+//! The local HTTP API (JSON). Every error is `{"error": "..."}` with a 4xx status for bad input
+//! (5xx when the node cannot serve); bodies are bounded and parsed before use.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edgesync_proto::{DocId, IngestOutcome, Reading};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+use tokio_stream::StreamExt;
+
+use crate::mesh::{Mesh, RetryPolicy};
+use crate::node::{Error as NodeError, NodeHandle};
+
+/// Largest request body, bytes.
+pub const BODY_BYTES_MAX: usize = 256 * 1024;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: NodeHandle,
+    /// Its peers.
+    pub mesh: Arc<Mesh>,
+    /// The reconnection policy (for status).
+    pub retry: RetryPolicy,
+    /// The metrics registry.
+    pub metrics: PrometheusHandle,
+}
+
+/// An API error.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        match e {
+            NodeError::Invalid(m) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, m),
+            other => ApiError(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> ApiError {
+        ApiError(e.status(), e.body_text())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/ingest", post(ingest))
+        .route("/v1/docs", get(docs))
+        .route("/v1/docs/{*doc}", get(get_doc).patch(patch_doc))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// A router serving only `/metrics`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body?;
+    serde_json::from_slice(&body).map_err(|e| bad(format!("malformed JSON: {e}")))
+}
+
+fn doc_id(s: &str) -> Result<DocId, ApiError> {
+    DocId::new(s).map_err(|e| bad(format!("invalid doc id: {e}")))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn fresh_id(node: &str) -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    format!("{node}-{}-{:016x}", now_ms(), u64::from_le_bytes(b))
+}
+
+async fn ingest(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let started = Instant::now();
+    let v = parse_body(body)?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("body must be a JSON object"))?;
+    for k in obj.keys() {
+        if !matches!(k.as_str(), "doc" | "id" | "ts" | "fields") {
+            return Err(bad(format!(
+                "unknown key {k:?}; expected doc, id, ts, fields"
+            )));
+        }
+    }
+    let doc = doc_id(
+        obj.get("doc")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("\"doc\" (a string) is required"))?,
+    )?;
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => fresh_id(st.node.name().as_str()),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(bad("\"id\" must be a string")),
+    };
+    let ts = match obj.get("ts") {
+        None | Some(Value::Null) => now_ms(),
+        Some(t) => t
+            .as_i64()
+            .ok_or_else(|| bad("\"ts\" must be an integer (ms since the Unix epoch)"))?,
+    };
+    let fields = obj
+        .get("fields")
+        .ok_or_else(|| bad("\"fields\" (an object) is required"))?;
+    let reading = Reading::from_json(id.clone(), ts, fields).map_err(|e| bad(e.to_string()))?;
+    let out = st.node.ingest_async(doc.clone(), vec![reading]).await?;
+    metrics::counter!("edgesync_ingest_readings_total").increment(1);
+    metrics::histogram!("edgesync_ingest_seconds").record(started.elapsed().as_secs_f64());
+    let duplicate = match out.first() {
+        Some(IngestOutcome::Inserted) => false,
+        Some(IngestOutcome::Duplicate) => true,
+        Some(IngestOutcome::Conflict) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("reading {id:?} already exists in {doc} with other content"),
+            ))
+        }
+        None => {
+            return Err(ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no outcome".into(),
+            ))
+        }
+    };
+    Ok(Json(
+        json!({"doc": doc.as_str(), "id": id, "duplicate": duplicate}),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct DocQuery {
+    conflicts: Option<bool>,
+}
+
+async fn get_doc(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    q: Result<Query<DocQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some(d) = doc.strip_suffix("/events") {
+        return match doc_id(d) {
+            Ok(d) => events(st, d).await.into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    let r: ApiResult = async {
+        let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+        let doc = doc_id(&doc)?;
+        match st
+            .node
+            .json_async(doc.clone(), q.conflicts.unwrap_or(false))
+            .await?
+        {
+            Some(v) => Ok(Json(v)),
+            None => Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no document {doc}"),
+            )),
+        }
+    }
+    .await;
+    r.into_response()
+}
+
+async fn events(
+    st: AppState,
+    doc: DocId,
+) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    let want = doc.to_string();
+    let stream =
+        tokio_stream::wrappers::BroadcastStream::new(st.node.subscribe()).filter_map(move |ev| {
+            match ev {
+                Ok(ev) if ev.doc == want => Some(Ok(SseEvent::default()
+                    .event("change")
+                    .data(serde_json::to_string(&ev).unwrap_or_default()))),
+                Ok(_) => None,
+                Err(_) => Some(Ok(SseEvent::default().event("lagged").data("{}"))),
+            }
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn patch_doc(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let doc = doc_id(&doc)?;
+    let patch = parse_body(body)?;
+    let changed = st.node.patch_async(doc.clone(), patch).await?;
+    Ok(Json(json!({"doc": doc.as_str(), "changed": changed})))
+}
+
+async fn docs(State(st): State<AppState>) -> ApiResult {
+    let docs = st.node.docs_async().await?;
+    Ok(Json(json!({
+        "docs": docs.iter().map(|d| json!({"doc": d.as_str()})).collect::<Vec<_>>()
+    })))
+}
+
+async fn status(State(st): State<AppState>) -> ApiResult {
+    let peers = st.mesh.status(&st.retry);
+    let s = st.node.status_async(st.mesh.peer_names()).await?;
+    let peers: Vec<Value> = peers
+        .into_iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            v["unacked_changes"] = json!(s.unacked.get(&p.name).copied().unwrap_or(0));
+            v
+        })
+        .collect();
+    Ok(Json(json!({
+        "name": s.name,
+        "healthy": s.healthy && st.node.is_healthy(),
+        "uptime_secs": st.node.uptime().as_secs_f64(),
+        "docs": s.docs,
+        "commits": s.commits,
+        "durable_commits": s.durable_commits,
+        "pending_changes": s.pending_changes,
+        "peers": peers,
+        "sessions": s.sessions,
+        "totals": s.totals,
+        "rejected_connections": st.mesh.endpoint().rejections(),
+    })))
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    if st.node.is_healthy() {
+        Json(json!({"healthy": true})).into_response()
+    } else {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store failed; restart the node".into(),
+        )
+        .into_response()
+    }
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    if let Ok(s) = st.node.status_async(st.mesh.peer_names()).await {
+        let t = &s.totals;
+        for (name, v) in [
+            ("edgesync_frames_in_total", t.frames_in),
+            ("edgesync_frames_out_total", t.frames_out),
+            ("edgesync_bytes_in_total", t.bytes_in),
+            ("edgesync_bytes_out_total", t.bytes_out),
+            ("edgesync_changes_sent_total", t.changes_sent),
+            ("edgesync_changes_received_total", t.changes_received),
+            ("edgesync_changes_applied_total", t.changes_applied),
+            ("edgesync_changes_duplicate_total", t.changes_duplicate),
+        ] {
+            metrics::counter!(name).absolute(v);
+        }
+        for (peer, n) in &s.unacked {
+            metrics::gauge!("edgesync_peer_unacked_changes", "peer" => peer.clone()).set(*n as f64);
+        }
+        metrics::gauge!("edgesync_docs").set(s.docs as f64);
+        metrics::gauge!("edgesync_pending_changes").set(s.pending_changes as f64);
+    }
+    let peers = st.mesh.status(&st.retry);
+    metrics::gauge!("edgesync_peers_connected")
+        .set(peers.iter().filter(|p| p.connected).count() as f64);
+    for p in &peers {
+        metrics::gauge!("edgesync_peer_connected", "peer" => p.name.clone()).set(if p.connected {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    for (kind, n) in st.mesh.endpoint().rejections() {
+        metrics::counter!("edgesync_connections_rejected_total", "reason" => kind).absolute(n);
+    }
+    metrics::gauge!("edgesync_store_healthy").set(if st.node.is_healthy() { 1.0 } else { 0.0 });
+    metrics::counter!("edgesync_store_bytes_written_total").absolute(st.node.bytes_written());
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}

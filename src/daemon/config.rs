@@ -1,0 +1,392 @@
+//! The daemon's TOML configuration and its environment overrides. Unknown keys are refused;
+//! relative paths are relative to the configuration file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgesync_proto::NodeName;
+use serde::Deserialize;
+
+use crate::mesh::{PeerConfig, RetryPolicy};
+use crate::net::{NetOptions, TlsFiles};
+use crate::store::Durability;
+
+/// Largest configuration file read, bytes.
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
+
+fn default_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8401))
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human format on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    /// Human-readable.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A `[[peers]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// The name the peer's certificate must carry.
+    pub name: String,
+    /// `host:port` of its QUIC listener.
+    pub addr: String,
+}
+
+/// The `[sync]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    /// First reconnection delay bound, ms (full jitter, doubling). Default 500.
+    pub retry_base_ms: u64,
+    /// Largest reconnection delay, ms. Default 10000.
+    pub retry_cap_ms: u64,
+    /// Consecutive failed dials that open a peer's circuit breaker. Default 5.
+    pub breaker_failures: u32,
+    /// QUIC keep-alive interval, ms. Default 5000.
+    pub keep_alive_ms: u64,
+    /// QUIC idle timeout, ms. Default 30000.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for SyncSection {
+    fn default() -> SyncSection {
+        SyncSection {
+            retry_base_ms: 500,
+            retry_cap_ms: 10_000,
+            breaker_failures: 5,
+            keep_alive_ms: 5_000,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+fn default_durability() -> String {
+    "fsync".into()
+}
+
+/// The configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The node's name; must equal the name in its certificate.
+    pub name: String,
+    /// Data directory (RocksDB).
+    pub data_dir: PathBuf,
+    /// QUIC listen address; absent for a node that only dials out.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Local HTTP API address. Default `127.0.0.1:8401`.
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// A separate listener serving only `/metrics` (the API serves it too).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// `fsync` (default) or `wal`.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+    /// `auto` (default), `human` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// TLS material.
+    pub tls: TlsFiles,
+    /// Peers to dial.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    /// Reconnection and transport timing.
+    #[serde(default)]
+    pub sync: SyncSection,
+}
+
+/// The configuration, checked and with environment overrides applied.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Node name.
+    pub name: NodeName,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// QUIC listen address.
+    pub listen: Option<SocketAddr>,
+    /// HTTP API address.
+    pub api: SocketAddr,
+    /// Metrics-only listener.
+    pub metrics: Option<SocketAddr>,
+    /// Durability.
+    pub durability: Durability,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// TLS files.
+    pub tls: TlsFiles,
+    /// Peers.
+    pub peers: Vec<PeerConfig>,
+    /// Reconnection policy.
+    pub retry: RetryPolicy,
+    /// Transport options.
+    pub net: NetOptions,
+}
+
+/// A configuration problem, with the file it is in.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {msg}", path.display())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub msg: String,
+}
+
+/// The environment variables read, for overrides (name, value).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Settings {
+    /// Settings for embedding: the configuration file's defaults (API on `127.0.0.1:8401`, no
+    /// QUIC listener, no peers, `fsync`, `[sync]` defaults) for node `name`.
+    pub fn new(name: NodeName, data_dir: impl Into<PathBuf>, tls: TlsFiles) -> Settings {
+        let s = SyncSection::default();
+        Settings {
+            name,
+            data_dir: data_dir.into(),
+            listen: None,
+            api: default_api(),
+            metrics: None,
+            durability: Durability::Fsync,
+            log_format: LogFormat::Auto,
+            tls,
+            peers: Vec::new(),
+            retry: RetryPolicy {
+                base: Duration::from_millis(s.retry_base_ms),
+                cap: Duration::from_millis(s.retry_cap_ms),
+                breaker_failures: s.breaker_failures,
+            },
+            net: NetOptions {
+                keep_alive: Duration::from_millis(s.keep_alive_ms),
+                idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+                ..NetOptions::default()
+            },
+        }
+    }
+
+    /// Reads and checks `path`, then applies overrides from `env`: `EDGE_STORAGE_DIR`
+    /// (data_dir), `METRICS_PORT` (a metrics listener on the API's host), `SYNC_RETRY_BASE_MS`
+    /// (sync.retry_base_ms), `EDGESYNC_LOG_FORMAT` (log_format). `LOG_LEVEL` is read by the
+    /// logger.
+    pub fn load(path: &Path, env: Env<'_>) -> Result<Settings, ConfigError> {
+        let err = |msg: String| ConfigError {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if meta.len() > CONFIG_BYTES_MAX {
+            return Err(err(format!("larger than {CONFIG_BYTES_MAX} bytes")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Settings::from_config(cfg, base, env).map_err(err)
+    }
+
+    /// Checks a parsed configuration; relative paths are joined to `base`.
+    pub fn from_config(mut cfg: Config, base: &Path, env: Env<'_>) -> Result<Settings, String> {
+        if let Some(d) = env("EDGE_STORAGE_DIR").filter(|d| !d.is_empty()) {
+            cfg.data_dir = PathBuf::from(d);
+        }
+        if let Some(v) = env("SYNC_RETRY_BASE_MS").filter(|v| !v.is_empty()) {
+            cfg.sync.retry_base_ms = v
+                .parse()
+                .map_err(|_| format!("SYNC_RETRY_BASE_MS={v:?} is not a number of ms"))?;
+        }
+        if let Some(v) = env("METRICS_PORT").filter(|v| !v.is_empty()) {
+            let port: u16 = v
+                .parse()
+                .map_err(|_| format!("METRICS_PORT={v:?} is not a port"))?;
+            cfg.metrics = Some(SocketAddr::new(cfg.api.ip(), port));
+        }
+        if let Some(v) = env("EDGESYNC_LOG_FORMAT").filter(|v| !v.is_empty()) {
+            cfg.log_format = match v.as_str() {
+                "auto" => LogFormat::Auto,
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(format!(
+                        "EDGESYNC_LOG_FORMAT={v:?}: expected auto, human or json"
+                    ))
+                }
+            };
+        }
+        let name = NodeName::new(cfg.name.clone()).map_err(|e| format!("name: {e}"))?;
+        let durability: Durability = cfg
+            .durability
+            .parse()
+            .map_err(|e| format!("durability: {e}"))?;
+        let s = &cfg.sync;
+        if s.retry_base_ms == 0 || s.retry_base_ms > s.retry_cap_ms {
+            return Err(
+                "sync.retry_base_ms must be at least 1 and at most sync.retry_cap_ms".into(),
+            );
+        }
+        if s.retry_cap_ms > 600_000 {
+            return Err("sync.retry_cap_ms must be at most 600000 (10 minutes)".into());
+        }
+        if s.breaker_failures == 0 {
+            return Err("sync.breaker_failures must be at least 1".into());
+        }
+        if s.keep_alive_ms == 0 || s.keep_alive_ms >= s.idle_timeout_ms {
+            return Err(
+                "sync.keep_alive_ms must be at least 1 and below sync.idle_timeout_ms".into(),
+            );
+        }
+        if s.idle_timeout_ms > 600_000 {
+            return Err("sync.idle_timeout_ms must be at most 600000".into());
+        }
+        let mut peers = Vec::new();
+        for p in &cfg.peers {
+            let pname = NodeName::new(p.name.clone()).map_err(|e| format!("peers: {e}"))?;
+            if pname == name {
+                return Err(format!("peers: {pname} is this node"));
+            }
+            if peers.iter().any(|q: &PeerConfig| q.name == pname) {
+                return Err(format!("peers: {pname} listed twice"));
+            }
+            if !p.addr.contains(':') {
+                return Err(format!(
+                    "peers: {pname}: address {:?} needs host:port",
+                    p.addr
+                ));
+            }
+            peers.push(PeerConfig {
+                name: pname,
+                addr: p.addr.clone(),
+            });
+        }
+        let join = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        Ok(Settings {
+            name,
+            data_dir: join(&cfg.data_dir),
+            listen: cfg.listen,
+            api: cfg.api,
+            metrics: cfg.metrics,
+            durability,
+            log_format: cfg.log_format,
+            tls: TlsFiles {
+                ca: join(&cfg.tls.ca),
+                cert: join(&cfg.tls.cert),
+                key: join(&cfg.tls.key),
+            },
+            peers,
+            retry: RetryPolicy {
+                base: Duration::from_millis(s.retry_base_ms),
+                cap: Duration::from_millis(s.retry_cap_ms),
+                breaker_failures: s.breaker_failures,
+            },
+            net: NetOptions {
+                keep_alive: Duration::from_millis(s.keep_alive_ms),
+                idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+                ..NetOptions::default()
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "gw-1"
+data_dir = "data/gw-1"
+listen = "127.0.0.1:7401"
+[tls]
+ca = "pki/ca.crt"
+cert = "pki/gw-1.crt"
+key = "pki/gw-1.key"
+[[peers]]
+name = "cloud"
+addr = "127.0.0.1:7400"
+"#;
+
+    fn parse(text: &str, env: Env<'_>) -> Result<Settings, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        Settings::from_config(cfg, Path::new("/etc/edgesync"), env)
+    }
+
+    #[test]
+    fn defaults_paths_and_overrides() {
+        let s = parse(GOOD, &|_| None).unwrap();
+        assert_eq!(s.api, default_api());
+        assert_eq!(s.data_dir, PathBuf::from("/etc/edgesync/data/gw-1"));
+        assert_eq!(s.durability, Durability::Fsync);
+        assert_eq!(s.retry.cap, Duration::from_secs(10));
+        assert_eq!(s.peers[0].name.as_str(), "cloud");
+        let env = |k: &str| match k {
+            "EDGE_STORAGE_DIR" => Some("/var/lib/x".to_string()),
+            "METRICS_PORT" => Some("9100".to_string()),
+            "SYNC_RETRY_BASE_MS" => Some("250".to_string()),
+            _ => None,
+        };
+        let s = parse(GOOD, &env).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/x"));
+        assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(s.retry.base, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn the_example_mesh_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mesh");
+        for n in ["cloud", "gw-1", "gw-2", "edge-1"] {
+            let s = Settings::load(&dir.join(format!("{n}.toml")), &|_| None).unwrap();
+            assert_eq!(s.name.as_str(), n);
+            assert_eq!(s.tls.cert, dir.join(format!("pki/{n}.crt")));
+        }
+    }
+
+    #[test]
+    fn embedding_defaults_match_the_file_defaults() {
+        let file = parse(GOOD, &|_| None).unwrap();
+        let lib = Settings::new(file.name.clone(), file.data_dir.clone(), file.tls.clone());
+        assert_eq!(format!("{:?}", lib.retry), format!("{:?}", file.retry));
+        assert_eq!(format!("{:?}", lib.net), format!("{:?}", file.net));
+        assert_eq!(
+            (lib.api, lib.durability, lib.log_format),
+            (file.api, file.durability, file.log_format)
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let cases = [
+            (format!("{GOOD}\nbogus = 1"), "unknown field"),
+            (GOOD.replace("gw-1\"\n", "gw 1\"\n"), "name"),
+            (GOOD.replace("\"cloud\"", "\"gw-1\""), "this node"),
+            (GOOD.replace("127.0.0.1:7400", "cloudhost"), "host:port"),
+            (
+                format!("{GOOD}\n[sync]\nretry_cap_ms = 100\n"),
+                "retry_base_ms",
+            ),
+            (
+                GOOD.replace("data_dir", "durability = \"sometimes\"\ndata_dir"),
+                "durability",
+            ),
+        ];
+        for (text, expect) in cases {
+            let e = parse(&text, &|_| None).unwrap_err();
+            assert!(e.contains(expect), "{expect}: {e}");
+        }
+        let e = parse(GOOD, &|k| (k == "METRICS_PORT").then(|| "x".into())).unwrap_err();
+        assert!(e.contains("METRICS_PORT"), "{e}");
+    }
+}

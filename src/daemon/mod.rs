@@ -1,0 +1,166 @@
+//! The gateway mesh service: one process wiring the durable node, the QUIC peers and the local
+//! HTTP API together (`edgesync run`), and the in-process three-node demo (`edgesync demo`).
+
+pub mod api;
+pub mod config;
+pub mod demo;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use edgesync_proto::Config as CoreConfig;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::mesh::Mesh;
+use crate::net::{Credentials, Endpoint};
+use crate::node::{DurableNode, NodeHandle, NodeOptions};
+pub use config::Settings;
+
+/// The process-wide Prometheus recorder.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding app's): then ours only
+            // renders what is recorded through it, which is nothing, and /metrics is empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A running node: store, core, peers, API.
+pub struct Daemon {
+    node: Option<DurableNode>,
+    mesh: Arc<Mesh>,
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    /// Where QUIC listens, if it does.
+    pub quic_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    reloader: JoinHandle<()>,
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+impl Daemon {
+    /// Opens the store, loads credentials, binds QUIC and the API, and starts everything.
+    pub async fn start(s: Settings) -> anyhow::Result<Daemon> {
+        let creds = Credentials::load(&s.tls, &s.name).context("loading TLS credentials")?;
+        let bind = s
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let endpoint = Arc::new(
+            Endpoint::bind(bind, s.listen.is_some(), creds.clone(), s.net.clone())
+                .context("binding QUIC")?,
+        );
+        let quic_addr = s.listen.map(|_| endpoint.local_addr()).transpose()?;
+        let api_listener = tokio::net::TcpListener::bind(s.api)
+            .await
+            .with_context(|| format!("binding the HTTP API on {}", s.api))?;
+        let api_addr = api_listener.local_addr()?;
+        let metrics_listener = match s.metrics {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding the metrics listener on {a}"))?,
+            ),
+            None => None,
+        };
+        let mut opts = NodeOptions::new(CoreConfig::new(s.name.clone()), &s.data_dir);
+        opts.durability = s.durability;
+        let node = tokio::task::spawn_blocking(move || DurableNode::start(opts))
+            .await?
+            .with_context(|| format!("opening the node in {}", s.data_dir.display()))?;
+        let mesh = Arc::new(Mesh::start(
+            node.handle(),
+            endpoint,
+            s.peers.clone(),
+            s.retry.clone(),
+        ));
+        let state = api::AppState {
+            node: node.handle(),
+            mesh: mesh.clone(),
+            retry: s.retry.clone(),
+            metrics: metrics_handle(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let mut servers = vec![tokio::spawn(serve(
+            api_listener,
+            api::router(state.clone()),
+            stop_rx.clone(),
+        ))];
+        if let Some(l) = metrics_listener {
+            servers.push(tokio::spawn(serve(l, api::metrics_router(state), stop_rx)));
+        }
+        let reloader = creds.spawn_reloader(Duration::from_secs(5));
+        tracing::info!(name = %s.name, api = %api_addr, quic = ?quic_addr, peers = s.peers.len(), "node started");
+        Ok(Daemon {
+            node: Some(node),
+            mesh,
+            api_addr,
+            quic_addr,
+            stop,
+            servers,
+            reloader,
+        })
+    }
+
+    /// The node, for in-process use.
+    pub fn handle(&self) -> NodeHandle {
+        self.node.as_ref().expect("running").handle()
+    }
+
+    /// The peers.
+    pub fn mesh(&self) -> &Arc<Mesh> {
+        &self.mesh
+    }
+
+    /// Graceful shutdown: stop the API, close every link (sessions end with a Close), then
+    /// answer what is queued and close the store cleanly.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for s in self.servers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        self.mesh.shutdown().await;
+        self.reloader.abort();
+        if let Some(node) = self.node.take() {
+            let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+/// `edgesync run`: runs until SIGTERM or SIGINT.
+pub async fn run(s: Settings) -> anyhow::Result<()> {
+    let daemon = Daemon::start(s).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    daemon.shutdown().await;
+    Ok(())
+}

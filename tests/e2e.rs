@@ -1,0 +1,809 @@
+//! End-to-end tests of the `edgesync` daemon: real processes, real RocksDB, real QUIC with
+//! certificates made by `edgesync pki`, talking over loopback; partitions are real cuts of UDP
+//! traffic by a relay between the processes.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgesync::daemon::demo::UdpRelay;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgesync");
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run edgesync")
+}
+
+/// A fleet CA and certificates for `nodes` (name, role), made with the CLI.
+fn fleet(dir: &Path, nodes: &[(&str, &str)]) -> PathBuf {
+    let pki = dir.join("pki");
+    let out = cli(&["pki", "init", "--dir", pki.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, role) in nodes {
+        let out = cli(&[
+            "pki",
+            "issue",
+            "--dir",
+            pki.to_str().unwrap(),
+            "--name",
+            name,
+            "--role",
+            role,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    pki
+}
+
+struct NodeSpec<'a> {
+    name: &'a str,
+    listen: Option<SocketAddr>,
+    peers: Vec<(&'a str, SocketAddr)>,
+    /// Short timeouts so that a cut drops the link within the test.
+    extra: &'a str,
+}
+
+/// A running `edgesync run` process.
+struct Node {
+    name: String,
+    config: PathBuf,
+    api: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn write_config(dir: &Path, pki: &Path, spec: &NodeSpec<'_>) -> (PathBuf, String) {
+        let api = free_tcp();
+        let mut cfg = format!(
+            "name = \"{name}\"\ndata_dir = \"{data}\"\napi = \"{api}\"\n",
+            name = spec.name,
+            data = dir.join("data").join(spec.name).display(),
+        );
+        if let Some(l) = spec.listen {
+            cfg += &format!("listen = \"{l}\"\n");
+        }
+        cfg += spec.extra;
+        cfg += &format!(
+            "[tls]\nca = \"{p}/ca.crt\"\ncert = \"{p}/{n}.crt\"\nkey = \"{p}/{n}.key\"\n",
+            p = pki.display(),
+            n = spec.name
+        );
+        for (n, a) in &spec.peers {
+            cfg += &format!("[[peers]]\nname = \"{n}\"\naddr = \"{a}\"\n");
+        }
+        let path = dir.join(format!("{}.toml", spec.name));
+        std::fs::write(&path, cfg).unwrap();
+        (path, format!("http://{api}"))
+    }
+
+    fn start(dir: &Path, pki: &Path, spec: NodeSpec<'_>) -> Node {
+        let (config, api) = Node::write_config(dir, pki, &spec);
+        let mut n = Node {
+            name: spec.name.to_string(),
+            config,
+            api,
+            child: None,
+            log: dir.join(format!("{}.log", spec.name)),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .env("LOG_LEVEL", "info")
+            .env_remove("EDGE_STORAGE_DIR")
+            .env_remove("METRICS_PORT")
+            .env_remove("SYNC_RETRY_BASE_MS")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn edgesync run");
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok((200, _)) = try_request("GET", &format!("{}/healthz", self.api), None) {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{} exited with {st}: {}", self.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not become healthy: {}", self.name, self.logs());
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM; returns the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let start = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ingest(&self, doc: &str, id: &str, ts: i64, temp: f64) -> Value {
+        request(
+            "POST",
+            &format!("{}/v1/ingest", self.api),
+            Some(json!({"doc": doc, "id": id, "ts": ts, "fields": {"temp": temp}})),
+        )
+    }
+
+    fn doc(&self, doc: &str) -> Option<Value> {
+        match try_request("GET", &format!("{}/v1/docs/{doc}", self.api), None).unwrap() {
+            (200, v) => Some(v),
+            (404, _) => None,
+            (s, v) => panic!("GET {doc} on {}: {s} {v}", self.name),
+        }
+    }
+
+    fn reading_ids(&self, doc: &str) -> BTreeSet<String> {
+        self.doc(doc)
+            .and_then(|v| {
+                v["readings"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+            })
+            .unwrap_or_default()
+    }
+
+    fn status(&self) -> Value {
+        request("GET", &format!("{}/v1/status", self.api), None)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// One request; the status and the JSON answer.
+fn try_request(method: &str, url: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    let a = agent();
+    let r = match (method, body) {
+        ("POST", Some(b)) => a.post(url).send_json(b),
+        ("PATCH", Some(b)) => a.patch(url).send_json(b),
+        _ => a.get(url).call(),
+    }
+    .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let text = r.into_body().read_to_string().map_err(|e| e.to_string())?;
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, v))
+}
+
+fn request(method: &str, url: &str, body: Option<Value>) -> Value {
+    match try_request(method, url, body) {
+        Ok((200, v)) => v,
+        other => panic!("{method} {url}: {other:?}"),
+    }
+}
+
+/// Raw bytes to an endpoint: the status and the JSON answer.
+fn raw(method: &str, url: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = agent()
+        .run(
+            ureq::http::Request::builder()
+                .method(method)
+                .uri(url)
+                .header("content-type", content_type)
+                .body(body)
+                .unwrap(),
+        )
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+fn peer_connected(n: &Node, peer: &str) -> bool {
+    n.status()["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == peer && p["connected"] == true)
+}
+
+const FAST: &str = "[sync]\nretry_base_ms = 200\nretry_cap_ms = 2000\nkeep_alive_ms = 500\nidle_timeout_ms = 2000\n";
+
+/// The seed's partition test, over real processes: disconnect a gateway, ingest 50 readings on
+/// each side (and five readings that arrive on both sides), reconnect, and every reading is on
+/// both nodes exactly once within the bound the reconnection policy promises.
+#[test]
+fn partition_then_heal_converges_with_every_reading_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cloud_quic = free_udp();
+    let cloud = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "cloud",
+            listen: Some(cloud_quic),
+            peers: vec![],
+            extra: FAST,
+        },
+    );
+    let relay = rt.block_on(UdpRelay::start(cloud_quic)).unwrap();
+    let gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "gw-1",
+            listen: None,
+            peers: vec![("cloud", relay.addr)],
+            extra: FAST,
+        },
+    );
+    let doc = "site-a/line-1/temp";
+    let t0 = 1_700_000_000_000i64;
+    for i in 0..10 {
+        gw.ingest(doc, &format!("before-{i}"), t0 + i, 20.0);
+    }
+    wait_for(
+        "the first readings on the cloud",
+        Duration::from_secs(30),
+        || cloud.reading_ids(doc).len() == 10,
+    );
+
+    relay.cut();
+    // Past the idle timeout: the link is really gone and the gateway is redialling.
+    wait_for(
+        "the gateway to see the link down",
+        Duration::from_secs(20),
+        || !peer_connected(&gw, "cloud"),
+    );
+    let mut expected: BTreeSet<String> = cloud.reading_ids(doc);
+    for i in 0..50 {
+        let a = gw.ingest(doc, &format!("gw-{i}"), t0 + 100 + i, 21.0);
+        assert_eq!(a["duplicate"], false);
+        let b = cloud.ingest(doc, &format!("cloud-{i}"), t0 + 100 + i, 22.0);
+        assert_eq!(b["duplicate"], false);
+        expected.insert(format!("gw-{i}"));
+        expected.insert(format!("cloud-{i}"));
+    }
+    for i in 0..5 {
+        gw.ingest(doc, &format!("both-{i}"), t0 + 200 + i, 23.0);
+        cloud.ingest(doc, &format!("both-{i}"), t0 + 200 + i, 23.0);
+        expected.insert(format!("both-{i}"));
+    }
+    // A retried ingest is acknowledged as a duplicate, not stored twice.
+    assert_eq!(gw.ingest(doc, "gw-0", t0 + 100, 21.0)["duplicate"], true);
+    assert_eq!(gw.reading_ids(doc).len(), 10 + 50 + 5);
+    assert_eq!(cloud.reading_ids(doc).len(), 10 + 50 + 5);
+    let unacked = gw.status()["peers"][0]["unacked_changes"].as_u64().unwrap();
+    assert!(unacked > 0, "the gateway knows the cloud lacks its changes");
+
+    relay.heal();
+    let took = wait_for(
+        "convergence after the heal",
+        Duration::from_secs(20),
+        || gw.reading_ids(doc) == expected && cloud.reading_ids(doc) == expected,
+    );
+    eprintln!("converged {} ms after the heal", took.as_millis());
+    assert_eq!(expected.len(), 10 + 50 + 50 + 5);
+    assert_eq!(gw.doc(doc), cloud.doc(doc), "identical views");
+    let latest = cloud.doc(doc).unwrap()["latest"]["id"].clone();
+    assert_eq!(latest, "both-4");
+    wait_for("the acknowledgements", Duration::from_secs(10), || {
+        gw.status()["peers"][0]["unacked_changes"] == 0
+    });
+    // The CLI sees the same document.
+    let out = cli(&["get", "--api", &gw.api, "--doc", doc]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["readings"].as_object().unwrap().len(), expected.len());
+    drop(relay);
+}
+
+/// Edge → gateway → cloud: the edge only dials the gateway, the gateway dials the cloud, and
+/// changes travel both ways through the middle; apps can subscribe to a document's changes.
+#[test]
+fn changes_relay_across_three_hops_and_events_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(
+        dir.path(),
+        &[("cloud", "cloud"), ("gw-1", "gateway"), ("edge-1", "edge")],
+    );
+    let (cloud_quic, gw_quic) = (free_udp(), free_udp());
+    let cloud = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "cloud",
+            listen: Some(cloud_quic),
+            peers: vec![],
+            extra: "",
+        },
+    );
+    let gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "gw-1",
+            listen: Some(gw_quic),
+            peers: vec![("cloud", cloud_quic)],
+            extra: "",
+        },
+    );
+    let edge = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "edge-1",
+            listen: None,
+            peers: vec![("gw-1", gw_quic)],
+            extra: "",
+        },
+    );
+    // Subscribe on the cloud before the edge writes.
+    let events_url = format!("{}/v1/docs/apps/settings/events", cloud.api);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = agent().get(&events_url).call().unwrap();
+        let mut lines = BufReader::new(r.into_body().into_reader()).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(data) = line.strip_prefix("data:") {
+                let _ = tx.send(data.trim().to_string());
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    edge.ingest("edge-1/vibration", "v-1", 1_700_000_000_000, 0.5);
+    let (s, v) = try_request(
+        "PATCH",
+        &format!("{}/v1/docs/apps/settings", edge.api),
+        Some(json!({"threshold": 4.5, "mode": "eco"})),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    wait_for(
+        "the edge's reading on the cloud",
+        Duration::from_secs(30),
+        || cloud.reading_ids("edge-1/vibration").contains("v-1"),
+    );
+    wait_for(
+        "the edge's settings on the cloud",
+        Duration::from_secs(30),
+        || cloud.doc("apps/settings") == Some(json!({"threshold": 4.5, "mode": "eco"})),
+    );
+    let ev: Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+    assert_eq!(ev["doc"], "apps/settings");
+    assert_eq!(ev["origin"], "gw-1", "the cloud heard it from the gateway");
+
+    // And back: the cloud's edit reaches the edge through the gateway.
+    request(
+        "PATCH",
+        &format!("{}/v1/docs/apps/settings", cloud.api),
+        Some(json!({"mode": null, "threshold": 5})),
+    );
+    wait_for(
+        "the cloud's edit on the edge",
+        Duration::from_secs(30),
+        || edge.doc("apps/settings") == Some(json!({"threshold": 5})),
+    );
+    let docs = request("GET", &format!("{}/v1/docs", gw.api), None);
+    let names: BTreeSet<&str> = docs["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["doc"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["apps/settings", "edge-1/vibration"]));
+    let metrics = agent()
+        .get(&format!("{}/metrics", gw.api))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    for m in [
+        "edgesync_changes_applied_total",
+        "edgesync_bytes_in_total",
+        "edgesync_peer_connected",
+        "edgesync_store_healthy 1",
+    ] {
+        assert!(metrics.contains(m), "{m} missing from:\n{metrics}");
+    }
+}
+
+/// A gateway killed with SIGKILL while a client is ingesting loses nothing it acknowledged:
+/// after the restart every acknowledged reading is there once, and reaches the cloud.
+#[test]
+fn sigkill_mid_ingest_loses_no_acknowledged_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let cloud_quic = free_udp();
+    let cloud = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "cloud",
+            listen: Some(cloud_quic),
+            peers: vec![],
+            extra: FAST,
+        },
+    );
+    let mut gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "gw-1",
+            listen: None,
+            peers: vec![("cloud", cloud_quic)],
+            extra: FAST,
+        },
+    );
+    let doc = "site-a/pump-7";
+    let mut acked = BTreeSet::new();
+    for round in 0..3 {
+        let url = format!("{}/v1/ingest", gw.api);
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if stop_rx.try_recv().is_ok() {
+                    break;
+                }
+                let id = format!("r{round}-{i}");
+                let body = json!({"doc": doc, "id": id, "ts": 1_700_000_000_000i64 + i, "fields": {"rpm": i}});
+                match try_request("POST", &url, Some(body)) {
+                    Ok((200, _)) => acked.push(id),
+                    _ => break,
+                }
+            }
+            acked
+        });
+        std::thread::sleep(Duration::from_millis(700 + 300 * round as u64));
+        gw.kill9();
+        let _ = stop_tx.send(());
+        let ids = writer.join().unwrap();
+        assert!(
+            !ids.is_empty(),
+            "round {round}: nothing was acknowledged before the kill"
+        );
+        acked.extend(ids);
+        gw.spawn();
+        let have = gw.reading_ids(doc);
+        let missing: Vec<_> = acked.difference(&have).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: lost after SIGKILL: {missing:?}"
+        );
+    }
+    wait_for(
+        "the cloud to hold every acknowledged reading",
+        Duration::from_secs(30),
+        || cloud.reading_ids(doc).is_superset(&acked),
+    );
+    assert_eq!(cloud.doc(doc), gw.doc(doc));
+    // The data directory passes the offline check after the kills.
+    gw.terminate();
+    let out = cli(&[
+        "check",
+        "--data-dir",
+        dir.path().join("data/gw-1").to_str().unwrap(),
+        "--name",
+        "gw-1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Hostile input to every endpoint gets a 4xx with a JSON error, and the node keeps serving;
+/// SIGTERM stops it cleanly and the store reopens.
+#[test]
+fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
+    let mut gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "gw-1",
+            listen: Some(free_udp()),
+            peers: vec![],
+            extra: "",
+        },
+    );
+    let api = gw.api.clone();
+    let ingest = format!("{api}/v1/ingest");
+    let json_ct = "application/json";
+    let cases: Vec<(&str, String, Vec<u8>, u16)> = vec![
+        ("POST", ingest.clone(), b"{not json".to_vec(), 400),
+        ("POST", ingest.clone(), b"[1,2]".to_vec(), 400),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"fields":{"t":1}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"../etc","fields":{"t":1}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"a//b","fields":{"t":1}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"a","fields":{"t":{"nested":1}}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"a","fields":{"t":[1]}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"a","ts":"soon","fields":{"t":1}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"a","id":7,"fields":{"t":1}}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"a","fields":{"t":1},"extra":1}"#.to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            ingest.clone(),
+            br#"{"doc":"a","fields":{"t":1e999}}"#.to_vec(),
+            400,
+        ),
+        ("POST", ingest.clone(), vec![b'x'; 300 * 1024], 413),
+        (
+            "POST",
+            ingest.clone(),
+            format!(
+                r#"{{"doc":"a","fields":{{"t":"{}"}}}}"#,
+                "x".repeat(100_000)
+            )
+            .into_bytes(),
+            400,
+        ),
+        (
+            "PATCH",
+            format!("{api}/v1/docs/app"),
+            b"{oops".to_vec(),
+            400,
+        ),
+        (
+            "PATCH",
+            format!("{api}/v1/docs/bad%20id"),
+            b"{}".to_vec(),
+            400,
+        ),
+        ("GET", format!("{api}/v1/docs/nothing-here"), vec![], 404),
+        (
+            "GET",
+            format!("{api}/v1/docs/a?conflicts=perhaps"),
+            vec![],
+            400,
+        ),
+        ("GET", format!("{api}/v1/nope"), vec![], 404),
+        ("DELETE", format!("{api}/v1/docs/a"), vec![], 405),
+    ];
+    for (method, url, body, want) in cases {
+        let (status, v) = raw(method, &url, json_ct, body);
+        assert_eq!(status, want, "{method} {url}: {v}");
+        if status != 405 {
+            assert!(
+                v["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{method} {url}: {v}"
+            );
+        }
+        assert_eq!(
+            try_request("GET", &format!("{api}/healthz"), None)
+                .unwrap()
+                .0,
+            200
+        );
+    }
+    // A reading that conflicts with a stored one of the same id is refused, not merged.
+    gw.ingest("a", "x-1", 1, 1.0);
+    let (status, v) = try_request(
+        "POST",
+        &ingest,
+        Some(json!({"doc": "a", "id": "x-1", "ts": 1, "fields": {"temp": 2.0}})),
+    )
+    .unwrap();
+    assert_eq!(status, 409, "{v}");
+    // Defaults: a fresh id and the current time.
+    let a = request(
+        "POST",
+        &ingest,
+        Some(json!({"doc": "a", "fields": {"ok": true}})),
+    );
+    let id = a["id"].as_str().unwrap().to_string();
+    assert!(gw.reading_ids("a").contains(&id));
+
+    // The CLI: a clear message and a non-zero exit when the node is unreachable.
+    let out = cli(&["status", "--api", "http://127.0.0.1:9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the node"));
+    let out = cli(&[
+        "ingest",
+        "--api",
+        &api,
+        "--doc",
+        "a",
+        "--id",
+        "cli-1",
+        "temp=21.5",
+        "ok=true",
+        "where=hall",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = gw.doc("a").unwrap();
+    assert_eq!(
+        v["readings"]["cli-1"]["fields"],
+        json!({"temp": 21.5, "ok": true, "where": "hall"})
+    );
+
+    // SIGTERM: a clean exit, and the store opens again.
+    let st = gw.terminate();
+    assert!(st.success(), "exit status {st}: {}", gw.logs());
+    gw.spawn();
+    assert!(gw.reading_ids("a").contains("cli-1"));
+}
+
+/// A configuration with an unknown key, or a second process on the same data directory, is
+/// refused with a clear message.
+#[test]
+fn bad_configs_are_refused_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
+    let spec = NodeSpec {
+        name: "gw-1",
+        listen: None,
+        peers: vec![],
+        extra: "colour = \"blue\"\n",
+    };
+    let (path, _) = Node::write_config(dir.path(), &pki, &spec);
+    let out = cli(&["run", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("colour"), "{err}");
+
+    let gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            name: "gw-1",
+            listen: None,
+            peers: vec![],
+            extra: "",
+        },
+    );
+    // Same data directory, another API port.
+    let (path2, _) = Node::write_config(
+        dir.path(),
+        &pki,
+        &NodeSpec {
+            name: "gw-1",
+            listen: None,
+            peers: vec![],
+            extra: "",
+        },
+    );
+    let out = cli(&["run", "--config", path2.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another"), "{err}");
+    assert_eq!(
+        try_request("GET", &format!("{}/healthz", gw.api), None)
+            .unwrap()
+            .0,
+        200
+    );
+}
