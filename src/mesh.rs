@@ -440,10 +440,12 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                 }
             };
             node.peer_down(sid);
-            // Let the writer flush a final Close, if the core queued one.
-            if tokio::time::timeout(Duration::from_secs(1), &mut writer)
-                .await
-                .is_err()
+            // Let the writer flush a final Close, if the core queued one (a finished writer's
+            // handle must not be polled again).
+            if !writer.is_finished()
+                && tokio::time::timeout(Duration::from_secs(1), &mut writer)
+                    .await
+                    .is_err()
             {
                 writer.abort();
             }
