@@ -468,6 +468,13 @@ impl<S: Store> Node<S> {
                 }
             }
         }
+        // The sender holds what it sent, durably (frames leave only once durable): that is a
+        // receipt too, so this node never sends those changes back and counts them as held.
+        for (doc, clock) in &received {
+            if self.docs.contains_key(doc) {
+                self.raise_receipt(&mut batch, &peer, doc, clock);
+            }
+        }
         // The Ack will tell the peer these clocks: remember them, in the same commit.
         for doc in received.keys() {
             let clock = self.clock(doc).cloned().unwrap_or_default();

@@ -419,3 +419,40 @@ fn receipts_survive_restart() {
         .sum();
     assert_eq!(sent, 0);
 }
+
+// A node that received everything from a peer counts nothing as unacknowledged by that peer,
+// and never sends those changes back: what a peer sent, it holds durably.
+#[test]
+fn changes_received_from_a_peer_count_as_held_by_it() {
+    let mut net = Net::new(2, |_| {});
+    for i in 0..20 {
+        net.nodes[0]
+            .ingest(&doc(&format!("d/{i}")), &[reading(&format!("r{i}"), 1)], 0)
+            .unwrap();
+    }
+    net.connect(0, 1);
+    net.settle();
+    assert_eq!(net.nodes[0].peer_unacked(&name(1)), 0);
+    assert_eq!(
+        net.nodes[1].peer_unacked(&name(0)),
+        0,
+        "n1 holds nothing n0 lacks"
+    );
+    let sent_back: u64 = net.nodes[1]
+        .sessions()
+        .iter()
+        .map(|s| s.stats.changes_sent)
+        .sum();
+    assert_eq!(sent_back, 0);
+    // And after a reconnect nothing is sent again, in either direction.
+    net.disconnect(0, 1);
+    net.connect(0, 1);
+    net.settle();
+    let sent: u64 = net
+        .nodes
+        .iter()
+        .flat_map(|n| n.sessions())
+        .map(|s| s.stats.changes_sent)
+        .sum();
+    assert_eq!(sent, 0, "nothing is resent after a reconnect");
+}

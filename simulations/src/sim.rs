@@ -1253,6 +1253,21 @@ impl Sim {
                 return Some(format!("link {}->{} not connected", l.dialer, l.listener));
             }
         }
+        // A connection whose session just ended (say, on an acknowledgement timeout) is about
+        // to be dropped and redialled: not quiet yet.
+        for (i, sn) in self.nodes.iter().enumerate() {
+            let links = self
+                .links
+                .iter()
+                .filter(|l| l.dialer == i || l.listener == i)
+                .count();
+            let sessions = sn.node.as_ref().map_or(0, |n| n.sessions().len());
+            if sessions < links {
+                return Some(format!(
+                    "node {i} has {sessions} sessions for {links} links"
+                ));
+            }
+        }
         None
     }
 
@@ -1337,7 +1352,8 @@ impl Sim {
                     for (d, v) in &state {
                         if &rstate[d] != v {
                             return Err(format!(
-                                "convergence: {d} differs between {name} and {rname}"
+                                "convergence: {d} differs between {name} and {rname}: {:?} vs {:?}",
+                                v.2, rstate[d].2
                             ));
                         }
                     }
