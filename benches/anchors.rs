@@ -700,7 +700,10 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
                 if (t.changes_applied + t.changes_duplicate) as usize >= total {
                     break;
                 }
-                assert!(started.elapsed() < Duration::from_secs(600), "full sync stalled");
+                assert!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "full sync stalled"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let took = started.elapsed();
