@@ -13,7 +13,7 @@ use crate::store::{
     DocMeta, NodeMeta, PeerReceipts, Store, StoreError, StoredChange, WriteBatch, WriteOp,
     SCHEMA_VERSION,
 };
-use crate::sync::{Session, SessionId};
+use crate::sync::{Session, SessionId, SessionStats};
 use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
 use crate::wire::{CloseCode, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN};
 
@@ -308,6 +308,8 @@ pub struct Node<S: Store> {
     pending_count: usize,
     pub(crate) peers: BTreeMap<NodeName, PeerReceipts>,
     pub(crate) sessions: BTreeMap<SessionId, Session>,
+    /// Counters of sessions that ended.
+    pub(crate) ended_stats: SessionStats,
     pub(crate) next_session: u64,
     pub(crate) commit_seq: u64,
     pub(crate) durable_seq: u64,
@@ -366,6 +368,7 @@ impl<S: Store> Node<S> {
             pending_count: 0,
             peers,
             sessions: BTreeMap::new(),
+            ended_stats: SessionStats::default(),
             next_session: 0,
             commit_seq: 1,
             durable_seq: 0,

@@ -57,6 +57,22 @@ pub struct SessionStats {
     pub batches_acked: u64,
 }
 
+impl SessionStats {
+    /// Adds `other`'s counters to these.
+    pub fn add(&mut self, other: &SessionStats) {
+        self.frames_in += other.frames_in;
+        self.frames_out += other.frames_out;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.changes_sent += other.changes_sent;
+        self.changes_received += other.changes_received;
+        self.changes_applied += other.changes_applied;
+        self.changes_duplicate += other.changes_duplicate;
+        self.changes_buffered += other.changes_buffered;
+        self.batches_acked += other.batches_acked;
+    }
+}
+
 /// What the shell may show about a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -290,6 +306,7 @@ impl<S: Store> Node<S> {
             }
             (_, Message::Close(c)) => {
                 let s = self.sessions.remove(&sid).expect("session exists");
+                self.ended_stats.add(&s.stats);
                 self.events.push_back(crate::Event::SessionClosed {
                     session: sid,
                     peer: s.peer,
@@ -687,7 +704,9 @@ impl<S: Store> Node<S> {
             s.stats.bytes_out += f.len() as u64;
         }
         if s.phase == Phase::Closed && s.outbox.is_empty() {
-            self.sessions.remove(&sid);
+            if let Some(s) = self.sessions.remove(&sid) {
+                self.ended_stats.add(&s.stats);
+            }
         }
         frame
     }
@@ -731,6 +750,7 @@ impl<S: Store> Node<S> {
     /// is sent again in the next session.
     pub fn disconnect(&mut self, sid: SessionId) {
         if let Some(s) = self.sessions.remove(&sid) {
+            self.ended_stats.add(&s.stats);
             if s.phase != Phase::Closed {
                 self.events.push_back(crate::Event::SessionClosed {
                     session: sid,
@@ -806,6 +826,15 @@ impl<S: Store> Node<S> {
     /// acknowledged.
     pub fn receipts(&self, peer: &NodeName) -> Option<&PeerReceipts> {
         self.peers.get(peer)
+    }
+
+    /// Counters summed over every session since open, ended ones included.
+    pub fn session_totals(&self) -> SessionStats {
+        let mut t = self.ended_stats.clone();
+        for s in self.sessions.values() {
+            t.add(&s.stats);
+        }
+        t
     }
 
     /// How many changes this node holds that `peer` has not acknowledged (per durable receipts).

@@ -204,18 +204,6 @@ fn session_status(
     }
 }
 
-fn add_stats(into: &mut SessionStats, s: &SessionStats) {
-    into.frames_in += s.frames_in;
-    into.frames_out += s.frames_out;
-    into.bytes_in += s.bytes_in;
-    into.bytes_out += s.bytes_out;
-    into.changes_sent += s.changes_sent;
-    into.changes_received += s.changes_received;
-    into.changes_applied += s.changes_applied;
-    into.changes_duplicate += s.changes_duplicate;
-    into.changes_buffered += s.changes_buffered;
-    into.batches_acked += s.batches_acked;
-}
 /// Ingest requests of one document waiting to share a change: (readings, answer).
 type DocRequests = Vec<(Vec<Reading>, Reply<Vec<IngestOutcome>>)>;
 
@@ -339,8 +327,6 @@ impl DurableNode {
                     kick: kick_tx,
                     waiting: VecDeque::new(),
                     links: BTreeMap::new(),
-                    last_stats: BTreeMap::new(),
-                    totals: SessionStats::default(),
                     events: core_events,
                 }
                 .run(rx)
@@ -549,6 +535,19 @@ enum Waiting {
     Patch(Reply<bool>, bool),
 }
 
+impl Waiting {
+    fn answer(self) {
+        match self {
+            Waiting::Ingest(reply, out) => {
+                let _ = reply.send(Ok(out));
+            }
+            Waiting::Patch(reply, changed) => {
+                let _ = reply.send(Ok(changed));
+            }
+        }
+    }
+}
+
 struct Core {
     node: Node<RocksStore>,
     opts: NodeOptions,
@@ -557,10 +556,6 @@ struct Core {
     waiting: VecDeque<(u64, Waiting)>,
     /// Open sessions and their links.
     links: BTreeMap<SessionId, tokio::sync::mpsc::UnboundedSender<Outbound>>,
-    /// Latest counters of each open session.
-    last_stats: BTreeMap<SessionId, SessionStats>,
-    /// Counters of closed sessions.
-    totals: SessionStats,
     events: broadcast::Sender<DocEvent>,
 }
 
@@ -721,10 +716,7 @@ impl Core {
                 )
             })
             .collect();
-        let mut totals = self.totals.clone();
-        for s in self.node.sessions() {
-            add_stats(&mut totals, &s.stats);
-        }
+        let totals = self.node.session_totals();
         NodeStatus {
             name: self.node.name().to_string(),
             docs: self.node.docs().count(),
@@ -751,9 +743,6 @@ impl Core {
             } else {
                 let _ = self.kick.send(());
             }
-        }
-        for s in self.node.sessions() {
-            self.last_stats.insert(s.id, s.stats.clone());
         }
         let sids: Vec<SessionId> = self.links.keys().copied().collect();
         for sid in sids {
@@ -787,9 +776,6 @@ impl Core {
                         if let Some(out) = &out {
                             let _ = out.send(Outbound::Frame(frame));
                         }
-                    }
-                    if let Some(s) = self.last_stats.remove(&session) {
-                        add_stats(&mut self.totals, &s);
                     }
                     let why = match code {
                         Some(c) => format!("{c:?}: {reason}"),
@@ -843,39 +829,27 @@ impl Core {
     /// Answers `w` once commit `durable_at` is durable: at once if it already is (a duplicate
     /// reading or an empty patch commits nothing new, and no later durability report may come).
     fn wait(&mut self, durable_at: u64, w: Waiting) {
-        if durable_at <= self.node.durable_seq() && self.waiting.is_empty() {
-            match w {
-                Waiting::Ingest(reply, out) => {
-                    let _ = reply.send(Ok(out));
-                }
-                Waiting::Patch(reply, changed) => {
-                    let _ = reply.send(Ok(changed));
-                }
-            }
-            return;
-        }
         self.waiting.push_back((durable_at, w));
+        self.release();
+    }
+
+    /// Answers, in commit order, every waiting request whose commit is durable.
+    fn release(&mut self) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(at, _)| *at <= self.node.durable_seq())
+        {
+            let (_, w) = self.waiting.pop_front().expect("checked");
+            w.answer();
+        }
     }
 
     fn durable(&mut self, r: Result<u64, String>) {
         match r {
             Ok(seq) => {
                 self.node.handle_durable(seq.min(self.node.commit_seq()));
-                while self
-                    .waiting
-                    .front()
-                    .is_some_and(|(at, _)| *at <= self.node.durable_seq())
-                {
-                    let (_, w) = self.waiting.pop_front().expect("checked");
-                    match w {
-                        Waiting::Ingest(reply, out) => {
-                            let _ = reply.send(Ok(out));
-                        }
-                        Waiting::Patch(reply, changed) => {
-                            let _ = reply.send(Ok(changed));
-                        }
-                    }
-                }
+                self.release();
             }
             Err(e) => {
                 let err = Error::Unavailable(format!("fsync failed: {e}"));
