@@ -70,6 +70,24 @@ impl Default for SyncSection {
     }
 }
 
+impl SyncSection {
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(self.retry_base_ms),
+            cap: Duration::from_millis(self.retry_cap_ms),
+            breaker_failures: self.breaker_failures,
+        }
+    }
+
+    fn net(&self) -> NetOptions {
+        NetOptions {
+            keep_alive: Duration::from_millis(self.keep_alive_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            ..NetOptions::default()
+        }
+    }
+}
+
 fn default_durability() -> String {
     "fsync".into()
 }
@@ -162,16 +180,8 @@ impl Settings {
             log_format: LogFormat::Auto,
             tls,
             peers: Vec::new(),
-            retry: RetryPolicy {
-                base: Duration::from_millis(s.retry_base_ms),
-                cap: Duration::from_millis(s.retry_cap_ms),
-                breaker_failures: s.breaker_failures,
-            },
-            net: NetOptions {
-                keep_alive: Duration::from_millis(s.keep_alive_ms),
-                idle_timeout: Duration::from_millis(s.idle_timeout_ms),
-                ..NetOptions::default()
-            },
+            retry: s.retry(),
+            net: s.net(),
         }
     }
 
@@ -288,16 +298,8 @@ impl Settings {
                 key: join(&cfg.tls.key),
             },
             peers,
-            retry: RetryPolicy {
-                base: Duration::from_millis(s.retry_base_ms),
-                cap: Duration::from_millis(s.retry_cap_ms),
-                breaker_failures: s.breaker_failures,
-            },
-            net: NetOptions {
-                keep_alive: Duration::from_millis(s.keep_alive_ms),
-                idle_timeout: Duration::from_millis(s.idle_timeout_ms),
-                ..NetOptions::default()
-            },
+            retry: s.retry(),
+            net: s.net(),
         })
     }
 }
