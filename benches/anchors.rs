@@ -103,6 +103,43 @@ fn reading(w: usize, i: u64) -> Reading {
     .expect("valid reading")
 }
 
+/// Runs `writers` threads, thread `w` calling the step made by `make(w)` with 0, 1, 2, ...
+/// until stopped. After a warm-up of `run / 5`, measures over `run`: operations per second,
+/// and how much `probe` grew per operation in the same window.
+fn run_writers<S: FnMut(u64) + Send + 'static>(
+    writers: usize,
+    run: Duration,
+    make: impl Fn(usize) -> S,
+    probe: impl Fn() -> u64,
+) -> (f64, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let mut step = make(w);
+            let (stop, count) = (stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut i: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    step(i);
+                    i += 1;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(run / 5);
+    let (c0, p0, t0) = (count.load(Ordering::SeqCst), probe(), Instant::now());
+    std::thread::sleep(run);
+    let (c1, p1, dt) = (count.load(Ordering::SeqCst), probe(), t0.elapsed());
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().expect("writer");
+    }
+    let n = (c1 - c0) as f64;
+    (n / dt.as_secs_f64(), (p1 - p0) as f64 / n.max(1.0))
+}
+
 /// Readings/s through the library; also returns store bytes written per reading.
 fn ours(durability: Durability, writers: usize, run: Duration) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -111,42 +148,20 @@ fn ours(durability: Durability, writers: usize, run: Duration) -> (f64, f64) {
     let mut opts = NodeOptions::new(cfg, dir.path());
     opts.durability = durability;
     let node = DurableNode::start(opts).expect("node starts");
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..writers)
-        .map(|w| {
+    let probe = node.handle();
+    run_writers(
+        writers,
+        run,
+        |w| {
             let h = node.handle();
-            let (stop, count) = (stop.clone(), count.clone());
-            std::thread::spawn(move || {
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    // Each writer feeds its own sensor's document, as a gateway's sensors do.
-                    let doc = DocId::new(format!("site/sensor-{w}")).expect("valid");
-                    h.ingest(doc, vec![reading(w, i)]).expect("ingest");
-                    i += 1;
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(run / 5);
-    let (c0, b0, t0) = (
-        count.load(Ordering::SeqCst),
-        node.handle().bytes_written(),
-        Instant::now(),
-    );
-    std::thread::sleep(run);
-    let (c1, b1, dt) = (
-        count.load(Ordering::SeqCst),
-        node.handle().bytes_written(),
-        t0.elapsed(),
-    );
-    stop.store(true, Ordering::SeqCst);
-    for t in threads {
-        t.join().expect("writer");
-    }
-    let n = (c1 - c0) as f64;
-    (n / dt.as_secs_f64(), (b1 - b0) as f64 / n.max(1.0))
+            // Each writer feeds its own sensor's document, as a gateway's sensors do.
+            let doc = DocId::new(format!("site/sensor-{w}")).expect("valid");
+            move |i| {
+                h.ingest(doc.clone(), vec![reading(w, i)]).expect("ingest");
+            }
+        },
+        || probe.bytes_written(),
+    )
 }
 
 /// Raw RocksDB: each reading is one WriteBatch of `bytes` bytes, written with the same
@@ -158,37 +173,25 @@ fn raw(durability: Durability, writers: usize, bytes: usize, run: Duration) -> f
     opts.set_max_background_jobs(2);
     opts.set_write_buffer_size(16 * 1024 * 1024);
     let db = Arc::new(rocksdb::DB::open(&opts, dir.path()).expect("raw db"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
     let value_len = bytes.saturating_sub(32).max(1);
-    let threads: Vec<_> = (0..writers)
-        .map(|w| {
-            let (db, stop, count) = (db.clone(), stop.clone(), count.clone());
-            std::thread::spawn(move || {
-                let mut wo = rocksdb::WriteOptions::default();
-                wo.set_sync(durability == Durability::Fsync);
-                let value = vec![0x5au8; value_len];
-                let mut i: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let mut b = rocksdb::WriteBatch::default();
-                    let key = format!("{w:04}-{i:020}");
-                    b.put(key.as_bytes(), &value);
-                    db.write_opt(b, &wo).expect("raw write");
-                    i += 1;
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(run / 5);
-    let (c0, t0) = (count.load(Ordering::SeqCst), Instant::now());
-    std::thread::sleep(run);
-    let (c1, dt) = (count.load(Ordering::SeqCst), t0.elapsed());
-    stop.store(true, Ordering::SeqCst);
-    for t in threads {
-        t.join().expect("writer");
-    }
-    (c1 - c0) as f64 / dt.as_secs_f64()
+    let (rate, _) = run_writers(
+        writers,
+        run,
+        |w| {
+            let db = db.clone();
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(durability == Durability::Fsync);
+            let value = vec![0x5au8; value_len];
+            move |i| {
+                let mut b = rocksdb::WriteBatch::default();
+                let key = format!("{w:04}-{i:020}");
+                b.put(key.as_bytes(), &value);
+                db.write_opt(b, &wo).expect("raw write");
+            }
+        },
+        || 0,
+    );
+    rate
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,41 +357,29 @@ fn http_ingest(rt: &tokio::runtime::Runtime, writers: usize, run: Duration) -> f
     );
     let daemon = rt.block_on(Daemon::start(s)).expect("daemon");
     let url = format!("http://{}/v1/ingest", daemon.api_addr);
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..writers)
-        .map(|w| {
-            let (stop, count, url) = (stop.clone(), count.clone(), url.clone());
-            std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(30)))
-                    .build()
-                    .into();
-                let mut i: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = serde_json::json!({
-                        "doc": format!("site/sensor-{w}"), "id": format!("w{w}-{i}"),
-                        "ts": 1_700_000_000_000u64 + i,
-                        "fields": {"temp": 20.0 + (i % 100) as f64 / 10.0, "humidity": 45, "ok": true},
-                    });
-                    let r = agent.post(&url).send_json(body).expect("ingest over HTTP");
-                    assert_eq!(r.status(), 200);
-                    i += 1;
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(run / 5);
-    let (c0, t0) = (count.load(Ordering::SeqCst), Instant::now());
-    std::thread::sleep(run);
-    let (c1, dt) = (count.load(Ordering::SeqCst), t0.elapsed());
-    stop.store(true, Ordering::SeqCst);
-    for t in threads {
-        t.join().expect("client");
-    }
+    let (rate, _) = run_writers(
+        writers,
+        run,
+        |w| {
+            let url = url.clone();
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            move |i| {
+                let body = serde_json::json!({
+                    "doc": format!("site/sensor-{w}"), "id": format!("w{w}-{i}"),
+                    "ts": 1_700_000_000_000u64 + i,
+                    "fields": {"temp": 20.0 + (i % 100) as f64 / 10.0, "humidity": 45, "ok": true},
+                });
+                let r = agent.post(&url).send_json(body).expect("ingest over HTTP");
+                assert_eq!(r.status(), 200);
+            }
+        },
+        || 0,
+    );
     rt.block_on(daemon.shutdown());
-    (c1 - c0) as f64 / dt.as_secs_f64()
+    rate
 }
 
 // ---------------------------------------------------------------------------------------------
