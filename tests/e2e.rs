@@ -69,6 +69,18 @@ struct NodeSpec<'a> {
     extra: &'a str,
 }
 
+impl<'a> NodeSpec<'a> {
+    /// A node that neither listens nor dials, with default settings.
+    fn named(name: &'a str) -> NodeSpec<'a> {
+        NodeSpec {
+            name,
+            listen: None,
+            peers: vec![],
+            extra: "",
+        }
+    }
+}
+
 /// A running `edgesync run` process.
 struct Node {
     name: String,
@@ -303,10 +315,9 @@ fn partition_then_heal_converges_with_every_reading_once() {
         dir.path(),
         &pki,
         NodeSpec {
-            name: "cloud",
             listen: Some(cloud_quic),
-            peers: vec![],
             extra: FAST,
+            ..NodeSpec::named("cloud")
         },
     );
     let relay = rt.block_on(UdpRelay::start(cloud_quic)).unwrap();
@@ -314,10 +325,9 @@ fn partition_then_heal_converges_with_every_reading_once() {
         dir.path(),
         &pki,
         NodeSpec {
-            name: "gw-1",
-            listen: None,
             peers: vec![("cloud", relay.addr)],
             extra: FAST,
+            ..NodeSpec::named("gw-1")
         },
     );
     let doc = "site-a/line-1/temp";
@@ -395,30 +405,25 @@ fn changes_relay_across_three_hops_and_events_stream() {
         dir.path(),
         &pki,
         NodeSpec {
-            name: "cloud",
             listen: Some(cloud_quic),
-            peers: vec![],
-            extra: "",
+            ..NodeSpec::named("cloud")
         },
     );
     let gw = Node::start(
         dir.path(),
         &pki,
         NodeSpec {
-            name: "gw-1",
             listen: Some(gw_quic),
             peers: vec![("cloud", cloud_quic)],
-            extra: "",
+            ..NodeSpec::named("gw-1")
         },
     );
     let edge = Node::start(
         dir.path(),
         &pki,
         NodeSpec {
-            name: "edge-1",
-            listen: None,
             peers: vec![("gw-1", gw_quic)],
-            extra: "",
+            ..NodeSpec::named("edge-1")
         },
     );
     // Subscribe on the cloud before the edge writes.
@@ -505,20 +510,18 @@ fn sigkill_mid_ingest_loses_no_acknowledged_reading() {
         dir.path(),
         &pki,
         NodeSpec {
-            name: "cloud",
             listen: Some(cloud_quic),
-            peers: vec![],
             extra: FAST,
+            ..NodeSpec::named("cloud")
         },
     );
     let mut gw = Node::start(
         dir.path(),
         &pki,
         NodeSpec {
-            name: "gw-1",
-            listen: None,
             peers: vec![("cloud", cloud_quic)],
             extra: FAST,
+            ..NodeSpec::named("gw-1")
         },
     );
     let doc = "site-a/pump-7";
@@ -590,10 +593,8 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         dir.path(),
         &pki,
         NodeSpec {
-            name: "gw-1",
             listen: Some(free_udp()),
-            peers: vec![],
-            extra: "",
+            ..NodeSpec::named("gw-1")
         },
     );
     let api = gw.api.clone();
@@ -764,10 +765,8 @@ fn bad_configs_are_refused_with_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
     let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
     let spec = NodeSpec {
-        name: "gw-1",
-        listen: None,
-        peers: vec![],
         extra: "colour = \"blue\"\n",
+        ..NodeSpec::named("gw-1")
     };
     let (path, _) = Node::write_config(dir.path(), &pki, &spec);
     let out = cli(&["run", "--config", path.to_str().unwrap()]);
@@ -775,27 +774,9 @@ fn bad_configs_are_refused_with_clear_messages() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("colour"), "{err}");
 
-    let gw = Node::start(
-        dir.path(),
-        &pki,
-        NodeSpec {
-            name: "gw-1",
-            listen: None,
-            peers: vec![],
-            extra: "",
-        },
-    );
+    let gw = Node::start(dir.path(), &pki, NodeSpec::named("gw-1"));
     // Same data directory, another API port.
-    let (path2, _) = Node::write_config(
-        dir.path(),
-        &pki,
-        &NodeSpec {
-            name: "gw-1",
-            listen: None,
-            peers: vec![],
-            extra: "",
-        },
-    );
+    let (path2, _) = Node::write_config(dir.path(), &pki, &NodeSpec::named("gw-1"));
     let out = cli(&["run", "--config", path2.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
