@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,10 +37,9 @@ use std::time::{Duration, Instant};
 
 use automerge::sync::{Message, State as SyncState, SyncDoc};
 use automerge::{Automerge, Change};
+use edgesync::daemon::local::LocalFleet;
 use edgesync::daemon::{Daemon, Settings};
-use edgesync::mesh::PeerConfig;
-use edgesync::net::pki::{self, NodeSpec, Role};
-use edgesync::net::TlsFiles;
+use edgesync::net::pki::Role;
 use edgesync::node::{DurableNode, NodeHandle, NodeOptions, Outbound};
 use edgesync::store::{Durability, RocksStore};
 use edgesync_proto::{Config, DocId, NodeName, Reading, Store};
@@ -198,46 +197,24 @@ fn raw(durability: Durability, writers: usize, bytes: usize, run: Duration) -> f
 // Fixtures shared by the network rows.
 
 /// A fleet CA and certificates for `names` in `dir/pki`.
-fn fleet(dir: &Path, names: &[&str]) -> PathBuf {
-    let pki_dir = dir.join("pki");
-    pki::init(&pki_dir, 30).expect("fleet CA");
-    for n in names {
-        pki::issue(
-            &pki_dir,
-            &NodeSpec::new(NodeName::new(*n).expect("name"), Role::Gateway, None, 30)
-                .expect("spec"),
-        )
-        .expect("certificate");
-    }
-    pki_dir
-}
-
-fn tls(pki_dir: &Path, name: &str) -> TlsFiles {
-    TlsFiles {
-        ca: pki_dir.join("ca.crt"),
-        cert: pki_dir.join(format!("{name}.crt")),
-        key: pki_dir.join(format!("{name}.key")),
-    }
+fn fleet(dir: &Path, names: &[&str]) -> LocalFleet {
+    let nodes: Vec<(&str, Role)> = names.iter().map(|n| (*n, Role::Gateway)).collect();
+    LocalFleet::create(&dir.join("pki"), &nodes, None).expect("fleet")
 }
 
 fn settings(
-    pki_dir: &Path,
+    fleet: &LocalFleet,
     data: &Path,
     name: &str,
     listen: bool,
     peer: Option<(&str, SocketAddr)>,
     durability: Durability,
 ) -> Settings {
-    let mut s = Settings::new(NodeName::new(name).expect("name"), data, tls(pki_dir, name));
-    s.api = SocketAddr::from(([127, 0, 0, 1], 0));
-    s.listen = listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let peers: Vec<(&str, SocketAddr)> = peer.into_iter().collect();
+    let mut s = fleet
+        .settings(name, data, listen, &peers)
+        .expect("settings");
     s.durability = durability;
-    if let Some((n, a)) = peer {
-        s.peers.push(PeerConfig {
-            name: NodeName::new(n).expect("name"),
-            addr: a.to_string(),
-        });
-    }
     s
 }
 
@@ -346,9 +323,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn http_ingest(rt: &tokio::runtime::Runtime, writers: usize, run: Duration) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki_dir = fleet(dir.path(), &["bench"]);
+    let fleet = fleet(dir.path(), &["bench"]);
     let s = settings(
-        &pki_dir,
+        &fleet,
         &dir.path().join("data"),
         "bench",
         false,
@@ -553,7 +530,7 @@ fn reconciliation(
     changed: usize,
 ) -> Result3 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki_dir = fleet(dir.path(), &["a", "b"]);
+    let fleet = fleet(dir.path(), &["a", "b"]);
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let ids = doc_ids("r3", docs);
     {
@@ -564,11 +541,11 @@ fn reconciliation(
     // The shared history reaches b over QUIC.
     let started = Instant::now();
     rt.block_on(async {
-        let a = Daemon::start(settings(&pki_dir, &da, "a", true, None, Durability::Wal))
+        let a = Daemon::start(settings(&fleet, &da, "a", true, None, Durability::Wal))
             .await
             .expect("a");
         let b = Daemon::start(settings(
-            &pki_dir,
+            &fleet,
             &db,
             "b",
             false,
@@ -612,11 +589,11 @@ fn reconciliation(
     copy_dir(&db, &lb);
     // The heal, over QUIC.
     let quic_bytes = rt.block_on(async {
-        let a = Daemon::start(settings(&pki_dir, &da, "a", true, None, Durability::Wal))
+        let a = Daemon::start(settings(&fleet, &da, "a", true, None, Durability::Wal))
             .await
             .expect("a");
         let b = Daemon::start(settings(
-            &pki_dir,
+            &fleet,
             &db,
             "b",
             false,
@@ -655,7 +632,7 @@ fn reconciliation(
 /// (ours changes/s over QUIC into RocksDB with fsync, Automerge-alone changes/s median).
 fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki_dir = fleet(dir.path(), &["src", "dst"]);
+    let fleet = fleet(dir.path(), &["src", "dst"]);
     let ds = dir.path().join("src");
     let ids = doc_ids("r4", docs);
     {
@@ -669,12 +646,12 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
     for rep in 0..reps {
         let dd = dir.path().join(format!("dst-{rep}"));
         let took = rt.block_on(async {
-            let a = Daemon::start(settings(&pki_dir, &ds, "src", true, None, Durability::Wal))
+            let a = Daemon::start(settings(&fleet, &ds, "src", true, None, Durability::Wal))
                 .await
                 .expect("src");
             let started = Instant::now();
             let b = Daemon::start(settings(
-                &pki_dir,
+                &fleet,
                 &dd,
                 "dst",
                 false,
@@ -804,7 +781,7 @@ fn get_json(url: &str) -> serde_json::Value {
 /// receiving node), MiB.
 fn memory(docs: usize) -> (f64, f64, f64) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pki_dir = fleet(dir.path(), &["big", "empty"]);
+    let fleet = fleet(dir.path(), &["big", "empty"]);
     let ids = doc_ids("r5", docs);
     {
         let n = node(&dir.path().join("big"), "big", Durability::Wal);
@@ -816,7 +793,7 @@ fn memory(docs: usize) -> (f64, f64, f64) {
         .expect("port")
         .local_addr()
         .expect("addr");
-    let (big, url) = start_process(dir.path(), &pki_dir, "big", Some(quic), None);
+    let (big, url) = start_process(dir.path(), fleet.pki_dir(), "big", Some(quic), None);
     let agent = ureq::agent();
     for d in &ids {
         let r = agent
@@ -826,7 +803,13 @@ fn memory(docs: usize) -> (f64, f64, f64) {
         assert_eq!(r.status(), 200);
     }
     let after_load = vm_hwm_mib(big.0.id());
-    let (empty, eurl) = start_process(dir.path(), &pki_dir, "empty", None, Some(("big", quic)));
+    let (empty, eurl) = start_process(
+        dir.path(),
+        fleet.pki_dir(),
+        "empty",
+        None,
+        Some(("big", quic)),
+    );
     let start = Instant::now();
     loop {
         let s = get_json(&format!("{url}/v1/status"));

@@ -7,12 +7,21 @@ source scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The core and the simulator stay free of I/O runtimes, storage engines and the shell crate.
+# `cargo tree` runs first on its own, so that its failure fails this script instead of passing
+# an empty listing to grep.
 for crate in edgesync-proto edgesync-sim; do
-  if cargo tree -p "$crate" -e normal --prefix none | grep -E '^(tokio|quinn|rocksdb|librocksdb-sys|edgesync) '; then
+  tree=$(cargo tree --locked -p "$crate" -e normal --prefix none)
+  if grep -E '^(tokio|quinn|rocksdb|librocksdb-sys|edgesync) ' <<<"$tree"; then
     echo "$crate depends on a forbidden crate" >&2
     exit 1
   fi
 done
+# Planted bugs and the conformance suite (the core's `testing` feature) stay out of the daemon.
+tree=$(cargo tree --locked -p edgesync -e normal,features --prefix none)
+if grep -F 'edgesync-proto feature "testing"' <<<"$tree"; then
+  echo "the edgesync daemon is built with the core's testing feature" >&2
+  exit 1
+fi
 cargo build --release --locked -p edgesync-sim
 sim="$CARGO_TARGET_DIR/release/edgesync-sim"
 "$sim" swarm --seeds 1..201

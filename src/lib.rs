@@ -10,6 +10,25 @@ pub mod daemon;
 pub mod mesh;
 pub mod net;
 pub mod node;
+pub mod os;
+pub mod relay;
 pub mod store;
 
 pub use edgesync_proto as proto;
+
+/// An error and its sources as one line, `outer: inner: ...`: for HTTP bodies and messages
+/// that must carry the whole cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // `#[error(transparent)]` wrappers repeat their source's text.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,6 +1,7 @@
 //! Peers: dialling configured peers and accepting inbound ones over [`crate::net`], one
-//! protocol session per link, reconnection with capped exponential backoff and full jitter, and
-//! a per-peer circuit breaker.
+//! protocol session per link. When to dial, how long to back off (capped exponential backoff
+//! with full jitter), the circuit breaker and which of two crossed links survives are decided
+//! by the core's sans-IO [`Dialer`] and [`keep_new_link`]; this module only performs them.
 //!
 //! At most one link per peer. When two nodes dial each other at once, both keep the link
 //! dialled by the node whose name sorts first, so both make the same choice; a new link in the
@@ -15,12 +16,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgesync_proto::NodeName;
+use edgesync_proto::wire::truncate_utf8;
+use edgesync_proto::{keep_new_link, Dialer, NodeName};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::net::{close, Endpoint, Link, LinkError};
+use crate::net::{close, Endpoint, Link, LinkError, QUIC_CLOSE_REASON_BYTES_MAX};
 use crate::node::{NodeHandle, Outbound};
+use crate::os;
 
 /// A peer to dial.
 #[derive(Clone, Debug)]
@@ -31,41 +34,8 @@ pub struct PeerConfig {
     pub addr: String,
 }
 
-/// Reconnection policy.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    /// First retry delay bound. Default 500 ms.
-    pub base: Duration,
-    /// Largest delay. Default 10 s (a healed link is redialled within it).
-    pub cap: Duration,
-    /// Consecutive failures that open the circuit breaker. Default 5.
-    pub breaker_failures: u32,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            base: Duration::from_millis(500),
-            cap: Duration::from_secs(10),
-            breaker_failures: 5,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The delay before attempt `failures + 1`: uniform in `[0, min(cap, base * 2^failures))`
-    /// (full jitter); with the breaker open, one probe per `cap`.
-    pub fn delay(&self, failures: u32, unit: f64) -> Duration {
-        if failures >= self.breaker_failures {
-            return self.cap;
-        }
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << failures.min(20))
-            .min(self.cap);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
-    }
-}
+/// Reconnection policy (the core's: the simulator runs the same).
+pub use edgesync_proto::RetryPolicy;
 
 /// What the status page shows about a peer.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -109,23 +79,45 @@ struct Current {
 #[derive(Default)]
 struct PeerEntry {
     addr: Option<String>,
+    /// For configured peers: when to dial.
+    dialer: Option<Dialer>,
     current: Option<Current>,
-    failures: u32,
     connects: u64,
     last_error: Option<String>,
+}
+
+impl PeerEntry {
+    fn failures(&self) -> u32 {
+        self.dialer.as_ref().map_or(0, Dialer::failures)
+    }
 }
 
 struct Shared {
     me: NodeName,
     peers: Mutex<BTreeMap<NodeName, PeerEntry>>,
     next_token: Mutex<u64>,
-    /// Signalled whenever a link ends.
+    /// Signalled whenever a link comes up or ends.
     changed: Notify,
+    /// The dialers' time origin (monotonic).
+    started: Instant,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeName, PeerEntry>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Monotonic milliseconds for the dialers.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the dialer of configured peer `peer`.
+    fn dialer<T>(&self, peer: &NodeName, f: impl FnOnce(&mut Dialer) -> T) -> Option<T> {
+        self.lock()
+            .get_mut(peer)
+            .and_then(|e| e.dialer.as_mut())
+            .map(f)
     }
 }
 
@@ -136,12 +128,6 @@ pub struct Mesh {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Mutex<JoinSet<()>>,
-}
-
-fn jitter() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl Mesh {
@@ -157,13 +143,16 @@ impl Mesh {
             peers: Mutex::new(BTreeMap::new()),
             next_token: Mutex::new(1),
             changed: Notify::new(),
+            started: Instant::now(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         {
             let mut map = shared.lock();
             for p in &peers {
-                map.entry(p.name.clone()).or_default().addr = Some(p.addr.clone());
+                let e = map.entry(p.name.clone()).or_default();
+                e.addr = Some(p.addr.clone());
+                e.dialer = Some(Dialer::new(retry.clone()));
             }
         }
         let (ep, sh, n, mut st) = (
@@ -187,14 +176,13 @@ impl Mesh {
             }
         });
         for p in peers {
-            let (ep, sh, n, st, r) = (
+            let (ep, sh, n, st) = (
                 endpoint.clone(),
                 shared.clone(),
                 node.clone(),
                 stop_rx.clone(),
-                retry.clone(),
             );
-            tasks.spawn(dial_loop(p, ep, sh, n, st, r));
+            tasks.spawn(dial_loop(p, ep, sh, n, st));
         }
         Mesh {
             node,
@@ -206,7 +194,7 @@ impl Mesh {
     }
 
     /// Every known peer: configured ones and any that connected.
-    pub fn status(&self, retry: &RetryPolicy) -> Vec<PeerStatus> {
+    pub fn status(&self) -> Vec<PeerStatus> {
         self.shared
             .lock()
             .iter()
@@ -225,8 +213,8 @@ impl Mesh {
                 connected_secs: e.current.as_ref().map(|c| c.since.elapsed().as_secs_f64()),
                 role: e.current.as_ref().map(|c| c.role.clone()),
                 site: e.current.as_ref().and_then(|c| c.site.clone()),
-                failures: e.failures,
-                breaker: if e.failures >= retry.breaker_failures {
+                failures: e.failures(),
+                breaker: if e.dialer.as_ref().is_some_and(Dialer::breaker_open) {
                     "open"
                 } else {
                     "closed"
@@ -273,71 +261,72 @@ impl Mesh {
     }
 }
 
+/// Dials `peer` whenever its [`Dialer`] says so, and runs each link it establishes.
 async fn dial_loop(
     peer: PeerConfig,
     ep: Arc<Endpoint>,
     shared: Arc<Shared>,
     node: NodeHandle,
     mut stop: watch::Receiver<bool>,
-    retry: RetryPolicy,
 ) {
     loop {
-        if *stop.borrow() {
-            return;
-        }
-        // Wait while a link (either direction) is up.
-        loop {
-            let notified = shared.changed.notified();
-            if shared
-                .lock()
-                .get(&peer.name)
-                .is_none_or(|e| e.current.is_none())
-            {
-                break;
-            }
+        // Registered before the dialer is read, so no change between the two is missed.
+        let changed = shared.changed.notified();
+        let due = shared.dialer(&peer.name, |d| d.poll_timeout()).flatten();
+        let wait = due.map(|at| Duration::from_millis(at.saturating_sub(shared.now_ms())));
+        if wait != Some(Duration::ZERO) {
             tokio::select! {
-                _ = notified => {}
+                _ = changed => continue,
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
                 _ = stop.changed() => return,
             }
         }
-        let result = match tokio::net::lookup_host(&peer.addr).await {
-            Ok(mut addrs) => match addrs.next() {
-                Some(a) => ep.dial(a, &peer.name).await,
-                None => Err(LinkError::Dial(format!(
-                    "{} resolves to nothing",
-                    peer.addr
-                ))),
-            },
-            Err(e) => Err(LinkError::Dial(format!("{}: {e}", peer.addr))),
-        };
-        let failures = match result {
-            Ok(link) => {
-                {
-                    let mut map = shared.lock();
-                    let e = map.entry(peer.name.clone()).or_default();
-                    e.failures = 0;
-                }
-                run_link(link, node.clone(), shared.clone(), stop.clone()).await;
-                0
-            }
-            Err(e) => {
-                metrics::counter!("edgesync_dial_failures_total", "peer" => peer.name.to_string(), "reason" => e.kind()).increment(1);
-                let mut map = shared.lock();
-                let entry = map.entry(peer.name.clone()).or_default();
-                entry.failures = entry.failures.saturating_add(1);
-                if entry.failures == retry.breaker_failures {
-                    tracing::warn!(peer = %peer.name, failures = entry.failures, "circuit breaker open; probing once per {:?}", retry.cap);
-                }
-                tracing::debug!(peer = %peer.name, addr = %peer.addr, reason = e.kind(), error = %e, "dial failed");
-                entry.last_error = Some(e.to_string());
-                entry.failures
-            }
-        };
-        let delay = retry.delay(failures, jitter());
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return,
+        if *stop.borrow() {
+            return;
         }
+        if shared.dialer(&peer.name, |d| d.poll_dial(shared.now_ms())) != Some(true) {
+            continue;
+        }
+        match dial(&ep, &peer).await {
+            Ok(link) => {
+                shared.dialer(&peer.name, Dialer::handle_connected);
+                run_link(link, node.clone(), shared.clone(), stop.clone()).await;
+            }
+            Err(e) => dial_failed(&shared, &peer, &e),
+        }
+    }
+}
+
+async fn dial(ep: &Endpoint, peer: &PeerConfig) -> Result<Link, LinkError> {
+    let mut addrs = tokio::net::lookup_host(&peer.addr)
+        .await
+        .map_err(|source| LinkError::Resolve {
+            addr: peer.addr.clone(),
+            source: Arc::new(source),
+        })?;
+    let addr = addrs.next().ok_or_else(|| LinkError::NoAddress {
+        addr: peer.addr.clone(),
+    })?;
+    ep.dial(addr, &peer.name).await
+}
+
+fn dial_failed(shared: &Shared, peer: &PeerConfig, e: &LinkError) {
+    metrics::counter!("edgesync_dial_failures_total", "peer" => peer.name.to_string(), "reason" => e.kind()).increment(1);
+    tracing::debug!(peer = %peer.name, addr = %peer.addr, reason = e.kind(), error = %e, "dial failed");
+    let now = shared.now_ms();
+    let mut map = shared.lock();
+    let Some(entry) = map.get_mut(&peer.name) else {
+        return;
+    };
+    entry.last_error = Some(e.to_string());
+    let Some(d) = entry.dialer.as_mut() else {
+        return;
+    };
+    let was_open = d.breaker_open();
+    d.handle_failed(now, os::random_u64());
+    if d.breaker_open() && !was_open {
+        let (failures, cap_ms) = (d.failures(), d.policy().cap_ms);
+        tracing::warn!(peer = %peer.name, failures, "circuit breaker open; probing once per {cap_ms} ms");
     }
 }
 
@@ -356,10 +345,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
         let mut map = shared.lock();
         let entry = map.entry(peer.clone()).or_default();
         if let Some(cur) = &entry.current {
-            // Both dialled: keep the link dialled by the node whose name sorts first.
-            let preferred_by_me = shared.me < peer;
-            let keep_new = cur.dialled_by_me == dialled_by_me || dialled_by_me == preferred_by_me;
-            if !keep_new {
+            if !keep_new_link(&shared.me, &peer, cur.dialled_by_me, dialled_by_me) {
                 drop(map);
                 link.close(close::SESSION_CLOSED, "duplicate link");
                 return;
@@ -378,6 +364,9 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
         });
         entry.connects += 1;
         entry.last_error = None;
+        if let Some(d) = entry.dialer.as_mut() {
+            d.handle_link_up();
+        }
     }
     metrics::counter!("edgesync_connections_total", "peer" => peer.to_string()).increment(1);
     tracing::info!(%peer, remote = %link.remote, dialled = dialled_by_me, "link up");
@@ -403,15 +392,15 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                                 return;
                             }
                         }
-                        Outbound::Close(why) => {
+                        Outbound::Close(end) => {
                             tx.finish();
                             // Let the Close frame arrive before the connection goes (bounded:
                             // the peer may be gone).
                             let _ =
                                 tokio::time::timeout(Duration::from_secs(1), tx.delivered()).await;
-                            let mut why = why;
-                            why.truncate(200);
-                            wconn.close(close::SESSION_CLOSED.into(), why.as_bytes());
+                            let code = close::for_session(end.code);
+                            let reason = truncate_utf8(&end.reason, QUIC_CLOSE_REASON_BYTES_MAX);
+                            wconn.close(code.into(), reason.as_bytes());
                             return;
                         }
                     }
@@ -430,7 +419,9 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                         Err(e) => {
                             if !matches!(e, LinkError::Closed(_) | LinkError::Timeout(_)) {
                                 tracing::warn!(%peer, reason = e.kind(), error = %e, "link failed");
-                                conn.close(e.close_code().into(), e.to_string().as_bytes());
+                                let reason = e.to_string();
+                                let reason = truncate_utf8(&reason, QUIC_CLOSE_REASON_BYTES_MAX);
+                                conn.close(e.close_code().into(), reason.as_bytes());
                             }
                             break e.to_string();
                         }
@@ -455,34 +446,17 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
     };
     tracing::info!(%peer, reason = %outcome, "link down");
     {
+        let now = shared.now_ms();
         let mut map = shared.lock();
         if let Some(e) = map.get_mut(&peer) {
             if e.current.as_ref().is_some_and(|c| c.token == token) {
                 e.current = None;
+                if let Some(d) = e.dialer.as_mut() {
+                    d.handle_link_down(now, os::random_u64());
+                }
             }
             e.last_error = Some(outcome);
         }
     }
     shared.changed.notify_waiters();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped_full_jitter_and_the_breaker_probes_at_the_cap() {
-        let r = RetryPolicy::default();
-        assert_eq!(r.delay(0, 1.0), Duration::from_millis(500));
-        assert_eq!(r.delay(3, 1.0), Duration::from_secs(4));
-        assert_eq!(r.delay(4, 0.0), Duration::ZERO);
-        assert_eq!(r.delay(4, 1.0), Duration::from_secs(8));
-        assert_eq!(r.delay(5, 0.3), r.cap, "breaker open: one probe per cap");
-        let big = RetryPolicy {
-            breaker_failures: 100,
-            ..RetryPolicy::default()
-        };
-        assert_eq!(big.delay(40, 1.0), big.cap);
-        assert!(jitter() < 1.0);
-    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgesync::daemon::demo::UdpRelay;
+use edgesync::relay::UdpRelay;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync");

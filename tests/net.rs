@@ -319,12 +319,13 @@ async fn handshake_frames_and_every_rejection() {
     assert_eq!(e.kind(), "frame-too-large", "{e}");
     round_trip(&good, addr, "cloud").await;
 
-    // Garbage after the handshake.
-    assert!(Message::from_payload(&[0xff; 12]).is_err());
+    // A stream that ends inside a frame. (Payloads are not decoded by the transport: the core
+    // decodes each frame once; see `a_real_node_survives_hostile_frames_and_close_reasons`.)
     let mut link = good.dial(addr, &name("cloud")).await.unwrap();
-    let mut garbage = 12u32.to_be_bytes().to_vec();
-    garbage.extend([0xff; 12]);
-    link.tx.send(&garbage).await.unwrap();
+    let mut partial = 12u32.to_be_bytes().to_vec();
+    partial.extend([0xff; 5]);
+    link.tx.send(&partial).await.unwrap();
+    link.tx.finish();
     assert_eq!(next_error(&mut errors).await, "malformed");
     assert_eq!(
         link.rx.next_frame().await.expect_err("closed").kind(),
@@ -417,4 +418,137 @@ fn credentials_refuse_a_certificate_for_another_name() {
     let mut broken = files.clone();
     broken.key = files.cert.clone();
     assert!(Credentials::load(&broken, &name("gw-1")).is_err());
+}
+
+/// Panics on any thread of this process since `watch_panics` was called.
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn watch_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+}
+
+fn hello_from(node: &str) -> Vec<u8> {
+    use edgesync_proto::wire::{Hello, MAGIC, PROTOCOL_VERSION};
+    Message::Hello(Hello {
+        magic: MAGIC,
+        version_min: PROTOCOL_VERSION,
+        version_max: PROTOCOL_VERSION,
+        node: name(node),
+        store_id: [9; 16],
+        capabilities: 0,
+        frame_bytes_max: 4 << 20,
+    })
+    .to_frame()
+}
+
+/// Waits until the mesh has seen `links` links from `peer` come up, and the last one end.
+async fn link_down(mesh: &edgesync::mesh::Mesh, peer: &str, links: u64) {
+    for _ in 0..400 {
+        let done = mesh
+            .status()
+            .iter()
+            .any(|p| p.name == peer && p.connects >= links && !p.connected);
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("link {links} from {peer} did not end");
+}
+
+// A peer that ends its session with a close reason of multi-byte characters (255 bytes in a
+// Close frame, 300 bytes in a QUIC close), or sends garbage after its Hello, only ends its own
+// link: no task of the real node panics, garbage is refused with the malformed close code, and
+// the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_node_survives_hostile_frames_and_close_reasons() {
+    use edgesync::mesh::{Mesh, RetryPolicy};
+    use edgesync::node::{DurableNode, NodeOptions};
+    watch_panics();
+    let fleet = Fleet::new();
+    let data = tempfile::tempdir().unwrap();
+    let node_opts = NodeOptions::new(edgesync_proto::Config::new(name("cloud")), data.path());
+    let node = tokio::task::spawn_blocking(move || DurableNode::start(node_opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let server = Arc::new(
+        Endpoint::bind(loopback(), true, fleet.creds("cloud", Role::Cloud), opts()).unwrap(),
+    );
+    let addr = server.local_addr().unwrap();
+    let mesh = Mesh::start(node.handle(), server, vec![], RetryPolicy::default());
+    let peer = Endpoint::bind(
+        loopback(),
+        false,
+        fleet.creds("gw-1", Role::Gateway),
+        opts(),
+    )
+    .unwrap();
+
+    // A Close frame whose reason cuts at the QUIC reason limit inside a character.
+    let euros = "€".repeat(85);
+    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
+    link.tx.send(&hello_from("gw-1")).await.unwrap();
+    let close = Message::Close(Close {
+        code: CloseCode::Shutdown,
+        reason: euros.clone(),
+    });
+    link.tx.send(&close.to_frame()).await.unwrap();
+    link_down(&mesh, "gw-1", 1).await;
+
+    // A QUIC close with a 300-byte reason of multi-byte characters, after a refused frame.
+    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
+    link.tx.send(&hello_from("gw-1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    link.close(close::MALFORMED, &"€".repeat(100));
+    link_down(&mesh, "gw-1", 2).await;
+
+    // Garbage after the Hello: the core refuses it and the connection closes as malformed.
+    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
+    link.tx.send(&hello_from("gw-1")).await.unwrap();
+    let mut garbage = 12u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 12]);
+    link.tx.send(&garbage).await.unwrap();
+    let code = loop {
+        let frame = link.rx.next_frame().await.unwrap().expect("a Close frame");
+        if let Ok(Message::Close(c)) = Message::from_payload(&frame[4..]) {
+            break c.code;
+        }
+    };
+    assert_eq!(code, CloseCode::Malformed);
+    match link.conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(a.error_code, close::MALFORMED.into(), "{a:?}")
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    link_down(&mesh, "gw-1", 3).await;
+
+    // The node still serves: a new session gets its Hello.
+    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
+    link.tx.send(&hello_from("gw-1")).await.unwrap();
+    let first = link
+        .rx
+        .next_frame()
+        .await
+        .unwrap()
+        .expect("the node's hello");
+    assert!(matches!(
+        Message::from_payload(&first[4..]),
+        Ok(Message::Hello(_))
+    ));
+    assert_eq!(
+        PANICS.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a task panicked"
+    );
+    link.close(close::SHUTDOWN, "done");
+    mesh.shutdown().await;
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .unwrap();
 }

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::store::{
-    DocMeta, NodeMeta, PeerReceipts, Store, StoredChange, WriteBatch, WriteOp, SCHEMA_VERSION,
+    DocMeta, NodeMeta, PeerReceipts, Store, StoredChange, WriteBatch, WriteOp,
+    LOGICAL_SCHEMA_VERSION,
 };
 use crate::{Actor, Boot, Config, DocId, Node, NodeName, Reading, VectorClock};
 
@@ -56,7 +57,7 @@ fn empty_store_is_empty<S: Store>(s: S) {
 
 fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
     let meta = NodeMeta {
-        schema_version: SCHEMA_VERSION,
+        schema_version: LOGICAL_SCHEMA_VERSION,
         name: peer("n"),
         store_id: [3; 16],
         incarnation: 7,

@@ -67,7 +67,9 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+pub mod dialer;
 pub mod doc;
 pub mod id;
 mod node;
@@ -77,10 +79,13 @@ mod sync;
 pub mod vclock;
 pub mod wire;
 
+pub use dialer::{keep_new_link, Dialer, DialerStatus, RetryPolicy};
 pub use doc::{DocKind, IngestOutcome, PatchError, SensorView};
 pub use id::{DocId, NameError, NodeName};
+#[cfg(feature = "testing")]
+pub use node::Canary;
 pub use node::{
-    Boot, Canary, Config, Event, Ingested, Node, NodeError, OpenError, Origin, Patched,
+    Boot, Config, Event, Ingested, Node, NodeError, OpenError, Origin, Patched, VerifyError,
 };
 pub use reading::{FieldValue, Reading, ReadingError};
 pub use store::{MemStore, Store, StoreError};

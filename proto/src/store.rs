@@ -15,12 +15,12 @@ use crate::vclock::{Actor, VectorClock};
 
 /// Version of the logical schema behind this trait (document metadata, change index,
 /// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const LOGICAL_SCHEMA_VERSION: u32 = 1;
 
 /// Node-wide metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeMeta {
-    /// [`SCHEMA_VERSION`] of the writer.
+    /// [`LOGICAL_SCHEMA_VERSION`] of the writer.
     pub schema_version: u32,
     /// The node that owns this store.
     pub name: NodeName,

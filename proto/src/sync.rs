@@ -1,4 +1,6 @@
-//! Sync sessions: one per connected peer, driven by the node.
+//! A sync session: the per-peer protocol state and every transition of it. The node
+//! (`node/peering.rs`) owns the sessions and drives them; this module knows nothing of the node:
+//! what a session needs of the replica (document clocks, stored changes) comes in as arguments.
 //!
 //! Both sides send Hello and a Summary at once; a Summary lists the documents whose clock the
 //! peer has not acknowledged (per the durable receipts), with the sender's clock. On the peer's
@@ -11,13 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::id::{DocId, NodeName};
-use crate::node::{Applied, Node, Origin};
-use crate::store::{PeerReceipts, Store, StoreError, WriteBatch, WriteOp};
+use crate::store::{DocMeta, Store, StoreError};
 use crate::vclock::VectorClock;
 use crate::wire::{
-    Ack, ChangeBytes, Changes, Close, CloseCode, DecodeError, DocChanges, DocClock, FrameDecoder,
-    Hello, Message, Summary, CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT,
-    FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
+    truncate_utf8, Ack, ChangeBytes, Changes, Close, CloseCode, DecodeError, DocChanges, DocClock,
+    FrameDecoder, Hello, Message, Summary, CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX,
+    FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
 };
 
 /// Identifies one session within a node.
@@ -88,22 +89,62 @@ pub struct SessionInfo {
     pub stats: SessionStats,
 }
 
+/// A protocol violation by the peer (or an incompatibility): the session must close with this
+/// code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: CloseCode,
+    pub(crate) reason: String,
+}
+
+impl Refusal {
+    fn new(code: CloseCode, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The limits a session needs from the node's configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) batch_bytes_max: u32,
+    pub(crate) inflight_batches_max: usize,
+    pub(crate) handshake_timeout_ms: u64,
+    pub(crate) ack_timeout_ms: u64,
+}
+
 #[derive(Debug)]
 struct Inflight {
     sent_ms: u64,
     clocks: BTreeMap<DocId, VectorClock>,
 }
 
-/// Per-peer state. Owned by the node; see the module documentation.
+/// A frame waiting for the commit it describes to be durable.
+#[derive(Debug)]
+struct Outgoing {
+    gate: u64,
+    frame: Vec<u8>,
+    /// For an Ack frame: the clocks it promises are durable here.
+    acked: Option<Vec<DocClock>>,
+}
+
+/// A frame released by [`Session::poll_transmit`].
+pub(crate) struct Released {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) acked: Option<Vec<DocClock>>,
+}
+
+/// Per-peer protocol state.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub(crate) peer: NodeName,
+    peer: NodeName,
     phase: Phase,
     opened_ms: u64,
     decoder: FrameDecoder,
     send_frame_max: u32,
-    /// Frames waiting for the commit they describe to be durable: (commit seq, frame).
-    outbox: VecDeque<(u64, Vec<u8>)>,
+    outbox: VecDeque<Outgoing>,
     /// Best lower bound of the peer's durable clock per document.
     known: BTreeMap<DocId, VectorClock>,
     inflight: BTreeMap<u64, Inflight>,
@@ -111,37 +152,6 @@ pub(crate) struct Session {
     queue: BTreeSet<DocId>,
     cursor: Option<(DocId, VecDeque<u64>)>,
     stats: SessionStats,
-}
-
-impl Session {
-    pub(crate) fn mark_dirty(&mut self, doc: &DocId) {
-        if self.phase == Phase::Live {
-            self.queue.insert(doc.clone());
-        }
-    }
-
-    fn push(&mut self, gate: u64, msg: &Message) {
-        self.outbox.push_back((gate, msg.to_frame()));
-    }
-
-    /// What the peer holds, or will hold once the batches in flight arrive.
-    fn known_with_inflight(&self, doc: &DocId) -> VectorClock {
-        let mut c = self.known.get(doc).cloned().unwrap_or_default();
-        for b in self.inflight.values() {
-            if let Some(x) = b.clocks.get(doc) {
-                c.merge(x);
-            }
-        }
-        c
-    }
-
-    fn deadline(&self, handshake_ms: u64, ack_ms: u64) -> Option<u64> {
-        match self.phase {
-            Phase::AwaitHello | Phase::AwaitSummary => Some(self.opened_ms + handshake_ms),
-            Phase::Live => self.inflight.values().map(|b| b.sent_ms + ack_ms).min(),
-            Phase::Closed => None,
-        }
-    }
 }
 
 /// Splits clocks into messages that each fit a frame of `frame_max` bytes.
@@ -162,691 +172,432 @@ fn split_clocks(entries: Vec<DocClock>, frame_max: u32) -> Vec<Vec<DocClock>> {
     out
 }
 
-fn decode_close_code(e: &DecodeError) -> CloseCode {
-    match e {
-        DecodeError::FrameTooLarge { .. } => CloseCode::FrameTooLarge,
-        _ => CloseCode::Malformed,
-    }
-}
-
-impl<S: Store> Node<S> {
-    /// Starts a session with `peer`, whose identity the transport has verified. Hello and
-    /// Summary frames are queued at once; fetch them with [`Node::poll_transmit`].
-    pub fn connect(&mut self, peer: NodeName, now_ms: u64) -> SessionId {
-        self.now_ms = self.now_ms.max(now_ms);
-        let sid = SessionId(self.next_session);
-        self.next_session += 1;
-        let receipts = self.peers.get(&peer).cloned().unwrap_or_default();
-        let mut s = Session {
+impl Session {
+    /// A session with `peer` whose receipts are `known`; frames up to `frame_bytes_max` are
+    /// accepted from it.
+    pub(crate) fn new(
+        peer: NodeName,
+        now_ms: u64,
+        frame_bytes_max: u32,
+        known: BTreeMap<DocId, VectorClock>,
+    ) -> Session {
+        Session {
             peer,
             phase: Phase::AwaitHello,
             opened_ms: now_ms,
-            decoder: FrameDecoder::new(self.cfg.frame_bytes_max),
+            decoder: FrameDecoder::new(frame_bytes_max),
             send_frame_max: FRAME_BYTES_MIN,
             outbox: VecDeque::new(),
-            known: receipts.clocks.clone(),
+            known,
             inflight: BTreeMap::new(),
             next_batch: 0,
             queue: BTreeSet::new(),
             cursor: None,
             stats: SessionStats::default(),
-        };
-        let hello = Message::Hello(Hello {
-            magic: MAGIC,
-            version_min: PROTOCOL_VERSION,
-            version_max: PROTOCOL_VERSION,
-            node: self.cfg.name.clone(),
-            store_id: self.meta.store_id,
-            capabilities: 0,
-            frame_bytes_max: self.cfg.frame_bytes_max,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> &NodeName {
+        &self.peer
+    }
+
+    pub(crate) fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.phase == Phase::Live
+    }
+
+    pub(crate) fn awaits_hello(&self) -> bool {
+        self.phase == Phase::AwaitHello
+    }
+
+    /// No frames waiting, no batches in flight, nothing queued to send.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.outbox.is_empty()
+            && self.inflight.is_empty()
+            && self.queue.is_empty()
+            && self.cursor.is_none()
+    }
+
+    /// Closed and every frame (the Close among them) handed out: the node may forget it.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.phase == Phase::Closed && self.outbox.is_empty()
+    }
+
+    pub(crate) fn info(&self, id: SessionId) -> SessionInfo {
+        SessionInfo {
+            id,
+            peer: self.peer.clone(),
+            live: self.phase == Phase::Live,
+            inflight_batches: self.inflight.len(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn push(&mut self, gate: u64, msg: &Message) {
+        self.outbox.push_back(Outgoing {
+            gate,
+            frame: msg.to_frame(),
+            acked: None,
         });
-        s.push(self.commit_seq, &hello);
-        let entries = self.summary_entries(Some(&receipts));
-        self.send_summary(&mut s, entries);
-        self.sessions.insert(sid, s);
-        sid
     }
 
-    /// Clocks of the documents whose clock differs from what the peer was last told (all
-    /// documents with `None`).
-    fn summary_entries(&self, receipts: Option<&PeerReceipts>) -> Vec<DocClock> {
-        self.docs
-            .iter()
-            .filter(|(doc, meta)| {
-                receipts.is_none_or(|r| r.reported.get(*doc) != Some(&meta.clock))
-            })
-            .map(|(doc, meta)| DocClock {
-                doc: doc.clone(),
-                clock: meta.clock.clone(),
-            })
-            .collect()
+    /// Queues this node's Hello.
+    pub(crate) fn queue_hello(&mut self, gate: u64, hello: Hello) {
+        self.push(gate, &Message::Hello(hello));
     }
 
-    /// Records (in memory and in `batch`) that `peer` was told `clock` for `doc`.
-    fn note_reported(
-        &mut self,
-        batch: &mut WriteBatch,
-        peer: &NodeName,
-        doc: &DocId,
-        clock: &VectorClock,
-    ) {
-        let r = self.peers.entry(peer.clone()).or_default();
-        if r.reported.get(doc) != Some(clock) {
-            r.reported.insert(doc.clone(), clock.clone());
-            batch.push(WriteOp::PutReported {
-                peer: peer.clone(),
-                doc: doc.clone(),
-                clock: clock.clone(),
+    /// Queues `entries` as a Summary, split into frames the peer accepts.
+    pub(crate) fn queue_summary(&mut self, gate: u64, entries: Vec<DocClock>) {
+        let parts = split_clocks(entries, self.send_frame_max);
+        let n = parts.len();
+        for (i, entries) in parts.into_iter().enumerate() {
+            let last = i + 1 == n;
+            self.push(gate, &Message::Summary(Summary { entries, last }));
+        }
+    }
+
+    /// Queues the acknowledgement of `batch` with this node's clocks, released at `gate`.
+    pub(crate) fn queue_ack(&mut self, gate: u64, batch: u64, clocks: Vec<DocClock>) {
+        // Acks go to the peer, bounded by what it accepts (at least FRAME_BYTES_MIN).
+        let parts = split_clocks(clocks, self.send_frame_max);
+        let n = parts.len();
+        for (i, clocks) in parts.into_iter().enumerate() {
+            let msg = Message::Ack(Ack {
+                batch,
+                clocks: clocks.clone(),
+                last: i + 1 == n,
+            });
+            self.outbox.push_back(Outgoing {
+                gate,
+                frame: msg.to_frame(),
+                acked: Some(clocks),
             });
         }
     }
 
-    /// Queues `entries` as the session's summary and remembers them as reported.
-    fn send_summary(&mut self, s: &mut Session, entries: Vec<DocClock>) {
-        let mut batch = WriteBatch::default();
-        for e in &entries {
-            self.note_reported(&mut batch, &s.peer.clone(), &e.doc, &e.clock);
-        }
-        self.queue_summary(s, entries);
-        // Reported clocks need not be durable: losing one only enlarges a later summary.
-        let _ = self.commit(batch);
+    /// Bytes from the transport.
+    pub(crate) fn receive(&mut self, bytes: &[u8]) {
+        self.stats.bytes_in += bytes.len() as u64;
+        self.decoder.push(bytes);
     }
 
-    fn queue_summary(&self, s: &mut Session, entries: Vec<DocClock>) {
-        let parts = split_clocks(entries, s.send_frame_max);
-        let n = parts.len();
-        for (i, entries) in parts.into_iter().enumerate() {
-            s.push(
-                self.commit_seq,
-                &Message::Summary(Summary {
-                    entries,
-                    last: i + 1 == n,
-                }),
-            );
-        }
-    }
-
-    /// Bytes received from the session's transport, in order. Frames may be split or joined
-    /// arbitrarily. A protocol error closes the session (see [`crate::Event::SessionClosed`]).
-    pub fn handle_input(&mut self, sid: SessionId, bytes: &[u8], now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if s.phase == Phase::Closed {
-            return;
-        }
-        s.stats.bytes_in += bytes.len() as u64;
-        s.decoder.push(bytes);
-        while let Some(s) = self.sessions.get_mut(&sid) {
-            if s.phase == Phase::Closed {
-                break;
+    /// The next complete message received. The frame is decoded here, once.
+    pub(crate) fn next_message(&mut self) -> Result<Option<Message>, Refusal> {
+        match self.decoder.next_message() {
+            Ok(Some(m)) => {
+                self.stats.frames_in += 1;
+                Ok(Some(m))
             }
-            match s.decoder.next_message() {
-                Ok(Some(msg)) => {
-                    s.stats.frames_in += 1;
-                    self.handle_message(sid, msg);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    self.close_session(sid, decode_close_code(&e), &e.to_string());
-                    break;
-                }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let code = match e {
+                    DecodeError::FrameTooLarge { .. } => CloseCode::FrameTooLarge,
+                    DecodeError::Malformed(_) | DecodeError::ReasonTooLong => CloseCode::Malformed,
+                };
+                Err(Refusal::new(code, e.to_string()))
             }
-        }
-        self.pump_all();
-    }
-
-    fn handle_message(&mut self, sid: SessionId, msg: Message) {
-        let phase = self.sessions[&sid].phase;
-        match (phase, msg) {
-            (Phase::AwaitHello, Message::Hello(h)) => self.on_hello(sid, h),
-            (_, Message::Hello(_)) => {
-                self.close_session(sid, CloseCode::Unexpected, "second hello")
-            }
-            (_, Message::Close(c)) => {
-                let s = self.sessions.remove(&sid).expect("session exists");
-                self.ended_stats.add(&s.stats);
-                self.events.push_back(crate::Event::SessionClosed {
-                    session: sid,
-                    peer: s.peer,
-                    code: Some(c.code),
-                    reason: c.reason,
-                    by_peer: true,
-                });
-            }
-            (Phase::AwaitHello, _) => {
-                self.close_session(sid, CloseCode::Unexpected, "message before hello")
-            }
-            (_, Message::Summary(sm)) => self.on_summary(sid, sm),
-            (_, Message::Changes(c)) => self.on_changes(sid, c),
-            (_, Message::Ack(a)) => self.on_ack(sid, a),
         }
     }
 
-    fn on_hello(&mut self, sid: SessionId, h: Hello) {
-        let s = self.sessions.get_mut(&sid).expect("session exists");
+    /// Checks the peer's Hello against the transport's identity and this node's limits; the
+    /// session then awaits the peer's Summary.
+    pub(crate) fn accept_hello(&mut self, h: &Hello, change_bytes_max: u32) -> Result<(), Refusal> {
         if h.magic != MAGIC {
-            return self.close_session(sid, CloseCode::Malformed, "bad magic");
+            return Err(Refusal::new(CloseCode::Malformed, "bad magic"));
         }
         if !(h.version_min..=h.version_max).contains(&PROTOCOL_VERSION) {
             let reason = format!(
                 "peer speaks versions {}..={}, this node {PROTOCOL_VERSION}",
                 h.version_min, h.version_max
             );
-            return self.close_session(sid, CloseCode::VersionMismatch, &reason);
+            return Err(Refusal::new(CloseCode::VersionMismatch, reason));
         }
-        if h.node != s.peer {
+        if h.node != self.peer {
             let reason = format!(
                 "hello names {} but the transport authenticated {}",
-                h.node, s.peer
+                h.node, self.peer
             );
-            return self.close_session(sid, CloseCode::IdentityMismatch, &reason);
+            return Err(Refusal::new(CloseCode::IdentityMismatch, reason));
         }
-        let need = self.cfg.change_bytes_max + CHANGES_OVERHEAD_BYTES;
+        let need = change_bytes_max + CHANGES_OVERHEAD_BYTES;
         if h.frame_bytes_max < FRAME_BYTES_MIN || h.frame_bytes_max < need {
             let reason = format!(
                 "peer accepts frames of {} bytes; this node needs {need}",
                 h.frame_bytes_max
             );
-            return self.close_session(sid, CloseCode::LimitsIncompatible, &reason);
+            return Err(Refusal::new(CloseCode::LimitsIncompatible, reason));
         }
-        s.send_frame_max = h.frame_bytes_max.min(FRAME_BYTES_LIMIT);
-        s.phase = Phase::AwaitSummary;
-        let peer = s.peer.clone();
-        let recorded = self.peers.get(&peer).and_then(|r| r.store_id);
-        if recorded != Some(h.store_id) {
-            // A new peer, or one whose store was replaced: its receipts say nothing any more.
-            // What a new peer was told in this session's summary still holds; a replaced
-            // peer has forgotten everything it was told.
-            let kept = match recorded {
-                None => self
-                    .peers
-                    .get(&peer)
-                    .map(|r| r.reported.clone())
-                    .unwrap_or_default(),
-                Some(_) => BTreeMap::new(),
-            };
-            let mut ops = vec![WriteOp::ResetPeer {
-                peer: peer.clone(),
-                store_id: h.store_id,
-            }];
-            for (doc, clock) in &kept {
-                ops.push(WriteOp::PutReported {
-                    peer: peer.clone(),
-                    doc: doc.clone(),
-                    clock: clock.clone(),
-                });
-            }
-            let fresh = PeerReceipts {
-                store_id: Some(h.store_id),
-                reported: kept,
-                ..PeerReceipts::default()
-            };
-            self.peers.insert(peer, fresh);
-            let batch = WriteBatch { ops };
-            if self.commit(batch).is_err() {
-                return;
-            }
-            if recorded.is_some() {
-                let entries = self.summary_entries(None);
-                let mut s = self.sessions.remove(&sid).expect("session exists");
-                s.known.clear();
-                self.send_summary(&mut s, entries);
-                self.sessions.insert(sid, s);
-            }
+        self.send_frame_max = h.frame_bytes_max.min(FRAME_BYTES_LIMIT);
+        self.phase = Phase::AwaitSummary;
+        Ok(())
+    }
+
+    /// The peer's store was replaced: it holds none of what it acknowledged before.
+    pub(crate) fn forget_known(&mut self) {
+        self.known.clear();
+    }
+
+    /// The peer holds at least `clock` of `doc` (from its Summary, an Ack or a batch it sent).
+    pub(crate) fn learn(&mut self, doc: &DocId, clock: &VectorClock) {
+        self.known.entry(doc.clone()).or_default().merge(clock);
+        self.mark_dirty(doc);
+    }
+
+    /// `doc` changed locally (or its peer clock did): look at it again when filling the window.
+    pub(crate) fn mark_dirty(&mut self, doc: &DocId) {
+        if self.phase == Phase::Live {
+            self.queue.insert(doc.clone());
         }
     }
 
-    /// Raises the receipt for (peer, doc) to include `clock`; adds the write to `batch`.
-    fn raise_receipt(
-        &mut self,
-        batch: &mut WriteBatch,
-        peer: &NodeName,
-        doc: &DocId,
-        clock: &VectorClock,
-    ) {
-        let r = self.peers.entry(peer.clone()).or_default();
-        let entry = r.clocks.entry(doc.clone()).or_default();
-        if !clock.le(entry) {
-            entry.merge(clock);
-            batch.push(WriteOp::PutReceipt {
-                peer: peer.clone(),
-                doc: doc.clone(),
-                clock: entry.clone(),
-            });
-        }
-    }
-
-    /// Learns peer clocks (from a Summary or Ack): known, receipts, and what to send next.
-    fn learn_clocks(&mut self, sid: SessionId, entries: Vec<DocClock>) {
-        let peer = self.sessions[&sid].peer.clone();
-        let mut batch = WriteBatch::default();
-        for e in entries {
-            // Entries for documents this node lacks carry nothing it could send: skipping them
-            // bounds per-peer memory by the local document count.
-            if !self.docs.contains_key(&e.doc) {
-                continue;
-            }
-            self.raise_receipt(&mut batch, &peer, &e.doc, &e.clock);
-            let s = self.sessions.get_mut(&sid).expect("session exists");
-            s.known.entry(e.doc.clone()).or_default().merge(&e.clock);
-            s.mark_dirty(&e.doc);
-        }
-        // Receipts need not be durable: losing one only causes a resend.
-        let _ = self.commit(batch);
-    }
-
-    fn on_summary(&mut self, sid: SessionId, sm: Summary) {
-        self.learn_clocks(sid, sm.entries);
-        let Some(s) = self.sessions.get_mut(&sid) else {
+    /// The peer's final Summary frame arrived: go live with every document the peer lacks.
+    pub(crate) fn finish_summary(&mut self, docs: &BTreeMap<DocId, DocMeta>) {
+        if self.phase != Phase::AwaitSummary {
             return;
-        };
-        if sm.last && s.phase == Phase::AwaitSummary {
-            s.phase = Phase::Live;
-            let empty = VectorClock::new();
-            let queue: BTreeSet<DocId> = self
-                .docs
-                .iter()
-                .filter(|(doc, meta)| !meta.clock.le(s.known.get(*doc).unwrap_or(&empty)))
-                .map(|(doc, _)| doc.clone())
-                .collect();
-            s.queue = queue;
         }
-    }
-
-    fn on_changes(&mut self, sid: SessionId, c: Changes) {
-        let peer = self.sessions[&sid].peer.clone();
-        let mut batch = WriteBatch::default();
-        let mut failure = None;
-        let mut received: BTreeMap<DocId, VectorClock> = BTreeMap::new();
-        let mut stats = SessionStats::default();
-        'docs: for dc in &c.docs {
-            received.entry(dc.doc.clone()).or_default();
-            for ch in &dc.changes {
-                stats.changes_received += 1;
-                match self.apply_remote(&mut batch, &dc.doc, &ch.0) {
-                    Ok((applied, actor, seq)) => {
-                        // The sender holds (actor, 1..=seq): it holds this change, causally closed.
-                        received
-                            .get_mut(&dc.doc)
-                            .expect("inserted")
-                            .observe(actor, seq);
-                        match applied {
-                            Applied::New(n) => stats.changes_applied += 1 + n as u64,
-                            Applied::Duplicate => stats.changes_duplicate += 1,
-                            Applied::Buffered => stats.changes_buffered += 1,
-                        }
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break 'docs;
-                    }
-                }
-            }
-        }
-        // The sender holds what it sent, durably (frames leave only once durable): that is a
-        // receipt too, so this node never sends those changes back and counts them as held.
-        for (doc, clock) in &received {
-            if self.docs.contains_key(doc) {
-                self.raise_receipt(&mut batch, &peer, doc, clock);
-            }
-        }
-        // The Ack will tell the peer these clocks: remember them, in the same commit.
-        for doc in received.keys() {
-            let clock = self.clock(doc).cloned().unwrap_or_default();
-            self.note_reported(&mut batch, &peer, doc, &clock);
-        }
-        // What was valid is applied and kept even if a later change was refused: memory and
-        // store stay equal, and the session ends below.
-        let Ok(seq) = self.commit(batch) else { return };
-        self.announce(Origin::Remote(peer));
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        s.stats.changes_received += stats.changes_received;
-        s.stats.changes_applied += stats.changes_applied;
-        s.stats.changes_duplicate += stats.changes_duplicate;
-        s.stats.changes_buffered += stats.changes_buffered;
-        for (doc, clock) in &received {
-            s.known.entry(doc.clone()).or_default().merge(clock);
-        }
-        if let Some(e) = failure {
-            let reason = e.to_string();
-            return self.close_session(sid, e.close_code(), &reason);
-        }
-        let clocks: Vec<DocClock> = received
-            .keys()
-            .map(|doc| DocClock {
-                doc: doc.clone(),
-                clock: self.clock(doc).cloned().unwrap_or_default(),
-            })
+        self.phase = Phase::Live;
+        let empty = VectorClock::new();
+        self.queue = docs
+            .iter()
+            .filter(|(doc, meta)| !meta.clock.le(self.known.get(*doc).unwrap_or(&empty)))
+            .map(|(doc, _)| doc.clone())
             .collect();
-        let gate = self.durable_at(seq);
-        let s = self.sessions.get_mut(&sid).expect("session exists");
-        // Acks go to the peer, bounded by what it accepts (at least FRAME_BYTES_MIN).
-        let parts = split_clocks(clocks, s.send_frame_max);
-        let n = parts.len();
-        for (i, clocks) in parts.into_iter().enumerate() {
-            s.push(
-                gate,
-                &Message::Ack(Ack {
-                    batch: c.batch,
-                    clocks,
-                    last: i + 1 == n,
-                }),
-            );
+    }
+
+    /// A received batch was committed: count it, and learn that the sender holds `received`.
+    pub(crate) fn record_received(
+        &mut self,
+        stats: &SessionStats,
+        received: &BTreeMap<DocId, VectorClock>,
+    ) {
+        self.stats.add(stats);
+        for (doc, clock) in received {
+            self.known.entry(doc.clone()).or_default().merge(clock);
         }
     }
 
-    fn on_ack(&mut self, sid: SessionId, a: Ack) {
-        let docs: Vec<DocId> = a.clocks.iter().map(|e| e.doc.clone()).collect();
-        self.learn_clocks(sid, a.clocks);
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if a.last && s.inflight.remove(&a.batch).is_some() {
-            s.stats.batches_acked += 1;
+    /// The peer acknowledged (part of) a batch; its clocks were learnt already. Documents it
+    /// still lacks are queued again (a batch it could not fully apply, say after a causal gap).
+    pub(crate) fn handle_ack(&mut self, a: &Ack, docs: &BTreeMap<DocId, DocMeta>) {
+        if a.last && self.inflight.remove(&a.batch).is_some() {
+            self.stats.batches_acked += 1;
         }
-        // A batch the peer could not fully apply (a causal gap) is sent again.
-        for doc in docs {
-            let local = self.docs.get(&doc).map(|m| &m.clock);
-            if local.is_some_and(|l| !l.le(&s.known_with_inflight(&doc))) {
-                s.queue.insert(doc);
+        for e in &a.clocks {
+            let local = docs.get(&e.doc).map(|m| &m.clock);
+            if local.is_some_and(|l| !l.le(&self.known_with_inflight(&e.doc))) {
+                self.queue.insert(e.doc.clone());
             }
         }
     }
 
-    /// Fills every live session's window with batches of missing changes.
-    pub(crate) fn pump_all(&mut self) {
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for sid in ids {
-            if let Err(e) = self.pump(sid) {
-                // A store read failed: the document set cannot be served.
-                self.close_session(sid, CloseCode::StoreFailed, &e.to_string());
+    /// What the peer holds, or will hold once the batches in flight arrive.
+    fn known_with_inflight(&self, doc: &DocId) -> VectorClock {
+        let mut c = self.known.get(doc).cloned().unwrap_or_default();
+        for b in self.inflight.values() {
+            if let Some(x) = b.clocks.get(doc) {
+                c.merge(x);
             }
+        }
+        c
+    }
+
+    /// When the session times out unless something arrives.
+    pub(crate) fn deadline(&self, limits: &Limits) -> Option<u64> {
+        match self.phase {
+            Phase::AwaitHello | Phase::AwaitSummary => {
+                Some(self.opened_ms + limits.handshake_timeout_ms)
+            }
+            Phase::Live => self
+                .inflight
+                .values()
+                .map(|b| b.sent_ms + limits.ack_timeout_ms)
+                .min(),
+            Phase::Closed => None,
         }
     }
 
-    fn pump(&mut self, sid: SessionId) -> Result<(), StoreError> {
-        let Some(mut s) = self.sessions.remove(&sid) else {
-            return Ok(());
-        };
-        let result = self.fill_window(&mut s);
-        self.sessions.insert(sid, s);
-        match result {
-            Ok(None) => Ok(()),
-            Ok(Some(reason)) => {
-                self.close_session(sid, CloseCode::LimitsIncompatible, &reason);
-                Ok(())
-            }
-            Err(e) => Err(e),
+    /// The next frame whose gate (commit number) is durable, with the clocks an Ack frame
+    /// promises.
+    pub(crate) fn poll_transmit(&mut self, durable_seq: u64) -> Option<Released> {
+        if self.outbox.front().is_none_or(|o| o.gate > durable_seq) {
+            return None;
         }
+        let o = self.outbox.pop_front()?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += o.frame.len() as u64;
+        Some(Released {
+            frame: o.frame,
+            acked: o.acked,
+        })
     }
 
-    /// Builds batches while the window allows. `Ok(Some(reason))` when a change cannot fit
-    /// the peer's frame limit.
-    fn fill_window(&mut self, s: &mut Session) -> Result<Option<String>, StoreError> {
-        if s.phase != Phase::Live {
+    /// Ends the session: drops what was queued and queues a Close. Returns the reason as sent
+    /// (cut to [`CLOSE_REASON_BYTES_MAX`]), or `None` if it was already closed.
+    pub(crate) fn close(&mut self, code: CloseCode, reason: &str) -> Option<String> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        let reason = truncate_utf8(reason, CLOSE_REASON_BYTES_MAX).to_string();
+        self.phase = Phase::Closed;
+        self.outbox.clear();
+        self.inflight.clear();
+        self.queue.clear();
+        self.cursor = None;
+        let close = Message::Close(Close {
+            code,
+            reason: reason.clone(),
+        });
+        self.push(0, &close);
+        Some(reason)
+    }
+
+    /// Builds batches of the changes the peer lacks while the window allows; they are released
+    /// once commit `gate` is durable. `Ok(Some(reason))` when a change cannot fit the peer's
+    /// frame limit.
+    pub(crate) fn fill_window<S: Store>(
+        &mut self,
+        store: &S,
+        docs: &BTreeMap<DocId, DocMeta>,
+        limits: &Limits,
+        now_ms: u64,
+        gate: u64,
+    ) -> Result<Option<String>, StoreError> {
+        if self.phase != Phase::Live {
             return Ok(None);
         }
-        let frame_room = s.send_frame_max - CHANGES_OVERHEAD_BYTES;
-        let budget = self.cfg.batch_bytes_max.min(frame_room) as usize;
-        while s.inflight.len() < self.cfg.inflight_batches_max {
-            let mut docs_out: Vec<DocChanges> = Vec::new();
-            let mut sent: BTreeMap<DocId, VectorClock> = BTreeMap::new();
-            let mut bytes = 0usize;
-            let mut full = false;
-            while !full {
-                if s.cursor.is_none() {
-                    let Some(doc) = s.queue.pop_first() else {
-                        break;
-                    };
-                    let Some(meta) = self.docs.get(&doc) else {
-                        continue;
-                    };
-                    let have = s.known_with_inflight(&doc);
-                    let mut orders = Vec::new();
-                    for (actor, seqs) in have.missing_from(&meta.clock) {
-                        orders.extend(
-                            self.store
-                                .change_index(&doc, &actor, seqs)?
-                                .into_iter()
-                                .map(|(_, o, _)| o),
-                        );
-                    }
-                    if orders.is_empty() {
-                        continue;
-                    }
-                    // Apply order is a causal order: dependencies are sent first.
-                    orders.sort_unstable();
-                    s.cursor = Some((doc, orders.into()));
-                }
-                let (doc, orders) = s.cursor.as_mut().expect("set above");
-                while let Some(&order) = orders.front() {
-                    let change =
-                        self.store
-                            .change_at(doc, order)?
-                            .ok_or_else(|| StoreError::Corrupt {
-                                table: "changes",
-                                key: format!("{doc}@{order}"),
-                            })?;
-                    if change.bytes.len() > frame_room as usize {
-                        return Ok(Some(format!(
-                            "a change of {} bytes does not fit the peer's frame limit of {}",
-                            change.bytes.len(),
-                            s.send_frame_max
-                        )));
-                    }
-                    let cost = change.bytes.len() + 16 + doc.as_str().len();
-                    if bytes > 0 && bytes + cost > budget {
-                        full = true;
-                        break;
-                    }
-                    orders.pop_front();
-                    bytes += cost;
-                    sent.entry(doc.clone())
-                        .or_default()
-                        .observe(change.actor, change.seq);
-                    match docs_out.last_mut() {
-                        Some(last) if &last.doc == doc => {
-                            last.changes.push(ChangeBytes(change.bytes))
-                        }
-                        _ => docs_out.push(DocChanges {
-                            doc: doc.clone(),
-                            changes: vec![ChangeBytes(change.bytes)],
-                        }),
-                    }
-                }
-                if orders.is_empty() {
-                    s.cursor = None;
-                }
+        let frame_room = self.send_frame_max - CHANGES_OVERHEAD_BYTES;
+        let budget = limits.batch_bytes_max.min(frame_room) as usize;
+        while self.inflight.len() < limits.inflight_batches_max {
+            let mut out = BatchBuilder::default();
+            if let Some(reason) = self.fill_batch(store, docs, budget, frame_room, &mut out)? {
+                return Ok(Some(reason));
             }
-            if docs_out.is_empty() {
+            if out.docs.is_empty() {
                 break;
             }
-            let batch = s.next_batch;
-            s.next_batch += 1;
-            s.stats.changes_sent += docs_out.iter().map(|d| d.changes.len() as u64).sum::<u64>();
-            s.inflight.insert(
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            self.stats.changes_sent += out.changes;
+            self.inflight.insert(
                 batch,
                 Inflight {
-                    sent_ms: self.now_ms,
-                    clocks: sent,
+                    sent_ms: now_ms,
+                    clocks: out.sent,
                 },
             );
-            s.push(
-                self.commit_seq,
-                &Message::Changes(Changes {
-                    batch,
-                    docs: docs_out,
-                }),
-            );
+            let msg = Message::Changes(Changes {
+                batch,
+                docs: out.docs,
+            });
+            self.push(gate, &msg);
         }
         Ok(None)
     }
 
-    /// The next frame to send on the session's transport, once everything it describes is
-    /// durable. `None` when nothing is ready.
-    pub fn poll_transmit(&mut self, sid: SessionId) -> Option<Vec<u8>> {
-        let s = self.sessions.get_mut(&sid)?;
-        let ready = s
-            .outbox
-            .front()
-            .is_some_and(|(gate, _)| *gate <= self.durable_seq);
-        let frame = if ready {
-            s.outbox.pop_front().map(|(_, f)| f)
-        } else {
-            None
-        };
-        if let Some(f) = &frame {
-            s.stats.frames_out += 1;
-            s.stats.bytes_out += f.len() as u64;
-        }
-        if s.phase == Phase::Closed && s.outbox.is_empty() {
-            if let Some(s) = self.sessions.remove(&sid) {
-                self.ended_stats.add(&s.stats);
-            }
-        }
-        frame
-    }
-
-    /// Ends a session: queues a Close frame (sent by [`Node::poll_transmit`]) and reports
-    /// [`crate::Event::SessionClosed`].
-    pub fn close_session(&mut self, sid: SessionId, code: CloseCode, reason: &str) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        if s.phase == Phase::Closed {
-            return;
-        }
-        let mut reason = reason.to_string();
-        while reason.len() > CLOSE_REASON_BYTES_MAX {
-            reason.pop();
-        }
-        s.phase = Phase::Closed;
-        s.outbox.clear();
-        s.inflight.clear();
-        s.queue.clear();
-        s.cursor = None;
-        s.push(
-            0,
-            &Message::Close(Close {
-                code,
-                reason: reason.clone(),
-            }),
-        );
-        let peer = s.peer.clone();
-        self.events.push_back(crate::Event::SessionClosed {
-            session: sid,
-            peer,
-            code: Some(code),
-            reason,
-            by_peer: false,
-        });
-    }
-
-    /// The transport of a session is gone (closed, reset, idle timeout). Anything unacknowledged
-    /// is sent again in the next session.
-    pub fn disconnect(&mut self, sid: SessionId) {
-        if let Some(s) = self.sessions.remove(&sid) {
-            self.ended_stats.add(&s.stats);
-            if s.phase != Phase::Closed {
-                self.events.push_back(crate::Event::SessionClosed {
-                    session: sid,
-                    peer: s.peer,
-                    code: None,
-                    reason: "transport closed".into(),
-                    by_peer: false,
-                });
-            }
-        }
-    }
-
-    /// Closes every session with [`CloseCode::Shutdown`].
-    pub fn shutdown(&mut self) {
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for sid in ids {
-            self.close_session(sid, CloseCode::Shutdown, "node shutting down");
-        }
-    }
-
-    /// Time passed; ends sessions whose handshake or acknowledgement is overdue.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
-        let (hs, ack) = (self.cfg.handshake_timeout_ms, self.cfg.ack_timeout_ms);
-        let overdue: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.deadline(hs, ack).is_some_and(|d| d <= now_ms))
-            .map(|(id, _)| *id)
-            .collect();
-        for sid in overdue {
-            let what = if self.sessions[&sid].phase == Phase::Live {
-                "acknowledgement"
-            } else {
-                "handshake"
+    /// Picks the next document with changes the peer lacks and positions the cursor on them
+    /// (stored orders, ascending: a causal order). `false` when nothing is left to send.
+    fn advance_cursor<S: Store>(
+        &mut self,
+        store: &S,
+        docs: &BTreeMap<DocId, DocMeta>,
+    ) -> Result<bool, StoreError> {
+        while self.cursor.is_none() {
+            let Some(doc) = self.queue.pop_first() else {
+                return Ok(false);
             };
-            self.close_session(sid, CloseCode::Timeout, &format!("{what} timed out"));
+            let Some(meta) = docs.get(&doc) else {
+                continue;
+            };
+            let have = self.known_with_inflight(&doc);
+            let mut orders = Vec::new();
+            for (actor, seqs) in have.missing_from(&meta.clock) {
+                let index = store.change_index(&doc, &actor, seqs)?;
+                orders.extend(index.into_iter().map(|(_, o, _)| o));
+            }
+            if !orders.is_empty() {
+                // Apply order is a causal order: dependencies are sent first.
+                orders.sort_unstable();
+                self.cursor = Some((doc, orders.into()));
+            }
         }
+        Ok(true)
     }
 
-    /// When [`Node::handle_timeout`] should next be called, if ever.
-    pub fn poll_timeout(&self) -> Option<u64> {
-        let (hs, ack) = (self.cfg.handshake_timeout_ms, self.cfg.ack_timeout_ms);
-        self.sessions
-            .values()
-            .filter_map(|s| s.deadline(hs, ack))
-            .min()
-    }
-
-    /// Every session.
-    pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.sessions
-            .iter()
-            .map(|(id, s)| SessionInfo {
-                id: *id,
-                peer: s.peer.clone(),
-                live: s.phase == Phase::Live,
-                inflight_batches: s.inflight.len(),
-                stats: s.stats.clone(),
-            })
-            .collect()
-    }
-
-    /// True when no session has frames waiting, batches in flight or documents to send: the
-    /// node is quiescent as far as its peers go.
-    pub fn is_idle(&self) -> bool {
-        self.sessions.values().all(|s| {
-            s.outbox.is_empty() && s.inflight.is_empty() && s.queue.is_empty() && s.cursor.is_none()
-        })
-    }
-
-    /// What this node remembers of `peer`: its store id and, per document, the clock it
-    /// acknowledged.
-    pub fn receipts(&self, peer: &NodeName) -> Option<&PeerReceipts> {
-        self.peers.get(peer)
-    }
-
-    /// Counters summed over every session since open, ended ones included.
-    pub fn session_totals(&self) -> SessionStats {
-        let mut t = self.ended_stats.clone();
-        for s in self.sessions.values() {
-            t.add(&s.stats);
+    /// Fills one batch up to `budget` bytes (at least one change).
+    fn fill_batch<S: Store>(
+        &mut self,
+        store: &S,
+        docs: &BTreeMap<DocId, DocMeta>,
+        budget: usize,
+        frame_room: u32,
+        out: &mut BatchBuilder,
+    ) -> Result<Option<String>, StoreError> {
+        while self.advance_cursor(store, docs)? {
+            let (doc, orders) = self.cursor.as_mut().expect("advance_cursor set it");
+            while let Some(&order) = orders.front() {
+                let change = store
+                    .change_at(doc, order)?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        table: "changes",
+                        key: format!("{doc}@{order}"),
+                    })?;
+                if change.bytes.len() > frame_room as usize {
+                    return Ok(Some(format!(
+                        "a change of {} bytes does not fit the peer's frame limit of {}",
+                        change.bytes.len(),
+                        self.send_frame_max
+                    )));
+                }
+                let cost = change.bytes.len() + 16 + doc.as_str().len();
+                if out.bytes > 0 && out.bytes + cost > budget {
+                    return Ok(None);
+                }
+                orders.pop_front();
+                out.add(doc, change.actor, change.seq, change.bytes, cost);
+            }
+            self.cursor = None;
         }
-        t
+        Ok(None)
     }
+}
 
-    /// How many changes this node holds that `peer` has not acknowledged (per durable receipts).
-    pub fn peer_unacked(&self, peer: &NodeName) -> u64 {
-        let empty = VectorClock::new();
-        let receipts = self.peers.get(peer);
-        self.docs
-            .iter()
-            .map(|(doc, meta)| {
-                let acked = receipts.and_then(|r| r.clocks.get(doc)).unwrap_or(&empty);
-                acked.missing_count(&meta.clock)
-            })
-            .sum()
+/// One Changes batch being assembled.
+#[derive(Default)]
+struct BatchBuilder {
+    docs: Vec<DocChanges>,
+    sent: BTreeMap<DocId, VectorClock>,
+    bytes: usize,
+    changes: u64,
+}
+
+impl BatchBuilder {
+    fn add(
+        &mut self,
+        doc: &DocId,
+        actor: crate::vclock::Actor,
+        seq: u64,
+        bytes: Vec<u8>,
+        cost: usize,
+    ) {
+        self.bytes += cost;
+        self.changes += 1;
+        self.sent
+            .entry(doc.clone())
+            .or_default()
+            .observe(actor, seq);
+        match self.docs.last_mut() {
+            Some(last) if &last.doc == doc => last.changes.push(ChangeBytes(bytes)),
+            _ => self.docs.push(DocChanges {
+                doc: doc.clone(),
+                changes: vec![ChangeBytes(bytes)],
+            }),
+        }
     }
 }

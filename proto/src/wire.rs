@@ -146,6 +146,26 @@ pub enum CloseCode {
     Overloaded,
 }
 
+impl CloseCode {
+    /// The stable name of the code, for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseCode::Shutdown => "shutdown",
+            CloseCode::VersionMismatch => "version-mismatch",
+            CloseCode::Malformed => "malformed",
+            CloseCode::Unexpected => "unexpected",
+            CloseCode::IdentityMismatch => "identity-mismatch",
+            CloseCode::FrameTooLarge => "frame-too-large",
+            CloseCode::InvalidChange => "invalid-change",
+            CloseCode::Equivocation => "equivocation",
+            CloseCode::Timeout => "timeout",
+            CloseCode::StoreFailed => "store-failed",
+            CloseCode::LimitsIncompatible => "limits-incompatible",
+            CloseCode::Overloaded => "overloaded",
+        }
+    }
+}
+
 /// The last message of a session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Close {
@@ -172,6 +192,20 @@ pub enum DecodeError {
     /// A close reason longer than allowed.
     #[error("close reason longer than {CLOSE_REASON_BYTES_MAX} bytes")]
     ReasonTooLong,
+}
+
+/// The longest prefix of `s` that is at most `max_bytes` long and ends on a character
+/// boundary: reasons from peers may hold multi-byte characters, and cutting one in half would
+/// panic (`String::truncate`) or produce invalid UTF-8.
+pub fn truncate_utf8(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Message {
@@ -393,6 +427,19 @@ mod tests {
             Message::from_payload(&long[4..]),
             Err(DecodeError::ReasonTooLong)
         );
+    }
+
+    // Cutting a reason never splits a character, whatever the limit.
+    #[test]
+    fn truncation_respects_character_boundaries() {
+        let euros = "€".repeat(100);
+        for max in 0..=300 {
+            let t = truncate_utf8(&euros, max);
+            assert!(t.len() <= max && max - t.len() < 3, "{max}: {}", t.len());
+            assert!(euros.starts_with(t));
+        }
+        assert_eq!(truncate_utf8("abc", 2), "ab");
+        assert_eq!(truncate_utf8("abc", 9), "abc");
     }
 
     // The Hello layout is the compatibility anchor: its first bytes are the variant tag and magic.

@@ -9,8 +9,12 @@
 //! convergence, durability, monotonic clocks, liveness, no panic.
 #![warn(missing_docs)]
 
+mod checkers;
+mod faults;
+mod network;
 pub mod plan;
 mod sim;
+mod workload;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

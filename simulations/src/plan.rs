@@ -214,6 +214,8 @@ pub struct Knobs {
     pub backoff_base_ms: u64,
     /// Reconnect backoff cap.
     pub backoff_cap_ms: u64,
+    /// Consecutive failed dials that open a link's circuit breaker.
+    pub breaker_failures: u32,
     /// Mean time between ingests (whole fleet).
     pub ingest_interval_ms: u64,
     /// Mean time between generic document edits (whole fleet).
@@ -306,6 +308,7 @@ impl Plan {
             idle_timeout_ms: rng.random_range(3..=15) * 1000,
             backoff_base_ms: rng.random_range(50..=1000),
             backoff_cap_ms: rng.random_range(2..=10) * 1000,
+            breaker_failures: rng.random_range(2..=8),
             ingest_interval_ms: rng.random_range(50..=500),
             patch_interval_ms: rng.random_range(200..=3000),
             faults: if faulty { rng.random_range(2..=14) } else { 0 },

@@ -11,7 +11,7 @@ use edgesync::daemon::Settings;
 use edgesync::net::pki::{self, Role};
 use edgesync::node::{DurableNode, NodeOptions};
 use edgesync::store::{Durability, RocksStore};
-use edgesync_proto::{Boot, Config, DocId, Node, NodeName, Reading, VectorClock};
+use edgesync_proto::{Boot, Config, DocId, Node, NodeName, Reading};
 
 #[derive(Parser)]
 #[command(name = "edgesync", version, about = "State sync for edge fleets")]
@@ -310,22 +310,8 @@ fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
     let docs: Vec<DocId> = node.docs().map(|(d, _)| d.clone()).collect();
     let mut readings = 0usize;
     for doc in &docs {
-        let held: VectorClock = node
-            .with_doc(doc, |am| {
-                am.get_changes(&[])
-                    .iter()
-                    .filter_map(|c| {
-                        edgesync_proto::Actor::from_automerge(c.actor_id()).map(|a| (a, c.seq()))
-                    })
-                    .collect()
-            })
-            .with_context(|| format!("loading {doc}"))?
-            .unwrap_or_default();
-        let clock = node.clock(doc).cloned().unwrap_or_default();
-        anyhow::ensure!(
-            held == clock,
-            "{doc}: clock {clock:?} but the document holds {held:?}"
-        );
+        node.verify_clock(doc)
+            .with_context(|| format!("verifying {doc}"))?;
         if let Ok(Some(view)) = node.sensor_view(doc) {
             anyhow::ensure!(
                 view.invalid.is_empty(),
@@ -348,8 +334,8 @@ fn ingest_loop(data_dir: PathBuf, durability: Durability) -> anyhow::Result<()> 
     let mut opts = NodeOptions::new(cfg, data_dir);
     opts.durability = durability;
     let node = DurableNode::start(opts)?;
-    let mut run = [0u8; 8];
-    getrandom::fill(&mut run).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let run =
+        edgesync::os::random_bytes::<8>().map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let run: String = run.iter().map(|b| format!("{b:02x}")).collect();
     // Four writers so that batches hold several readings and several documents.
     let threads: Vec<_> = (0..4)

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,13 +13,15 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use edgesync_proto::{DocId, IngestOutcome, Reading};
+use edgesync_proto::{DocId, IngestOutcome, NodeError, Reading};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
 
-use crate::mesh::{Mesh, RetryPolicy};
-use crate::node::{Error as NodeError, NodeHandle};
+use crate::error_chain;
+use crate::mesh::Mesh;
+use crate::node::{NodeHandle, ReadError, Stopped, WriteError};
+use crate::os;
 
 /// Largest request body, bytes.
 pub const BODY_BYTES_MAX: usize = 256 * 1024;
@@ -31,8 +33,6 @@ pub struct AppState {
     pub node: NodeHandle,
     /// Its peers.
     pub mesh: Arc<Mesh>,
-    /// The reconnection policy (for status).
-    pub retry: RetryPolicy,
     /// The metrics registry.
     pub metrics: PrometheusHandle,
 }
@@ -50,12 +50,44 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> ApiError {
-        match e {
-            NodeError::Invalid(m) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, m),
-            other => ApiError(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+/// The status for a request the core refused or failed: the client's fault (422) or the
+/// node's (503).
+fn core_status(e: &NodeError) -> StatusCode {
+    match e {
+        NodeError::Reading(_)
+        | NodeError::Patch(_)
+        | NodeError::KindMismatch { .. }
+        | NodeError::ChangeTooLarge { .. }
+        | NodeError::TooManyActors { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
         }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        let status = match &e {
+            WriteError::Refused(core) => core_status(core),
+            WriteError::NotDurable(_) | WriteError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, error_chain(&e))
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> ApiError {
+        let status = match &e {
+            ReadError::Core(core) => core_status(core),
+            ReadError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, error_chain(&e))
+    }
+}
+
+impl From<Stopped> for ApiError {
+    fn from(e: Stopped) -> ApiError {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
     }
 }
 
@@ -97,17 +129,8 @@ fn doc_id(s: &str) -> Result<DocId, ApiError> {
     DocId::new(s).map_err(|e| bad(format!("invalid doc id: {e}")))
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn fresh_id(node: &str) -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    format!("{node}-{}-{:016x}", now_ms(), u64::from_le_bytes(b))
+    format!("{node}-{}-{:016x}", os::now_ms(), os::random_u64())
 }
 
 async fn ingest(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -134,7 +157,7 @@ async fn ingest(State(st): State<AppState>, body: Result<Bytes, BytesRejection>)
         Some(_) => return Err(bad("\"id\" must be a string")),
     };
     let ts = match obj.get("ts") {
-        None | Some(Value::Null) => now_ms(),
+        None | Some(Value::Null) => os::now_ms() as i64,
         Some(t) => t
             .as_i64()
             .ok_or_else(|| bad("\"ts\" must be an integer (ms since the Unix epoch)"))?,
@@ -239,7 +262,7 @@ async fn docs(State(st): State<AppState>) -> ApiResult {
 }
 
 async fn status(State(st): State<AppState>) -> ApiResult {
-    let peers = st.mesh.status(&st.retry);
+    let peers = st.mesh.status();
     let s = st.node.status_async(st.mesh.peer_names()).await?;
     let peers: Vec<Value> = peers
         .into_iter()
@@ -297,7 +320,7 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         metrics::gauge!("edgesync_docs").set(s.docs as f64);
         metrics::gauge!("edgesync_pending_changes").set(s.pending_changes as f64);
     }
-    let peers = st.mesh.status(&st.retry);
+    let peers = st.mesh.status();
     metrics::gauge!("edgesync_peers_connected")
         .set(peers.iter().filter(|p| p.connected).count() as f64);
     for p in &peers {

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgesync_proto::NodeName;
+use edgesync_proto::{NameError, NodeName};
 use serde::Deserialize;
 
 use crate::mesh::{PeerConfig, RetryPolicy};
 use crate::net::{NetOptions, TlsFiles};
-use crate::store::Durability;
+use crate::store::{Durability, UnknownDurability};
 
 /// Largest configuration file read, bytes.
 pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
@@ -60,10 +60,11 @@ pub struct SyncSection {
 
 impl Default for SyncSection {
     fn default() -> SyncSection {
+        let retry = RetryPolicy::default();
         SyncSection {
-            retry_base_ms: 500,
-            retry_cap_ms: 10_000,
-            breaker_failures: 5,
+            retry_base_ms: retry.base_ms,
+            retry_cap_ms: retry.cap_ms,
+            breaker_failures: retry.breaker_failures,
             keep_alive_ms: 5_000,
             idle_timeout_ms: 30_000,
         }
@@ -73,8 +74,8 @@ impl Default for SyncSection {
 impl SyncSection {
     fn retry(&self) -> RetryPolicy {
         RetryPolicy {
-            base: Duration::from_millis(self.retry_base_ms),
-            cap: Duration::from_millis(self.retry_cap_ms),
+            base_ms: self.retry_base_ms,
+            cap_ms: self.retry_cap_ms,
             breaker_failures: self.breaker_failures,
         }
     }
@@ -152,14 +153,88 @@ pub struct Settings {
     pub net: NetOptions,
 }
 
-/// A configuration problem, with the file it is in.
+/// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {msg}", path.display())]
-pub struct ConfigError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong.
-    pub msg: String,
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than [`CONFIG_BYTES_MAX`].
+    #[error("{}: larger than {CONFIG_BYTES_MAX} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not valid TOML for this configuration (unknown keys included).
+    #[error("{}: invalid configuration", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The values do not make sense together, or an override is bad.
+    #[error("{}: invalid settings", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: SettingsError,
+    },
+}
+
+/// A parsed configuration (with its environment overrides) that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// An environment override does not parse.
+    #[error("{var}={value:?} is not {expected}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// The node's name is not a valid node name.
+    #[error("name")]
+    Name(#[source] NameError),
+    /// `durability` is neither `fsync` nor `wal`.
+    #[error("durability")]
+    Durability(#[source] UnknownDurability),
+    /// A `[sync]` value is out of range.
+    #[error("sync.{key} {rule}")]
+    Sync {
+        /// The key.
+        key: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A peer's name is not a valid node name.
+    #[error("peers")]
+    PeerName(#[source] NameError),
+    /// A peer is this node.
+    #[error("peers: {0} is this node")]
+    PeerIsSelf(NodeName),
+    /// A peer is listed twice.
+    #[error("peers: {0} listed twice")]
+    PeerTwice(NodeName),
+    /// A peer's address lacks a port.
+    #[error("peers: {peer}: address {addr:?} needs host:port")]
+    PeerAddress {
+        /// The peer.
+        peer: NodeName,
+        /// The address given.
+        addr: String,
+    },
 }
 
 /// The environment variables read, for overrides (name, value).
@@ -190,93 +265,39 @@ impl Settings {
     /// (sync.retry_base_ms), `EDGESYNC_LOG_FORMAT` (log_format). `LOG_LEVEL` is read by the
     /// logger.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Settings, ConfigError> {
-        let err = |msg: String| ConfigError {
-            path: path.to_path_buf(),
-            msg,
+        let path_buf = || path.to_path_buf();
+        let read = |source| ConfigError::Read {
+            path: path_buf(),
+            source,
         };
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        let meta = std::fs::metadata(path).map_err(read)?;
         if meta.len() > CONFIG_BYTES_MAX {
-            return Err(err(format!("larger than {CONFIG_BYTES_MAX} bytes")));
+            return Err(ConfigError::TooLarge { path: path_buf() });
         }
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path_buf(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Settings::from_config(cfg, base, env).map_err(err)
+        Settings::from_config(cfg, base, env).map_err(|source| ConfigError::Invalid {
+            path: path_buf(),
+            source,
+        })
     }
 
     /// Checks a parsed configuration; relative paths are joined to `base`.
-    pub fn from_config(mut cfg: Config, base: &Path, env: Env<'_>) -> Result<Settings, String> {
-        if let Some(d) = env("EDGE_STORAGE_DIR").filter(|d| !d.is_empty()) {
-            cfg.data_dir = PathBuf::from(d);
-        }
-        if let Some(v) = env("SYNC_RETRY_BASE_MS").filter(|v| !v.is_empty()) {
-            cfg.sync.retry_base_ms = v
-                .parse()
-                .map_err(|_| format!("SYNC_RETRY_BASE_MS={v:?} is not a number of ms"))?;
-        }
-        if let Some(v) = env("METRICS_PORT").filter(|v| !v.is_empty()) {
-            let port: u16 = v
-                .parse()
-                .map_err(|_| format!("METRICS_PORT={v:?} is not a port"))?;
-            cfg.metrics = Some(SocketAddr::new(cfg.api.ip(), port));
-        }
-        if let Some(v) = env("EDGESYNC_LOG_FORMAT").filter(|v| !v.is_empty()) {
-            cfg.log_format = match v.as_str() {
-                "auto" => LogFormat::Auto,
-                "human" => LogFormat::Human,
-                "json" => LogFormat::Json,
-                _ => {
-                    return Err(format!(
-                        "EDGESYNC_LOG_FORMAT={v:?}: expected auto, human or json"
-                    ))
-                }
-            };
-        }
-        let name = NodeName::new(cfg.name.clone()).map_err(|e| format!("name: {e}"))?;
-        let durability: Durability = cfg
-            .durability
-            .parse()
-            .map_err(|e| format!("durability: {e}"))?;
+    pub fn from_config(
+        mut cfg: Config,
+        base: &Path,
+        env: Env<'_>,
+    ) -> Result<Settings, SettingsError> {
+        apply_env(&mut cfg, env)?;
+        let name = NodeName::new(cfg.name.clone()).map_err(SettingsError::Name)?;
+        let durability: Durability = cfg.durability.parse().map_err(SettingsError::Durability)?;
         let s = &cfg.sync;
-        if s.retry_base_ms == 0 || s.retry_base_ms > s.retry_cap_ms {
-            return Err(
-                "sync.retry_base_ms must be at least 1 and at most sync.retry_cap_ms".into(),
-            );
-        }
-        if s.retry_cap_ms > 600_000 {
-            return Err("sync.retry_cap_ms must be at most 600000 (10 minutes)".into());
-        }
-        if s.breaker_failures == 0 {
-            return Err("sync.breaker_failures must be at least 1".into());
-        }
-        if s.keep_alive_ms == 0 || s.keep_alive_ms >= s.idle_timeout_ms {
-            return Err(
-                "sync.keep_alive_ms must be at least 1 and below sync.idle_timeout_ms".into(),
-            );
-        }
-        if s.idle_timeout_ms > 600_000 {
-            return Err("sync.idle_timeout_ms must be at most 600000".into());
-        }
-        let mut peers = Vec::new();
-        for p in &cfg.peers {
-            let pname = NodeName::new(p.name.clone()).map_err(|e| format!("peers: {e}"))?;
-            if pname == name {
-                return Err(format!("peers: {pname} is this node"));
-            }
-            if peers.iter().any(|q: &PeerConfig| q.name == pname) {
-                return Err(format!("peers: {pname} listed twice"));
-            }
-            if !p.addr.contains(':') {
-                return Err(format!(
-                    "peers: {pname}: address {:?} needs host:port",
-                    p.addr
-                ));
-            }
-            peers.push(PeerConfig {
-                name: pname,
-                addr: p.addr.clone(),
-            });
-        }
+        check_sync(s)?;
+        let peers = check_peers(&cfg.peers, &name)?;
         let join = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -304,6 +325,84 @@ impl Settings {
     }
 }
 
+/// Applies the environment overrides to `cfg`.
+fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
+    let bad = |var, value: String, expected| SettingsError::Env {
+        var,
+        value,
+        expected,
+    };
+    if let Some(d) = env("EDGE_STORAGE_DIR").filter(|d| !d.is_empty()) {
+        cfg.data_dir = PathBuf::from(d);
+    }
+    if let Some(v) = env("SYNC_RETRY_BASE_MS").filter(|v| !v.is_empty()) {
+        cfg.sync.retry_base_ms = v
+            .parse()
+            .map_err(|_| bad("SYNC_RETRY_BASE_MS", v, "a number of ms"))?;
+    }
+    if let Some(v) = env("METRICS_PORT").filter(|v| !v.is_empty()) {
+        let port: u16 = v.parse().map_err(|_| bad("METRICS_PORT", v, "a port"))?;
+        cfg.metrics = Some(SocketAddr::new(cfg.api.ip(), port));
+    }
+    if let Some(v) = env("EDGESYNC_LOG_FORMAT").filter(|v| !v.is_empty()) {
+        cfg.log_format = match v.as_str() {
+            "auto" => LogFormat::Auto,
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            _ => return Err(bad("EDGESYNC_LOG_FORMAT", v, "auto, human or json")),
+        };
+    }
+    Ok(())
+}
+
+fn check_sync(s: &SyncSection) -> Result<(), SettingsError> {
+    let sync = |key, rule| Err(SettingsError::Sync { key, rule });
+    if s.retry_base_ms == 0 || s.retry_base_ms > s.retry_cap_ms {
+        return sync(
+            "retry_base_ms",
+            "must be at least 1 and at most sync.retry_cap_ms",
+        );
+    }
+    if s.retry_cap_ms > 600_000 {
+        return sync("retry_cap_ms", "must be at most 600000 (10 minutes)");
+    }
+    if s.breaker_failures == 0 {
+        return sync("breaker_failures", "must be at least 1");
+    }
+    if s.keep_alive_ms == 0 || s.keep_alive_ms >= s.idle_timeout_ms {
+        return sync(
+            "keep_alive_ms",
+            "must be at least 1 and below sync.idle_timeout_ms",
+        );
+    }
+    if s.idle_timeout_ms > 600_000 {
+        return sync("idle_timeout_ms", "must be at most 600000");
+    }
+    Ok(())
+}
+
+fn check_peers(entries: &[PeerEntry], me: &NodeName) -> Result<Vec<PeerConfig>, SettingsError> {
+    let mut peers: Vec<PeerConfig> = Vec::new();
+    for p in entries {
+        let pname = NodeName::new(p.name.clone()).map_err(SettingsError::PeerName)?;
+        if &pname == me {
+            return Err(SettingsError::PeerIsSelf(pname));
+        }
+        if peers.iter().any(|q| q.name == pname) {
+            return Err(SettingsError::PeerTwice(pname));
+        }
+        if !p.addr.contains(':') {
+            let addr = p.addr.clone();
+            return Err(SettingsError::PeerAddress { peer: pname, addr });
+        }
+        peers.push(PeerConfig {
+            name: pname,
+            addr: p.addr.clone(),
+        });
+    }
+    Ok(peers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +423,7 @@ addr = "127.0.0.1:7400"
     fn parse(text: &str, env: Env<'_>) -> Result<Settings, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         Settings::from_config(cfg, Path::new("/etc/edgesync"), env)
+            .map_err(|e| crate::error_chain(&e))
     }
 
     #[test]
@@ -332,7 +432,7 @@ addr = "127.0.0.1:7400"
         assert_eq!(s.api, default_api());
         assert_eq!(s.data_dir, PathBuf::from("/etc/edgesync/data/gw-1"));
         assert_eq!(s.durability, Durability::Fsync);
-        assert_eq!(s.retry.cap, Duration::from_secs(10));
+        assert_eq!(s.retry.cap_ms, 10_000);
         assert_eq!(s.peers[0].name.as_str(), "cloud");
         let env = |k: &str| match k {
             "EDGE_STORAGE_DIR" => Some("/var/lib/x".to_string()),
@@ -343,7 +443,7 @@ addr = "127.0.0.1:7400"
         let s = parse(GOOD, &env).unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/x"));
         assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().unwrap()));
-        assert_eq!(s.retry.base, Duration::from_millis(250));
+        assert_eq!(s.retry.base_ms, 250);
     }
 
     #[test]

@@ -3,109 +3,30 @@
 //! sides of the cut, the heal, and a check that every node ends with the same readings, each
 //! once.
 //!
-//! [`UdpRelay`] is also what the end-to-end tests use to cut links between real processes.
+//! The cut is a [`crate::relay::UdpRelay`], as in the end-to-end tests.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use edgesync_proto::{DocId, NodeName, Reading};
+use edgesync_proto::{DocId, Reading};
 use serde_json::{json, Value};
-use tokio::net::UdpSocket;
 
 use super::config::Settings;
+use super::local::LocalFleet;
 use super::Daemon;
-use crate::mesh::{PeerConfig, RetryPolicy};
-use crate::net::pki::{self, NodeSpec, Role};
-use crate::net::{NetOptions, TlsFiles};
+use crate::mesh::RetryPolicy;
+use crate::net::pki::Role;
+use crate::net::NetOptions;
 use crate::node::NodeHandle;
+use crate::relay::UdpRelay;
 
-/// A UDP relay on loopback between one client and one upstream address; [`UdpRelay::cut`]
-/// drops every datagram both ways until [`UdpRelay::heal`]. To the nodes this is a real network
-/// partition: their processes and sockets are untouched.
-pub struct UdpRelay {
-    /// Where the client should send.
-    pub addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl UdpRelay {
-    /// Starts relaying to `upstream`.
-    pub async fn start(upstream: SocketAddr) -> std::io::Result<UdpRelay> {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-        back.connect(upstream).await?;
-        let addr = front.local_addr()?;
-        let cut = Arc::new(AtomicBool::new(false));
-        let c = cut.clone();
-        let task = tokio::spawn(async move {
-            let mut client: Option<SocketAddr> = None;
-            let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
-            loop {
-                tokio::select! {
-                    r = front.recv_from(&mut a) => if let Ok((n, from)) = r {
-                        client = Some(from);
-                        if !c.load(Ordering::SeqCst) {
-                            let _ = back.send(&a[..n]).await;
-                        }
-                    },
-                    r = back.recv(&mut b) => if let Ok(n) = r {
-                        if let (Some(to), false) = (client, c.load(Ordering::SeqCst)) {
-                            let _ = front.send_to(&b[..n], to).await;
-                        }
-                    },
-                }
-            }
-        });
-        Ok(UdpRelay { addr, cut, task })
-    }
-
-    /// Drops everything from now on.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-    }
-
-    /// Forwards again.
-    pub fn heal(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for UdpRelay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn settings(
-    dir: &Path,
-    name: &str,
-    listen: bool,
-    peers: Vec<(&str, SocketAddr)>,
-) -> anyhow::Result<Settings> {
-    let tls = TlsFiles {
-        ca: dir.join("pki/ca.crt"),
-        cert: dir.join(format!("pki/{name}.crt")),
-        key: dir.join(format!("pki/{name}.key")),
-    };
-    let mut s = Settings::new(NodeName::new(name)?, dir.join("data").join(name), tls);
-    s.listen = listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    s.api = SocketAddr::from(([127, 0, 0, 1], 0));
-    for (n, a) in peers {
-        s.peers.push(PeerConfig {
-            name: NodeName::new(n)?,
-            addr: a.to_string(),
-        });
-    }
-    // Quick to notice the cut and to redial after the heal, so the demo is short.
+/// Quick to notice the cut and to redial after the heal, so the demo is short.
+fn quick(mut s: Settings) -> Settings {
     s.retry = RetryPolicy {
-        base: Duration::from_millis(200),
-        cap: Duration::from_secs(2),
+        base_ms: 200,
+        cap_ms: 2_000,
         breaker_failures: 5,
     };
     s.net = NetOptions {
@@ -113,7 +34,7 @@ fn settings(
         idle_timeout: Duration::from_secs(5),
         ..NetOptions::default()
     };
-    Ok(s)
+    s
 }
 
 /// Every document's view on one node.
@@ -166,27 +87,25 @@ async fn wait_converged(
 pub async fn run() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir().context("temporary directory")?;
     let dir = tmp.path();
-    let pki_dir = dir.join("pki");
-    pki::init(&pki_dir, 1)?;
-    for (n, role) in [
+    let nodes = [
         ("cloud", Role::Cloud),
         ("gw-1", Role::Gateway),
         ("gw-2", Role::Gateway),
-    ] {
-        pki::issue(
-            &pki_dir,
-            &NodeSpec::new(NodeName::new(n)?, role, Some("demo".into()), 1)?,
-        )?;
-    }
+    ];
+    let fleet = LocalFleet::create(&dir.join("pki"), &nodes, Some("demo"))?;
     println!(
         "fleet CA and certificates for cloud, gw-1, gw-2 in {}",
-        pki_dir.display()
+        fleet.pki_dir().display()
     );
-    let cloud = Daemon::start(settings(dir, "cloud", true, vec![])?).await?;
+    let settings = |name: &str, listen: bool, peers: &[(&str, SocketAddr)]| {
+        let data = dir.join("data").join(name);
+        fleet.settings(name, data, listen, peers).map(quick)
+    };
+    let cloud = Daemon::start(settings("cloud", true, &[])?).await?;
     let cloud_addr = cloud.quic_addr.context("cloud listens")?;
     let uplink = UdpRelay::start(cloud_addr).await?;
-    let gw1 = Daemon::start(settings(dir, "gw-1", false, vec![("cloud", uplink.addr)])?).await?;
-    let gw2 = Daemon::start(settings(dir, "gw-2", false, vec![("cloud", cloud_addr)])?).await?;
+    let gw1 = Daemon::start(settings("gw-1", false, &[("cloud", uplink.addr)])?).await?;
+    let gw2 = Daemon::start(settings("gw-2", false, &[("cloud", cloud_addr)])?).await?;
     println!(
         "cloud: QUIC {cloud_addr}, API http://{}; gw-1: API http://{} (uplink through a relay); gw-2: API http://{}",
         cloud.api_addr, gw1.api_addr, gw2.api_addr

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod demo;
+pub mod local;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -68,12 +69,18 @@ impl Daemon {
     /// Opens the store, loads credentials, binds QUIC and the API, and starts everything.
     pub async fn start(s: Settings) -> anyhow::Result<Daemon> {
         let creds = Credentials::load(&s.tls, &s.name).context("loading TLS credentials")?;
+        let core = CoreConfig::new(s.name.clone());
         let bind = s
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let endpoint = Arc::new(
-            Endpoint::bind(bind, s.listen.is_some(), creds.clone(), s.net.clone())
-                .context("binding QUIC")?,
+            Endpoint::bind(
+                bind,
+                s.listen.is_some(),
+                creds.clone(),
+                s.net.clone().with_core(&core),
+            )
+            .context("binding QUIC")?,
         );
         let quic_addr = s.listen.map(|_| endpoint.local_addr()).transpose()?;
         let api_listener = tokio::net::TcpListener::bind(s.api)
@@ -88,7 +95,7 @@ impl Daemon {
             ),
             None => None,
         };
-        let mut opts = NodeOptions::new(CoreConfig::new(s.name.clone()), &s.data_dir);
+        let mut opts = NodeOptions::new(core, &s.data_dir);
         opts.durability = s.durability;
         let node = tokio::task::spawn_blocking(move || DurableNode::start(opts))
             .await?
@@ -102,7 +109,6 @@ impl Daemon {
         let state = api::AppState {
             node: node.handle(),
             mesh: mesh.clone(),
-            retry: s.retry.clone(),
             metrics: metrics_handle(),
         };
         let (stop, stop_rx) = watch::channel(false);

@@ -7,8 +7,9 @@
 //!   completes the handshake becomes a [`Link`] with a verified [`PeerIdentity`].
 //!
 //! A connection's dialler opens the stream and speaks first (the protocol's Hello). Frames are
-//! read with the length checked against the limit before anything is allocated, and each
-//! payload is decoded as a protocol message before it is handed on; QUIC flow control provides
+//! read with the length checked against the limit before anything is allocated, and handed on
+//! undecoded: the core decodes each frame once, and ends the session on a malformed one
+//! (the mesh then closes the connection with [`close::MALFORMED`]). QUIC flow control provides
 //! backpressure in both directions, so no buffer here grows without bound.
 
 pub mod pki;
@@ -19,13 +20,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgesync_proto::wire::{Message, FRAME_HEADER_BYTES};
-use edgesync_proto::NodeName;
+use edgesync_proto::wire::{truncate_utf8, FRAME_HEADER_BYTES};
+use edgesync_proto::{Config as CoreConfig, NodeName};
 
 pub use pki::{PeerIdentity, Role};
+use tls::Rejected;
 pub use tls::{Credentials, TlsError, TlsFiles, ALPN};
 
-/// Transport settings.
+/// Transport settings. The frame limit and handshake timeout are the core's
+/// ([`NetOptions::for_core`]): one value each, whoever enforces it.
 #[derive(Clone, Debug)]
 pub struct NetOptions {
     /// QUIC keep-alive interval: keeps NAT bindings and idle links alive. Default 5 s.
@@ -33,25 +36,52 @@ pub struct NetOptions {
     /// A connection with nothing received for this long is dead. Default 30 s: long enough to
     /// ride out a flaky uplink's short drops, short enough to notice a cut and redial.
     pub idle_timeout: Duration,
-    /// Longest wait for the TLS handshake and the peer's stream. Default 10 s.
+    /// Longest wait for the TLS handshake and the peer's stream: the core's
+    /// `handshake_timeout_ms`.
     pub handshake_timeout: Duration,
-    /// Largest frame payload accepted, bytes. Default 4 MiB (the protocol's default).
+    /// Largest frame payload accepted, bytes: the core's `frame_bytes_max`.
     pub frame_bytes_max: u32,
 }
 
-impl Default for NetOptions {
-    fn default() -> NetOptions {
+impl NetOptions {
+    /// Default keep-alive and idle timeout, with the frame limit and handshake timeout of the
+    /// core configuration `core`.
+    pub fn for_core(core: &CoreConfig) -> NetOptions {
         NetOptions {
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            frame_bytes_max: 4 << 20,
+            handshake_timeout: Duration::from_millis(core.handshake_timeout_ms),
+            frame_bytes_max: core.frame_bytes_max,
+        }
+    }
+
+    /// These options with the frame limit and handshake timeout of `core`.
+    pub fn with_core(self, core: &CoreConfig) -> NetOptions {
+        NetOptions {
+            handshake_timeout: Duration::from_millis(core.handshake_timeout_ms),
+            frame_bytes_max: core.frame_bytes_max,
+            ..self
         }
     }
 }
 
+impl Default for NetOptions {
+    /// [`NetOptions::for_core`] of the core's default configuration.
+    fn default() -> NetOptions {
+        NetOptions::for_core(&CoreConfig::new(
+            NodeName::new("default").expect("a valid name"),
+        ))
+    }
+}
+
+/// Longest reason sent with a QUIC connection close: it must fit one packet with the frame's
+/// other fields.
+pub const QUIC_CLOSE_REASON_BYTES_MAX: usize = 200;
+
 /// QUIC application close codes used by edgesync.
 pub mod close {
+    use edgesync_proto::CloseCode;
+
     /// Orderly shutdown.
     pub const SHUTDOWN: u32 = 0;
     /// A frame above the limit.
@@ -64,37 +94,129 @@ pub mod close {
     pub const TIMEOUT: u32 = 4;
     /// The protocol session ended.
     pub const SESSION_CLOSED: u32 = 5;
+
+    /// The connection close code for a session the core ended with `code` (`None`: the
+    /// transport went first): malformed input and identity problems keep their own codes, so
+    /// the peer's log names them; everything else is an ended session.
+    pub fn for_session(code: Option<CloseCode>) -> u32 {
+        match code {
+            Some(CloseCode::Malformed) => MALFORMED,
+            Some(CloseCode::FrameTooLarge) => FRAME_TOO_LARGE,
+            Some(CloseCode::IdentityMismatch) => BAD_IDENTITY,
+            Some(CloseCode::Shutdown) => SHUTDOWN,
+            Some(
+                CloseCode::VersionMismatch
+                | CloseCode::Unexpected
+                | CloseCode::InvalidChange
+                | CloseCode::Equivocation
+                | CloseCode::Timeout
+                | CloseCode::StoreFailed
+                | CloseCode::LimitsIncompatible
+                | CloseCode::Overloaded,
+            )
+            | None => SESSION_CLOSED,
+        }
+    }
+}
+
+/// A TLS alert that ended a handshake, sent or received, with the transport's description.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("TLS alert {alert}: {reason}")]
+pub struct TlsAlert {
+    /// The alert number (RFC 8446 section 6).
+    pub alert: u8,
+    /// The transport's text for it.
+    pub reason: String,
+}
+
+/// Why a verified certificate is not a usable peer identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnusableIdentity {
+    /// The handshake completed without a peer certificate.
+    #[error("no peer certificate after the handshake")]
+    NoCertificate,
+    /// The certificate is not a node certificate.
+    #[error("not a node certificate")]
+    NotANode(#[source] pki::IdentityError),
+    /// The peer presented this node's own name.
+    #[error("peer presented this node's own name {0}")]
+    OwnName(NodeName),
+    /// The peer refused this node's identity.
+    #[error("peer refused this node's identity: {reason}")]
+    RefusedByPeer {
+        /// The peer's reason.
+        reason: String,
+    },
+}
+
+/// What timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The TLS handshake.
+    Handshake,
+    /// The peer did not open its stream after the handshake.
+    PeerStream,
+    /// Nothing was received for the idle timeout.
+    Idle,
+    /// The peer closed the connection because this node was too slow.
+    ByPeer,
+}
+
+impl std::fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutKind::Handshake => "handshake",
+            TimeoutKind::PeerStream => "peer's stream",
+            TimeoutKind::Idle => "idle timeout",
+            TimeoutKind::ByPeer => "peer's handshake",
+        })
+    }
 }
 
 /// Why a connection failed or ended. [`LinkError::kind`] is a stable short name for logs and
 /// metrics.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
     /// The client presented no certificate.
-    #[error("peer presented no client certificate: {0}")]
-    NoClientCertificate(String),
-    /// The certificate does not chain to the fleet CA (self-signed, another CA).
-    #[error("certificate not issued by the fleet CA: {0}")]
-    UnknownIssuer(String),
+    #[error("peer presented no client certificate")]
+    NoClientCertificate(#[source] TlsAlert),
+    /// The certificate does not chain to the fleet CA (self-signed, another CA, a signature
+    /// that does not verify).
+    #[error("certificate not issued by the fleet CA")]
+    UnknownIssuer(#[source] TlsAlert),
     /// The certificate is expired or not yet valid.
-    #[error("certificate expired or not yet valid: {0}")]
-    Expired(String),
-    /// The server's certificate is not for the peer name we dialled.
-    #[error("server certificate does not match the expected peer name: {0}")]
-    NameMismatch(String),
+    #[error("certificate expired or not yet valid")]
+    Expired(#[source] TlsAlert),
+    /// The server's certificate is not valid for the peer name we dialled.
+    #[error("server certificate is not valid for {expected}")]
+    NameMismatch {
+        /// The name dialled.
+        expected: NodeName,
+        /// The alert that ended the handshake.
+        #[source]
+        alert: TlsAlert,
+    },
+    /// The server's certificate is a valid node certificate, but for another node.
+    #[error("dialled {expected}, certificate names {found}")]
+    WrongPeer {
+        /// The name dialled.
+        expected: NodeName,
+        /// The name in the certificate.
+        found: NodeName,
+    },
     /// Another certificate problem.
-    #[error("certificate refused: {0}")]
-    BadCertificate(String),
+    #[error("certificate refused")]
+    BadCertificate(#[source] TlsAlert),
     /// No common application protocol.
-    #[error("no common application protocol (edgesync/1): {0}")]
-    Alpn(String),
+    #[error("no common application protocol (edgesync/1)")]
+    Alpn(#[source] TlsAlert),
     /// Another TLS failure.
-    #[error("TLS handshake failed: {0}")]
-    Tls(String),
-    /// A verified certificate that is not a usable node identity, or this node's own name.
-    #[error("unusable peer identity: {0}")]
-    BadIdentity(String),
-    /// A frame above the limit.
+    #[error("TLS handshake failed")]
+    Tls(#[source] TlsAlert),
+    /// A verified certificate that is not a usable node identity.
+    #[error("unusable peer identity")]
+    BadIdentity(#[source] UnusableIdentity),
+    /// A frame above the limit (`len` 0: the peer reported it).
     #[error("frame of {len} bytes exceeds the limit of {max}")]
     FrameTooLarge {
         /// Announced length.
@@ -102,18 +224,61 @@ pub enum LinkError {
         /// Limit.
         max: u32,
     },
-    /// Bytes that are not a protocol message.
-    #[error("malformed frame: {0}")]
-    Malformed(String),
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The peer closed the connection because this node sent something malformed.
+    #[error("peer refused a malformed message: {reason}")]
+    MalformedByPeer {
+        /// The peer's reason.
+        reason: String,
+    },
     /// Something took too long.
     #[error("timed out: {0}")]
-    Timeout(&'static str),
+    Timeout(TimeoutKind),
     /// The connection was closed or lost.
-    #[error("connection closed: {0}")]
-    Closed(String),
-    /// Dialling could not start (bad address or name).
-    #[error("cannot dial: {0}")]
-    Dial(String),
+    #[error("connection closed")]
+    Closed(#[source] ClosedError),
+    /// The peer's address did not resolve.
+    #[error("cannot resolve {addr}")]
+    Resolve {
+        /// `host:port` as configured.
+        addr: String,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The peer's address resolved to nothing.
+    #[error("{addr} resolves to no address")]
+    NoAddress {
+        /// `host:port` as configured.
+        addr: String,
+    },
+    /// Dialling could not start.
+    #[error("cannot dial")]
+    Connect(#[source] quinn::ConnectError),
+    /// The client configuration could not be built.
+    #[error("cannot configure TLS for dialling")]
+    Config(#[source] Arc<TlsError>),
+}
+
+/// How a connection ended, when it simply ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClosedError {
+    /// The peer closed it with an application code.
+    #[error("closed by peer (code {code}): {reason}")]
+    ByPeer {
+        /// Its code (see [`close`]).
+        code: u64,
+        /// Its reason.
+        reason: String,
+    },
+    /// The connection was lost or closed by the transport.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// The stream was stopped or reset.
+    #[error("stream ended: {0}")]
+    Stream(String),
 }
 
 impl LinkError {
@@ -125,16 +290,19 @@ impl LinkError {
             LinkError::NoClientCertificate(_) => "no-client-cert",
             LinkError::UnknownIssuer(_) => "unknown-issuer",
             LinkError::Expired(_) => "expired",
-            LinkError::NameMismatch(_) => "name-mismatch",
+            LinkError::NameMismatch { .. } | LinkError::WrongPeer { .. } => "name-mismatch",
             LinkError::BadCertificate(_) => "bad-cert",
             LinkError::Alpn(_) => "alpn",
             LinkError::Tls(_) => "tls",
             LinkError::BadIdentity(_) => "bad-identity",
             LinkError::FrameTooLarge { .. } => "frame-too-large",
-            LinkError::Malformed(_) => "malformed",
+            LinkError::Truncated | LinkError::MalformedByPeer { .. } => "malformed",
             LinkError::Timeout(_) => "timeout",
             LinkError::Closed(_) => "closed",
-            LinkError::Dial(_) => "dial",
+            LinkError::Resolve { .. }
+            | LinkError::NoAddress { .. }
+            | LinkError::Connect(_)
+            | LinkError::Config(_) => "dial",
         }
     }
 
@@ -142,60 +310,69 @@ impl LinkError {
     pub fn close_code(&self) -> u32 {
         match self {
             LinkError::FrameTooLarge { .. } => close::FRAME_TOO_LARGE,
-            LinkError::Malformed(_) => close::MALFORMED,
-            LinkError::BadIdentity(_) => close::BAD_IDENTITY,
+            LinkError::Truncated | LinkError::MalformedByPeer { .. } => close::MALFORMED,
+            LinkError::BadIdentity(_) | LinkError::WrongPeer { .. } => close::BAD_IDENTITY,
             LinkError::Timeout(_) => close::TIMEOUT,
             _ => close::SESSION_CLOSED,
         }
     }
 
-    /// Maps a quinn connection error, by the TLS alert it carries where there is one (the same
-    /// alert classifies the error on the side that sent it and the side that received it).
-    pub fn from_connection(e: &quinn::ConnectionError) -> LinkError {
+    /// Maps a quinn connection error: an application close by its code, a TLS failure by the
+    /// alert number it carries (the same alert classifies the error on the side that sent it
+    /// and on the side that received it). `rejected` is what this node's own certificate
+    /// verifier refused during the handshake, if anything: it tells a name mismatch from other
+    /// bad certificates, which share one alert.
+    fn from_connection(
+        e: quinn::ConnectionError,
+        rejected: Option<(Rejected, &NodeName)>,
+    ) -> LinkError {
         use quinn::ConnectionError as C;
-        let (code, reason) = match e {
+        let (code, reason) = match &e {
             C::TransportError(t) => (u64::from(t.code), t.reason.clone()),
             C::ConnectionClosed(c) => (
                 u64::from(c.error_code),
                 String::from_utf8_lossy(&c.reason).into_owned(),
             ),
-            C::ApplicationClosed(a) => {
-                let reason = String::from_utf8_lossy(&a.reason).into_owned();
-                return match u32::try_from(a.error_code.into_inner()) {
-                    Ok(close::FRAME_TOO_LARGE) => LinkError::FrameTooLarge { len: 0, max: 0 },
-                    Ok(close::MALFORMED) => LinkError::Malformed(reason),
-                    Ok(close::BAD_IDENTITY) => LinkError::BadIdentity(reason),
-                    Ok(close::TIMEOUT) => LinkError::Timeout("peer's handshake"),
-                    _ => LinkError::Closed(format!("closed by peer: {reason}")),
-                };
-            }
-            C::TimedOut => return LinkError::Timeout("idle timeout"),
-            other => return LinkError::Closed(other.to_string()),
+            C::ApplicationClosed(a) => return LinkError::from_application_close(a),
+            C::TimedOut => return LinkError::Timeout(TimeoutKind::Idle),
+            _ => return LinkError::Closed(ClosedError::Connection(e)),
         };
-        if !(0x100..0x200).contains(&code) {
-            return LinkError::Closed(format!("transport error {code:#x}: {reason}"));
+        let Some(alert) = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok()) else {
+            return LinkError::Closed(ClosedError::Connection(e));
+        };
+        let alert = TlsAlert { alert, reason };
+        match (alert.alert, rejected) {
+            (_, Some((Rejected::Name, expected))) => LinkError::NameMismatch {
+                expected: expected.clone(),
+                alert,
+            },
+            (_, Some((Rejected::Expired, _))) | (45, _) => LinkError::Expired(alert),
+            (_, Some((Rejected::Issuer, _))) | (48 | 51, _) => LinkError::UnknownIssuer(alert),
+            (116, _) => LinkError::NoClientCertificate(alert),
+            (42..=46, _) => LinkError::BadCertificate(alert),
+            (120, _) => LinkError::Alpn(alert),
+            _ => LinkError::Tls(alert),
         }
-        let detail = format!("{reason} (TLS alert {})", code - 0x100);
-        match code - 0x100 {
-            116 => LinkError::NoClientCertificate(detail),
-            48 => LinkError::UnknownIssuer(detail),
-            // A signature that does not verify under the named issuer: a CA with the fleet
-            // CA's name but another key.
-            51 if reason.contains("certificate") => LinkError::UnknownIssuer(detail),
-            45 => LinkError::Expired(detail),
-            42 if reason.contains("Name") || reason.contains("name") => {
-                LinkError::NameMismatch(detail)
+    }
+
+    fn from_application_close(a: &quinn::ApplicationClose) -> LinkError {
+        let reason = String::from_utf8_lossy(&a.reason).into_owned();
+        let code = a.error_code.into_inner();
+        match u32::try_from(code) {
+            Ok(close::FRAME_TOO_LARGE) => LinkError::FrameTooLarge { len: 0, max: 0 },
+            Ok(close::MALFORMED) => LinkError::MalformedByPeer { reason },
+            Ok(close::BAD_IDENTITY) => {
+                LinkError::BadIdentity(UnusableIdentity::RefusedByPeer { reason })
             }
-            42 | 43 | 44 | 46 => LinkError::BadCertificate(detail),
-            120 => LinkError::Alpn(detail),
-            _ => LinkError::Tls(detail),
+            Ok(close::TIMEOUT) => LinkError::Timeout(TimeoutKind::ByPeer),
+            _ => LinkError::Closed(ClosedError::ByPeer { code, reason }),
         }
     }
 }
 
 impl From<quinn::ConnectionError> for LinkError {
     fn from(e: quinn::ConnectionError) -> LinkError {
-        LinkError::from_connection(&e)
+        LinkError::from_connection(e, None)
     }
 }
 
@@ -214,9 +391,9 @@ pub enum EndpointError {
         #[source]
         source: std::io::Error,
     },
-    /// A bad option.
-    #[error("{0}")]
-    Options(String),
+    /// The idle timeout is out of QUIC's range.
+    #[error("idle timeout {0:?} is out of range")]
+    IdleTimeout(Duration),
 }
 
 /// A QUIC endpoint of this node.
@@ -245,8 +422,10 @@ pub struct Link {
 }
 
 impl Link {
-    /// Closes the connection with an application code and reason.
+    /// Closes the connection with an application code and reason (cut to
+    /// [`QUIC_CLOSE_REASON_BYTES_MAX`] on a character boundary).
     pub fn close(&self, code: u32, reason: &str) {
+        let reason = truncate_utf8(reason, QUIC_CLOSE_REASON_BYTES_MAX);
         self.conn.close(code.into(), reason.as_bytes());
     }
 
@@ -254,9 +433,11 @@ impl Link {
     /// matching code. Nothing else is affected.
     pub fn fail(&self, e: &LinkError) {
         tracing::warn!(peer = %self.peer.name, remote = %self.remote, reason = e.kind(), error = %e, "link failed");
-        let mut reason = e.to_string();
-        reason.truncate(200);
-        self.close(e.close_code(), &reason);
+        let reason = e.to_string();
+        self.close(
+            e.close_code(),
+            truncate_utf8(&reason, QUIC_CLOSE_REASON_BYTES_MAX),
+        );
     }
 }
 
@@ -270,7 +451,7 @@ impl FrameSink {
     pub async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
         self.send.write_all(frame).await.map_err(|e| match e {
             quinn::WriteError::ConnectionLost(c) => LinkError::from(c),
-            other => LinkError::Closed(other.to_string()),
+            other => LinkError::Closed(ClosedError::Stream(other.to_string())),
         })
     }
 
@@ -293,18 +474,14 @@ pub struct FrameSource {
 
 impl FrameSource {
     /// The next frame (header and payload), `None` when the peer finished the stream cleanly
-    /// between frames. The length is checked before the payload is allocated, and the payload
-    /// must decode as a protocol message.
+    /// between frames. The length is checked before the payload is allocated; the payload is
+    /// not decoded here (the core does, once).
     pub async fn next_frame(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         match self.recv.read_exact(&mut header).await {
             Ok(()) => {}
             Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(quinn::ReadExactError::FinishedEarly(_)) => {
-                return Err(LinkError::Malformed(
-                    "stream ended inside a frame header".into(),
-                ))
-            }
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(LinkError::Truncated),
             Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
         }
         let len = u32::from_be_bytes(header);
@@ -315,13 +492,9 @@ impl FrameSource {
         frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
         match self.recv.read_exact(&mut frame[FRAME_HEADER_BYTES..]).await {
             Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(_)) => {
-                return Err(LinkError::Malformed("stream ended inside a frame".into()))
-            }
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(LinkError::Truncated),
             Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
         }
-        Message::from_payload(&frame[FRAME_HEADER_BYTES..])
-            .map_err(|e| LinkError::Malformed(e.to_string()))?;
         Ok(Some(frame))
     }
 }
@@ -329,7 +502,7 @@ impl FrameSource {
 fn read_error(e: quinn::ReadError) -> LinkError {
     match e {
         quinn::ReadError::ConnectionLost(c) => LinkError::from(c),
-        other => LinkError::Closed(other.to_string()),
+        other => LinkError::Closed(ClosedError::Stream(other.to_string())),
     }
 }
 
@@ -346,7 +519,7 @@ impl Endpoint {
         t.keep_alive_interval(Some(opts.keep_alive));
         t.max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(opts.idle_timeout)
-                .map_err(|e| EndpointError::Options(format!("idle timeout: {e}")))?,
+                .map_err(|_| EndpointError::IdleTimeout(opts.idle_timeout))?,
         ));
         t.max_concurrent_bidi_streams(1u32.into());
         t.max_concurrent_uni_streams(0u32.into());
@@ -384,11 +557,11 @@ impl Endpoint {
 
     /// Dials `peer` at `addr`, verifying that its certificate names `peer`.
     pub async fn dial(&self, addr: SocketAddr, peer: &NodeName) -> Result<Link, LinkError> {
-        let cfg = self
+        let (cfg, rejected) = self
             .creds
-            .client_config(self.transport.clone())
-            .map_err(|e| LinkError::Dial(e.to_string()))?;
-        self.dial_with(cfg, addr, peer).await
+            .dialling_config(self.transport.clone())
+            .map_err(|e| LinkError::Config(Arc::new(e)))?;
+        self.dial_inner(cfg, addr, peer, Some(&rejected)).await
     }
 
     /// As [`Endpoint::dial`] with a given client configuration.
@@ -399,20 +572,35 @@ impl Endpoint {
         addr: SocketAddr,
         peer: &NodeName,
     ) -> Result<Link, LinkError> {
+        self.dial_inner(cfg, addr, peer, None).await
+    }
+
+    async fn dial_inner(
+        &self,
+        cfg: quinn::ClientConfig,
+        addr: SocketAddr,
+        peer: &NodeName,
+        rejected: Option<&tls::RejectedSlot>,
+    ) -> Result<Link, LinkError> {
         let connecting = self
             .ep
             .connect_with(cfg, addr, peer.as_str())
-            .map_err(|e| LinkError::Dial(e.to_string()))?;
-        let conn = tokio::time::timeout(self.opts.handshake_timeout, connecting)
-            .await
-            .map_err(|_| LinkError::Timeout("handshake"))??;
+            .map_err(LinkError::Connect)?;
+        let conn = match tokio::time::timeout(self.opts.handshake_timeout, connecting).await {
+            Err(_) => return Err(LinkError::Timeout(TimeoutKind::Handshake)),
+            Ok(Err(e)) => {
+                let why = rejected.and_then(tls::RejectedSlot::take);
+                return Err(LinkError::from_connection(e, why.map(|r| (r, peer))));
+            }
+            Ok(Ok(c)) => c,
+        };
         let id = self.identify(&conn)?;
         if &id.name != peer {
             conn.close(close::BAD_IDENTITY.into(), b"unexpected name");
-            return Err(LinkError::NameMismatch(format!(
-                "dialled {peer}, certificate names {}",
-                id.name
-            )));
+            return Err(LinkError::WrongPeer {
+                expected: peer.clone(),
+                found: id.name,
+            });
         }
         let (send, recv) = conn.open_bi().await?;
         Ok(self.link(conn, id, true, send, recv))
@@ -444,23 +632,20 @@ impl Endpoint {
         let wait = self.opts.handshake_timeout;
         let conn = tokio::time::timeout(wait, async { incoming.accept()?.await })
             .await
-            .map_err(|_| LinkError::Timeout("handshake"))??;
+            .map_err(|_| LinkError::Timeout(TimeoutKind::Handshake))??;
         let id = self.identify(&conn)?;
         if &id.name == self.creds.name() {
             conn.close(
                 close::BAD_IDENTITY.into(),
                 b"peer uses this node's own name",
             );
-            return Err(LinkError::BadIdentity(format!(
-                "peer presented this node's own name {}",
-                id.name
-            )));
+            return Err(LinkError::BadIdentity(UnusableIdentity::OwnName(id.name)));
         }
         let (send, recv) = match tokio::time::timeout(wait, conn.accept_bi()).await {
             Ok(r) => r?,
             Err(_) => {
                 conn.close(close::TIMEOUT.into(), b"no stream opened");
-                return Err(LinkError::Timeout("peer's stream"));
+                return Err(LinkError::Timeout(TimeoutKind::PeerStream));
             }
         };
         Ok(self.link(conn, id, false, send, recv))
@@ -473,13 +658,13 @@ impl Endpoint {
                 i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                     .ok()
             })
-            .ok_or_else(|| LinkError::BadIdentity("no peer certificate after handshake".into()))?;
+            .ok_or(LinkError::BadIdentity(UnusableIdentity::NoCertificate))?;
         let leaf = certs
             .first()
-            .ok_or_else(|| LinkError::BadIdentity("empty certificate chain".into()))?;
+            .ok_or(LinkError::BadIdentity(UnusableIdentity::NoCertificate))?;
         pki::identity(leaf).map_err(|e| {
             conn.close(close::BAD_IDENTITY.into(), b"not a node certificate");
-            LinkError::BadIdentity(e.to_string())
+            LinkError::BadIdentity(UnusableIdentity::NotANode(e))
         })
     }
 

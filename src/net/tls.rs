@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use edgesync_proto::NodeName;
-use rustls::client::danger::ServerCertVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -261,6 +261,33 @@ impl Credentials {
         self.client_config_with_alpn(transport, ALPN)
     }
 
+    /// A client configuration for one dial, and the slot where its server-certificate
+    /// verifier records what it refused (if anything): a name mismatch and other bad
+    /// certificates end the handshake with the same alert, and the slot tells them apart
+    /// without parsing error text.
+    pub(crate) fn dialling_config(
+        self: &Arc<Self>,
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<(quinn::ClientConfig, RejectedSlot), TlsError> {
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let slot = RejectedSlot::default();
+        let verifier = Arc::new(RecordingVerifier {
+            inner,
+            slot: slot.clone(),
+        });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        Ok((quic_client(cfg, transport)?, slot))
+    }
+
     /// As [`Credentials::client_config`] with another ALPN (tests of rejection use it).
     #[doc(hidden)]
     pub fn client_config_with_alpn(
@@ -274,11 +301,112 @@ impl Credentials {
             .with_root_certificates(self.roots.clone())
             .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = vec![alpn.to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(quic));
-        client.transport_config(transport);
-        Ok(client)
+        quic_client(cfg, transport)
+    }
+}
+
+fn quic_client(
+    cfg: rustls::ClientConfig,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport);
+    Ok(client)
+}
+
+/// What this node's verifier refused in a server's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    /// Valid, but not for the name dialled.
+    Name,
+    /// Outside its validity.
+    Expired,
+    /// Not chaining to the fleet CA, or a signature that does not verify.
+    Issuer,
+    /// Anything else.
+    Other,
+}
+
+impl Rejected {
+    fn of(e: &rustls::CertificateError) -> Rejected {
+        use rustls::CertificateError as E;
+        match e {
+            E::NotValidForName | E::NotValidForNameContext { .. } => Rejected::Name,
+            E::Expired
+            | E::ExpiredContext { .. }
+            | E::NotValidYet
+            | E::NotValidYetContext { .. } => Rejected::Expired,
+            E::UnknownIssuer | E::BadSignature => Rejected::Issuer,
+            _ => Rejected::Other,
+        }
+    }
+}
+
+/// Where one dial's verifier records what it refused.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RejectedSlot(Arc<Mutex<Option<Rejected>>>);
+
+impl RejectedSlot {
+    pub(crate) fn take(&self) -> Option<Rejected> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn put(&self, r: Rejected) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+}
+
+/// The fleet's server-certificate verifier, recording why it refused a certificate.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    slot: RejectedSlot,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let r = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if let Err(rustls::Error::InvalidCertificate(e)) = &r {
+            self.slot.put(Rejected::of(e));
+        }
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -19,16 +19,18 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use edgesync_proto::{
-    Boot, Config, DocId, Event, IngestOutcome, Node, NodeError, NodeName, Origin, Reading,
-    SessionId, SessionStats,
+    Boot, CloseCode, Config, DocId, Event, IngestOutcome, Node, NodeError, NodeName, Origin,
+    Reading, SessionId, SessionStats, StoreError,
 };
 use serde_json::Value as Json;
 use tokio::sync::{broadcast, oneshot};
 
+use crate::os;
 use crate::store::{Durability, Health, OpenError, RocksStore};
 
 /// How to run a node.
@@ -60,35 +62,71 @@ impl NodeOptions {
     }
 }
 
-/// A request failed.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum Error {
-    /// The input was refused (bad reading, patch, document kind): a client error.
-    #[error("{0}")]
-    Invalid(String),
-    /// The store failed; the node accepts no writes until restarted.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+/// Why a write (ingest or patch) failed. Nothing it wrote was acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The core refused the write (a bad reading or patch, a document of another kind, a
+    /// limit) or its store failed; match the [`NodeError`] to tell which.
+    #[error(transparent)]
+    Refused(Arc<NodeError>),
+    /// The write was committed but the fsync that should make it durable failed: the node
+    /// accepts no more writes until restarted.
+    #[error("store fsync failed; restart the node")]
+    NotDurable(#[source] Arc<StoreError>),
     /// The node is shutting down or its core thread is gone.
     #[error("node stopped")]
     Stopped,
 }
 
-impl From<NodeError> for Error {
-    fn from(e: NodeError) -> Error {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        match e {
-            NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
-                Error::Unavailable(msg)
-            }
-            _ => Error::Invalid(msg),
-        }
+impl From<NodeError> for WriteError {
+    fn from(e: NodeError) -> WriteError {
+        WriteError::Refused(Arc::new(e))
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The document could not be read (it failed to load, the store failed, or it is of
+    /// another kind than asked).
+    #[error(transparent)]
+    Core(#[from] NodeError),
+    /// The node is shutting down or its core thread is gone.
+    #[error("node stopped")]
+    Stopped,
+}
+
+/// Why a session could not start on a new link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// A store write failed: the node serves no peers until restarted.
+    #[error("store failed; the node serves no peers until restarted")]
+    Poisoned,
+    /// The node is shutting down or its core thread is gone.
+    #[error("node stopped")]
+    Stopped,
+}
+
+/// The node's core thread is gone (shut down, or stopped by a failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("node stopped")]
+pub struct Stopped;
+
+impl From<Stopped> for WriteError {
+    fn from(_: Stopped) -> WriteError {
+        WriteError::Stopped
+    }
+}
+
+impl From<Stopped> for ReadError {
+    fn from(_: Stopped) -> ReadError {
+        ReadError::Stopped
+    }
+}
+
+impl From<Stopped> for SessionError {
+    fn from(_: Stopped) -> SessionError {
+        SessionError::Stopped
     }
 }
 
@@ -102,14 +140,14 @@ pub enum StartError {
     #[error(transparent)]
     Core(#[from] edgesync_proto::OpenError),
     /// No randomness for the boot nonce.
-    #[error("no operating system randomness: {0}")]
-    Random(String),
+    #[error("no operating system randomness")]
+    Random(#[source] getrandom::Error),
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Thread(#[from] std::io::Error),
 }
 
-type Reply<T> = oneshot::Sender<Result<T, Error>>;
+type Reply<T, E> = oneshot::Sender<Result<T, E>>;
 
 /// What the core thread sends to a link.
 #[derive(Debug)]
@@ -117,7 +155,16 @@ pub enum Outbound {
     /// A frame to send (everything it describes is durable).
     Frame(Vec<u8>),
     /// The session ended: send what was queued, then close the connection.
-    Close(String),
+    Close(SessionEnd),
+}
+
+/// Why a session ended, for the link to close its connection with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// The protocol's close code; `None` when the transport went first.
+    pub code: Option<CloseCode>,
+    /// The reason, as the core recorded it.
+    pub reason: String,
 }
 
 /// A document changed (committed and durable).
@@ -204,32 +251,34 @@ fn session_status(
     }
 }
 
+type IngestReply = Reply<Vec<IngestOutcome>, WriteError>;
+
 /// Ingest requests of one document waiting to share a change: (readings, answer).
-type DocRequests = Vec<(Vec<Reading>, Reply<Vec<IngestOutcome>>)>;
+type DocRequests = Vec<(Vec<Reading>, IngestReply)>;
 
 enum Cmd {
     Ingest {
         doc: DocId,
         readings: Vec<Reading>,
-        reply: Reply<Vec<IngestOutcome>>,
+        reply: IngestReply,
     },
     Patch {
         doc: DocId,
         patch: Json,
-        reply: Reply<bool>,
+        reply: Reply<bool, WriteError>,
     },
     Json {
         doc: DocId,
         conflicts: bool,
-        reply: Reply<Option<Json>>,
+        reply: Reply<Option<Json>, ReadError>,
     },
     Docs {
-        reply: Reply<Vec<DocId>>,
+        reply: Reply<Vec<DocId>, ReadError>,
     },
     PeerUp {
         peer: NodeName,
         out: tokio::sync::mpsc::UnboundedSender<Outbound>,
-        reply: Reply<SessionId>,
+        reply: Reply<SessionId, SessionError>,
     },
     PeerInput {
         sid: SessionId,
@@ -240,13 +289,13 @@ enum Cmd {
     },
     CloseSessions {
         reason: String,
-        reply: Reply<usize>,
+        reply: Reply<usize, Stopped>,
     },
     Status {
         peers: Vec<NodeName>,
-        reply: Reply<NodeStatus>,
+        reply: Reply<NodeStatus, Stopped>,
     },
-    Durable(Result<u64, String>),
+    Durable(Result<u64, Arc<StoreError>>),
     Shutdown,
 }
 
@@ -267,17 +316,8 @@ pub struct NodeHandle {
     started: Instant,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn random16() -> Result<[u8; 16], StartError> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| StartError::Random(e.to_string()))?;
-    Ok(b)
+    os::random_bytes().map_err(StartError::Random)
 }
 
 impl DurableNode {
@@ -307,7 +347,7 @@ impl DurableNode {
                 while kick_rx.recv().is_ok() {
                     while kick_rx.try_recv().is_ok() {}
                     let t = Instant::now();
-                    let r = sync_handle.sync().map_err(|e| e.to_string());
+                    let r = sync_handle.sync().map_err(Arc::new);
                     metrics::histogram!("edgesync_store_sync_seconds")
                         .record(t.elapsed().as_secs_f64());
                     let failed = r.is_err();
@@ -372,24 +412,25 @@ impl Drop for DurableNode {
 }
 
 impl NodeHandle {
-    fn send<T>(
+    fn send<T, E>(
         &self,
-        make: impl FnOnce(Reply<T>) -> Cmd,
-    ) -> Result<oneshot::Receiver<Result<T, Error>>, Error> {
+        make: impl FnOnce(Reply<T, E>) -> Cmd,
+    ) -> Result<oneshot::Receiver<Result<T, E>>, Stopped> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| Error::Stopped)?;
+        self.tx.send(make(tx)).map_err(|_| Stopped)?;
         Ok(rx)
     }
 
     /// Blocking call; must not be used from inside an async runtime (use the `_async` forms).
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, Error> {
-        self.send(make)?
-            .blocking_recv()
-            .map_err(|_| Error::Stopped)?
+    fn call<T, E: From<Stopped>>(&self, make: impl FnOnce(Reply<T, E>) -> Cmd) -> Result<T, E> {
+        self.send(make)?.blocking_recv().map_err(|_| Stopped)?
     }
 
-    async fn call_async<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, Error> {
-        self.send(make)?.await.map_err(|_| Error::Stopped)?
+    async fn call_async<T, E: From<Stopped>>(
+        &self,
+        make: impl FnOnce(Reply<T, E>) -> Cmd,
+    ) -> Result<T, E> {
+        self.send(make)?.await.map_err(|_| Stopped)?
     }
 
     /// The node's name.
@@ -403,7 +444,11 @@ impl NodeHandle {
     }
 
     /// Ingests readings into a sensor document; returns once they are durable.
-    pub fn ingest(&self, doc: DocId, readings: Vec<Reading>) -> Result<Vec<IngestOutcome>, Error> {
+    pub fn ingest(
+        &self,
+        doc: DocId,
+        readings: Vec<Reading>,
+    ) -> Result<Vec<IngestOutcome>, WriteError> {
         validate(&readings)?;
         self.call(|reply| Cmd::Ingest {
             doc,
@@ -417,7 +462,7 @@ impl NodeHandle {
         &self,
         doc: DocId,
         readings: Vec<Reading>,
-    ) -> Result<Vec<IngestOutcome>, Error> {
+    ) -> Result<Vec<IngestOutcome>, WriteError> {
         validate(&readings)?;
         self.call_async(|reply| Cmd::Ingest {
             doc,
@@ -429,12 +474,12 @@ impl NodeHandle {
 
     /// Applies a JSON merge patch to a generic document; returns once durable. `false` when the
     /// patch changed nothing.
-    pub fn patch(&self, doc: DocId, patch: Json) -> Result<bool, Error> {
+    pub fn patch(&self, doc: DocId, patch: Json) -> Result<bool, WriteError> {
         self.call(|reply| Cmd::Patch { doc, patch, reply })
     }
 
     /// [`NodeHandle::patch`] for async callers.
-    pub async fn patch_async(&self, doc: DocId, patch: Json) -> Result<bool, Error> {
+    pub async fn patch_async(&self, doc: DocId, patch: Json) -> Result<bool, WriteError> {
         self.call_async(|reply| Cmd::Patch { doc, patch, reply })
             .await
     }
@@ -442,7 +487,7 @@ impl NodeHandle {
     /// The JSON view of a document (`None` if unknown): for a sensor document
     /// `{"readings": {ID: {"ts", "fields"}}, "latest": ...}`, for a generic one its JSON. With
     /// `conflicts`, the raw document with concurrent values as `{"$conflicts": [...]}`.
-    pub fn json(&self, doc: DocId, conflicts: bool) -> Result<Option<Json>, Error> {
+    pub fn json(&self, doc: DocId, conflicts: bool) -> Result<Option<Json>, ReadError> {
         self.call(|reply| Cmd::Json {
             doc,
             conflicts,
@@ -451,7 +496,7 @@ impl NodeHandle {
     }
 
     /// [`NodeHandle::json`] for async callers.
-    pub async fn json_async(&self, doc: DocId, conflicts: bool) -> Result<Option<Json>, Error> {
+    pub async fn json_async(&self, doc: DocId, conflicts: bool) -> Result<Option<Json>, ReadError> {
         self.call_async(|reply| Cmd::Json {
             doc,
             conflicts,
@@ -461,17 +506,17 @@ impl NodeHandle {
     }
 
     /// Every document id.
-    pub fn docs(&self) -> Result<Vec<DocId>, Error> {
+    pub fn docs(&self) -> Result<Vec<DocId>, ReadError> {
         self.call(|reply| Cmd::Docs { reply })
     }
 
     /// [`NodeHandle::docs`] for async callers.
-    pub async fn docs_async(&self) -> Result<Vec<DocId>, Error> {
+    pub async fn docs_async(&self) -> Result<Vec<DocId>, ReadError> {
         self.call_async(|reply| Cmd::Docs { reply }).await
     }
 
     /// Status, with the unacknowledged change count of each of `peers`.
-    pub async fn status_async(&self, peers: Vec<NodeName>) -> Result<NodeStatus, Error> {
+    pub async fn status_async(&self, peers: Vec<NodeName>) -> Result<NodeStatus, Stopped> {
         self.call_async(|reply| Cmd::Status { peers, reply }).await
     }
 
@@ -487,21 +532,21 @@ impl NodeHandle {
         &self,
         peer: NodeName,
         out: tokio::sync::mpsc::UnboundedSender<Outbound>,
-    ) -> Result<SessionId, Error> {
+    ) -> Result<SessionId, SessionError> {
         self.call_async(|reply| Cmd::PeerUp { peer, out, reply })
             .await
     }
 
     /// A frame arrived on a session's link.
-    pub fn peer_input(&self, sid: SessionId, frame: Vec<u8>) -> Result<(), Error> {
+    pub fn peer_input(&self, sid: SessionId, frame: Vec<u8>) -> Result<(), Stopped> {
         self.tx
             .send(Cmd::PeerInput { sid, frame })
-            .map_err(|_| Error::Stopped)
+            .map_err(|_| Stopped)
     }
 
     /// Ends every session with a Close frame (code `Shutdown`); each link then finishes and
     /// closes. Returns how many sessions were closed.
-    pub async fn close_sessions_async(&self, reason: &str) -> Result<usize, Error> {
+    pub async fn close_sessions_async(&self, reason: &str) -> Result<usize, Stopped> {
         let reason = reason.to_string();
         self.call_async(|reply| Cmd::CloseSessions { reason, reply })
             .await
@@ -523,16 +568,16 @@ impl NodeHandle {
     }
 }
 
-fn validate(readings: &[Reading]) -> Result<(), Error> {
+fn validate(readings: &[Reading]) -> Result<(), WriteError> {
     for r in readings {
-        r.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        r.validate().map_err(NodeError::from)?;
     }
     Ok(())
 }
 
 enum Waiting {
-    Ingest(Reply<Vec<IngestOutcome>>, Vec<IngestOutcome>),
-    Patch(Reply<bool>, bool),
+    Ingest(IngestReply, Vec<IngestOutcome>),
+    Patch(Reply<bool, WriteError>, bool),
 }
 
 impl Waiting {
@@ -543,6 +588,17 @@ impl Waiting {
             }
             Waiting::Patch(reply, changed) => {
                 let _ = reply.send(Ok(changed));
+            }
+        }
+    }
+
+    fn fail(self, e: WriteError) {
+        match self {
+            Waiting::Ingest(reply, _) => {
+                let _ = reply.send(Err(e));
+            }
+            Waiting::Patch(reply, _) => {
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -570,7 +626,7 @@ impl Core {
                     let wait = self
                         .node
                         .poll_timeout()
-                        .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                        .map(|at| Duration::from_millis(at.saturating_sub(os::now_ms())));
                     let got = match wait {
                         Some(w) => rx.recv_timeout(w),
                         None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -578,14 +634,14 @@ impl Core {
                     match got {
                         Ok(c) => c,
                         Err(mpsc::RecvTimeoutError::Timeout) => {
-                            self.node.handle_timeout(now_ms());
+                            self.node.handle_timeout(os::now_ms());
                             continue;
                         }
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
             };
-            let mut ingests: Vec<(DocId, Vec<Reading>, Reply<Vec<IngestOutcome>>)> = Vec::new();
+            let mut ingests: Vec<(DocId, Vec<Reading>, IngestReply)> = Vec::new();
             let mut readings = 0usize;
             let mut cmd = Some(first);
             let deadline = Instant::now() + Duration::from_millis(self.opts.ingest_window_ms);
@@ -636,15 +692,12 @@ impl Core {
         self.pump();
         // Answer what is still waiting with one last sync.
         let syncer = self.node.store().syncer();
-        match syncer.sync() {
-            Ok(seq) => self.durable(Ok(seq)),
-            Err(e) => self.durable(Err(e.to_string())),
-        }
+        self.durable(syncer.sync().map_err(Arc::new));
     }
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Patch { doc, patch, reply } => match self.node.patch(&doc, &patch, now_ms()) {
+            Cmd::Patch { doc, patch, reply } => match self.node.patch(&doc, &patch, os::now_ms()) {
                 Ok(p) => self.wait(p.durable_at, Waiting::Patch(reply, p.changed)),
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
@@ -661,30 +714,29 @@ impl Core {
                     }
                     _ => self.node.json(&doc, conflicts),
                 };
-                let _ = reply.send(view.map_err(Error::from));
+                let _ = reply.send(view.map_err(ReadError::from));
             }
             Cmd::Docs { reply } => {
                 let _ = reply.send(Ok(self.node.docs().map(|(d, _)| d.clone()).collect()));
             }
             Cmd::PeerUp { peer, out, reply } => {
                 if self.node.is_poisoned() {
-                    let _ = reply.send(Err(Error::Unavailable("store failed".into())));
+                    let _ = reply.send(Err(SessionError::Poisoned));
                     return;
                 }
-                let sid = self.node.connect(peer, now_ms());
+                let sid = self.node.connect(peer, os::now_ms());
                 self.links.insert(sid, out);
                 let _ = reply.send(Ok(sid));
             }
             Cmd::PeerInput { sid, frame } => {
                 if self.links.contains_key(&sid) {
-                    self.node.handle_input(sid, &frame, now_ms());
+                    self.node.handle_input(sid, &frame, os::now_ms());
                 }
             }
             Cmd::CloseSessions { reason, reply } => {
                 let sids: Vec<SessionId> = self.links.keys().copied().collect();
                 for sid in &sids {
-                    self.node
-                        .close_session(*sid, edgesync_proto::CloseCode::Shutdown, &reason);
+                    self.node.close_session(*sid, CloseCode::Shutdown, &reason);
                 }
                 let _ = reply.send(Ok(sids.len()));
             }
@@ -738,7 +790,7 @@ impl Core {
     fn pump(&mut self) {
         if self.node.commit_seq() > self.node.durable_seq() {
             if self.opts.durability == Durability::Wal {
-                let r = self.node.store().syncer().sync().map_err(|e| e.to_string());
+                let r = self.node.store().syncer().sync().map_err(Arc::new);
                 self.durable(r);
             } else {
                 let _ = self.kick.send(());
@@ -764,6 +816,8 @@ impl Core {
                         origin,
                     });
                 }
+                // The store is durable up to what the Ack promised (the core released it).
+                Event::Acknowledged { .. } => {}
                 Event::SessionClosed {
                     session,
                     peer,
@@ -777,17 +831,14 @@ impl Core {
                             let _ = out.send(Outbound::Frame(frame));
                         }
                     }
-                    let why = match code {
-                        Some(c) => format!("{c:?}: {reason}"),
-                        None => "transport lost".to_string(),
-                    };
-                    if code.is_some_and(|c| c != edgesync_proto::CloseCode::Shutdown) {
-                        tracing::warn!(%peer, session = session.0, by_peer, reason = %why, "session closed");
+                    let code_name = code.map_or("transport-lost", CloseCode::name);
+                    if code.is_some_and(|c| c != CloseCode::Shutdown) {
+                        tracing::warn!(%peer, session = session.0, by_peer, code = code_name, %reason, "session closed");
                     } else {
-                        tracing::info!(%peer, session = session.0, by_peer, reason = %why, "session closed");
+                        tracing::info!(%peer, session = session.0, by_peer, code = code_name, %reason, "session closed");
                     }
                     if let Some(out) = out {
-                        let _ = out.send(Outbound::Close(why));
+                        let _ = out.send(Outbound::Close(SessionEnd { code, reason }));
                     }
                 }
             }
@@ -795,7 +846,7 @@ impl Core {
     }
 
     /// Ingests a batch: all readings for one document become one core ingest (one change).
-    fn ingest_batch(&mut self, batch: Vec<(DocId, Vec<Reading>, Reply<Vec<IngestOutcome>>)>) {
+    fn ingest_batch(&mut self, batch: Vec<(DocId, Vec<Reading>, IngestReply)>) {
         let mut by_doc: BTreeMap<DocId, DocRequests> = BTreeMap::new();
         for (doc, rs, reply) in batch {
             by_doc.entry(doc).or_default().push((rs, reply));
@@ -806,7 +857,7 @@ impl Core {
                 .flat_map(|(rs, _)| rs.iter().cloned())
                 .collect();
             let started = Instant::now();
-            match self.node.ingest(&doc, &all, now_ms()) {
+            match self.node.ingest(&doc, &all, os::now_ms()) {
                 Ok(done) => {
                     metrics::histogram!("edgesync_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -817,7 +868,7 @@ impl Core {
                     }
                 }
                 Err(e) => {
-                    let e = Error::from(e);
+                    let e = WriteError::from(e);
                     for (_, reply) in requests {
                         let _ = reply.send(Err(e.clone()));
                     }
@@ -845,23 +896,15 @@ impl Core {
         }
     }
 
-    fn durable(&mut self, r: Result<u64, String>) {
+    fn durable(&mut self, r: Result<u64, Arc<StoreError>>) {
         match r {
             Ok(seq) => {
                 self.node.handle_durable(seq.min(self.node.commit_seq()));
                 self.release();
             }
             Err(e) => {
-                let err = Error::Unavailable(format!("fsync failed: {e}"));
                 for (_, w) in self.waiting.drain(..) {
-                    match w {
-                        Waiting::Ingest(reply, _) => {
-                            let _ = reply.send(Err(err.clone()));
-                        }
-                        Waiting::Patch(reply, _) => {
-                            let _ = reply.send(Err(err.clone()));
-                        }
-                    }
+                    w.fail(WriteError::NotDurable(e.clone()));
                 }
             }
         }

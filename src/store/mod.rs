@@ -30,13 +30,18 @@ pub enum Durability {
     Wal,
 }
 
+/// A durability name that is neither `fsync` nor `wal`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown durability {0:?}; expected fsync or wal")]
+pub struct UnknownDurability(pub String);
+
 impl std::str::FromStr for Durability {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownDurability;
+    fn from_str(s: &str) -> Result<Self, UnknownDurability> {
         match s {
             "fsync" => Ok(Durability::Fsync),
             "wal" => Ok(Durability::Wal),
-            _ => Err(format!("unknown durability {s:?}; expected fsync or wal")),
+            _ => Err(UnknownDurability(s.to_string())),
         }
     }
 }
@@ -231,16 +236,20 @@ impl RocksStore {
                             key: "schema".into(),
                         },
                     })?;
-                if found > SCHEMA_VERSION {
+                if found > DISK_SCHEMA_VERSION {
                     return Err(OpenError::NewerSchema {
                         dir,
                         found,
-                        supported: SCHEMA_VERSION,
+                        supported: DISK_SCHEMA_VERSION,
                     });
                 }
             }
             None => {
-                let v = seal(CF_META, KEY_SCHEMA, SCHEMA_VERSION.to_be_bytes().to_vec());
+                let v = seal(
+                    CF_META,
+                    KEY_SCHEMA,
+                    DISK_SCHEMA_VERSION.to_be_bytes().to_vec(),
+                );
                 let mut w = WriteOptions::default();
                 w.set_sync(true);
                 db.put_cf_opt(&meta, KEY_SCHEMA, v, &w).map_err(rocks)?;

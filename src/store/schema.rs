@@ -40,8 +40,9 @@ use edgesync_proto::{Actor, DocId, NodeName, StoreError, VectorClock};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the on-disk layout (column families, key and value encodings) this build writes
+/// and reads; the core's `LOGICAL_SCHEMA_VERSION` versions what is stored, this how.
+pub const DISK_SCHEMA_VERSION: u32 = 1;
 
 /// Node metadata and the schema version.
 pub const CF_META: &str = "meta.v1";

@@ -1,5 +1,10 @@
-//! The replica of a document set: documents loaded on demand, local writes, remote changes,
-//! and the persist step that every write goes through. Sessions with peers are in `sync.rs`.
+//! The replica of a document set: documents loaded on demand, local writes, and the persist
+//! step that every write goes through. Remote changes are in `remote.rs`; driving the sync
+//! sessions (`crate::sync`) is in `peering.rs`. The dependency runs one way: the node drives
+//! sessions, sessions know nothing of the node.
+
+mod peering;
+mod remote;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -11,14 +16,18 @@ use crate::id::{derive_actor, DocId, NodeName};
 use crate::reading::{Reading, ReadingError};
 use crate::store::{
     DocMeta, NodeMeta, PeerReceipts, Store, StoreError, StoredChange, WriteBatch, WriteOp,
-    SCHEMA_VERSION,
+    LOGICAL_SCHEMA_VERSION,
 };
 use crate::sync::{Session, SessionId, SessionStats};
 use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
-use crate::wire::{CloseCode, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN};
+use crate::wire::{
+    CloseCode, DocClock, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN,
+};
 
-/// A bug planted on purpose so that the simulator's checkers can prove they catch it. Never set
-/// outside simulations and tests.
+/// A bug planted on purpose so that the simulator's checkers can prove they catch it. Only in
+/// builds with the `testing` feature (the simulator and tests enable it; release builds of the
+/// daemon never contain these bugs).
+#[cfg(feature = "testing")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Canary {
     /// No planted bug.
@@ -60,9 +69,23 @@ pub struct Config {
     /// A new snapshot is written after this many changes since the last one. Default 512:
     /// loading replays at most this many changes one by one.
     pub snapshot_changes_min: u64,
-    /// A planted bug for checker tests; `Canary::None` in every real deployment.
+    /// A planted bug for checker tests (feature `testing` only).
+    #[cfg(feature = "testing")]
     pub danger_canary: Canary,
 }
+
+/// True when the planted bug `c` is switched on; always false without the `testing` feature,
+/// so the planted code paths compile away.
+macro_rules! planted {
+    ($cfg:expr, $canary:ident) => {{
+        #[cfg(feature = "testing")]
+        let on = $cfg.danger_canary == $crate::node::Canary::$canary;
+        #[cfg(not(feature = "testing"))]
+        let on = false;
+        on
+    }};
+}
+pub(crate) use planted;
 
 impl Config {
     /// Defaults for a node named `name`.
@@ -78,6 +101,7 @@ impl Config {
             pending_changes_max: 10_000,
             docs_loaded_max: 1024,
             snapshot_changes_min: 512,
+            #[cfg(feature = "testing")]
             danger_canary: Canary::None,
         }
     }
@@ -201,6 +225,24 @@ pub enum NodeError {
     },
 }
 
+/// A stored document failed verification.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The recorded vector clock does not describe the changes the document holds.
+    #[error("clock of {doc} is {recorded:?} but the document holds {held:?}")]
+    ClockMismatch {
+        /// Document.
+        doc: DocId,
+        /// The clock in the document's metadata.
+        recorded: VectorClock,
+        /// The clock recomputed from the document's changes.
+        held: VectorClock,
+    },
+    /// The document could not be loaded.
+    #[error("document failed to load")]
+    Load(#[from] NodeError),
+}
+
 /// Where a document change came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -234,6 +276,16 @@ pub enum Event {
         /// True when the peer sent the Close.
         by_peer: bool,
     },
+    /// An Ack frame was just released by [`Node::poll_transmit`]: this node told `peer` that
+    /// it durably holds `clocks`. Shells may count it; the simulator audits the promise.
+    Acknowledged {
+        /// Session.
+        session: SessionId,
+        /// Peer told.
+        peer: NodeName,
+        /// The clocks promised durable.
+        clocks: Vec<DocClock>,
+    },
 }
 
 /// Result of an ingest.
@@ -254,41 +306,6 @@ pub struct Patched {
     pub durable_at: u64,
 }
 
-/// Outcome of offering one remote change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Applied {
-    /// Applied, together with this many previously buffered changes.
-    New(usize),
-    /// Already held.
-    Duplicate,
-    /// Held until its dependencies arrive.
-    Buffered,
-}
-
-/// A remote change was refused; the session that sent it ends.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ApplyError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("actor {actor} seq {seq} names two different changes")]
-    Equivocation { actor: Actor, seq: u64 },
-    #[error("more than {0} changes are waiting for dependencies")]
-    Overloaded(usize),
-    #[error(transparent)]
-    Node(#[from] NodeError),
-}
-
-impl ApplyError {
-    pub(crate) fn close_code(&self) -> CloseCode {
-        match self {
-            ApplyError::Invalid(_) => CloseCode::InvalidChange,
-            ApplyError::Equivocation { .. } => CloseCode::Equivocation,
-            ApplyError::Overloaded(_) => CloseCode::Overloaded,
-            ApplyError::Node(_) => CloseCode::StoreFailed,
-        }
-    }
-}
-
 struct Loaded {
     doc: Automerge,
     used: u64,
@@ -297,26 +314,26 @@ struct Loaded {
 /// One node's replica of its document set, and its sync sessions. Deterministic: no I/O, no
 /// clock, no randomness of its own. See the crate documentation for the call protocol.
 pub struct Node<S: Store> {
-    pub(crate) cfg: Config,
-    pub(crate) store: S,
-    pub(crate) meta: NodeMeta,
-    pub(crate) actor: Actor,
-    pub(crate) docs: BTreeMap<DocId, DocMeta>,
+    cfg: Config,
+    store: S,
+    meta: NodeMeta,
+    actor: Actor,
+    docs: BTreeMap<DocId, DocMeta>,
     loaded: BTreeMap<DocId, Loaded>,
     use_tick: u64,
     pending: BTreeMap<DocId, BTreeMap<(Actor, u64), Change>>,
     pending_count: usize,
-    pub(crate) peers: BTreeMap<NodeName, PeerReceipts>,
-    pub(crate) sessions: BTreeMap<SessionId, Session>,
+    peers: BTreeMap<NodeName, PeerReceipts>,
+    sessions: BTreeMap<SessionId, Session>,
     /// Counters of sessions that ended.
-    pub(crate) ended_stats: SessionStats,
-    pub(crate) next_session: u64,
-    pub(crate) commit_seq: u64,
-    pub(crate) durable_seq: u64,
-    pub(crate) now_ms: u64,
-    pub(crate) events: VecDeque<Event>,
+    ended_stats: SessionStats,
+    next_session: u64,
+    commit_seq: u64,
+    durable_seq: u64,
+    now_ms: u64,
+    events: VecDeque<Event>,
     poisoned: bool,
-    pub(crate) dirty: BTreeSet<DocId>,
+    dirty: BTreeSet<DocId>,
 }
 
 impl<S: Store> Node<S> {
@@ -326,16 +343,16 @@ impl<S: Store> Node<S> {
         cfg.validate().map_err(OpenError::Config)?;
         let meta = match store.node_meta()? {
             None => NodeMeta {
-                schema_version: SCHEMA_VERSION,
+                schema_version: LOGICAL_SCHEMA_VERSION,
                 name: cfg.name.clone(),
                 store_id: boot.new_store_id,
                 incarnation: 1,
             },
             Some(m) => {
-                if m.schema_version > SCHEMA_VERSION {
+                if m.schema_version > LOGICAL_SCHEMA_VERSION {
                     return Err(OpenError::NewerSchema {
                         found: m.schema_version,
-                        supported: SCHEMA_VERSION,
+                        supported: LOGICAL_SCHEMA_VERSION,
                     });
                 }
                 if m.name != cfg.name {
@@ -504,6 +521,29 @@ impl<S: Store> Node<S> {
         Ok(Some(f(self.loaded_doc(doc)?)))
     }
 
+    /// Recomputes `doc`'s vector clock from the changes its Automerge document holds and
+    /// compares it with the recorded one: they must be equal (the invariant every checker and
+    /// `edgesync check` verify). An unknown document holds nothing and has the empty clock.
+    pub fn verify_clock(&mut self, doc: &DocId) -> Result<(), VerifyError> {
+        let held: VectorClock = self
+            .with_doc(doc, |am| {
+                am.get_changes(&[])
+                    .iter()
+                    .filter_map(|c| Actor::from_automerge(c.actor_id()).map(|a| (a, c.seq())))
+                    .collect()
+            })?
+            .unwrap_or_default();
+        let recorded = self.clock(doc).cloned().unwrap_or_default();
+        if held != recorded {
+            return Err(VerifyError::ClockMismatch {
+                doc: doc.clone(),
+                recorded,
+                held,
+            });
+        }
+        Ok(())
+    }
+
     fn check_writable(&self) -> Result<(), NodeError> {
         if self.poisoned {
             Err(NodeError::Poisoned)
@@ -514,7 +554,7 @@ impl<S: Store> Node<S> {
 
     /// Loads `doc` (snapshot, then changes after it, in order) if not in memory, and evicts the
     /// least recently used documents beyond `docs_loaded_max`.
-    pub(crate) fn loaded_doc(&mut self, doc: &DocId) -> Result<&mut Automerge, NodeError> {
+    fn loaded_doc(&mut self, doc: &DocId) -> Result<&mut Automerge, NodeError> {
         self.use_tick += 1;
         let tick = self.use_tick;
         if !self.loaded.contains_key(doc) {
@@ -598,7 +638,7 @@ impl<S: Store> Node<S> {
         }
         let order = meta.next_order;
         meta.next_order += 1;
-        if local && self.cfg.danger_canary == Canary::VcOffByOne {
+        if local && planted!(self.cfg, VcOffByOne) {
             meta.clock.observe(actor, change.seq() + 1);
         } else {
             meta.clock.advance(actor, change.seq());
@@ -646,7 +686,7 @@ impl<S: Store> Node<S> {
     }
 
     /// Commits `batch` atomically; a failure poisons the node. Returns the commit's number.
-    pub(crate) fn commit(&mut self, mut batch: WriteBatch) -> Result<u64, NodeError> {
+    fn commit(&mut self, mut batch: WriteBatch) -> Result<u64, NodeError> {
         self.finish_batch(&mut batch)?;
         if batch.is_empty() {
             self.dirty.clear();
@@ -673,7 +713,7 @@ impl<S: Store> Node<S> {
     }
 
     /// Documents written by the last commit; tells sessions and the shell.
-    pub(crate) fn announce(&mut self, origin: Origin) {
+    fn announce(&mut self, origin: Origin) {
         for doc in std::mem::take(&mut self.dirty) {
             for s in self.sessions.values_mut() {
                 s.mark_dirty(&doc);
@@ -686,8 +726,8 @@ impl<S: Store> Node<S> {
     }
 
     /// The commit an acknowledgement of commit `seq` must wait for.
-    pub(crate) fn durable_at(&self, seq: u64) -> u64 {
-        if self.cfg.danger_canary == Canary::AckBeforePersist {
+    fn durable_at(&self, seq: u64) -> u64 {
+        if planted!(self.cfg, AckBeforePersist) {
             0
         } else {
             seq
@@ -820,128 +860,5 @@ impl<S: Store> Node<S> {
             changed: true,
             durable_at: self.durable_at(seq),
         })
-    }
-
-    /// Offers one remote change: parsed and hash-checked by Automerge, applied if causally
-    /// ready, ignored if held, buffered (bounded) if its dependencies are missing.
-    pub(crate) fn apply_remote(
-        &mut self,
-        batch: &mut WriteBatch,
-        doc: &DocId,
-        bytes: &[u8],
-    ) -> Result<(Applied, Actor, u64), ApplyError> {
-        if bytes.len() > self.cfg.change_bytes_max as usize {
-            return Err(ApplyError::Invalid(format!(
-                "change of {} bytes exceeds the limit of {}",
-                bytes.len(),
-                self.cfg.change_bytes_max
-            )));
-        }
-        let change = Change::try_from(bytes)
-            .map_err(|e| ApplyError::Invalid(format!("change does not parse: {e}")))?;
-        let actor = Actor::from_automerge(change.actor_id())
-            .ok_or_else(|| ApplyError::Invalid("change actor is not 16 bytes".into()))?;
-        if change.seq() == 0 {
-            return Err(ApplyError::Invalid("change has sequence number 0".into()));
-        }
-        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
-        if change.seq() <= held {
-            let am = self.loaded_doc(doc)?;
-            return if am.get_change_meta_by_hash(&change.hash()).is_some() {
-                Ok((Applied::Duplicate, actor, change.seq()))
-            } else {
-                Err(ApplyError::Equivocation {
-                    actor,
-                    seq: change.seq(),
-                })
-            };
-        }
-        if actor == self.actor {
-            return Err(ApplyError::Invalid(
-                "change claims this node's current actor".into(),
-            ));
-        }
-        let seq = change.seq();
-        if !self.is_ready(doc, &change)? {
-            let slot = self.pending.entry(doc.clone()).or_default();
-            if let std::collections::btree_map::Entry::Vacant(v) = slot.entry((actor, seq)) {
-                if self.pending_count >= self.cfg.pending_changes_max {
-                    return Err(ApplyError::Overloaded(self.cfg.pending_changes_max));
-                }
-                v.insert(change);
-                self.pending_count += 1;
-            }
-            return Ok((Applied::Buffered, actor, seq));
-        }
-        self.apply_ready(batch, doc, change)?;
-        let mut drained = 0;
-        while let Some(next) = self.take_ready_pending(doc)? {
-            self.apply_ready(batch, doc, next)?;
-            drained += 1;
-        }
-        Ok((Applied::New(drained), actor, seq))
-    }
-
-    fn is_ready(&mut self, doc: &DocId, change: &Change) -> Result<bool, NodeError> {
-        let actor = Actor::from_automerge(change.actor_id()).expect("checked");
-        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
-        if change.seq() != held + 1 {
-            return Ok(false);
-        }
-        let am = self.loaded_doc(doc)?;
-        Ok(change
-            .deps()
-            .iter()
-            .all(|d| am.get_change_meta_by_hash(d).is_some()))
-    }
-
-    fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<Change>, NodeError> {
-        let Some(slot) = self.pending.get(doc) else {
-            return Ok(None);
-        };
-        let candidates: Vec<(Actor, u64)> = slot.keys().copied().collect();
-        for key in candidates {
-            let held = self.clock(doc).map(|c| c.get(&key.0)).unwrap_or(0);
-            if key.1 <= held {
-                // Arrived by another path meanwhile; if it differs, the duplicate check of its
-                // next delivery reports the equivocation.
-                self.pending.get_mut(doc).expect("exists").remove(&key);
-                self.pending_count -= 1;
-                continue;
-            }
-            let change = self.pending[doc][&key].clone();
-            if self.is_ready(doc, &change)? {
-                self.pending.get_mut(doc).expect("exists").remove(&key);
-                self.pending_count -= 1;
-                return Ok(Some(change));
-            }
-        }
-        if self.pending.get(doc).is_some_and(|s| s.is_empty()) {
-            self.pending.remove(doc);
-        }
-        Ok(None)
-    }
-
-    fn apply_ready(
-        &mut self,
-        batch: &mut WriteBatch,
-        doc: &DocId,
-        change: Change,
-    ) -> Result<(), ApplyError> {
-        let planted_drop =
-            self.cfg.danger_canary == Canary::DropRemoteChange && change.seq() % 5 == 3;
-        if !planted_drop {
-            let hash = change.hash();
-            let am = self.loaded_doc(doc)?;
-            am.apply_changes([change.clone()])
-                .map_err(|e| ApplyError::Invalid(format!("automerge refused the change: {e}")))?;
-            if am.get_change_meta_by_hash(&hash).is_none() {
-                return Err(ApplyError::Invalid(
-                    "automerge did not apply a causally ready change".into(),
-                ));
-            }
-        }
-        self.record_change(batch, doc, &change, false)?;
-        Ok(())
     }
 }

@@ -1,0 +1,480 @@
+//! The node's side of sync: it owns one [`Session`] per connected peer, feeds it, and does what
+//! a session cannot do alone: persist receipts and reported clocks, apply received changes,
+//! and release frames once the commits they describe are durable.
+
+use std::collections::BTreeMap;
+
+use super::remote::Applied;
+use super::{Event, Node, Origin};
+use crate::id::{DocId, NodeName};
+use crate::store::{PeerReceipts, Store, WriteBatch, WriteOp};
+use crate::sync::{Limits, Refusal, Session, SessionId, SessionInfo, SessionStats};
+use crate::vclock::VectorClock;
+use crate::wire::{
+    Ack, Changes, CloseCode, DocClock, Hello, Message, Summary, MAGIC, PROTOCOL_VERSION,
+};
+
+impl<S: Store> Node<S> {
+    pub(super) fn limits(&self) -> Limits {
+        Limits {
+            batch_bytes_max: self.cfg.batch_bytes_max,
+            inflight_batches_max: self.cfg.inflight_batches_max,
+            handshake_timeout_ms: self.cfg.handshake_timeout_ms,
+            ack_timeout_ms: self.cfg.ack_timeout_ms,
+        }
+    }
+
+    /// Starts a session with `peer`, whose identity the transport has verified. Hello and
+    /// Summary frames are queued at once; fetch them with [`Node::poll_transmit`].
+    pub fn connect(&mut self, peer: NodeName, now_ms: u64) -> SessionId {
+        self.now_ms = self.now_ms.max(now_ms);
+        let sid = SessionId(self.next_session);
+        self.next_session += 1;
+        let receipts = self.peers.get(&peer).cloned().unwrap_or_default();
+        let mut s = Session::new(
+            peer,
+            now_ms,
+            self.cfg.frame_bytes_max,
+            receipts.clocks.clone(),
+        );
+        let hello = Hello {
+            magic: MAGIC,
+            version_min: PROTOCOL_VERSION,
+            version_max: PROTOCOL_VERSION,
+            node: self.cfg.name.clone(),
+            store_id: self.meta.store_id,
+            capabilities: 0,
+            frame_bytes_max: self.cfg.frame_bytes_max,
+        };
+        s.queue_hello(self.commit_seq, hello);
+        let entries = self.summary_entries(Some(&receipts));
+        self.send_summary(&mut s, entries);
+        self.sessions.insert(sid, s);
+        sid
+    }
+
+    /// Clocks of the documents whose clock differs from what the peer was last told (all
+    /// documents with `None`).
+    fn summary_entries(&self, receipts: Option<&PeerReceipts>) -> Vec<DocClock> {
+        self.docs
+            .iter()
+            .filter(|(doc, meta)| {
+                receipts.is_none_or(|r| r.reported.get(*doc) != Some(&meta.clock))
+            })
+            .map(|(doc, meta)| DocClock {
+                doc: doc.clone(),
+                clock: meta.clock.clone(),
+            })
+            .collect()
+    }
+
+    /// Records (in memory and in `batch`) that `peer` was told `clock` for `doc`.
+    fn note_reported(
+        &mut self,
+        batch: &mut WriteBatch,
+        peer: &NodeName,
+        doc: &DocId,
+        clock: &VectorClock,
+    ) {
+        let r = self.peers.entry(peer.clone()).or_default();
+        if r.reported.get(doc) != Some(clock) {
+            r.reported.insert(doc.clone(), clock.clone());
+            batch.push(WriteOp::PutReported {
+                peer: peer.clone(),
+                doc: doc.clone(),
+                clock: clock.clone(),
+            });
+        }
+    }
+
+    /// Queues `entries` as the session's summary and remembers them as reported.
+    fn send_summary(&mut self, s: &mut Session, entries: Vec<DocClock>) {
+        let mut batch = WriteBatch::default();
+        let peer = s.peer().clone();
+        for e in &entries {
+            self.note_reported(&mut batch, &peer, &e.doc, &e.clock);
+        }
+        s.queue_summary(self.commit_seq, entries);
+        // Reported clocks need not be durable: losing one only enlarges a later summary.
+        let _ = self.commit(batch);
+    }
+
+    /// Bytes received from the session's transport, in order. Frames may be split or joined
+    /// arbitrarily. A protocol error closes the session (see [`crate::Event::SessionClosed`]).
+    pub fn handle_input(&mut self, sid: SessionId, bytes: &[u8], now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.is_closed() {
+            return;
+        }
+        s.receive(bytes);
+        while let Some(s) = self.sessions.get_mut(&sid) {
+            if s.is_closed() {
+                break;
+            }
+            match s.next_message() {
+                Ok(Some(msg)) => self.handle_message(sid, msg),
+                Ok(None) => break,
+                Err(r) => {
+                    self.refuse(sid, r);
+                    break;
+                }
+            }
+        }
+        self.pump_all();
+    }
+
+    fn refuse(&mut self, sid: SessionId, r: Refusal) {
+        self.close_session(sid, r.code, &r.reason);
+    }
+
+    fn handle_message(&mut self, sid: SessionId, msg: Message) {
+        let awaits_hello = self.sessions[&sid].awaits_hello();
+        match msg {
+            Message::Hello(h) if awaits_hello => self.on_hello(sid, h),
+            Message::Hello(_) => self.close_session(sid, CloseCode::Unexpected, "second hello"),
+            Message::Close(c) => {
+                let s = self.sessions.remove(&sid).expect("session exists");
+                self.ended_stats.add(s.stats());
+                self.events.push_back(Event::SessionClosed {
+                    session: sid,
+                    peer: s.peer().clone(),
+                    code: Some(c.code),
+                    reason: c.reason,
+                    by_peer: true,
+                });
+            }
+            _ if awaits_hello => {
+                self.close_session(sid, CloseCode::Unexpected, "message before hello")
+            }
+            Message::Summary(sm) => self.on_summary(sid, sm),
+            Message::Changes(c) => self.on_changes(sid, c),
+            Message::Ack(a) => self.on_ack(sid, a),
+        }
+    }
+
+    fn on_hello(&mut self, sid: SessionId, h: Hello) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        if let Err(r) = s.accept_hello(&h, self.cfg.change_bytes_max) {
+            return self.refuse(sid, r);
+        }
+        let peer = s.peer().clone();
+        let recorded = self.peers.get(&peer).and_then(|r| r.store_id);
+        if recorded == Some(h.store_id) {
+            return;
+        }
+        // A new peer, or one whose store was replaced: its receipts say nothing any more. What
+        // a new peer was told in this session's summary still holds; a replaced peer has
+        // forgotten everything it was told.
+        let kept = match recorded {
+            None => self
+                .peers
+                .get(&peer)
+                .map(|r| r.reported.clone())
+                .unwrap_or_default(),
+            Some(_) => BTreeMap::new(),
+        };
+        let mut ops = vec![WriteOp::ResetPeer {
+            peer: peer.clone(),
+            store_id: h.store_id,
+        }];
+        for (doc, clock) in &kept {
+            ops.push(WriteOp::PutReported {
+                peer: peer.clone(),
+                doc: doc.clone(),
+                clock: clock.clone(),
+            });
+        }
+        let fresh = PeerReceipts {
+            store_id: Some(h.store_id),
+            reported: kept,
+            ..PeerReceipts::default()
+        };
+        self.peers.insert(peer, fresh);
+        if self.commit(WriteBatch { ops }).is_err() {
+            return;
+        }
+        if recorded.is_some() {
+            let entries = self.summary_entries(None);
+            let mut s = self.sessions.remove(&sid).expect("session exists");
+            s.forget_known();
+            self.send_summary(&mut s, entries);
+            self.sessions.insert(sid, s);
+        }
+    }
+
+    /// Raises the receipt for (peer, doc) to include `clock`; adds the write to `batch`.
+    fn raise_receipt(
+        &mut self,
+        batch: &mut WriteBatch,
+        peer: &NodeName,
+        doc: &DocId,
+        clock: &VectorClock,
+    ) {
+        let r = self.peers.entry(peer.clone()).or_default();
+        let entry = r.clocks.entry(doc.clone()).or_default();
+        if !clock.le(entry) {
+            entry.merge(clock);
+            batch.push(WriteOp::PutReceipt {
+                peer: peer.clone(),
+                doc: doc.clone(),
+                clock: entry.clone(),
+            });
+        }
+    }
+
+    /// Learns peer clocks (from a Summary or Ack): receipts, and what the session sends next.
+    fn learn_clocks(&mut self, sid: SessionId, entries: &[DocClock]) {
+        let peer = self.sessions[&sid].peer().clone();
+        let mut batch = WriteBatch::default();
+        for e in entries {
+            // Entries for documents this node lacks carry nothing it could send: skipping them
+            // bounds per-peer memory by the local document count.
+            if !self.docs.contains_key(&e.doc) {
+                continue;
+            }
+            self.raise_receipt(&mut batch, &peer, &e.doc, &e.clock);
+            let s = self.sessions.get_mut(&sid).expect("session exists");
+            s.learn(&e.doc, &e.clock);
+        }
+        // Receipts need not be durable: losing one only causes a resend.
+        let _ = self.commit(batch);
+    }
+
+    fn on_summary(&mut self, sid: SessionId, sm: Summary) {
+        self.learn_clocks(sid, &sm.entries);
+        if sm.last {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.finish_summary(&self.docs);
+            }
+        }
+    }
+
+    fn on_changes(&mut self, sid: SessionId, c: Changes) {
+        let peer = self.sessions[&sid].peer().clone();
+        let mut batch = WriteBatch::default();
+        let mut received: BTreeMap<DocId, VectorClock> = BTreeMap::new();
+        let mut stats = SessionStats::default();
+        let mut failure = None;
+        'docs: for dc in &c.docs {
+            received.entry(dc.doc.clone()).or_default();
+            for ch in &dc.changes {
+                stats.changes_received += 1;
+                match self.apply_remote(&mut batch, &dc.doc, &ch.0) {
+                    Ok((applied, actor, seq)) => {
+                        // The sender holds (actor, 1..=seq): it holds this change, causally closed.
+                        received
+                            .get_mut(&dc.doc)
+                            .expect("inserted")
+                            .observe(actor, seq);
+                        match applied {
+                            Applied::New(n) => stats.changes_applied += 1 + n as u64,
+                            Applied::Duplicate => stats.changes_duplicate += 1,
+                            Applied::Buffered => stats.changes_buffered += 1,
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'docs;
+                    }
+                }
+            }
+        }
+        // The sender holds what it sent, durably (frames leave only once durable): that is a
+        // receipt too, so this node never sends those changes back and counts them as held.
+        for (doc, clock) in &received {
+            if self.docs.contains_key(doc) {
+                self.raise_receipt(&mut batch, &peer, doc, clock);
+            }
+        }
+        // The Ack will tell the peer these clocks: remember them, in the same commit.
+        for doc in received.keys() {
+            let clock = self.clock(doc).cloned().unwrap_or_default();
+            self.note_reported(&mut batch, &peer, doc, &clock);
+        }
+        // What was valid is applied and kept even if a later change was refused: memory and
+        // store stay equal, and the session ends below.
+        let Ok(seq) = self.commit(batch) else { return };
+        self.announce(Origin::Remote(peer));
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.record_received(&stats, &received);
+        if let Some(e) = failure {
+            let reason = e.to_string();
+            return self.close_session(sid, e.close_code(), &reason);
+        }
+        let clocks: Vec<DocClock> = received
+            .keys()
+            .map(|doc| DocClock {
+                doc: doc.clone(),
+                clock: self.clock(doc).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let gate = self.durable_at(seq);
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        s.queue_ack(gate, c.batch, clocks);
+    }
+
+    fn on_ack(&mut self, sid: SessionId, a: Ack) {
+        self.learn_clocks(sid, &a.clocks);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.handle_ack(&a, &self.docs);
+        }
+    }
+
+    /// Fills every live session's window with batches of missing changes.
+    pub(super) fn pump_all(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        let limits = self.limits();
+        for sid in ids {
+            let s = self.sessions.get_mut(&sid).expect("listed above");
+            let filled = s.fill_window(
+                &self.store,
+                &self.docs,
+                &limits,
+                self.now_ms,
+                self.commit_seq,
+            );
+            match filled {
+                Ok(None) => {}
+                Ok(Some(reason)) => self.close_session(sid, CloseCode::LimitsIncompatible, &reason),
+                // A store read failed: the document set cannot be served.
+                Err(e) => self.close_session(sid, CloseCode::StoreFailed, &e.to_string()),
+            }
+        }
+    }
+
+    /// The next frame to send on the session's transport, once everything it describes is
+    /// durable. `None` when nothing is ready. Releasing an Ack reports
+    /// [`Event::Acknowledged`].
+    pub fn poll_transmit(&mut self, sid: SessionId) -> Option<Vec<u8>> {
+        let s = self.sessions.get_mut(&sid)?;
+        let released = s.poll_transmit(self.durable_seq);
+        let peer = s.peer().clone();
+        if s.is_finished() {
+            if let Some(s) = self.sessions.remove(&sid) {
+                self.ended_stats.add(s.stats());
+            }
+        }
+        let r = released?;
+        if let Some(clocks) = r.acked {
+            self.events.push_back(Event::Acknowledged {
+                session: sid,
+                peer,
+                clocks,
+            });
+        }
+        Some(r.frame)
+    }
+
+    /// Ends a session: queues a Close frame (sent by [`Node::poll_transmit`]) and reports
+    /// [`crate::Event::SessionClosed`].
+    pub fn close_session(&mut self, sid: SessionId, code: CloseCode, reason: &str) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(reason) = s.close(code, reason) else {
+            return;
+        };
+        let peer = s.peer().clone();
+        self.events.push_back(Event::SessionClosed {
+            session: sid,
+            peer,
+            code: Some(code),
+            reason,
+            by_peer: false,
+        });
+    }
+
+    /// The transport of a session is gone (closed, reset, idle timeout). Anything unacknowledged
+    /// is sent again in the next session.
+    pub fn disconnect(&mut self, sid: SessionId) {
+        if let Some(s) = self.sessions.remove(&sid) {
+            self.ended_stats.add(s.stats());
+            if !s.is_closed() {
+                self.events.push_back(Event::SessionClosed {
+                    session: sid,
+                    peer: s.peer().clone(),
+                    code: None,
+                    reason: "transport closed".into(),
+                    by_peer: false,
+                });
+            }
+        }
+    }
+
+    /// Closes every session with [`CloseCode::Shutdown`].
+    pub fn shutdown(&mut self) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in ids {
+            self.close_session(sid, CloseCode::Shutdown, "node shutting down");
+        }
+    }
+
+    /// Time passed; ends sessions whose handshake or acknowledgement is overdue.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let limits = self.limits();
+        let overdue: Vec<(SessionId, bool)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.deadline(&limits).is_some_and(|d| d <= now_ms))
+            .map(|(id, s)| (*id, s.is_live()))
+            .collect();
+        for (sid, live) in overdue {
+            let what = if live { "acknowledgement" } else { "handshake" };
+            self.close_session(sid, CloseCode::Timeout, &format!("{what} timed out"));
+        }
+    }
+
+    /// When [`Node::handle_timeout`] should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let limits = self.limits();
+        self.sessions
+            .values()
+            .filter_map(|s| s.deadline(&limits))
+            .min()
+    }
+
+    /// Every session.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.iter().map(|(id, s)| s.info(*id)).collect()
+    }
+
+    /// True when no session has frames waiting, batches in flight or documents to send: the
+    /// node is quiescent as far as its peers go.
+    pub fn is_idle(&self) -> bool {
+        self.sessions.values().all(Session::is_idle)
+    }
+
+    /// What this node remembers of `peer`: its store id and, per document, the clock it
+    /// acknowledged.
+    pub fn receipts(&self, peer: &NodeName) -> Option<&PeerReceipts> {
+        self.peers.get(peer)
+    }
+
+    /// Counters summed over every session since open, ended ones included.
+    pub fn session_totals(&self) -> SessionStats {
+        let mut t = self.ended_stats.clone();
+        for s in self.sessions.values() {
+            t.add(s.stats());
+        }
+        t
+    }
+
+    /// How many changes this node holds that `peer` has not acknowledged (per durable receipts).
+    pub fn peer_unacked(&self, peer: &NodeName) -> u64 {
+        let empty = VectorClock::new();
+        let receipts = self.peers.get(peer);
+        self.docs
+            .iter()
+            .map(|(doc, meta)| {
+                let acked = receipts.and_then(|r| r.clocks.get(doc)).unwrap_or(&empty);
+                acked.missing_count(&meta.clock)
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,169 @@
+//! Remote changes: validated, applied when causally ready, held (bounded) while their
+//! dependencies are missing, and refused with a typed reason that closes the sending session.
+
+use automerge::Change;
+
+use super::{planted, Node, NodeError};
+use crate::id::DocId;
+use crate::store::{Store, WriteBatch};
+use crate::vclock::Actor;
+use crate::wire::CloseCode;
+
+/// Outcome of offering one remote change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Applied, together with this many previously buffered changes.
+    New(usize),
+    /// Already held.
+    Duplicate,
+    /// Held until its dependencies arrive.
+    Buffered,
+}
+
+/// A remote change was refused; the session that sent it ends.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("actor {actor} seq {seq} names two different changes")]
+    Equivocation { actor: Actor, seq: u64 },
+    #[error("more than {0} changes are waiting for dependencies")]
+    Overloaded(usize),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl ApplyError {
+    pub(crate) fn close_code(&self) -> CloseCode {
+        match self {
+            ApplyError::Invalid(_) => CloseCode::InvalidChange,
+            ApplyError::Equivocation { .. } => CloseCode::Equivocation,
+            ApplyError::Overloaded(_) => CloseCode::Overloaded,
+            ApplyError::Node(_) => CloseCode::StoreFailed,
+        }
+    }
+}
+
+impl<S: Store> Node<S> {
+    /// Offers one remote change: parsed and hash-checked by Automerge, applied if causally
+    /// ready, ignored if held, buffered (bounded) if its dependencies are missing.
+    pub(crate) fn apply_remote(
+        &mut self,
+        batch: &mut WriteBatch,
+        doc: &DocId,
+        bytes: &[u8],
+    ) -> Result<(Applied, Actor, u64), ApplyError> {
+        if bytes.len() > self.cfg.change_bytes_max as usize {
+            return Err(ApplyError::Invalid(format!(
+                "change of {} bytes exceeds the limit of {}",
+                bytes.len(),
+                self.cfg.change_bytes_max
+            )));
+        }
+        let change = Change::try_from(bytes)
+            .map_err(|e| ApplyError::Invalid(format!("change does not parse: {e}")))?;
+        let actor = Actor::from_automerge(change.actor_id())
+            .ok_or_else(|| ApplyError::Invalid("change actor is not 16 bytes".into()))?;
+        if change.seq() == 0 {
+            return Err(ApplyError::Invalid("change has sequence number 0".into()));
+        }
+        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
+        if change.seq() <= held {
+            let am = self.loaded_doc(doc)?;
+            return if am.get_change_meta_by_hash(&change.hash()).is_some() {
+                Ok((Applied::Duplicate, actor, change.seq()))
+            } else {
+                Err(ApplyError::Equivocation {
+                    actor,
+                    seq: change.seq(),
+                })
+            };
+        }
+        if actor == self.actor {
+            return Err(ApplyError::Invalid(
+                "change claims this node's current actor".into(),
+            ));
+        }
+        let seq = change.seq();
+        if !self.is_ready(doc, &change)? {
+            let slot = self.pending.entry(doc.clone()).or_default();
+            if let std::collections::btree_map::Entry::Vacant(v) = slot.entry((actor, seq)) {
+                if self.pending_count >= self.cfg.pending_changes_max {
+                    return Err(ApplyError::Overloaded(self.cfg.pending_changes_max));
+                }
+                v.insert(change);
+                self.pending_count += 1;
+            }
+            return Ok((Applied::Buffered, actor, seq));
+        }
+        self.apply_ready(batch, doc, change)?;
+        let mut drained = 0;
+        while let Some(next) = self.take_ready_pending(doc)? {
+            self.apply_ready(batch, doc, next)?;
+            drained += 1;
+        }
+        Ok((Applied::New(drained), actor, seq))
+    }
+
+    fn is_ready(&mut self, doc: &DocId, change: &Change) -> Result<bool, NodeError> {
+        let actor = Actor::from_automerge(change.actor_id()).expect("checked");
+        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
+        if change.seq() != held + 1 {
+            return Ok(false);
+        }
+        let am = self.loaded_doc(doc)?;
+        Ok(change
+            .deps()
+            .iter()
+            .all(|d| am.get_change_meta_by_hash(d).is_some()))
+    }
+
+    fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<Change>, NodeError> {
+        let Some(slot) = self.pending.get(doc) else {
+            return Ok(None);
+        };
+        let candidates: Vec<(Actor, u64)> = slot.keys().copied().collect();
+        for key in candidates {
+            let held = self.clock(doc).map(|c| c.get(&key.0)).unwrap_or(0);
+            if key.1 <= held {
+                // Arrived by another path meanwhile; if it differs, the duplicate check of its
+                // next delivery reports the equivocation.
+                self.pending.get_mut(doc).expect("exists").remove(&key);
+                self.pending_count -= 1;
+                continue;
+            }
+            let change = self.pending[doc][&key].clone();
+            if self.is_ready(doc, &change)? {
+                self.pending.get_mut(doc).expect("exists").remove(&key);
+                self.pending_count -= 1;
+                return Ok(Some(change));
+            }
+        }
+        if self.pending.get(doc).is_some_and(|s| s.is_empty()) {
+            self.pending.remove(doc);
+        }
+        Ok(None)
+    }
+
+    fn apply_ready(
+        &mut self,
+        batch: &mut WriteBatch,
+        doc: &DocId,
+        change: Change,
+    ) -> Result<(), ApplyError> {
+        let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 5 == 3;
+        if !planted_drop {
+            let hash = change.hash();
+            let am = self.loaded_doc(doc)?;
+            am.apply_changes([change.clone()])
+                .map_err(|e| ApplyError::Invalid(format!("automerge refused the change: {e}")))?;
+            if am.get_change_meta_by_hash(&hash).is_none() {
+                return Err(ApplyError::Invalid(
+                    "automerge did not apply a causally ready change".into(),
+                ));
+            }
+        }
+        self.record_change(batch, doc, &change, false)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! What the shell takes from the operating system, in one place: wall-clock time and
+//! randomness. The core never reads either; the shell passes them in (`now_ms` arguments,
+//! `Boot`, dialer draws).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `N` random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b)?;
+    Ok(b)
+}
+
+/// A uniform random `u64` for jitter and fresh ids. Where the operating system has no
+/// randomness (it never fails on Linux once booted), the time in nanoseconds stands in: jitter
+/// and id uniqueness degrade, nothing else depends on it.
+pub fn random_u64() -> u64 {
+    match random_bytes::<8>() {
+        Ok(b) => u64::from_le_bytes(b),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The clock is past 2023 and randomness differs between draws.
+    #[test]
+    fn clock_and_randomness() {
+        assert!(now_ms() > 1_700_000_000_000);
+        assert_ne!(random_bytes::<16>().unwrap(), random_bytes::<16>().unwrap());
+        assert_ne!(random_u64(), random_u64());
+    }
+}
