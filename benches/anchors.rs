@@ -230,6 +230,25 @@ fn doc_ids(prefix: &str, n: usize) -> Vec<DocId> {
         .collect()
 }
 
+/// Node "a" listening in `da`, and node "b" in `db` dialling it (durability `wal`).
+async fn start_pair(fleet: &LocalFleet, da: &Path, db: &Path) -> (Daemon, Daemon) {
+    let a = Daemon::start(settings(fleet, da, "a", true, None, Durability::Wal))
+        .await
+        .expect("a");
+    let quic = a.quic_addr.expect("listens");
+    let b = Daemon::start(settings(
+        fleet,
+        db,
+        "b",
+        false,
+        Some(("a", quic)),
+        Durability::Wal,
+    ))
+    .await
+    .expect("b");
+    (a, b)
+}
+
 /// `changes` changes on each of `docs`, each change one ingest of `per_change` readings; four
 /// threads on disjoint documents, so every ingest is its own change.
 fn fill(h: &NodeHandle, docs: &[DocId], changes: usize, per_change: usize, tag: &str) {
@@ -541,19 +560,7 @@ fn reconciliation(
     // The shared history reaches b over QUIC.
     let started = Instant::now();
     rt.block_on(async {
-        let a = Daemon::start(settings(&fleet, &da, "a", true, None, Durability::Wal))
-            .await
-            .expect("a");
-        let b = Daemon::start(settings(
-            &fleet,
-            &db,
-            "b",
-            false,
-            Some(("a", a.quic_addr.expect("listens"))),
-            Durability::Wal,
-        ))
-        .await
-        .expect("b");
+        let (a, b) = start_pair(&fleet, &da, &db).await;
         wait_synced(&a.handle(), &b.handle(), "b", 0).await;
         b.shutdown().await;
         a.shutdown().await;
@@ -589,19 +596,7 @@ fn reconciliation(
     copy_dir(&db, &lb);
     // The heal, over QUIC.
     let quic_bytes = rt.block_on(async {
-        let a = Daemon::start(settings(&fleet, &da, "a", true, None, Durability::Wal))
-            .await
-            .expect("a");
-        let b = Daemon::start(settings(
-            &fleet,
-            &db,
-            "b",
-            false,
-            Some(("a", a.quic_addr.expect("listens"))),
-            Durability::Wal,
-        ))
-        .await
-        .expect("b");
+        let (a, b) = start_pair(&fleet, &da, &db).await;
         let bytes = wait_synced(&a.handle(), &b.handle(), "b", (changed * 10) as u64).await;
         b.shutdown().await;
         a.shutdown().await;

@@ -64,6 +64,17 @@ fn opts() -> NetOptions {
     }
 }
 
+/// A dialling endpoint for gateway gw-1 of `fleet`.
+fn gateway(fleet: &Fleet) -> Endpoint {
+    Endpoint::bind(
+        loopback(),
+        false,
+        fleet.creds("gw-1", Role::Gateway),
+        opts(),
+    )
+    .unwrap()
+}
+
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -198,13 +209,7 @@ async fn handshake_frames_and_every_rejection() {
     let addr = server.local_addr().unwrap();
     let (etx, mut errors) = mpsc::unbounded_channel();
     echo_server(server.clone(), etx);
-    let good = Endpoint::bind(
-        loopback(),
-        false,
-        fleet.creds("gw-1", Role::Gateway),
-        opts(),
-    )
-    .unwrap();
+    let good = gateway(&fleet);
 
     // A working handshake and frame exchange; the identity comes from the certificate.
     round_trip(&good, addr, "cloud").await;
@@ -367,13 +372,7 @@ async fn rotation_without_restart() {
     let addr = server.local_addr().unwrap();
     let (etx, _errors) = mpsc::unbounded_channel();
     echo_server(server.clone(), etx);
-    let client = Endpoint::bind(
-        loopback(),
-        false,
-        fleet.creds("gw-1", Role::Gateway),
-        opts(),
-    )
-    .unwrap();
+    let client = gateway(&fleet);
     let first = round_trip(&client, addr, "cloud").await;
     assert!(!creds.reload_if_changed().unwrap(), "nothing changed yet");
 
@@ -481,13 +480,7 @@ async fn a_real_node_survives_hostile_frames_and_close_reasons() {
     );
     let addr = server.local_addr().unwrap();
     let mesh = Mesh::start(node.handle(), server, vec![], RetryPolicy::default());
-    let peer = Endpoint::bind(
-        loopback(),
-        false,
-        fleet.creds("gw-1", Role::Gateway),
-        opts(),
-    )
-    .unwrap();
+    let peer = gateway(&fleet);
 
     // A Close frame whose reason cuts at the QUIC reason limit inside a character.
     let euros = "€".repeat(85);

@@ -34,7 +34,7 @@ enum Phase {
 }
 
 /// Counters of one session.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SessionStats {
     /// Frames received.
     pub frames_in: u64,

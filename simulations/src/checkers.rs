@@ -17,14 +17,13 @@ use edgesync_proto::{DocId, Reading, SensorView, VectorClock};
 use crate::sim::Sim;
 use crate::workload::{sensor_doc, SENSOR_DOCS};
 
-/// An ingested reading waiting for durability before its client is answered.
+/// An ingested reading waiting for durability (commit `durable_at`) before its client is
+/// answered.
 #[derive(Clone, Debug)]
 pub(crate) struct Unacked {
-    /// The commit that must be durable first.
     pub(crate) durable_at: u64,
     pub(crate) doc: DocId,
-    pub(crate) id: String,
-    pub(crate) body: String,
+    pub(crate) reading: Reading,
 }
 
 /// Every reading the clients tried to ingest, and those they were answered for.
@@ -70,16 +69,14 @@ impl Sim {
             let u = &done[0];
             let v = format!(
                 "durability: {} acknowledged reading {} in {} before it was durable",
-                sn.name, u.id, u.doc
+                sn.name, u.reading.id, u.doc
             );
             self.violation(v);
         }
         for u in done {
-            self.ledger
-                .acked
-                .entry((u.doc, u.id))
-                .or_default()
-                .insert(u.body);
+            let body = u.reading.encode();
+            let key = (u.doc, u.reading.id);
+            self.ledger.acked.entry(key).or_default().insert(body);
         }
     }
 

@@ -21,30 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one seed and print a summary ending in `seed=S digest=HEX result=...`.
-    Run {
-        /// The seed: the same seed and arguments reproduce the run bit for bit.
-        #[arg(long)]
-        seed: u64,
-        /// Nodes, the cloud included (default: drawn from the seed, 3 to 7).
-        #[arg(long)]
-        nodes: Option<usize>,
-        /// star, mesh, chain or random (default: drawn from the seed).
-        #[arg(long, value_parser = |s: &str| s.parse::<Topology>())]
-        topology: Option<Topology>,
-        /// Simulated time with faults, in ms (default: drawn from the seed, 20 to 120 s).
-        #[arg(long)]
-        duration_ms: Option<u64>,
-        /// random, split-brain, crash-burst, flapping-uplink or same-ids.
-        #[arg(long, default_value = "random", value_parser = |s: &str| s.parse::<Scenario>())]
-        scenario: Scenario,
-        /// Plant a known bug that the checkers must catch: ack-before-persist,
-        /// drop-remote-change or vc-off-by-one.
-        #[arg(long, default_value = "none", value_parser = |s: &str| parse_canary(s))]
-        canary: edgesync_proto::Canary,
-        /// Print the event log (time, node, event).
-        #[arg(long)]
-        trace: bool,
-    },
+    Run(RunOpts),
     /// Run every seed of a range, each with a configuration drawn from it.
     Swarm {
         /// Seeds as A..B (B excluded).
@@ -55,6 +32,47 @@ enum Command {
         #[arg(long, default_value = "none", value_parser = |s: &str| parse_canary(s))]
         canary: edgesync_proto::Canary,
     },
+}
+
+/// `edgesync-sim run`: what the command line sets; the rest is drawn from the seed.
+#[derive(clap::Args)]
+struct RunOpts {
+    /// The seed: the same seed and arguments reproduce the run bit for bit.
+    #[arg(long)]
+    seed: u64,
+    /// Nodes, the cloud included (default: drawn from the seed, 3 to 7).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// star, mesh, chain or random (default: drawn from the seed).
+    #[arg(long, value_parser = |s: &str| s.parse::<Topology>())]
+    topology: Option<Topology>,
+    /// Simulated time with faults, in ms (default: drawn from the seed, 20 to 120 s).
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// random, split-brain, crash-burst, flapping-uplink or same-ids.
+    #[arg(long, default_value = "random", value_parser = |s: &str| s.parse::<Scenario>())]
+    scenario: Scenario,
+    /// Plant a known bug that the checkers must catch: ack-before-persist,
+    /// drop-remote-change or vc-off-by-one.
+    #[arg(long, default_value = "none", value_parser = |s: &str| parse_canary(s))]
+    canary: edgesync_proto::Canary,
+    /// Print the event log (time, node, event).
+    #[arg(long)]
+    trace: bool,
+}
+
+impl RunOpts {
+    fn into_args(self) -> RunArgs {
+        RunArgs {
+            seed: self.seed,
+            nodes: self.nodes,
+            topology: self.topology,
+            duration_ms: self.duration_ms,
+            scenario: self.scenario,
+            canary: self.canary,
+            trace: self.trace,
+        }
+    }
 }
 
 fn parse_range(s: &str) -> Result<std::ops::Range<u64>, String> {
@@ -89,24 +107,8 @@ fn seeds_missed(range: &str, violations: &[(String, String)]) -> Vec<u64> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run {
-            seed,
-            nodes,
-            topology,
-            duration_ms,
-            scenario,
-            canary,
-            trace,
-        } => {
-            let args = RunArgs {
-                seed,
-                nodes,
-                topology,
-                duration_ms,
-                scenario,
-                canary,
-                trace,
-            };
+        Command::Run(opts) => {
+            let args = opts.into_args();
             let started = Instant::now();
             let (plan, report) = run(&args);
             for line in &report.trace {
@@ -123,8 +125,8 @@ fn main() -> ExitCode {
             );
             println!(
                 "  knobs: batch {} B, window {}, fsync every ~{} ms, latency {}+{} ms, loss {:.2}%, dup {:.2}%, reorder {:.2}%",
-                k.batch_bytes_max,
-                k.inflight_batches_max,
+                k.core.batch_bytes_max,
+                k.core.inflight_batches_max,
                 k.sync_interval_ms,
                 k.latency_ms,
                 k.jitter_ms,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use edgesync_proto::wire::FRAME_BYTES_MIN;
-use edgesync_proto::Canary;
+use edgesync_proto::{Canary, Config, NodeName};
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -32,29 +32,40 @@ impl Topology {
     ];
 }
 
+const TOPOLOGY_NAMES: [(Topology, &str); 4] = [
+    (Topology::Star, "star"),
+    (Topology::Mesh, "mesh"),
+    (Topology::Chain, "chain"),
+    (Topology::Random, "random"),
+];
+
+/// The name of `v` in `table`.
+fn name_of<T: PartialEq>(table: &[(T, &'static str)], v: &T) -> &'static str {
+    table.iter().find(|(t, _)| t == v).map_or("?", |(_, n)| *n)
+}
+
+/// The value named `s` in `table`, or an error listing the names.
+fn parse_name<T: Copy>(table: &[(T, &'static str)], s: &str, what: &str) -> Result<T, String> {
+    table
+        .iter()
+        .find(|(_, n)| *n == s)
+        .map(|(t, _)| *t)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(_, n)| *n).collect();
+            format!("unknown {what} {s:?}; expected one of {}", names.join(", "))
+        })
+}
+
 impl fmt::Display for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Topology::Star => "star",
-            Topology::Mesh => "mesh",
-            Topology::Chain => "chain",
-            Topology::Random => "random",
-        })
+        f.write_str(name_of(&TOPOLOGY_NAMES, self))
     }
 }
 
 impl FromStr for Topology {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "star" => Ok(Topology::Star),
-            "mesh" => Ok(Topology::Mesh),
-            "chain" => Ok(Topology::Chain),
-            "random" => Ok(Topology::Random),
-            _ => Err(format!(
-                "unknown topology {s:?}; expected star, mesh, chain or random"
-            )),
-        }
+        parse_name(&TOPOLOGY_NAMES, s, "topology")
     }
 }
 
@@ -83,55 +94,42 @@ impl Scenario {
     ];
 }
 
+const SCENARIO_NAMES: [(Scenario, &str); 5] = [
+    (Scenario::Random, "random"),
+    (Scenario::SplitBrain, "split-brain"),
+    (Scenario::CrashBurst, "crash-burst"),
+    (Scenario::FlappingUplink, "flapping-uplink"),
+    (Scenario::SameIds, "same-ids"),
+];
+
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scenario::Random => "random",
-            Scenario::SplitBrain => "split-brain",
-            Scenario::CrashBurst => "crash-burst",
-            Scenario::FlappingUplink => "flapping-uplink",
-            Scenario::SameIds => "same-ids",
-        })
+        f.write_str(name_of(&SCENARIO_NAMES, self))
     }
 }
 
 impl FromStr for Scenario {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "random" => Ok(Scenario::Random),
-            "split-brain" => Ok(Scenario::SplitBrain),
-            "crash-burst" => Ok(Scenario::CrashBurst),
-            "flapping-uplink" => Ok(Scenario::FlappingUplink),
-            "same-ids" => Ok(Scenario::SameIds),
-            _ => Err(format!(
-                "unknown scenario {s:?}; expected random, split-brain, crash-burst, flapping-uplink or same-ids"
-            )),
-        }
+        parse_name(&SCENARIO_NAMES, s, "scenario")
     }
 }
 
+const CANARY_NAMES: [(Canary, &str); 4] = [
+    (Canary::None, "none"),
+    (Canary::AckBeforePersist, "ack-before-persist"),
+    (Canary::DropRemoteChange, "drop-remote-change"),
+    (Canary::VcOffByOne, "vc-off-by-one"),
+];
+
 /// Parses a canary name.
 pub fn parse_canary(s: &str) -> Result<Canary, String> {
-    match s {
-        "none" => Ok(Canary::None),
-        "ack-before-persist" => Ok(Canary::AckBeforePersist),
-        "drop-remote-change" => Ok(Canary::DropRemoteChange),
-        "vc-off-by-one" => Ok(Canary::VcOffByOne),
-        _ => Err(format!(
-            "unknown canary {s:?}; expected ack-before-persist, drop-remote-change or vc-off-by-one"
-        )),
-    }
+    parse_name(&CANARY_NAMES, s, "canary")
 }
 
 /// The canary's command-line name.
 pub fn canary_name(c: Canary) -> &'static str {
-    match c {
-        Canary::None => "none",
-        Canary::AckBeforePersist => "ack-before-persist",
-        Canary::DropRemoteChange => "drop-remote-change",
-        Canary::VcOffByOne => "vc-off-by-one",
-    }
+    name_of(&CANARY_NAMES, &c)
 }
 
 /// Every canary that plants a bug.
@@ -178,24 +176,11 @@ impl RunArgs {
 /// Tunables randomized per seed so that rare paths run constantly.
 #[derive(Clone, Debug)]
 pub struct Knobs {
-    /// Target batch size; down to one byte (one change per batch).
-    pub batch_bytes_max: u32,
+    /// The core's limits shared by every node (batch size down to one byte, windows,
+    /// timeouts, buffer bounds, memory budget, snapshot interval); its name is a placeholder.
+    pub core: Config,
     /// Frame limit per node.
     pub frame_bytes_max: Vec<u32>,
-    /// Fleet-wide change limit.
-    pub change_bytes_max: u32,
-    /// Batches in flight.
-    pub inflight_batches_max: usize,
-    /// Ack timeout.
-    pub ack_timeout_ms: u64,
-    /// Handshake timeout.
-    pub handshake_timeout_ms: u64,
-    /// Causal buffer bound.
-    pub pending_changes_max: usize,
-    /// Documents in memory.
-    pub docs_loaded_max: usize,
-    /// Snapshot interval.
-    pub snapshot_changes_min: u64,
     /// Mean time between store syncs (fsync) per node.
     pub sync_interval_ms: u64,
     /// One-way latency.
@@ -267,26 +252,28 @@ impl Plan {
             })
             .collect();
         let faulty = rng.random_bool(0.8);
+        let mut core = Config::new(NodeName::new("sim").expect("a valid name"));
+        core.batch_bytes_max = batch_bytes_max;
+        core.change_bytes_max = change_bytes_max;
+        core.inflight_batches_max = rng.random_range(1..=8);
+        core.ack_timeout_ms = rng.random_range(2..=30) * 1000;
+        core.handshake_timeout_ms = rng.random_range(2..=10) * 1000;
+        core.pending_changes_max = [16, 64, 1000, 10_000][rng.random_range(0..4usize)];
+        // Small memory budgets and frequent snapshots are rare paths worth running, and the
+        // costliest (documents reload on every touch): a minority of seeds get them.
+        core.docs_loaded_max = match rng.random_range(0..16u32) {
+            0 => 1,
+            1 | 2 => 3,
+            _ => 64,
+        };
+        core.snapshot_changes_min = match rng.random_range(0..8u32) {
+            0 => 8,
+            1 | 2 => 128,
+            _ => 1024,
+        };
         let knobs = Knobs {
-            batch_bytes_max,
+            core,
             frame_bytes_max,
-            change_bytes_max,
-            inflight_batches_max: rng.random_range(1..=8),
-            ack_timeout_ms: rng.random_range(2..=30) * 1000,
-            handshake_timeout_ms: rng.random_range(2..=10) * 1000,
-            pending_changes_max: [16, 64, 1000, 10_000][rng.random_range(0..4usize)],
-            // Small memory budgets and frequent snapshots are rare paths worth running, and
-            // the costliest (documents reload on every touch): a minority of seeds get them.
-            docs_loaded_max: match rng.random_range(0..16u32) {
-                0 => 1,
-                1 | 2 => 3,
-                _ => 64,
-            },
-            snapshot_changes_min: match rng.random_range(0..8u32) {
-                0 => 8,
-                1 | 2 => 128,
-                _ => 1024,
-            },
             sync_interval_ms: rng.random_range(1..=100),
             latency_ms: rng.random_range(1..=150),
             jitter_ms: rng.random_range(0..=50),
@@ -319,11 +306,11 @@ impl Plan {
         // link can carry (window x changes per batch / round trip): in a star the cloud relays
         // every change to every gateway, and a node back from a partition must catch up within
         // the liveness bound. Tiny batches still run; the workload thins out around them.
-        let changes_per_batch = (knobs.batch_bytes_max as f64 / 400.0).max(1.0);
+        let changes_per_batch = (knobs.core.batch_bytes_max as f64 / 400.0).max(1.0);
         let round_trip_ms =
             (2 * knobs.latency_ms + knobs.jitter_ms + 2 * knobs.sync_interval_ms) as f64;
         let capacity_per_s =
-            knobs.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
+            knobs.core.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
         let offered_per_s =
             1000.0 / knobs.ingest_interval_ms as f64 + 1000.0 / knobs.patch_interval_ms as f64;
         let thin = (4.0 * offered_per_s / capacity_per_s).max(1.0);

@@ -431,17 +431,12 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
         format!("gw-{i}")
     })
     .expect("valid");
-    let mut cfg = Config::new(name.clone());
-    cfg.frame_bytes_max = k.frame_bytes_max[i];
-    cfg.change_bytes_max = k.change_bytes_max;
-    cfg.batch_bytes_max = k.batch_bytes_max;
-    cfg.inflight_batches_max = k.inflight_batches_max;
-    cfg.ack_timeout_ms = k.ack_timeout_ms;
-    cfg.handshake_timeout_ms = k.handshake_timeout_ms;
-    cfg.pending_changes_max = k.pending_changes_max;
-    cfg.docs_loaded_max = k.docs_loaded_max;
-    cfg.snapshot_changes_min = k.snapshot_changes_min;
-    cfg.danger_canary = plan.canary;
+    let cfg = Config {
+        name: name.clone(),
+        frame_bytes_max: k.frame_bytes_max[i],
+        danger_canary: plan.canary,
+        ..k.core.clone()
+    };
     let skew_ms = if k.skew_max_ms == 0 {
         0
     } else {

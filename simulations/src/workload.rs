@@ -127,8 +127,7 @@ impl Sim {
                 self.nodes[i].unacked.push(Unacked {
                     durable_at,
                     doc: doc.clone(),
-                    id: r.id.clone(),
-                    body: r.encode(),
+                    reading: r.clone(),
                 });
             }
         }

@@ -203,6 +203,18 @@ fn http(
     Ok(v)
 }
 
+/// `path` on the node's API at `api`.
+fn endpoint(api: &str, path: &str) -> String {
+    format!("{}{path}", api.trim_end_matches('/'))
+}
+
+/// GETs `url` and prints the JSON answer.
+fn print_get(url: &str) -> anyhow::Result<()> {
+    let v = http("GET", url, None)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
@@ -230,11 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 f.insert(k.to_string(), field_value(v));
             }
             let body = serde_json::json!({"doc": doc, "id": id, "ts": ts, "fields": f});
-            let v = http(
-                "POST",
-                &format!("{}/v1/ingest", api.trim_end_matches('/')),
-                Some(body),
-            )?;
+            let v = http("POST", &endpoint(&api, "/v1/ingest"), Some(body))?;
             println!("{v}");
             Ok(())
         }
@@ -244,23 +252,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             conflicts,
         } => {
             let q = if conflicts { "?conflicts=true" } else { "" };
-            let v = http(
-                "GET",
-                &format!("{}/v1/docs/{doc}{q}", api.trim_end_matches('/')),
-                None,
-            )?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
+            print_get(&endpoint(&api, &format!("/v1/docs/{doc}{q}")))
         }
-        Command::Status { api } => {
-            let v = http(
-                "GET",
-                &format!("{}/v1/status", api.trim_end_matches('/')),
-                None,
-            )?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
-        }
+        Command::Status { api } => print_get(&endpoint(&api, "/v1/status")),
         Command::Check { data_dir, name } => check(data_dir, &name),
         Command::Pki { command } => pki_command(command),
         Command::DebugIngestLoop {

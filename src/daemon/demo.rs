@@ -113,22 +113,10 @@ pub async fn run() -> anyhow::Result<()> {
     let (c, g1, g2) = (cloud.handle(), gw1.handle(), gw2.handle());
     let t0 = 1_700_000_000_000i64;
     for i in 0..10 {
-        ingest(
-            &g1,
-            "site-a/temp-1",
-            &format!("a-{i}"),
-            t0 + i,
-            20.0 + i as f64 / 10.0,
-        )
-        .await?;
-        ingest(
-            &g2,
-            "site-b/temp-1",
-            &format!("b-{i}"),
-            t0 + i,
-            18.0 + i as f64 / 10.0,
-        )
-        .await?;
+        for (node, site, base) in [(&g1, "a", 20.0), (&g2, "b", 18.0)] {
+            let (doc, id) = (format!("site-{site}/temp-1"), format!("{site}-{i}"));
+            ingest(node, &doc, &id, t0 + i, base + i as f64 / 10.0).await?;
+        }
     }
     let took = wait_converged(&[&c, &g1, &g2], 20, Duration::from_secs(30)).await?;
     println!(

@@ -129,6 +129,68 @@ pub struct TlsAlert {
     pub reason: String,
 }
 
+/// Why a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The client presented no certificate.
+    NoClientCertificate,
+    /// The certificate does not chain to the fleet CA (self-signed, another CA, a signature
+    /// that does not verify).
+    UnknownIssuer,
+    /// The certificate is expired or not yet valid.
+    Expired,
+    /// The server's certificate is not valid for the peer name dialled.
+    NameMismatch,
+    /// Another certificate problem.
+    BadCertificate,
+    /// No common application protocol.
+    Alpn,
+    /// Anything else.
+    Other,
+}
+
+impl TlsFailure {
+    /// The stable short name ([`LinkError::kind`]).
+    pub fn kind(self) -> &'static str {
+        match self {
+            TlsFailure::NoClientCertificate => "no-client-cert",
+            TlsFailure::UnknownIssuer => "unknown-issuer",
+            TlsFailure::Expired => "expired",
+            TlsFailure::NameMismatch => "name-mismatch",
+            TlsFailure::BadCertificate => "bad-cert",
+            TlsFailure::Alpn => "alpn",
+            TlsFailure::Other => "tls",
+        }
+    }
+
+    /// Classifies an alert number, with what this node's own verifier refused if it did.
+    fn classify(alert: u8, rejected: Option<Rejected>) -> TlsFailure {
+        match (alert, rejected) {
+            (_, Some(Rejected::Name)) => TlsFailure::NameMismatch,
+            (_, Some(Rejected::Expired)) | (45, _) => TlsFailure::Expired,
+            (_, Some(Rejected::Issuer)) | (48 | 51, _) => TlsFailure::UnknownIssuer,
+            (116, _) => TlsFailure::NoClientCertificate,
+            (42..=46, _) => TlsFailure::BadCertificate,
+            (120, _) => TlsFailure::Alpn,
+            _ => TlsFailure::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsFailure::NoClientCertificate => "peer presented no client certificate",
+            TlsFailure::UnknownIssuer => "certificate not issued by the fleet CA",
+            TlsFailure::Expired => "certificate expired or not yet valid",
+            TlsFailure::NameMismatch => "server certificate not valid for the name dialled",
+            TlsFailure::BadCertificate => "certificate refused",
+            TlsFailure::Alpn => "no common application protocol (edgesync/1)",
+            TlsFailure::Other => "handshake error",
+        })
+    }
+}
+
 /// Why a verified certificate is not a usable peer identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnusableIdentity {
@@ -177,22 +239,12 @@ impl std::fmt::Display for TimeoutKind {
 /// metrics.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
-    /// The client presented no certificate.
-    #[error("peer presented no client certificate")]
-    NoClientCertificate(#[source] TlsAlert),
-    /// The certificate does not chain to the fleet CA (self-signed, another CA, a signature
-    /// that does not verify).
-    #[error("certificate not issued by the fleet CA")]
-    UnknownIssuer(#[source] TlsAlert),
-    /// The certificate is expired or not yet valid.
-    #[error("certificate expired or not yet valid")]
-    Expired(#[source] TlsAlert),
-    /// The server's certificate is not valid for the peer name we dialled.
-    #[error("server certificate is not valid for {expected}")]
-    NameMismatch {
-        /// The name dialled.
-        expected: NodeName,
-        /// The alert that ended the handshake.
+    /// The TLS handshake failed; `failure` says why, from the alert that ended it.
+    #[error("TLS handshake failed: {failure}")]
+    Handshake {
+        /// The classification.
+        failure: TlsFailure,
+        /// The alert.
         #[source]
         alert: TlsAlert,
     },
@@ -204,15 +256,6 @@ pub enum LinkError {
         /// The name in the certificate.
         found: NodeName,
     },
-    /// Another certificate problem.
-    #[error("certificate refused")]
-    BadCertificate(#[source] TlsAlert),
-    /// No common application protocol.
-    #[error("no common application protocol (edgesync/1)")]
-    Alpn(#[source] TlsAlert),
-    /// Another TLS failure.
-    #[error("TLS handshake failed")]
-    Tls(#[source] TlsAlert),
     /// A verified certificate that is not a usable node identity.
     #[error("unusable peer identity")]
     BadIdentity(#[source] UnusableIdentity),
@@ -287,13 +330,8 @@ impl LinkError {
     /// `closed`, `dial`.
     pub fn kind(&self) -> &'static str {
         match self {
-            LinkError::NoClientCertificate(_) => "no-client-cert",
-            LinkError::UnknownIssuer(_) => "unknown-issuer",
-            LinkError::Expired(_) => "expired",
-            LinkError::NameMismatch { .. } | LinkError::WrongPeer { .. } => "name-mismatch",
-            LinkError::BadCertificate(_) => "bad-cert",
-            LinkError::Alpn(_) => "alpn",
-            LinkError::Tls(_) => "tls",
+            LinkError::Handshake { failure, .. } => failure.kind(),
+            LinkError::WrongPeer { .. } => "name-mismatch",
             LinkError::BadIdentity(_) => "bad-identity",
             LinkError::FrameTooLarge { .. } => "frame-too-large",
             LinkError::Truncated | LinkError::MalformedByPeer { .. } => "malformed",
@@ -322,10 +360,7 @@ impl LinkError {
     /// and on the side that received it). `rejected` is what this node's own certificate
     /// verifier refused during the handshake, if anything: it tells a name mismatch from other
     /// bad certificates, which share one alert.
-    fn from_connection(
-        e: quinn::ConnectionError,
-        rejected: Option<(Rejected, &NodeName)>,
-    ) -> LinkError {
+    fn from_connection(e: quinn::ConnectionError, rejected: Option<Rejected>) -> LinkError {
         use quinn::ConnectionError as C;
         let (code, reason) = match &e {
             C::TransportError(t) => (u64::from(t.code), t.reason.clone()),
@@ -340,19 +375,9 @@ impl LinkError {
         let Some(alert) = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok()) else {
             return LinkError::Closed(ClosedError::Connection(e));
         };
+        let failure = TlsFailure::classify(alert, rejected);
         let alert = TlsAlert { alert, reason };
-        match (alert.alert, rejected) {
-            (_, Some((Rejected::Name, expected))) => LinkError::NameMismatch {
-                expected: expected.clone(),
-                alert,
-            },
-            (_, Some((Rejected::Expired, _))) | (45, _) => LinkError::Expired(alert),
-            (_, Some((Rejected::Issuer, _))) | (48 | 51, _) => LinkError::UnknownIssuer(alert),
-            (116, _) => LinkError::NoClientCertificate(alert),
-            (42..=46, _) => LinkError::BadCertificate(alert),
-            (120, _) => LinkError::Alpn(alert),
-            _ => LinkError::Tls(alert),
-        }
+        LinkError::Handshake { failure, alert }
     }
 
     fn from_application_close(a: &quinn::ApplicationClose) -> LinkError {
@@ -590,7 +615,7 @@ impl Endpoint {
             Err(_) => return Err(LinkError::Timeout(TimeoutKind::Handshake)),
             Ok(Err(e)) => {
                 let why = rejected.and_then(tls::RejectedSlot::take);
-                return Err(LinkError::from_connection(e, why.map(|r| (r, peer))));
+                return Err(LinkError::from_connection(e, why));
             }
             Ok(Ok(c)) => c,
         };

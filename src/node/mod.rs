@@ -188,21 +188,8 @@ pub struct SessionStatus {
     /// Batches sent, not yet acknowledged.
     pub inflight_batches: usize,
     /// Counters.
-    pub frames_in: u64,
-    /// Counters.
-    pub frames_out: u64,
-    /// Counters.
-    pub bytes_in: u64,
-    /// Counters.
-    pub bytes_out: u64,
-    /// Counters.
-    pub changes_sent: u64,
-    /// Counters.
-    pub changes_received: u64,
-    /// Counters.
-    pub changes_applied: u64,
-    /// Counters.
-    pub changes_duplicate: u64,
+    #[serde(flatten)]
+    pub stats: SessionStats,
 }
 
 /// The node's state for status pages and metrics.
@@ -225,30 +212,7 @@ pub struct NodeStatus {
     /// Per peer asked about: local changes it has not acknowledged.
     pub unacked: BTreeMap<String, u64>,
     /// Counters summed over every session since start, closed ones included.
-    pub totals: SessionStatus,
-}
-
-fn session_status(
-    id: u64,
-    peer: &str,
-    live: bool,
-    inflight: usize,
-    s: &SessionStats,
-) -> SessionStatus {
-    SessionStatus {
-        session: id,
-        peer: peer.to_string(),
-        live,
-        inflight_batches: inflight,
-        frames_in: s.frames_in,
-        frames_out: s.frames_out,
-        bytes_in: s.bytes_in,
-        bytes_out: s.bytes_out,
-        changes_sent: s.changes_sent,
-        changes_received: s.changes_received,
-        changes_applied: s.changes_applied,
-        changes_duplicate: s.changes_duplicate,
-    }
+    pub totals: SessionStats,
 }
 
 type IngestReply = Reply<Vec<IngestOutcome>, WriteError>;
@@ -449,12 +413,7 @@ impl NodeHandle {
         doc: DocId,
         readings: Vec<Reading>,
     ) -> Result<Vec<IngestOutcome>, WriteError> {
-        validate(&readings)?;
-        self.call(|reply| Cmd::Ingest {
-            doc,
-            readings,
-            reply,
-        })
+        self.call(ingest_request(doc, readings)?)
     }
 
     /// [`NodeHandle::ingest`] for async callers.
@@ -463,13 +422,7 @@ impl NodeHandle {
         doc: DocId,
         readings: Vec<Reading>,
     ) -> Result<Vec<IngestOutcome>, WriteError> {
-        validate(&readings)?;
-        self.call_async(|reply| Cmd::Ingest {
-            doc,
-            readings,
-            reply,
-        })
-        .await
+        self.call_async(ingest_request(doc, readings)?).await
     }
 
     /// Applies a JSON merge patch to a generic document; returns once durable. `false` when the
@@ -568,39 +521,41 @@ impl NodeHandle {
     }
 }
 
-fn validate(readings: &[Reading]) -> Result<(), WriteError> {
-    for r in readings {
+/// Validates `readings` on the caller's thread (the core thread's time is the scarce one) and
+/// makes the ingest request.
+fn ingest_request(
+    doc: DocId,
+    readings: Vec<Reading>,
+) -> Result<impl FnOnce(IngestReply) -> Cmd, WriteError> {
+    for r in &readings {
         r.validate().map_err(NodeError::from)?;
     }
-    Ok(())
+    Ok(move |reply| Cmd::Ingest {
+        doc,
+        readings,
+        reply,
+    })
 }
 
-enum Waiting {
-    Ingest(IngestReply, Vec<IngestOutcome>),
-    Patch(Reply<bool, WriteError>, bool),
-}
+/// An answer waiting for durability: sends the value, or the error that prevented it.
+struct Waiting(Box<dyn FnOnce(Option<WriteError>)>);
 
 impl Waiting {
+    fn new<T: 'static>(reply: Reply<T, WriteError>, value: T) -> Waiting {
+        Waiting(Box::new(move |failed| {
+            let _ = reply.send(match failed {
+                None => Ok(value),
+                Some(e) => Err(e),
+            });
+        }))
+    }
+
     fn answer(self) {
-        match self {
-            Waiting::Ingest(reply, out) => {
-                let _ = reply.send(Ok(out));
-            }
-            Waiting::Patch(reply, changed) => {
-                let _ = reply.send(Ok(changed));
-            }
-        }
+        (self.0)(None)
     }
 
     fn fail(self, e: WriteError) {
-        match self {
-            Waiting::Ingest(reply, _) => {
-                let _ = reply.send(Err(e));
-            }
-            Waiting::Patch(reply, _) => {
-                let _ = reply.send(Err(e));
-            }
-        }
+        (self.0)(Some(e))
     }
 }
 
@@ -698,7 +653,7 @@ impl Core {
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Patch { doc, patch, reply } => match self.node.patch(&doc, &patch, os::now_ms()) {
-                Ok(p) => self.wait(p.durable_at, Waiting::Patch(reply, p.changed)),
+                Ok(p) => self.wait(p.durable_at, Waiting::new(reply, p.changed)),
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
                 }
@@ -758,14 +713,12 @@ impl Core {
             .node
             .sessions()
             .iter()
-            .map(|s| {
-                session_status(
-                    s.id.0,
-                    s.peer.as_str(),
-                    s.live,
-                    s.inflight_batches,
-                    &s.stats,
-                )
+            .map(|s| SessionStatus {
+                session: s.id.0,
+                peer: s.peer.to_string(),
+                live: s.live,
+                inflight_batches: s.inflight_batches,
+                stats: s.stats.clone(),
             })
             .collect();
         let totals = self.node.session_totals();
@@ -781,7 +734,7 @@ impl Core {
                 .iter()
                 .map(|p| (p.to_string(), self.node.peer_unacked(p)))
                 .collect(),
-            totals: session_status(0, "", false, 0, &totals),
+            totals,
         }
     }
 
@@ -864,7 +817,7 @@ impl Core {
                     let mut outcomes = done.outcomes.into_iter();
                     for (rs, reply) in requests {
                         let mine: Vec<IngestOutcome> = outcomes.by_ref().take(rs.len()).collect();
-                        self.wait(done.durable_at, Waiting::Ingest(reply, mine));
+                        self.wait(done.durable_at, Waiting::new(reply, mine));
                     }
                 }
                 Err(e) => {
