@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use edgesync_sim::{parse_canary, result_line, run, RunArgs, Scenario, Topology};
+use edgesync_proto::Canary;
+use edgesync_sim::{parse_canary, result_line, run, Plan, Report, RunArgs, Scenario, Topology};
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +31,7 @@ enum Command {
         /// Plant a known bug in every run: the swarm then succeeds only if every seed ends in a
         /// violation, and prints `missed: ...` for any seed that did not.
         #[arg(long, default_value = "none", value_parser = |s: &str| parse_canary(s))]
-        canary: edgesync_proto::Canary,
+        canary: Canary,
     },
 }
 
@@ -55,7 +56,7 @@ struct RunOpts {
     /// Plant a known bug that the checkers must catch: ack-before-persist,
     /// drop-remote-change or vc-off-by-one.
     #[arg(long, default_value = "none", value_parser = |s: &str| parse_canary(s))]
-    canary: edgesync_proto::Canary,
+    canary: Canary,
     /// Print the event log (time, node, event).
     #[arg(long)]
     trace: bool,
@@ -107,129 +108,138 @@ fn seeds_missed(range: &str, violations: &[(String, String)]) -> Vec<u64> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run(opts) => {
-            let args = opts.into_args();
-            let started = Instant::now();
-            let (plan, report) = run(&args);
-            for line in &report.trace {
-                println!("{line}");
-            }
-            let k = &plan.knobs;
-            println!(
-                "edgesync-sim: seed {}, {} nodes ({}), scenario {}, {:.1} s of faults",
-                plan.seed,
-                plan.nodes,
-                plan.topology,
-                plan.scenario,
-                plan.duration_ms as f64 / 1000.0
-            );
-            println!(
-                "  knobs: batch {} B, window {}, fsync every ~{} ms, latency {}+{} ms, loss {:.2}%, dup {:.2}%, reorder {:.2}%",
-                k.core.batch_bytes_max,
-                k.core.inflight_batches_max,
-                k.sync_interval_ms,
-                k.latency_ms,
-                k.jitter_ms,
-                k.loss * 100.0,
-                k.dup * 100.0,
-                k.reorder * 100.0
-            );
-            println!(
-                "  faults: {} partitions, {} crashes; network: {} frames sent, {} lost; {} sessions",
-                report.partitions, report.crashes, report.frames_sent, report.frames_dropped, report.sessions
-            );
-            println!(
-                "  workload: {} readings acknowledged, {} document edits; {} events",
-                report.acked_readings, report.patches, report.events
-            );
-            match report.convergence_ms {
-                Some(c) => println!(
-                    "  converged {:.1} s (simulated) after the network healed; {} ms of wall time",
-                    c as f64 / 1000.0,
-                    started.elapsed().as_millis()
-                ),
-                None => println!(
-                    "  did not converge; {} ms of wall time",
-                    started.elapsed().as_millis()
-                ),
-            }
-            if report.violation.is_none() {
-                println!("  checks passed: convergence, durability (acknowledged = durable, present once), monotonic clocks, liveness");
-            }
-            println!("{}", result_line(&plan, &report));
-            if report.violation.is_some() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
+        Command::Run(opts) => run_one(&opts.into_args()),
+        Command::Swarm { seeds, canary } => swarm(&seeds, canary),
+    }
+}
+
+/// `run`: one seed, with a summary.
+fn run_one(args: &RunArgs) -> ExitCode {
+    let started = Instant::now();
+    let (plan, report) = run(args);
+    for line in &report.trace {
+        println!("{line}");
+    }
+    print_summary(&plan, &report);
+    match report.convergence_ms {
+        Some(c) => println!(
+            "  converged {:.1} s (simulated) after the network healed; {} ms of wall time",
+            c as f64 / 1000.0,
+            started.elapsed().as_millis()
+        ),
+        None => println!(
+            "  did not converge; {} ms of wall time",
+            started.elapsed().as_millis()
+        ),
+    }
+    if report.violation.is_none() {
+        println!("  checks passed: convergence, durability (acknowledged = durable, present once), monotonic clocks, liveness");
+    }
+    println!("{}", result_line(&plan, &report));
+    if report.violation.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_summary(plan: &Plan, report: &Report) {
+    let k = &plan.knobs;
+    println!(
+        "edgesync-sim: seed {}, {} nodes ({}), scenario {}, {:.1} s of faults",
+        plan.seed,
+        plan.nodes,
+        plan.topology,
+        plan.scenario,
+        plan.duration_ms as f64 / 1000.0
+    );
+    println!(
+        "  knobs: batch {} B, window {}, fsync every ~{} ms, latency {}+{} ms, loss {:.2}%, dup {:.2}%, reorder {:.2}%",
+        k.core.batch_bytes_max,
+        k.core.inflight_batches_max,
+        k.sync_interval_ms,
+        k.latency_ms,
+        k.jitter_ms,
+        k.loss * 100.0,
+        k.dup * 100.0,
+        k.reorder * 100.0
+    );
+    println!(
+        "  faults: {} partitions, {} crashes; network: {} frames sent, {} lost; {} sessions",
+        report.partitions,
+        report.crashes,
+        report.frames_sent,
+        report.frames_dropped,
+        report.sessions
+    );
+    println!(
+        "  workload: {} readings acknowledged, {} document edits; {} events",
+        report.acked_readings, report.patches, report.events
+    );
+}
+
+/// `swarm`: every seed of a range. With a canary, every seed must end in a violation.
+fn swarm(seeds: &str, canary: Canary) -> ExitCode {
+    let range = match parse_range(seeds) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edgesync-sim: {e}");
+            return ExitCode::from(2);
         }
-        Command::Swarm { seeds, canary } => {
-            let range = match parse_range(&seeds) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("edgesync-sim: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let bar = std::io::stderr().is_terminal().then(|| {
-                let b = indicatif::ProgressBar::new(range.end - range.start);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:40} {pos}/{len} seeds {per_sec} {msg}",
-                    )
-                    .expect("valid template"),
-                );
-                b
-            });
-            let started = Instant::now();
-            let total = range.end - range.start;
-            let mut violations = Vec::new();
-            for seed in range {
-                let mut args = RunArgs::seed(seed);
-                args.canary = canary;
-                let (plan, report) = run(&args);
-                if let Some(v) = &report.violation {
-                    violations.push((plan.reproduce(), v.clone()));
-                    if let Some(b) = &bar {
-                        b.set_message(format!("{} violations", violations.len()));
-                    }
-                }
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-            }
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
-            let secs = started.elapsed().as_secs_f64();
-            if canary == edgesync_proto::Canary::None {
-                for (cmd, v) in &violations {
-                    println!("violation: {v}");
-                    println!("reproduce: {cmd}");
-                }
-            } else {
-                // With a planted bug every seed must end in a violation; a miss is a checker gap.
-                for seed in seeds_missed(&seeds, &violations) {
-                    let mut args = RunArgs::seed(seed);
-                    args.canary = canary;
-                    println!("missed: {}", edgesync_sim::Plan::draw(&args).reproduce());
-                }
-            }
-            println!(
-                "swarm: {total} seeds, {} violations, {:.1} seeds/s",
-                violations.len(),
-                total as f64 / secs
-            );
-            let passed = if canary == edgesync_proto::Canary::None {
-                violations.is_empty()
-            } else {
-                violations.len() as u64 == total
-            };
-            if passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+    };
+    let total = range.end - range.start;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        let style =
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} {msg}")
+                .expect("valid template");
+        b.set_style(style);
+        b
+    });
+    let started = Instant::now();
+    let mut violations = Vec::new();
+    for seed in range {
+        let mut args = RunArgs::seed(seed);
+        args.canary = canary;
+        let (plan, report) = run(&args);
+        if let Some(v) = &report.violation {
+            violations.push((plan.reproduce(), v.clone()));
         }
+        if let Some(b) = &bar {
+            b.set_message(format!("{} violations", violations.len()));
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if canary == Canary::None {
+        for (cmd, v) in &violations {
+            println!("violation: {v}");
+            println!("reproduce: {cmd}");
+        }
+    } else {
+        // With a planted bug every seed must end in a violation; a miss is a checker gap.
+        for seed in seeds_missed(seeds, &violations) {
+            let mut args = RunArgs::seed(seed);
+            args.canary = canary;
+            println!("missed: {}", Plan::draw(&args).reproduce());
+        }
+    }
+    let found = violations.len();
+    println!(
+        "swarm: {total} seeds, {found} violations, {:.1} seeds/s",
+        total as f64 / secs
+    );
+    let passed = if canary == Canary::None {
+        found == 0
+    } else {
+        found as u64 == total
+    };
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -211,6 +211,49 @@ pub struct Knobs {
     pub skew_max_ms: u64,
 }
 
+impl Knobs {
+    /// Keeps the offered load (one change per ingest or patch) at most a quarter of what one
+    /// link can carry (window x changes per batch / round trip): in a star the cloud relays
+    /// every change to every gateway, and a node back from a partition must catch up within
+    /// the liveness bound. Tiny batches still run; the workload thins out around them.
+    fn thin_workload(&mut self) {
+        let changes_per_batch = (self.core.batch_bytes_max as f64 / 400.0).max(1.0);
+        let round_trip_ms =
+            (2 * self.latency_ms + self.jitter_ms + 2 * self.sync_interval_ms) as f64;
+        let capacity_per_s =
+            self.core.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
+        let offered_per_s =
+            1000.0 / self.ingest_interval_ms as f64 + 1000.0 / self.patch_interval_ms as f64;
+        let thin = (4.0 * offered_per_s / capacity_per_s).max(1.0);
+        self.ingest_interval_ms = (self.ingest_interval_ms as f64 * thin).ceil() as u64;
+        self.patch_interval_ms = (self.patch_interval_ms as f64 * thin).ceil() as u64;
+    }
+}
+
+/// The core limits every node of a run shares, drawn from the seed.
+fn draw_core(rng: &mut Xoshiro256PlusPlus, batch_bytes_max: u32) -> Config {
+    let mut core = Config::new(NodeName::new("sim").expect("a valid name"));
+    core.batch_bytes_max = batch_bytes_max;
+    core.change_bytes_max = FRAME_BYTES_MIN - 1024;
+    core.inflight_batches_max = rng.random_range(1..=8);
+    core.ack_timeout_ms = rng.random_range(2..=30) * 1000;
+    core.handshake_timeout_ms = rng.random_range(2..=10) * 1000;
+    core.pending_changes_max = [16, 64, 1000, 10_000][rng.random_range(0..4usize)];
+    // Small memory budgets and frequent snapshots are rare paths worth running, and the
+    // costliest (documents reload on every touch): a minority of seeds get them.
+    core.docs_loaded_max = match rng.random_range(0..16u32) {
+        0 => 1,
+        1 | 2 => 3,
+        _ => 64,
+    };
+    core.snapshot_changes_min = match rng.random_range(0..8u32) {
+        0 => 8,
+        1 | 2 => 128,
+        _ => 1024,
+    };
+    core
+}
+
 /// Everything a run needs, fully determined by the seed and the explicit arguments.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -241,7 +284,6 @@ impl Plan {
         let nodes = args.nodes.unwrap_or(nodes).max(2);
         // Log-uniform batch sizes: 1 byte (one change per batch) up to 256 KiB.
         let batch_bytes_max = 1u32 << rng.random_range(0..=18u32);
-        let change_bytes_max = FRAME_BYTES_MIN - 1024;
         let frame_bytes_max = (0..nodes)
             .map(|_| {
                 if rng.random_bool(0.5) {
@@ -252,25 +294,7 @@ impl Plan {
             })
             .collect();
         let faulty = rng.random_bool(0.8);
-        let mut core = Config::new(NodeName::new("sim").expect("a valid name"));
-        core.batch_bytes_max = batch_bytes_max;
-        core.change_bytes_max = change_bytes_max;
-        core.inflight_batches_max = rng.random_range(1..=8);
-        core.ack_timeout_ms = rng.random_range(2..=30) * 1000;
-        core.handshake_timeout_ms = rng.random_range(2..=10) * 1000;
-        core.pending_changes_max = [16, 64, 1000, 10_000][rng.random_range(0..4usize)];
-        // Small memory budgets and frequent snapshots are rare paths worth running, and the
-        // costliest (documents reload on every touch): a minority of seeds get them.
-        core.docs_loaded_max = match rng.random_range(0..16u32) {
-            0 => 1,
-            1 | 2 => 3,
-            _ => 64,
-        };
-        core.snapshot_changes_min = match rng.random_range(0..8u32) {
-            0 => 8,
-            1 | 2 => 128,
-            _ => 1024,
-        };
+        let core = draw_core(&mut rng, batch_bytes_max);
         let knobs = Knobs {
             core,
             frame_bytes_max,
@@ -302,20 +326,7 @@ impl Plan {
             skew_max_ms: rng.random_range(0..=30_000),
         };
         let mut knobs = knobs;
-        // Keep the offered load (one change per ingest or patch) at most a quarter of what one
-        // link can carry (window x changes per batch / round trip): in a star the cloud relays
-        // every change to every gateway, and a node back from a partition must catch up within
-        // the liveness bound. Tiny batches still run; the workload thins out around them.
-        let changes_per_batch = (knobs.core.batch_bytes_max as f64 / 400.0).max(1.0);
-        let round_trip_ms =
-            (2 * knobs.latency_ms + knobs.jitter_ms + 2 * knobs.sync_interval_ms) as f64;
-        let capacity_per_s =
-            knobs.core.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
-        let offered_per_s =
-            1000.0 / knobs.ingest_interval_ms as f64 + 1000.0 / knobs.patch_interval_ms as f64;
-        let thin = (4.0 * offered_per_s / capacity_per_s).max(1.0);
-        knobs.ingest_interval_ms = (knobs.ingest_interval_ms as f64 * thin).ceil() as u64;
-        knobs.patch_interval_ms = (knobs.patch_interval_ms as f64 * thin).ceil() as u64;
+        knobs.thin_workload();
         Plan {
             seed: args.seed,
             nodes,
