@@ -222,8 +222,14 @@ impl Message {
 
     /// Decodes one payload (without the length prefix).
     pub fn from_payload(payload: &[u8]) -> Result<Message, DecodeError> {
-        let msg: Message =
-            postcard::from_bytes(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let (msg, rest): (Message, &[u8]) = postcard::take_from_bytes(payload)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed(format!(
+                "{} bytes after the message",
+                rest.len()
+            )));
+        }
         if let Message::Close(c) = &msg {
             if c.reason.len() > CLOSE_REASON_BYTES_MAX {
                 return Err(DecodeError::ReasonTooLong);
@@ -418,6 +424,12 @@ mod tests {
         let mut dec = FrameDecoder::new(FRAME_BYTES_MIN);
         dec.push(&frame);
         assert!(matches!(dec.next_message(), Err(DecodeError::Malformed(_))));
+        let mut trailing = hello().to_frame();
+        trailing.push(0);
+        assert!(matches!(
+            Message::from_payload(&trailing[4..]),
+            Err(DecodeError::Malformed(_))
+        ));
         let long = Message::Close(Close {
             code: CloseCode::Shutdown,
             reason: "x".repeat(300),
