@@ -722,26 +722,14 @@ fn free_port() -> SocketAddr {
 
 fn start_process(
     dir: &Path,
-    pki_dir: &Path,
+    fleet: &LocalFleet,
     name: &str,
     listen: Option<SocketAddr>,
     peer: Option<(&str, SocketAddr)>,
 ) -> (Proc, String) {
     let api = free_port();
-    let mut cfg = format!(
-        "name = \"{name}\"\ndata_dir = \"{}\"\napi = \"{api}\"\n",
-        dir.join(name).display()
-    );
-    if let Some(l) = listen {
-        cfg += &format!("listen = \"{l}\"\n");
-    }
-    cfg += &format!(
-        "[tls]\nca = \"{p}/ca.crt\"\ncert = \"{p}/{name}.crt\"\nkey = \"{p}/{name}.key\"\n",
-        p = pki_dir.display()
-    );
-    if let Some((n, a)) = peer {
-        cfg += &format!("[[peers]]\nname = \"{n}\"\naddr = \"{a}\"\n");
-    }
+    let peers: Vec<(&str, SocketAddr)> = peer.into_iter().collect();
+    let cfg = fleet.config_toml(name, &dir.join(name), api, listen, &peers, "");
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, cfg).expect("config");
     let child = Command::new(env!("CARGO_BIN_EXE_edgesync"))
@@ -788,7 +776,7 @@ fn memory(docs: usize) -> (f64, f64, f64) {
         .expect("port")
         .local_addr()
         .expect("addr");
-    let (big, url) = start_process(dir.path(), fleet.pki_dir(), "big", Some(quic), None);
+    let (big, url) = start_process(dir.path(), &fleet, "big", Some(quic), None);
     let agent = ureq::agent();
     for d in &ids {
         let r = agent
@@ -798,13 +786,7 @@ fn memory(docs: usize) -> (f64, f64, f64) {
         assert_eq!(r.status(), 200);
     }
     let after_load = vm_hwm_mib(big.0.id());
-    let (empty, eurl) = start_process(
-        dir.path(),
-        fleet.pki_dir(),
-        "empty",
-        None,
-        Some(("big", quic)),
-    );
+    let (empty, eurl) = start_process(dir.path(), &fleet, "empty", None, Some(("big", quic)));
     let start = Instant::now();
     loop {
         let s = get_json(&format!("{url}/v1/status"));

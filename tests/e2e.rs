@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edgesync::daemon::local::LocalFleet;
 use edgesync::relay::UdpRelay;
 use serde_json::{json, Value};
 
@@ -102,23 +103,15 @@ struct Node {
 impl Node {
     fn write_config(dir: &Path, pki: &Path, spec: &NodeSpec<'_>) -> (PathBuf, String) {
         let api = free_tcp();
-        let mut cfg = format!(
-            "name = \"{name}\"\ndata_dir = \"{data}\"\napi = \"{api}\"\n",
-            name = spec.name,
-            data = dir.join("data").join(spec.name).display(),
+        let data = dir.join("data").join(spec.name);
+        let cfg = LocalFleet::existing(pki).config_toml(
+            spec.name,
+            &data,
+            api,
+            spec.listen,
+            &spec.peers,
+            spec.extra,
         );
-        if let Some(l) = spec.listen {
-            cfg += &format!("listen = \"{l}\"\n");
-        }
-        cfg += spec.extra;
-        cfg += &format!(
-            "[tls]\nca = \"{p}/ca.crt\"\ncert = \"{p}/{n}.crt\"\nkey = \"{p}/{n}.key\"\n",
-            p = pki.display(),
-            n = spec.name
-        );
-        for (n, a) in &spec.peers {
-            cfg += &format!("[[peers]]\nname = \"{n}\"\naddr = \"{a}\"\n");
-        }
         let path = dir.join(format!("{}.toml", spec.name));
         std::fs::write(&path, cfg).unwrap();
         (path, format!("http://{api}"))

@@ -40,6 +40,44 @@ impl LocalFleet {
         })
     }
 
+    /// A fleet whose CA and certificates are already in `pki_dir` (made by `edgesync pki`).
+    pub fn existing(pki_dir: &Path) -> LocalFleet {
+        LocalFleet {
+            pki_dir: pki_dir.to_path_buf(),
+        }
+    }
+
+    /// The text of a configuration file (`edgesync run --config`) for node `name`: data in
+    /// `data_dir`, the API on `api`, QUIC on `listen` if any, dialling `peers`; `extra` (say, a
+    /// `[sync]` table) goes before the `[tls]` table.
+    pub fn config_toml(
+        &self,
+        name: &str,
+        data_dir: &Path,
+        api: SocketAddr,
+        listen: Option<SocketAddr>,
+        peers: &[(&str, SocketAddr)],
+        extra: &str,
+    ) -> String {
+        let data = data_dir.display();
+        let mut cfg = format!("name = \"{name}\"\ndata_dir = \"{data}\"\napi = \"{api}\"\n");
+        if let Some(l) = listen {
+            cfg += &format!("listen = \"{l}\"\n");
+        }
+        cfg += extra;
+        let tls = self.tls(name);
+        cfg += &format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            tls.ca.display(),
+            tls.cert.display(),
+            tls.key.display()
+        );
+        for (n, a) in peers {
+            cfg += &format!("[[peers]]\nname = \"{n}\"\naddr = \"{a}\"\n");
+        }
+        cfg
+    }
+
     /// Where the CA and the certificates are.
     pub fn pki_dir(&self) -> &Path {
         &self.pki_dir
@@ -74,5 +112,39 @@ impl LocalFleet {
             });
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::Settings;
+
+    // A generated configuration file loads into the settings it describes.
+    #[test]
+    fn generated_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = LocalFleet::existing(&dir.path().join("pki"));
+        let api: SocketAddr = "127.0.0.1:8500".parse().unwrap();
+        let quic: SocketAddr = "127.0.0.1:7500".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:7501".parse().unwrap();
+        let text = fleet.config_toml(
+            "gw-1",
+            &dir.path().join("data"),
+            api,
+            Some(quic),
+            &[("cloud", peer)],
+            "[sync]\nretry_cap_ms = 2000\n",
+        );
+        let path = dir.path().join("gw-1.toml");
+        std::fs::write(&path, text).unwrap();
+        let s = Settings::load(&path, &|_| None).unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.api, s.listen),
+            ("gw-1", api, Some(quic))
+        );
+        assert_eq!(s.peers[0].addr, peer.to_string());
+        assert_eq!(s.retry.cap_ms, 2000);
+        assert_eq!(s.tls, fleet.tls("gw-1"));
     }
 }
