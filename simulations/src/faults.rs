@@ -5,8 +5,9 @@ use edgesync_proto::{Boot, Node};
 use rand::RngExt;
 
 use crate::plan::Scenario;
+use crate::plan::BURST_READINGS;
 use crate::sim::{Ev, Sim};
-use crate::workload::{Burst, BURST_READINGS};
+use crate::workload::Burst;
 
 /// A partition: the directions it blocks, for how long, and what to call it in the log.
 #[derive(Debug)]
@@ -96,7 +97,8 @@ impl Sim {
             0 | 1 => {
                 let node = self.rng.random_range(0..n);
                 if self.rng.random_bool(0.5) {
-                    self.at(t + 10, Ev::Burst(Burst::new(node, None, false)));
+                    let len = self.plan.knobs.burst_readings;
+                    self.at(t + 10, Ev::Burst(Burst::of(node, len)));
                 }
                 Ev::Block(partition(isolate(node, n), hold, format!("isolate {node}")))
             }

@@ -6,6 +6,9 @@ use std::str::FromStr;
 
 use edgesync_proto::wire::FRAME_BYTES_MIN;
 use edgesync_proto::{Canary, Config, NodeName};
+
+/// Readings in the seed's partition test burst.
+pub const BURST_READINGS: u32 = 50;
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -207,24 +210,39 @@ pub struct Knobs {
     pub patch_interval_ms: u64,
     /// Fault events (partitions, crashes, store failures) during the run.
     pub faults: u32,
+    /// Readings in each burst that a random isolation starts (the named scenarios keep the
+    /// seed's 50): shortened where the links are too slow to carry 50.
+    pub burst_readings: u32,
     /// Maximum wall-clock skew per node.
     pub skew_max_ms: u64,
 }
 
 impl Knobs {
-    /// Keeps the offered load (one change per ingest or patch) at most a quarter of what one
-    /// link can carry (window x changes per batch / round trip): in a star the cloud relays
-    /// every change to every gateway, and a node back from a partition must catch up within
-    /// the liveness bound. Tiny batches still run; the workload thins out around them.
-    fn thin_workload(&mut self) {
+    /// Keeps the offered load (one change per ingest, patch or burst reading) at most a quarter
+    /// of what one link can carry (window x changes per batch / round trip): in a star the
+    /// cloud relays every change to every gateway, and a node back from a partition must catch
+    /// up within the liveness bound. Bursts count too (seed 185914 failed liveness when they
+    /// did not): they may take half of that budget and are shortened first, down to one
+    /// reading; ingests and patches thin out in the rest. Tiny batches still run.
+    fn thin_workload(&mut self, duration_ms: u64) {
         let changes_per_batch = (self.core.batch_bytes_max as f64 / 400.0).max(1.0);
         let round_trip_ms =
             (2 * self.latency_ms + self.jitter_ms + 2 * self.sync_interval_ms) as f64;
         let capacity_per_s =
             self.core.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
+        let budget_per_s = capacity_per_s / 4.0;
+        let duration_s = duration_ms as f64 / 1000.0;
+        // Two of the seven random fault kinds isolate a node; each isolation may start a burst.
+        let bursts = self.faults as f64 * 2.0 / 7.0;
+        if bursts > 0.0 {
+            let fit = (budget_per_s / 2.0 * duration_s / bursts).floor() as u32;
+            self.burst_readings = fit.clamp(1, BURST_READINGS);
+        }
+        let bursts_per_s = bursts * f64::from(self.burst_readings) / duration_s;
+        let room_per_s = (budget_per_s - bursts_per_s).max(budget_per_s / 2.0);
         let offered_per_s =
             1000.0 / self.ingest_interval_ms as f64 + 1000.0 / self.patch_interval_ms as f64;
-        let thin = (4.0 * offered_per_s / capacity_per_s).max(1.0);
+        let thin = (offered_per_s / room_per_s).max(1.0);
         self.ingest_interval_ms = (self.ingest_interval_ms as f64 * thin).ceil() as u64;
         self.patch_interval_ms = (self.patch_interval_ms as f64 * thin).ceil() as u64;
     }
@@ -323,15 +341,17 @@ impl Plan {
             ingest_interval_ms: rng.random_range(50..=500),
             patch_interval_ms: rng.random_range(200..=3000),
             faults: if faulty { rng.random_range(2..=14) } else { 0 },
+            burst_readings: BURST_READINGS,
             skew_max_ms: rng.random_range(0..=30_000),
         };
+        let duration_ms = args.duration_ms.unwrap_or(duration_ms).max(1000);
         let mut knobs = knobs;
-        knobs.thin_workload();
+        knobs.thin_workload(duration_ms);
         Plan {
             seed: args.seed,
             nodes,
             topology: args.topology.unwrap_or(topology),
-            duration_ms: args.duration_ms.unwrap_or(duration_ms).max(1000),
+            duration_ms,
             scenario: args.scenario,
             canary: args.canary,
             knobs,

@@ -236,6 +236,7 @@ impl Sim {
                     .quiescence_blocker()
                     .unwrap_or_else(|| "unknown".into());
                 self.dump_state();
+                self.dump_queue();
                 self.violation(format!(
                     "liveness: no convergence within {LIVENESS_MS} ms after faults stopped ({why})"
                 ));
@@ -288,6 +289,27 @@ impl Sim {
                     self.at(QUIESCENCE_CHECK_MS, Ev::CheckQuiescence);
                 }
             }
+        }
+    }
+
+    /// Logs the earliest scheduled events (for liveness failures).
+    fn dump_queue(&mut self) {
+        let lines: Vec<String> = self
+            .queue
+            .iter()
+            .take(12)
+            .map(|((t, _), ev)| match ev {
+                Ev::Deliver { conn, to, frame } => {
+                    format!(
+                        "queued at {t}: deliver {} bytes on conn {conn} to end {to}",
+                        frame.len()
+                    )
+                }
+                other => format!("queued at {t}: {other:?}"),
+            })
+            .collect();
+        for l in lines {
+            self.log(None, format_args!("{l}"));
         }
     }
 

@@ -6,14 +6,13 @@ use rand::RngExt;
 use serde_json::json;
 
 use crate::checkers::Unacked;
+use crate::plan::BURST_READINGS;
 use crate::sim::{Ev, Sim, BASE_MS};
 
 /// Sensor documents the workload writes.
 pub(crate) const SENSOR_DOCS: usize = 6;
 /// Generic documents the workload edits.
 const GENERIC_DOCS: usize = 2;
-/// Readings in the seed's partition test burst.
-pub(crate) const BURST_READINGS: u32 = 50;
 /// Recent readings kept for re-ingesting at a second gateway.
 const RECENT_MAX: usize = 64;
 
@@ -29,12 +28,23 @@ pub(crate) struct Burst {
 }
 
 impl Burst {
+    /// The seed's 50-reading burst at `node`.
     pub(crate) fn new(node: usize, crash_at: Option<u32>, shared: bool) -> Burst {
         Burst {
             node,
             left: BURST_READINGS,
             crash_at,
             shared,
+        }
+    }
+
+    /// A burst of `len` readings at `node`.
+    pub(crate) fn of(node: usize, len: u32) -> Burst {
+        Burst {
+            node,
+            left: len,
+            crash_at: None,
+            shared: false,
         }
     }
 }
