@@ -21,6 +21,22 @@ pub const SENSOR_SCHEMA: &str = "edgesync.sensor/1";
 pub const PATCH_DEPTH_MAX: usize = 32;
 /// Most JSON values in one merge patch.
 pub const PATCH_VALUES_MAX: usize = 10_000;
+/// Deepest object nesting a JSON view shows: every document built by merge patches fits
+/// (a patch nests at most [`PATCH_DEPTH_MAX`] below the root). A peer can send deeper
+/// documents; their views are refused instead of recursing (and overflowing the stack) as deep
+/// as the peer chose.
+pub const VIEW_DEPTH_MAX: usize = PATCH_DEPTH_MAX + 1;
+
+/// A document cannot be shown as JSON.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+pub enum ViewError {
+    /// Objects nest deeper than [`VIEW_DEPTH_MAX`].
+    #[error("objects nest deeper than {max}")]
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
+}
 
 /// What kind of document this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,45 +213,60 @@ pub const CONFLICTS_KEY: &str = "$conflicts";
 /// The JSON view of any document. With `conflicts`, a key that holds concurrent values
 /// (concurrent writes of the same key) is shown as `{"$conflicts": [winner, other, ...]}`
 /// instead of only the deterministic winner.
-pub fn json_view(doc: &Automerge, conflicts: bool) -> Json {
-    object_json(doc, &ROOT, ObjType::Map, conflicts)
+pub fn json_view(doc: &Automerge, conflicts: bool) -> Result<Json, ViewError> {
+    let view = View { doc, conflicts };
+    view.object(&ROOT, ObjType::Map, 0)
 }
 
-fn object_json(doc: &Automerge, obj: &ObjId, ty: ObjType, conflicts: bool) -> Json {
-    match ty {
-        ObjType::Map | ObjType::Table => {
-            let mut out = Map::new();
-            for key in doc.keys(obj) {
-                let all = doc.get_all(obj, key.as_str()).unwrap_or_default();
-                out.insert(key, values_json(doc, all, conflicts));
+/// One JSON view being built; recursion is bounded by [`VIEW_DEPTH_MAX`].
+struct View<'a> {
+    doc: &'a Automerge,
+    conflicts: bool,
+}
+
+impl View<'_> {
+    fn object(&self, obj: &ObjId, ty: ObjType, depth: usize) -> Result<Json, ViewError> {
+        if depth > VIEW_DEPTH_MAX {
+            return Err(ViewError::TooDeep {
+                max: VIEW_DEPTH_MAX,
+            });
+        }
+        let doc = self.doc;
+        Ok(match ty {
+            ObjType::Map | ObjType::Table => {
+                let mut out = Map::new();
+                for key in doc.keys(obj) {
+                    let all = doc.get_all(obj, key.as_str()).unwrap_or_default();
+                    out.insert(key, self.values(all, depth)?);
+                }
+                Json::Object(out)
             }
-            Json::Object(out)
-        }
-        ObjType::List => {
-            let len = doc.length(obj);
-            let items = (0..len)
-                .map(|i| values_json(doc, doc.get_all(obj, i).unwrap_or_default(), conflicts))
-                .collect();
-            Json::Array(items)
-        }
-        ObjType::Text => Json::String(doc.text(obj).unwrap_or_default()),
+            ObjType::List => {
+                let items = (0..doc.length(obj))
+                    .map(|i| self.values(doc.get_all(obj, i).unwrap_or_default(), depth))
+                    .collect::<Result<_, _>>()?;
+                Json::Array(items)
+            }
+            ObjType::Text => Json::String(doc.text(obj).unwrap_or_default()),
+        })
     }
-}
 
-fn values_json(doc: &Automerge, mut all: Vec<(Value<'_>, ObjId)>, conflicts: bool) -> Json {
-    // `get_all` lists the winner last; the plain view shows the winner, as `get` would.
-    let one = |doc: &Automerge, (v, id): (Value<'_>, ObjId)| match v {
-        Value::Object(ty) => object_json(doc, &id, ty, conflicts),
-        Value::Scalar(s) => scalar_json(s.as_ref()),
-    };
-    if conflicts && all.len() > 1 {
-        all.reverse();
-        let values = all.into_iter().map(|x| one(doc, x)).collect();
-        let mut m = Map::new();
-        m.insert(CONFLICTS_KEY.to_string(), Json::Array(values));
-        Json::Object(m)
-    } else {
-        all.pop().map(|x| one(doc, x)).unwrap_or(Json::Null)
+    /// The values at one key (of an object at `depth`).
+    fn values(&self, mut all: Vec<(Value<'_>, ObjId)>, depth: usize) -> Result<Json, ViewError> {
+        // `get_all` lists the winner last; the plain view shows the winner, as `get` would.
+        let one = |(v, id): (Value<'_>, ObjId)| match v {
+            Value::Object(ty) => self.object(&id, ty, depth + 1),
+            Value::Scalar(s) => Ok(scalar_json(s.as_ref())),
+        };
+        if self.conflicts && all.len() > 1 {
+            all.reverse();
+            let values = all.into_iter().map(one).collect::<Result<_, _>>()?;
+            let mut m = Map::new();
+            m.insert(CONFLICTS_KEY.to_string(), Json::Array(values));
+            Ok(Json::Object(m))
+        } else {
+            all.pop().map_or(Ok(Json::Null), one)
+        }
     }
 }
 
@@ -518,7 +549,7 @@ mod tests {
             0,
         );
         assert_eq!(
-            json_view(&d, false),
+            json_view(&d, false).unwrap(),
             json!({"b": {"c": 5, "d": 3}, "l": ["z"], "s": "t"})
         );
         assert!(
@@ -538,15 +569,15 @@ mod tests {
         apply_merge_patch(&mut b, &json!({"k": "from-b"}), 0);
         a.merge(&mut b.clone()).unwrap();
         b.merge(&mut a.clone()).unwrap();
-        assert_eq!(json_view(&a, false), json_view(&b, false));
-        let c = json_view(&a, true);
+        assert_eq!(json_view(&a, false).unwrap(), json_view(&b, false).unwrap());
+        let c = json_view(&a, true).unwrap();
         let mut vals: Vec<String> = c["k"][CONFLICTS_KEY]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
-        assert_eq!(vals[0], json_view(&a, false)["k"], "winner first");
+        assert_eq!(vals[0], json_view(&a, false).unwrap()["k"], "winner first");
         vals.sort();
         assert_eq!(vals, vec!["from-a", "from-b"]);
     }
@@ -575,5 +606,36 @@ mod tests {
             })
         );
         assert_eq!(validate_patch(&json!({"a": [1, {"b": 2}]})), Ok(()));
+    }
+
+    /// A document whose maps nest `depth` deep below the root.
+    fn nested(depth: usize) -> Automerge {
+        let mut d = Automerge::new();
+        let mut tx = d.transaction();
+        let mut obj = ROOT;
+        for _ in 0..depth {
+            obj = tx.put_object(&obj, "n", ObjType::Map).unwrap();
+        }
+        tx.commit();
+        d
+    }
+
+    // Views stop at the depth bound with a typed error instead of recursing as deep as the
+    // document goes; every document a merge patch can build is within the bound.
+    #[test]
+    fn views_are_depth_bounded() {
+        assert!(json_view(&nested(VIEW_DEPTH_MAX), true).is_ok());
+        let deep = Err(ViewError::TooDeep {
+            max: VIEW_DEPTH_MAX,
+        });
+        assert_eq!(json_view(&nested(VIEW_DEPTH_MAX + 1), false), deep);
+        let mut patch = serde_json::json!(1);
+        for _ in 0..PATCH_DEPTH_MAX {
+            patch = serde_json::json!({ "n": patch });
+        }
+        validate_patch(&patch).unwrap();
+        let mut d = Automerge::new();
+        apply_merge_patch(&mut d, &patch, 0).unwrap();
+        assert!(json_view(&d, true).is_ok());
     }
 }

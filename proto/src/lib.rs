@@ -80,7 +80,7 @@ pub mod vclock;
 pub mod wire;
 
 pub use dialer::{keep_new_link, Dialer, DialerStatus, RetryPolicy};
-pub use doc::{DocKind, IngestOutcome, PatchError, SensorView};
+pub use doc::{DocKind, IngestOutcome, PatchError, SensorView, ViewError};
 pub use id::{DocId, NameError, NodeName};
 #[cfg(feature = "testing")]
 pub use node::Canary;

@@ -456,3 +456,41 @@ fn changes_received_from_a_peer_count_as_held_by_it() {
         .sum();
     assert_eq!(sent, 0, "nothing is resent after a reconnect");
 }
+
+// Attack: a peer sends a change nesting 100,000 maps. Reading the document as JSON must not
+// recurse that deep (it overflowed the stack and aborted the process): the view is refused
+// with a typed error, and the node goes on serving.
+#[test]
+fn a_deeply_nested_remote_document_does_not_overflow_the_view() {
+    use automerge::transaction::Transactable;
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let sid = hand_session(&mut node, "gw-9");
+    let mut am = automerge::Automerge::new();
+    let mut tx = am.transaction();
+    let mut obj = automerge::ROOT;
+    for _ in 0..100_000 {
+        obj = tx.put_object(&obj, "n", automerge::ObjType::Map).unwrap();
+    }
+    tx.commit();
+    let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let d = doc("app/deep");
+    let batch = Message::Changes(Changes {
+        batch: 0,
+        docs: vec![DocChanges {
+            doc: d.clone(),
+            changes: vec![ChangeBytes(change)],
+        }],
+    });
+    node.handle_input(sid, &batch.to_frame(), 0);
+    persist(&mut node);
+    assert!(node.clock(&d).is_some(), "the change was applied");
+    let e = node.json(&d, false).expect_err("too deep to show");
+    assert!(e.to_string().contains("app/deep"), "{e}");
+    assert!(node.json(&d, true).is_err());
+    node.patch(&doc("app/ok"), &json!({"a": 1}), 0).unwrap();
+    persist(&mut node);
+    assert_eq!(
+        node.json(&doc("app/ok"), false).unwrap(),
+        Some(json!({"a": 1}))
+    );
+}

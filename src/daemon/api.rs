@@ -58,7 +58,8 @@ fn core_status(e: &NodeError) -> StatusCode {
         | NodeError::Patch(_)
         | NodeError::KindMismatch { .. }
         | NodeError::ChangeTooLarge { .. }
-        | NodeError::TooManyActors { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        | NodeError::TooManyActors { .. }
+        | NodeError::View { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }

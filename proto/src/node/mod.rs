@@ -215,6 +215,15 @@ pub enum NodeError {
         /// The limit.
         max: usize,
     },
+    /// The document cannot be shown as JSON (it nests deeper than a view goes).
+    #[error("document {doc} cannot be shown as JSON")]
+    View {
+        /// Document.
+        doc: DocId,
+        /// Why.
+        #[source]
+        source: doc::ViewError,
+    },
     /// A stored document failed to load.
     #[error("document {doc} failed to load: {reason}")]
     Load {
@@ -494,7 +503,12 @@ impl<S: Store> Node<S> {
 
     /// The JSON view of any document; `None` if unknown.
     pub fn json(&mut self, doc: &DocId, conflicts: bool) -> Result<Option<Json>, NodeError> {
-        self.with_doc(doc, |d| doc::json_view(d, conflicts))
+        self.with_doc(doc, |d| doc::json_view(d, conflicts))?
+            .transpose()
+            .map_err(|source| NodeError::View {
+                doc: doc.clone(),
+                source,
+            })
     }
 
     /// The sensor view; `Ok(None)` if unknown, an error if not a sensor document.
