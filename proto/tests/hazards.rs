@@ -494,3 +494,41 @@ fn a_deeply_nested_remote_document_does_not_overflow_the_view() {
         Some(json!({"a": 1}))
     );
 }
+
+// Attack: a compressed change chunk under the wire limit whose content inflates to three times
+// `change_bytes_max`. It is refused (the session ends with InvalidChange) before anything is
+// inflated past the limit, and nothing of it is stored or relayed.
+#[test]
+fn a_compressed_change_that_inflates_past_the_limit_is_refused() {
+    use automerge::transaction::Transactable;
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let limit = node.config().change_bytes_max as usize;
+    let sid = hand_session(&mut node, "gw-9");
+    let mut am = automerge::Automerge::new();
+    let mut tx = am.transaction();
+    tx.put(automerge::ROOT, "zeros", "0".repeat(3 * limit))
+        .unwrap();
+    tx.commit();
+    let mut change = am.get_last_local_change().unwrap();
+    let compressed = change.bytes().to_vec();
+    assert!(compressed.len() < limit / 10, "{} bytes", compressed.len());
+    assert_eq!(compressed[8], 2, "a compressed chunk");
+    let d = doc("app/bomb");
+    let batch = Message::Changes(Changes {
+        batch: 0,
+        docs: vec![DocChanges {
+            doc: d.clone(),
+            changes: vec![ChangeBytes(compressed)],
+        }],
+    });
+    node.handle_input(sid, &batch.to_frame(), 0);
+    persist(&mut node);
+    assert_eq!(node.clock(&d), None, "nothing of it is held");
+    let closed = std::iter::from_fn(|| node.poll_event()).find_map(|e| match e {
+        Event::SessionClosed { code, reason, .. } => Some((code, reason)),
+        _ => None,
+    });
+    let (code, reason) = closed.expect("the session ends");
+    assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
+    assert!(reason.contains("inflated"), "{reason}");
+}

@@ -44,6 +44,44 @@ impl ApplyError {
     }
 }
 
+/// First bytes of every Automerge chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Chunk type of a deflate-compressed change.
+const CHUNK_COMPRESSED: u8 = 2;
+
+/// The size of `bytes` once parsed: the inflated size of a compressed change chunk, measured by
+/// inflating at most `max + 1` bytes (a chunk that inflates past the limit is refused without
+/// being inflated: a megabyte of compressed zeros is a gigabyte inflated); otherwise its
+/// length. A chunk that is not well formed is measured by its length and left to the parser.
+fn inflated_len(bytes: &[u8], max: usize) -> usize {
+    use std::io::Read;
+    let header = 4 + 4 + 1;
+    if bytes.len() <= header || bytes[..4] != CHUNK_MAGIC || bytes[8] != CHUNK_COMPRESSED {
+        return bytes.len();
+    }
+    let mut rest = &bytes[header..];
+    let mut data_len: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let Some((&b, tail)) = rest.split_first() else {
+            return bytes.len();
+        };
+        rest = tail;
+        data_len |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let Some(data) = usize::try_from(data_len).ok().and_then(|n| rest.get(..n)) else {
+        return bytes.len();
+    };
+    let mut inflated = flate2::bufread::DeflateDecoder::new(data).take(max as u64 + 1);
+    match std::io::copy(&mut inflated, &mut std::io::sink()) {
+        Ok(n) => header + n as usize,
+        // Corrupt deflate data: the parser refuses it.
+        Err(_) => bytes.len(),
+    }
+}
+
 impl<S: Store> Node<S> {
     /// Offers one remote change: parsed and hash-checked by Automerge, applied if causally
     /// ready, ignored if held, buffered (bounded) if its dependencies are missing.
@@ -53,15 +91,23 @@ impl<S: Store> Node<S> {
         doc: &DocId,
         bytes: &[u8],
     ) -> Result<(Applied, Actor, u64), ApplyError> {
-        if bytes.len() > self.cfg.change_bytes_max as usize {
+        let max = self.cfg.change_bytes_max as usize;
+        let len = inflated_len(bytes, max);
+        if len > max {
             return Err(ApplyError::Invalid(format!(
-                "change of {} bytes exceeds the limit of {}",
-                bytes.len(),
-                self.cfg.change_bytes_max
+                "change of {len} bytes (inflated) exceeds the limit of {max}"
             )));
         }
         let change = Change::try_from(bytes)
             .map_err(|e| ApplyError::Invalid(format!("change does not parse: {e}")))?;
+        // Automerge keeps the inflated form: it must be within the limit too (it is stored and
+        // relayed as it is).
+        if change.raw_bytes().len() > max {
+            return Err(ApplyError::Invalid(format!(
+                "change of {} bytes exceeds the limit of {max}",
+                change.raw_bytes().len()
+            )));
+        }
         let actor = Actor::from_automerge(change.actor_id())
             .ok_or_else(|| ApplyError::Invalid("change actor is not 16 bytes".into()))?;
         if change.seq() == 0 {
@@ -165,5 +211,25 @@ impl<S: Store> Node<S> {
         }
         self.record_change(batch, doc, &change, false)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Any bytes, with or without a compressed chunk's header, are measured without a panic
+        // and never past the cap.
+        #[test]
+        fn measuring_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..64), compressed in any::<bool>()) {
+            if compressed && bytes.len() > 9 {
+                bytes[..4].copy_from_slice(&CHUNK_MAGIC);
+                bytes[8] = CHUNK_COMPRESSED;
+            }
+            let n = inflated_len(&bytes, 1000);
+            prop_assert!(n == bytes.len() || n <= 9 + 1001);
+        }
     }
 }
