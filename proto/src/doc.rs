@@ -77,8 +77,9 @@ pub fn kind_of(doc: &Automerge) -> DocKind {
     }
 }
 
-/// The `readings` map of a sensor document: the object the genesis change created.
-fn readings_obj(doc: &Automerge) -> Option<ObjId> {
+/// The `readings` map of a sensor document: the object the genesis change created. `None` when
+/// a change removed or replaced it (only a hostile or broken peer writes such a change).
+pub(crate) fn readings_obj(doc: &Automerge) -> Option<ObjId> {
     // The genesis' readings map is the op (2, genesis actor): op 1 is the schema put.
     let all = doc.get_all(ROOT, READINGS_KEY).ok()?;
     let genesis = genesis_actor().to_automerge();
@@ -103,10 +104,10 @@ pub enum IngestOutcome {
 /// outcome per reading, in input order, and whether anything was written.
 pub(crate) fn put_readings(
     doc: &mut Automerge,
+    obj: &ObjId,
     readings: &[Reading],
     time_s: i64,
 ) -> (Vec<IngestOutcome>, Option<ChangeHash>) {
-    let obj = readings_obj(doc).expect("sensor document has the genesis readings map");
     let mut outcomes = Vec::with_capacity(readings.len());
     let mut written: BTreeMap<&str, String> = BTreeMap::new();
     let mut tx = doc.transaction();
@@ -114,7 +115,7 @@ pub(crate) fn put_readings(
         let body = r.encode();
         let existing = match written.get(r.id.as_str()) {
             Some(b) => Some(b.clone()),
-            None => match tx.get(&obj, r.id.as_str()) {
+            None => match tx.get(obj, r.id.as_str()) {
                 Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
                     ScalarValue::Str(b) => Some(b.to_string()),
                     _ => Some(String::new()),
@@ -127,8 +128,8 @@ pub(crate) fn put_readings(
             Some(b) if b == body => IngestOutcome::Duplicate,
             Some(_) => IngestOutcome::Conflict,
             None => {
-                tx.put(&obj, r.id.as_str(), body.as_str())
-                    .expect("put into readings map");
+                tx.put(obj, r.id.as_str(), body.as_str())
+                    .expect("put into an existing map");
                 written.insert(&r.id, body);
                 IngestOutcome::Inserted
             }
@@ -478,8 +479,8 @@ mod tests {
     fn concurrent_creation_keeps_both_sides() {
         let mut a = sensor_doc(1);
         let mut b = sensor_doc(2);
-        put_readings(&mut a, &[reading("ra", 1, 1)], 0);
-        put_readings(&mut b, &[reading("rb", 2, 2)], 0);
+        put(&mut a, &[reading("ra", 1, 1)], 0);
+        put(&mut b, &[reading("rb", 2, 2)], 0);
         a.merge(&mut b.clone()).unwrap();
         b.merge(&mut a.clone()).unwrap();
         for d in [&a, &b] {
@@ -510,10 +511,10 @@ mod tests {
     #[test]
     fn ingest_dedup_by_id() {
         let mut d = sensor_doc(1);
-        let (o, h) = put_readings(&mut d, &[reading("r1", 5, 1), reading("r1", 5, 1)], 0);
+        let (o, h) = put(&mut d, &[reading("r1", 5, 1), reading("r1", 5, 1)], 0);
         assert_eq!(o, vec![IngestOutcome::Inserted, IngestOutcome::Duplicate]);
         assert!(h.is_some());
-        let (o, h) = put_readings(&mut d, &[reading("r1", 5, 1), reading("r1", 5, 2)], 0);
+        let (o, h) = put(&mut d, &[reading("r1", 5, 1), reading("r1", 5, 2)], 0);
         assert_eq!(o, vec![IngestOutcome::Duplicate, IngestOutcome::Conflict]);
         assert!(h.is_none(), "nothing new, no change");
     }
@@ -525,10 +526,10 @@ mod tests {
         let mut d1 = sensor_doc(1);
         let mut d2 = sensor_doc(2);
         for r in &rs {
-            put_readings(&mut d1, std::slice::from_ref(r), 0);
+            put(&mut d1, std::slice::from_ref(r), 0);
         }
         for r in rs.iter().rev() {
-            put_readings(&mut d2, std::slice::from_ref(r), 0);
+            put(&mut d2, std::slice::from_ref(r), 0);
         }
         assert_eq!(sensor_view(&d1).unwrap().latest().unwrap().id, "b");
         assert_eq!(sensor_view(&d2).unwrap().latest().unwrap().id, "b");
@@ -637,5 +638,15 @@ mod tests {
         let mut d = Automerge::new();
         apply_merge_patch(&mut d, &patch, 0).unwrap();
         assert!(json_view(&d, true).is_ok());
+    }
+
+    /// `put_readings` into a sensor document's (intact) readings map.
+    fn put(
+        doc: &mut Automerge,
+        readings: &[Reading],
+        time_s: i64,
+    ) -> (Vec<IngestOutcome>, Option<ChangeHash>) {
+        let map = readings_obj(doc).unwrap();
+        put_readings(doc, &map, readings, time_s)
     }
 }

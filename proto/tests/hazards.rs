@@ -532,3 +532,50 @@ fn a_compressed_change_that_inflates_past_the_limit_is_refused() {
     assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
     assert!(reason.contains("inflated"), "{reason}");
 }
+
+// Attack: a peer's change deletes a sensor document's readings map (another replaces it). The
+// next ingest into that document used to panic the core on every node the change reached; it
+// is now refused with a typed error, and the node keeps working.
+#[test]
+fn a_removed_readings_map_refuses_ingest_instead_of_panicking() {
+    use automerge::transaction::Transactable;
+    for replace in [false, true] {
+        let mut node = open(0, MemStore::new(), 1, |_| {});
+        let d = doc("site-a/t1");
+        node.ingest(&d, &[reading("r-1", 1)], 0).unwrap();
+        persist(&mut node);
+        // The attacker holds the same document and removes the map.
+        let mut am = automerge::Automerge::new();
+        am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
+            .unwrap();
+        let mut tx = am.transaction();
+        if replace {
+            tx.put(automerge::ROOT, "readings", "gone").unwrap();
+        } else {
+            tx.delete(automerge::ROOT, "readings").unwrap();
+        }
+        tx.commit();
+        let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let sid = hand_session(&mut node, "gw-9");
+        let batch = Message::Changes(Changes {
+            batch: 0,
+            docs: vec![DocChanges {
+                doc: d.clone(),
+                changes: vec![ChangeBytes(change)],
+            }],
+        });
+        node.handle_input(sid, &batch.to_frame(), 0);
+        persist(&mut node);
+        let e = node
+            .ingest(&d, &[reading("r-2", 2)], 0)
+            .expect_err("no map to write into");
+        assert!(
+            matches!(e, edgesync_proto::NodeError::NoReadingsMap { .. }),
+            "{e}"
+        );
+        node.ingest(&doc("site-a/t2"), &[reading("r-3", 3)], 0)
+            .unwrap();
+        persist(&mut node);
+        assert!(node.sensor_view(&doc("site-a/t2")).unwrap().is_some());
+    }
+}

@@ -59,7 +59,8 @@ fn core_status(e: &NodeError) -> StatusCode {
         | NodeError::KindMismatch { .. }
         | NodeError::ChangeTooLarge { .. }
         | NodeError::TooManyActors { .. }
-        | NodeError::View { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        | NodeError::View { .. }
+        | NodeError::NoReadingsMap { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -215,6 +215,13 @@ pub enum NodeError {
         /// The limit.
         max: usize,
     },
+    /// A sensor document whose readings map a change removed or replaced: it takes no more
+    /// readings (refusing such changes on receipt is the remedy; this keeps the node up).
+    #[error("sensor document {doc} has no readings map")]
+    NoReadingsMap {
+        /// Document.
+        doc: DocId,
+    },
     /// The document cannot be shown as JSON (it nests deeper than a view goes).
     #[error("document {doc} cannot be shown as JSON")]
     View {
@@ -783,6 +790,9 @@ impl<S: Store> Node<S> {
                 actual: DocKind::Generic,
             });
         }
+        let Some(map) = doc::readings_obj(self.loaded_doc(doc)?) else {
+            return Err(NodeError::NoReadingsMap { doc: doc.clone() });
+        };
         // Readings are at most READING_BYTES_MAX each; half the change limit leaves room for
         // Automerge's per-op encoding.
         let budget = (self.cfg.change_bytes_max / 2) as usize;
@@ -799,7 +809,7 @@ impl<S: Store> Node<S> {
             }
             let time_s = (now_ms / 1000) as i64;
             let (out, hash) =
-                doc::put_readings(self.loaded_doc(doc)?, &readings[start..end], time_s);
+                doc::put_readings(self.loaded_doc(doc)?, &map, &readings[start..end], time_s);
             outcomes.extend(out);
             if hash.is_some() {
                 let change = self
