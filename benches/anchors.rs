@@ -40,7 +40,7 @@ use automerge::{Automerge, Change};
 use edgesync::daemon::local::LocalFleet;
 use edgesync::daemon::{Daemon, Settings};
 use edgesync::net::pki::Role;
-use edgesync::node::{DurableNode, NodeHandle, NodeOptions, Outbound};
+use edgesync::node::{outbound_channel, DurableNode, NodeHandle, NodeOptions, Outbound};
 use edgesync::store::{Durability, RocksStore};
 use edgesync_proto::{Config, DocId, NodeName, Reading, Store};
 
@@ -484,8 +484,8 @@ fn reconcile_automerge(
 /// Ours in lockstep: both nodes' frames are delivered together, round after round, until
 /// neither sends anything: (bytes, flights).
 async fn lockstep(a: &NodeHandle, an: &str, b: &NodeHandle, bn: &str) -> (u64, u64) {
-    let (ta, mut ra) = tokio::sync::mpsc::unbounded_channel();
-    let (tb, mut rb) = tokio::sync::mpsc::unbounded_channel();
+    let (ta, mut ra) = outbound_channel();
+    let (tb, mut rb) = outbound_channel();
     let sa = a
         .peer_up(NodeName::new(bn).expect("name"), ta)
         .await
@@ -506,10 +506,12 @@ async fn lockstep(a: &NodeHandle, an: &str, b: &NodeHandle, bn: &str) -> (u64, u
             b.status_async(vec![]).await.expect("status");
             tokio::time::sleep(Duration::from_millis(10)).await;
             let before = fa.len() + fb.len();
-            while let Ok(Outbound::Frame(f)) = ra.try_recv() {
+            while let Some(Outbound::Frame(f)) = ra.try_recv() {
+                ra.written(f.len());
                 fa.push(f);
             }
-            while let Ok(Outbound::Frame(f)) = rb.try_recv() {
+            while let Some(Outbound::Frame(f)) = rb.try_recv() {
+                rb.written(f.len());
                 fb.push(f);
             }
             quiet = if fa.len() + fb.len() == before {

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use edgesync_proto::wire::truncate_utf8;
 use edgesync_proto::{keep_new_link, Dialer, NodeName};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::net::{close, Endpoint, Link, LinkError, QUIC_CLOSE_REASON_BYTES_MAX};
-use crate::node::{NodeHandle, Outbound};
+use crate::node::{outbound_channel, NodeHandle, Outbound};
 use crate::os;
 
 /// A peer to dial.
@@ -370,7 +370,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
     }
     metrics::counter!("edgesync_connections_total", "peer" => peer.to_string()).increment(1);
     tracing::info!(%peer, remote = %link.remote, dialled = dialled_by_me, "link up");
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = outbound_channel();
     let outcome = match node.peer_up(peer.clone(), out_tx).await {
         Err(e) => {
             link.close(close::SESSION_CLOSED, "node unavailable");
@@ -391,6 +391,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                             if tx.send(&f).await.is_err() {
                                 return;
                             }
+                            out_rx.written(f.len());
                         }
                         Outbound::Close(end) => {
                             tx.finish();

@@ -444,6 +444,43 @@ fn hello_from(node: &str) -> Vec<u8> {
     .to_frame()
 }
 
+/// Dials the node as gw-1 and gets its Hello: the node still serves.
+async fn still_serves(peer: &Endpoint, addr: SocketAddr) -> edgesync::net::Link {
+    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
+    link.tx.send(&hello_from("gw-1")).await.unwrap();
+    let first = link.rx.next_frame().await.unwrap().expect("a frame");
+    let hello = Message::from_payload(&first[4..]);
+    assert!(matches!(hello, Ok(Message::Hello(_))), "{hello:?}");
+    link
+}
+
+/// A real node "cloud" (RocksDB in `data`, options tweaked by `tweak`) accepting links on
+/// loopback: the node, its mesh and its QUIC address.
+async fn real_cloud(
+    fleet: &Fleet,
+    data: &Path,
+    tweak: impl FnOnce(&mut edgesync::node::NodeOptions),
+) -> (
+    edgesync::node::DurableNode,
+    edgesync::mesh::Mesh,
+    SocketAddr,
+) {
+    use edgesync::mesh::{Mesh, RetryPolicy};
+    use edgesync::node::{DurableNode, NodeOptions};
+    let mut node_opts = NodeOptions::new(edgesync_proto::Config::new(name("cloud")), data);
+    tweak(&mut node_opts);
+    let node = tokio::task::spawn_blocking(move || DurableNode::start(node_opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let server = Arc::new(
+        Endpoint::bind(loopback(), true, fleet.creds("cloud", Role::Cloud), opts()).unwrap(),
+    );
+    let addr = server.local_addr().unwrap();
+    let mesh = Mesh::start(node.handle(), server, vec![], RetryPolicy::default());
+    (node, mesh, addr)
+}
+
 /// Waits until the mesh has seen `links` links from `peer` come up, and the last one end.
 async fn link_down(mesh: &edgesync::mesh::Mesh, peer: &str, links: u64) {
     for _ in 0..400 {
@@ -465,21 +502,10 @@ async fn link_down(mesh: &edgesync::mesh::Mesh, peer: &str, links: u64) {
 // the node keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_node_survives_hostile_frames_and_close_reasons() {
-    use edgesync::mesh::{Mesh, RetryPolicy};
-    use edgesync::node::{DurableNode, NodeOptions};
     watch_panics();
     let fleet = Fleet::new();
     let data = tempfile::tempdir().unwrap();
-    let node_opts = NodeOptions::new(edgesync_proto::Config::new(name("cloud")), data.path());
-    let node = tokio::task::spawn_blocking(move || DurableNode::start(node_opts))
-        .await
-        .unwrap()
-        .unwrap();
-    let server = Arc::new(
-        Endpoint::bind(loopback(), true, fleet.creds("cloud", Role::Cloud), opts()).unwrap(),
-    );
-    let addr = server.local_addr().unwrap();
-    let mesh = Mesh::start(node.handle(), server, vec![], RetryPolicy::default());
+    let (node, mesh, addr) = real_cloud(&fleet, data.path(), |_| {}).await;
     let peer = gateway(&fleet);
 
     // A Close frame whose reason cuts at the QUIC reason limit inside a character.
@@ -522,23 +548,67 @@ async fn a_real_node_survives_hostile_frames_and_close_reasons() {
     link_down(&mesh, "gw-1", 3).await;
 
     // The node still serves: a new session gets its Hello.
-    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
-    link.tx.send(&hello_from("gw-1")).await.unwrap();
-    let first = link
-        .rx
-        .next_frame()
-        .await
-        .unwrap()
-        .expect("the node's hello");
-    assert!(matches!(
-        Message::from_payload(&first[4..]),
-        Ok(Message::Hello(_))
-    ));
+    let link = still_serves(&peer, addr).await;
     assert_eq!(
         PANICS.load(std::sync::atomic::Ordering::SeqCst),
         0,
         "a task panicked"
     );
+    link.close(close::SHUTDOWN, "done");
+    mesh.shutdown().await;
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .unwrap();
+}
+
+// A peer that keeps sending batches but never reads what the node answers (an Ack per batch)
+// is disconnected once the link's outbound queue reaches its byte bound, instead of growing
+// the node's memory; the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_disconnected_at_the_outbound_bound() {
+    use edgesync_proto::wire::{Changes, DocChanges, Summary};
+    let fleet = Fleet::new();
+    let data = tempfile::tempdir().unwrap();
+    let bound = |o: &mut edgesync::node::NodeOptions| o.link_outbound_bytes_max = 64 * 1024;
+    let (node, mesh, addr) = real_cloud(&fleet, data.path(), bound).await;
+    let peer = gateway(&fleet);
+    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
+    link.tx.send(&hello_from("gw-1")).await.unwrap();
+    let summary = Message::Summary(Summary {
+        entries: vec![],
+        last: true,
+    });
+    link.tx.send(&summary.to_frame()).await.unwrap();
+    // Each batch names 100 documents (with no changes): its Ack lists 100 clocks, about 2 KB.
+    let docs: Vec<DocChanges> = (0..100)
+        .map(|i| DocChanges {
+            doc: edgesync_proto::DocId::new(format!("flood/doc-{i:03}")).unwrap(),
+            changes: vec![],
+        })
+        .collect();
+    // QUIC's stream window (about 1.25 MB) holds the first Acks; the bound the rest.
+    for batch in 0..2000u64 {
+        let frame = Message::Changes(Changes {
+            batch,
+            docs: docs.clone(),
+        })
+        .to_frame();
+        if link.tx.send(&frame).await.is_err() {
+            break; // the node closed the connection
+        }
+        let down = mesh
+            .status()
+            .iter()
+            .any(|p| p.name == "gw-1" && p.connects == 1 && !p.connected);
+        if down {
+            break;
+        }
+    }
+    link_down(&mesh, "gw-1", 1).await;
+    let status = node.handle().status_async(vec![]).await.unwrap();
+    assert!(status.sessions.is_empty(), "{:?}", status.sessions);
+    // The node still serves: a new session gets its Hello.
+    let link = still_serves(&peer, addr).await;
     link.close(close::SHUTDOWN, "done");
     mesh.shutdown().await;
     tokio::task::spawn_blocking(move || node.shutdown())

@@ -24,6 +24,23 @@ fn hello_from(node: &str) -> Message {
     })
 }
 
+/// A peer driven by hand sends one change of `d` as batch 0.
+fn send_change(
+    node: &mut Node<MemStore>,
+    sid: SessionId,
+    d: &edgesync_proto::DocId,
+    change: Vec<u8>,
+) {
+    let batch = Message::Changes(Changes {
+        batch: 0,
+        docs: vec![DocChanges {
+            doc: d.clone(),
+            changes: vec![ChangeBytes(change)],
+        }],
+    });
+    node.handle_input(sid, &batch.to_frame(), 0);
+}
+
 /// Opens a session on `node` for a peer driven by hand, past Hello and Summary.
 fn hand_session(node: &mut Node<MemStore>, peer: &str) -> SessionId {
     let sid = node.connect(NodeName::new(peer).unwrap(), 0);
@@ -474,14 +491,7 @@ fn a_deeply_nested_remote_document_does_not_overflow_the_view() {
     tx.commit();
     let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
     let d = doc("app/deep");
-    let batch = Message::Changes(Changes {
-        batch: 0,
-        docs: vec![DocChanges {
-            doc: d.clone(),
-            changes: vec![ChangeBytes(change)],
-        }],
-    });
-    node.handle_input(sid, &batch.to_frame(), 0);
+    send_change(&mut node, sid, &d, change);
     persist(&mut node);
     assert!(node.clock(&d).is_some(), "the change was applied");
     let e = node.json(&d, false).expect_err("too deep to show");
@@ -514,14 +524,7 @@ fn a_compressed_change_that_inflates_past_the_limit_is_refused() {
     assert!(compressed.len() < limit / 10, "{} bytes", compressed.len());
     assert_eq!(compressed[8], 2, "a compressed chunk");
     let d = doc("app/bomb");
-    let batch = Message::Changes(Changes {
-        batch: 0,
-        docs: vec![DocChanges {
-            doc: d.clone(),
-            changes: vec![ChangeBytes(compressed)],
-        }],
-    });
-    node.handle_input(sid, &batch.to_frame(), 0);
+    send_change(&mut node, sid, &d, compressed);
     persist(&mut node);
     assert_eq!(node.clock(&d), None, "nothing of it is held");
     let closed = std::iter::from_fn(|| node.poll_event()).find_map(|e| match e {
@@ -557,14 +560,7 @@ fn a_removed_readings_map_refuses_ingest_instead_of_panicking() {
         tx.commit();
         let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
         let sid = hand_session(&mut node, "gw-9");
-        let batch = Message::Changes(Changes {
-            batch: 0,
-            docs: vec![DocChanges {
-                doc: d.clone(),
-                changes: vec![ChangeBytes(change)],
-            }],
-        });
-        node.handle_input(sid, &batch.to_frame(), 0);
+        send_change(&mut node, sid, &d, change);
         persist(&mut node);
         let e = node
             .ingest(&d, &[reading("r-2", 2)], 0)

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,6 +48,11 @@ pub struct NodeOptions {
     /// How long the core waits for more readings once it has one, in ms. Default 0: batches
     /// form from what queued up during the previous commit, adding no latency when idle.
     pub ingest_window_ms: u64,
+    /// Bytes queued for one peer's link and not yet written to its transport. A session whose
+    /// queue would grow past this (the peer does not read) ends with `Overloaded`; the peer
+    /// resumes from its receipts when it reconnects. Default 16 MiB: far above the protocol's
+    /// own window (4 batches of 256 KiB) plus a summary of 10,000 documents.
+    pub link_outbound_bytes_max: usize,
 }
 
 impl NodeOptions {
@@ -58,6 +64,7 @@ impl NodeOptions {
             durability: Durability::Fsync,
             ingest_batch_max: 512,
             ingest_window_ms: 0,
+            link_outbound_bytes_max: 16 << 20,
         }
     }
 }
@@ -158,6 +165,63 @@ pub enum Outbound {
     Close(SessionEnd),
 }
 
+/// Creates the channel from the core to one link's writer, which counts the bytes queued.
+pub fn outbound_channel() -> (OutboundSender, OutboundReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let sender = OutboundSender {
+        tx,
+        queued: queued.clone(),
+    };
+    (sender, OutboundReceiver { rx, queued })
+}
+
+/// The core's end of a link's outbound channel. What it holds is bounded in bytes by
+/// [`NodeOptions::link_outbound_bytes_max`], which the core checks before every frame.
+#[derive(Debug)]
+pub struct OutboundSender {
+    tx: tokio::sync::mpsc::UnboundedSender<Outbound>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl OutboundSender {
+    /// Bytes handed over and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    fn send(&self, o: Outbound) {
+        if let Outbound::Frame(f) = &o {
+            self.queued.fetch_add(f.len(), Ordering::SeqCst);
+        }
+        let _ = self.tx.send(o);
+    }
+}
+
+/// The link writer's end of its outbound channel.
+#[derive(Debug)]
+pub struct OutboundReceiver {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl OutboundReceiver {
+    /// The next frame or close; `None` once the core dropped its end.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+
+    /// The next frame or close if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The writer wrote `bytes` of a frame to the transport.
+    pub fn written(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::SeqCst);
+    }
+}
+
 /// Why a session ended, for the link to close its connection with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionEnd {
@@ -241,7 +305,7 @@ enum Cmd {
     },
     PeerUp {
         peer: NodeName,
-        out: tokio::sync::mpsc::UnboundedSender<Outbound>,
+        out: OutboundSender,
         reply: Reply<SessionId, SessionError>,
     },
     PeerInput {
@@ -484,7 +548,7 @@ impl NodeHandle {
     pub async fn peer_up(
         &self,
         peer: NodeName,
-        out: tokio::sync::mpsc::UnboundedSender<Outbound>,
+        out: OutboundSender,
     ) -> Result<SessionId, SessionError> {
         self.call_async(|reply| Cmd::PeerUp { peer, out, reply })
             .await
@@ -566,7 +630,7 @@ struct Core {
     /// Answers waiting for durability, in commit order: (commit, answer).
     waiting: VecDeque<(u64, Waiting)>,
     /// Open sessions and their links.
-    links: BTreeMap<SessionId, tokio::sync::mpsc::UnboundedSender<Outbound>>,
+    links: BTreeMap<SessionId, OutboundSender>,
     events: broadcast::Sender<DocEvent>,
 }
 
@@ -751,11 +815,7 @@ impl Core {
         }
         let sids: Vec<SessionId> = self.links.keys().copied().collect();
         for sid in sids {
-            while let Some(frame) = self.node.poll_transmit(sid) {
-                if let Some(out) = self.links.get(&sid) {
-                    let _ = out.send(Outbound::Frame(frame));
-                }
-            }
+            self.transmit(sid);
         }
         while let Some(ev) = self.node.poll_event() {
             match ev {
@@ -779,9 +839,11 @@ impl Core {
                     by_peer,
                 } => {
                     let out = self.links.remove(&session);
+                    // The Close frame (and nothing else: closing cleared the queue) goes out
+                    // whatever the bound.
                     while let Some(frame) = self.node.poll_transmit(session) {
                         if let Some(out) = &out {
-                            let _ = out.send(Outbound::Frame(frame));
+                            out.send(Outbound::Frame(frame));
                         }
                     }
                     let code_name = code.map_or("transport-lost", CloseCode::name);
@@ -791,11 +853,40 @@ impl Core {
                         tracing::info!(%peer, session = session.0, by_peer, code = code_name, %reason, "session closed");
                     }
                     if let Some(out) = out {
-                        let _ = out.send(Outbound::Close(SessionEnd { code, reason }));
+                        out.send(Outbound::Close(SessionEnd { code, reason }));
                     }
                 }
             }
         }
+    }
+
+    /// Hands the session's released frames to its link, within the link's byte bound: a peer
+    /// that does not read ends its session with `Overloaded` instead of growing the queue.
+    fn transmit(&mut self, sid: SessionId) {
+        let max = self.opts.link_outbound_bytes_max;
+        while let Some(frame) = self.node.poll_transmit(sid) {
+            let Some(out) = self.links.get(&sid) else {
+                continue;
+            };
+            let queued = out.queued();
+            if queued + frame.len() > max {
+                let peer = self.peer_of(sid);
+                metrics::counter!("edgesync_peer_limit_exceeded_total", "peer" => peer, "limit" => "link_outbound_bytes").increment(1);
+                let reason = format!("peer reads too slowly: {queued} bytes queued for it");
+                self.node.close_session(sid, CloseCode::Overloaded, &reason);
+                // The Close frame follows with the session's end (see `pump`).
+                return;
+            }
+            out.send(Outbound::Frame(frame));
+        }
+    }
+
+    fn peer_of(&self, sid: SessionId) -> String {
+        self.node
+            .sessions()
+            .into_iter()
+            .find(|s| s.id == sid)
+            .map_or_else(String::new, |s| s.peer.to_string())
     }
 
     /// Ingests a batch: all readings for one document become one core ingest (one change).
