@@ -579,11 +579,20 @@ async fn a_peer_that_never_reads_is_disconnected_at_the_outbound_bound() {
         last: true,
     });
     link.tx.send(&summary.to_frame()).await.unwrap();
-    // Each batch names 100 documents (with no changes): its Ack lists 100 clocks, about 2 KB.
+    // Each batch carries one change of each of 100 documents (duplicates after the first): its
+    // Ack lists 100 clocks, a few KB.
     let docs: Vec<DocChanges> = (0..100)
-        .map(|i| DocChanges {
-            doc: edgesync_proto::DocId::new(format!("flood/doc-{i:03}")).unwrap(),
-            changes: vec![],
+        .map(|i| {
+            use automerge::transaction::Transactable;
+            let mut am = automerge::Automerge::new();
+            let mut tx = am.transaction();
+            tx.put(automerge::ROOT, "k", i as i64).unwrap();
+            tx.commit();
+            let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+            DocChanges {
+                doc: edgesync_proto::DocId::new(format!("flood/doc-{i:03}")).unwrap(),
+                changes: vec![edgesync_proto::wire::ChangeBytes(change)],
+            }
         })
         .collect();
     // QUIC's stream window (about 1.25 MB) holds the first Acks; the bound the rest.

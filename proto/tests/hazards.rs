@@ -575,3 +575,46 @@ fn a_removed_readings_map_refuses_ingest_instead_of_panicking() {
         assert!(node.sensor_view(&doc("site-a/t2")).unwrap().is_some());
     }
 }
+
+// Attack: a peer names thousands of documents in its batches, with no changes or with changes
+// that never become ready. The receiver persists nothing per (peer, document) for documents it
+// does not hold, and acknowledges only documents that came with changes.
+#[test]
+fn naming_documents_does_not_grow_persisted_peer_state() {
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    node.patch(&doc("app/held"), &json!({"a": 1}), 0).unwrap();
+    persist(&mut node);
+    let sid = hand_session(&mut node, "gw-9");
+    let docs: Vec<DocChanges> = (0..2000)
+        .map(|i| DocChanges {
+            doc: doc(&format!("flood/doc-{i}")),
+            changes: vec![],
+        })
+        .collect();
+    let batch = Message::Changes(Changes { batch: 0, docs });
+    node.handle_input(sid, &batch.to_frame(), 0);
+    persist(&mut node);
+    let peer = NodeName::new("gw-9").unwrap();
+    let reported = node.receipts(&peer).expect("a known peer").reported.clone();
+    assert!(
+        reported.contains_key(&doc("app/held")),
+        "told in the summary"
+    );
+    assert!(
+        reported.keys().all(|d| d.as_str() == "app/held"),
+        "persisted for documents it does not hold: {}",
+        reported.len()
+    );
+    let mut acks = 0;
+    while let Some(f) = node.poll_transmit(sid) {
+        if let Ok(Message::Ack(a)) = Message::from_payload(&f[4..]) {
+            assert!(
+                a.clocks.is_empty(),
+                "{} clocks acknowledged",
+                a.clocks.len()
+            );
+            acks += 1;
+        }
+    }
+    assert_eq!(acks, 1, "the batch is acknowledged");
+}

@@ -259,6 +259,10 @@ impl<S: Store> Node<S> {
         let mut stats = SessionStats::default();
         let mut failure = None;
         'docs: for dc in &c.docs {
+            // A document named with no changes carries nothing to apply or acknowledge.
+            if dc.changes.is_empty() {
+                continue;
+            }
             received.entry(dc.doc.clone()).or_default();
             for ch in &dc.changes {
                 stats.changes_received += 1;
@@ -289,10 +293,14 @@ impl<S: Store> Node<S> {
                 self.raise_receipt(&mut batch, &peer, doc, clock);
             }
         }
-        // The Ack will tell the peer these clocks: remember them, in the same commit.
+        // The Ack will tell the peer these clocks: remember them, in the same commit. Only for
+        // documents this node holds: what a peer is told is bounded by the local document count,
+        // not by the names it sends (a document whose changes all wait for dependencies is
+        // acknowledged with the empty clock and nothing is remembered).
         for doc in received.keys() {
-            let clock = self.clock(doc).cloned().unwrap_or_default();
-            self.note_reported(&mut batch, &peer, doc, &clock);
+            if let Some(clock) = self.clock(doc).cloned() {
+                self.note_reported(&mut batch, &peer, doc, &clock);
+            }
         }
         // What was valid is applied and kept even if a later change was refused: memory and
         // store stay equal, and the session ends below.
