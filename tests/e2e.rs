@@ -724,3 +724,15 @@ fn bad_configs_are_refused_with_clear_messages() {
         200
     );
 }
+
+/// A panic on any thread ends the process at once with a non-zero code (a supervisor restarts
+/// it), instead of leaving it running with a dead thread.
+#[test]
+fn a_panic_on_any_thread_exits_the_process() {
+    let started = Instant::now();
+    let out = cli(&["debug-panic"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "exited at once");
+    assert!(err.contains("planted panic"), "{err}");
+}

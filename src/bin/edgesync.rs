@@ -82,6 +82,9 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Test support: panic on a thread other than main, with the daemon's panic policy.
+    #[command(hide = true)]
+    DebugPanic,
     /// Test support: ingest readings forever, printing each reading id once it is durable.
     #[command(hide = true)]
     DebugIngestLoop {
@@ -136,6 +139,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit code of a process that stopped on a panic (EX_SOFTWARE).
+const PANIC_EXIT_CODE: i32 = 70;
+
+/// A panic on any thread (the core, a link task, the API) ends the process at once with
+/// [`PANIC_EXIT_CODE`], after the usual report: a node must not run on with a dead thread.
+/// Everything acknowledged is durable, so the supervisor's restart loses nothing.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(panic = %info, "panic; exiting");
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -220,11 +238,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let settings = Settings::load(&config, &|k| std::env::var(k).ok())?;
             init_logs(settings.log_format, "info");
+            exit_on_panic();
             runtime()?.block_on(edgesync::daemon::run(settings))
         }
         Command::Demo => {
             // The demo tells its own story on stdout; logs only for problems unless asked.
             init_logs(LogFormat::Auto, "warn");
+            exit_on_panic();
             runtime()?.block_on(edgesync::daemon::demo::run())
         }
         Command::Ingest {
@@ -257,6 +277,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { api } => print_get(&endpoint(&api, "/v1/status")),
         Command::Check { data_dir, name } => check(data_dir, &name),
         Command::Pki { command } => pki_command(command),
+        Command::DebugPanic => {
+            exit_on_panic();
+            let _ = std::thread::spawn(|| panic!("planted panic"));
+            // Without the policy the process would run on (and exit 0 after this).
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            Ok(())
+        }
         Command::DebugIngestLoop {
             data_dir,
             durability,

@@ -277,6 +277,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
     Ok(Json(json!({
         "name": s.name,
         "healthy": s.healthy && st.node.is_healthy(),
+        "core_alive": st.node.is_core_alive(),
         "uptime_secs": st.node.uptime().as_secs_f64(),
         "docs": s.docs,
         "commits": s.commits,
@@ -290,14 +291,16 @@ async fn status(State(st): State<AppState>) -> ApiResult {
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {
-    if st.node.is_healthy() {
-        Json(json!({"healthy": true})).into_response()
+    let problem = if !st.node.is_core_alive() {
+        Some("core thread stopped; restart the node")
+    } else if !st.node.is_healthy() {
+        Some("store failed; restart the node")
     } else {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store failed; restart the node".into(),
-        )
-        .into_response()
+        None
+    };
+    match problem {
+        None => Json(json!({"healthy": true, "core_alive": true})).into_response(),
+        Some(why) => ApiError(StatusCode::SERVICE_UNAVAILABLE, why.into()).into_response(),
     }
 }
 

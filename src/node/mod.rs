@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -339,9 +339,20 @@ pub struct DurableNode {
 pub struct NodeHandle {
     tx: Sender<Cmd>,
     health: Health,
+    /// True while the core thread runs; false once it returned or unwound.
+    core_alive: Arc<AtomicBool>,
     events: broadcast::Sender<DocEvent>,
     name: NodeName,
     started: Instant,
+}
+
+/// Marks the core thread stopped when dropped.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 fn random16() -> Result<[u8; 16], StartError> {
@@ -386,9 +397,13 @@ impl DurableNode {
             })?;
         let core_opts = opts.clone();
         let core_events = events.clone();
+        let core_alive = Arc::new(AtomicBool::new(true));
+        let alive = AliveGuard(core_alive.clone());
         let core = std::thread::Builder::new()
             .name("edgesync-core".into())
             .spawn(move || {
+                // Dropped when the thread ends, by returning or by a panic unwinding it.
+                let _alive = alive;
                 Core {
                     node,
                     opts: core_opts,
@@ -403,6 +418,7 @@ impl DurableNode {
             handle: NodeHandle {
                 tx,
                 health,
+                core_alive,
                 events,
                 name: opts.config.name.clone(),
                 started: Instant::now(),
@@ -577,6 +593,11 @@ impl NodeHandle {
     /// False once a store write or fsync failed.
     pub fn is_healthy(&self) -> bool {
         self.health.is_healthy()
+    }
+
+    /// False once the core thread has stopped (shut down, or a panic): nothing is served.
+    pub fn is_core_alive(&self) -> bool {
+        self.core_alive.load(Ordering::SeqCst)
     }
 
     /// Bytes written to the store since start.
@@ -952,5 +973,23 @@ impl Core {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The handle reports the core thread alive while it runs and stopped once it ended.
+    #[test]
+    fn handles_see_whether_the_core_thread_is_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::new(NodeName::new("n1").unwrap());
+        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
+        let h = node.handle();
+        assert!(h.is_core_alive());
+        node.shutdown();
+        assert!(!h.is_core_alive());
+        assert!(matches!(h.docs(), Err(ReadError::Stopped)));
     }
 }
