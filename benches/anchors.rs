@@ -526,11 +526,11 @@ async fn lockstep(a: &NodeHandle, an: &str, b: &NodeHandle, bn: &str) -> (u64, u
         flights += 1;
         for f in fa {
             bytes += f.len() as u64;
-            b.peer_input(sb, f).expect("input");
+            b.peer_input(sb, f, None).expect("input");
         }
         for f in fb {
             bytes += f.len() as u64;
-            a.peer_input(sa, f).expect("input");
+            a.peer_input(sa, f, None).expect("input");
         }
         assert!(flights < 1000, "lockstep does not settle");
     }

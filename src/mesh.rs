@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::net::{close, Endpoint, Link, LinkError, QUIC_CLOSE_REASON_BYTES_MAX};
-use crate::node::{outbound_channel, NodeHandle, Outbound};
+use crate::node::{outbound_channel, InboundCredit, NodeHandle, Outbound};
 use crate::os;
 
 /// A peer to dial.
@@ -52,6 +52,8 @@ pub struct PeerStatus {
     pub remote: Option<String>,
     /// Seconds the current link has been up.
     pub connected_secs: Option<f64>,
+    /// Bytes received on the current link and not yet handled by the core.
+    pub inbound_queued_bytes: usize,
     /// Role and site from the peer's certificate, when connected.
     pub role: Option<String>,
     /// Site from the certificate.
@@ -74,6 +76,7 @@ struct Current {
     role: String,
     site: Option<String>,
     conn: quinn::Connection,
+    credit: InboundCredit,
 }
 
 #[derive(Default)]
@@ -211,6 +214,7 @@ impl Mesh {
                 }),
                 remote: e.current.as_ref().map(|c| c.remote.to_string()),
                 connected_secs: e.current.as_ref().map(|c| c.since.elapsed().as_secs_f64()),
+                inbound_queued_bytes: e.current.as_ref().map_or(0, |c| c.credit.queued()),
                 role: e.current.as_ref().map(|c| c.role.clone()),
                 site: e.current.as_ref().and_then(|c| c.site.clone()),
                 failures: e.failures(),
@@ -341,6 +345,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
         *t += 1;
         *t
     };
+    let credit = node.inbound_credit();
     {
         let mut map = shared.lock();
         let entry = map.entry(peer.clone()).or_default();
@@ -361,6 +366,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
             role: link.peer.role.to_string(),
             site: link.peer.site.clone(),
             conn: link.conn.clone(),
+            credit: credit.clone(),
         });
         entry.connects += 1;
         entry.last_error = None;
@@ -412,7 +418,9 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                 tokio::select! {
                     f = rx.next_frame() => match f {
                         Ok(Some(frame)) => {
-                            if node.peer_input(sid, frame).is_err() {
+                            // While the core is behind, stop reading: QUIC slows the peer.
+                            let held = credit.reserve(frame.len()).await;
+                            if node.peer_input(sid, frame, Some(held)).is_err() {
                                 break "node stopped".to_string();
                             }
                         }

@@ -444,6 +444,19 @@ fn hello_from(node: &str) -> Vec<u8> {
     .to_frame()
 }
 
+/// Closes the test's link, then stops the mesh and the node.
+async fn stop(
+    link: edgesync::net::Link,
+    mesh: edgesync::mesh::Mesh,
+    node: edgesync::node::DurableNode,
+) {
+    link.close(close::SHUTDOWN, "done");
+    mesh.shutdown().await;
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .unwrap();
+}
+
 /// Dials the node as gw-1 and gets its Hello: the node still serves.
 async fn still_serves(peer: &Endpoint, addr: SocketAddr) -> edgesync::net::Link {
     let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
@@ -554,11 +567,7 @@ async fn a_real_node_survives_hostile_frames_and_close_reasons() {
         0,
         "a task panicked"
     );
-    link.close(close::SHUTDOWN, "done");
-    mesh.shutdown().await;
-    tokio::task::spawn_blocking(move || node.shutdown())
-        .await
-        .unwrap();
+    stop(link, mesh, node).await;
 }
 
 // A peer that keeps sending batches but never reads what the node answers (an Ack per batch)
@@ -618,9 +627,66 @@ async fn a_peer_that_never_reads_is_disconnected_at_the_outbound_bound() {
     assert!(status.sessions.is_empty(), "{:?}", status.sessions);
     // The node still serves: a new session gets its Hello.
     let link = still_serves(&peer, addr).await;
-    link.close(close::SHUTDOWN, "done");
-    mesh.shutdown().await;
-    tokio::task::spawn_blocking(move || node.shutdown())
-        .await
-        .unwrap();
+    stop(link, mesh, node).await;
+}
+
+// While the core thread is busy, a peer sending as fast as it can is held back by QUIC flow
+// control: what the node holds of its frames stays within the link's inbound allowance instead
+// of growing with what the peer sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_sender_is_held_back_while_the_core_is_busy() {
+    use edgesync_proto::wire::{DocClock, Summary};
+    use edgesync_proto::{DocId, Reading, VectorClock};
+    let fleet = Fleet::new();
+    let data = tempfile::tempdir().unwrap();
+    let allowance = 256 * 1024;
+    let set = |o: &mut edgesync::node::NodeOptions| o.link_inbound_bytes_max = allowance;
+    let (node, mesh, addr) = real_cloud(&fleet, data.path(), set).await;
+    let peer = gateway(&fleet);
+    let mut link = peer.dial(addr, &name("cloud")).await.unwrap();
+    link.tx.send(&hello_from("gw-1")).await.unwrap();
+    // Summary frames naming 1,000 documents the node does not hold: cheap for the core.
+    let entries: Vec<DocClock> = (0..1000)
+        .map(|i| DocClock {
+            doc: DocId::new(format!("flood/doc-{i:04}")).unwrap(),
+            clock: VectorClock::new(),
+        })
+        .collect();
+    let frame = Message::Summary(Summary {
+        entries,
+        last: false,
+    })
+    .to_frame();
+    // One large ingest keeps the core thread busy meanwhile.
+    let h = node.handle();
+    let busy = tokio::task::spawn_blocking(move || {
+        let readings: Vec<Reading> = (0..100_000)
+            .map(|i| Reading::from_json(format!("r-{i}"), i, &serde_json::json!({"v": i})))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        h.ingest(DocId::new("site-a/busy").unwrap(), readings)
+            .unwrap();
+    });
+    let sender = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if link.tx.send(&frame).await.is_err() {
+                break;
+            }
+        }
+        link
+    });
+    let mut most = 0;
+    while !busy.is_finished() {
+        let held = mesh.status().iter().map(|p| p.inbound_queued_bytes).max();
+        most = most.max(held.unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    busy.await.unwrap();
+    assert!(most > 0, "frames waited for the busy core");
+    assert!(
+        most <= allowance,
+        "{most} bytes held, allowance {allowance}"
+    );
+    let link = sender.await.unwrap();
+    stop(link, mesh, node).await;
 }

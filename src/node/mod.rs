@@ -29,7 +29,7 @@ use edgesync_proto::{
     Reading, SessionId, SessionStats, StoreError,
 };
 use serde_json::Value as Json;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::os;
 use crate::store::{Durability, Health, OpenError, RocksStore};
@@ -53,6 +53,11 @@ pub struct NodeOptions {
     /// resumes from its receipts when it reconnects. Default 16 MiB: far above the protocol's
     /// own window (4 batches of 256 KiB) plus a summary of 10,000 documents.
     pub link_outbound_bytes_max: usize,
+    /// Bytes of one link's received frames waiting for the core thread. The link stops reading
+    /// while it is full, so QUIC flow control slows the peer instead of the node buffering
+    /// what a fast sender sends. Default 8 MiB: two frames of the default frame limit (a
+    /// larger frame waits for the whole allowance).
+    pub link_inbound_bytes_max: usize,
 }
 
 impl NodeOptions {
@@ -65,6 +70,7 @@ impl NodeOptions {
             ingest_batch_max: 512,
             ingest_window_ms: 0,
             link_outbound_bytes_max: 16 << 20,
+            link_inbound_bytes_max: 8 << 20,
         }
     }
 }
@@ -222,6 +228,64 @@ impl OutboundReceiver {
     }
 }
 
+/// One link's allowance of bytes received and not yet handled by the core thread.
+#[derive(Clone, Debug)]
+pub struct InboundCredit {
+    sem: Arc<Semaphore>,
+    max: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A received frame's share of its link's allowance: returned when dropped (after the core
+/// handled the frame, or with it if the node stopped).
+#[derive(Debug)]
+pub struct InboundHeld {
+    _permit: OwnedSemaphorePermit,
+    bytes: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for InboundHeld {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+impl InboundCredit {
+    /// An allowance of `max` bytes (at least one).
+    pub fn new(max: usize) -> InboundCredit {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        InboundCredit {
+            sem: Arc::new(Semaphore::new(max)),
+            max,
+            queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits until a frame of `bytes` fits (a frame above the whole allowance waits for all of
+    /// it), and returns its share, to pass to [`NodeHandle::peer_input`].
+    pub async fn reserve(&self, bytes: usize) -> InboundHeld {
+        let n = u32::try_from(bytes.min(self.max)).unwrap_or(u32::MAX);
+        let permit = self
+            .sem
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the allowance is never closed");
+        self.queued.fetch_add(bytes, Ordering::SeqCst);
+        InboundHeld {
+            _permit: permit,
+            bytes,
+            queued: self.queued.clone(),
+        }
+    }
+
+    /// Bytes received and not yet handled by the core.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
 /// Why a session ended, for the link to close its connection with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionEnd {
@@ -311,6 +375,8 @@ enum Cmd {
     PeerInput {
         sid: SessionId,
         frame: Vec<u8>,
+        /// The link's allowance for this frame, returned when the command is dropped.
+        _credit: Option<InboundHeld>,
     },
     PeerDown {
         sid: SessionId,
@@ -341,6 +407,7 @@ pub struct NodeHandle {
     health: Health,
     /// True while the core thread runs; false once it returned or unwound.
     core_alive: Arc<AtomicBool>,
+    link_inbound_bytes_max: usize,
     events: broadcast::Sender<DocEvent>,
     name: NodeName,
     started: Instant,
@@ -419,6 +486,7 @@ impl DurableNode {
                 tx,
                 health,
                 core_alive,
+                link_inbound_bytes_max: opts.link_inbound_bytes_max,
                 events,
                 name: opts.config.name.clone(),
                 started: Instant::now(),
@@ -570,11 +638,26 @@ impl NodeHandle {
             .await
     }
 
-    /// A frame arrived on a session's link.
-    pub fn peer_input(&self, sid: SessionId, frame: Vec<u8>) -> Result<(), Stopped> {
-        self.tx
-            .send(Cmd::PeerInput { sid, frame })
-            .map_err(|_| Stopped)
+    /// A frame arrived on a session's link. `credit`, from the link's [`InboundCredit`], is
+    /// returned to the link once the core has handled the frame.
+    pub fn peer_input(
+        &self,
+        sid: SessionId,
+        frame: Vec<u8>,
+        credit: Option<InboundHeld>,
+    ) -> Result<(), Stopped> {
+        let cmd = Cmd::PeerInput {
+            sid,
+            frame,
+            _credit: credit,
+        };
+        self.tx.send(cmd).map_err(|_| Stopped)
+    }
+
+    /// The allowance for one link's frames waiting for the core
+    /// ([`NodeOptions::link_inbound_bytes_max`]).
+    pub fn inbound_credit(&self) -> InboundCredit {
+        InboundCredit::new(self.link_inbound_bytes_max)
     }
 
     /// Ends every session with a Close frame (code `Shutdown`); each link then finishes and
@@ -768,7 +851,7 @@ impl Core {
                 self.links.insert(sid, out);
                 let _ = reply.send(Ok(sid));
             }
-            Cmd::PeerInput { sid, frame } => {
+            Cmd::PeerInput { sid, frame, .. } => {
                 if self.links.contains_key(&sid) {
                     self.node.handle_input(sid, &frame, os::now_ms());
                 }
