@@ -413,6 +413,11 @@ pub struct NodeHandle {
     started: Instant,
 }
 
+/// Requests the core thread takes in one turn before it sends released frames and fires due
+/// timers: small enough that a turn stays short (each request is one core call), large enough
+/// that batching ingests still pays.
+const TURN_REQUESTS_MAX: usize = 1024;
+
 /// Marks the core thread stopped when dropped.
 struct AliveGuard(Arc<AtomicBool>);
 
@@ -742,6 +747,12 @@ impl Core {
     fn run(mut self, rx: Receiver<Cmd>) {
         let mut pending: Option<Cmd> = None;
         loop {
+            // Due timers fire on every turn, not only when no request is waiting: a steady
+            // stream of input (one busy peer) must not starve another session's timeouts.
+            let now = os::now_ms();
+            if self.node.poll_timeout().is_some_and(|at| at <= now) {
+                self.node.handle_timeout(now);
+            }
             self.pump();
             let first = match pending.take() {
                 Some(c) => c,
@@ -769,7 +780,9 @@ impl Core {
             let mut cmd = Some(first);
             let deadline = Instant::now() + Duration::from_millis(self.opts.ingest_window_ms);
             let mut stop = false;
+            let mut taken = 0;
             while let Some(c) = cmd.take() {
+                taken += 1;
                 match c {
                     Cmd::Ingest {
                         doc,
@@ -793,7 +806,9 @@ impl Core {
                         }
                     }
                 }
-                if readings >= self.opts.ingest_batch_max {
+                // A turn ends after a bounded number of requests, so that released frames go out
+                // and timers fire (top of the loop) however steady the input.
+                if readings >= self.opts.ingest_batch_max || taken >= TURN_REQUESTS_MAX {
                     break;
                 }
                 cmd = match rx.try_recv() {
@@ -1074,5 +1089,57 @@ mod tests {
         node.shutdown();
         assert!(!h.is_core_alive());
         assert!(matches!(h.docs(), Err(ReadError::Stopped)));
+    }
+
+    // A session whose handshake never completes times out on time even while other input
+    // keeps the core's channel busy without a pause.
+    #[test]
+    fn timers_fire_while_input_keeps_the_core_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(NodeName::new("n1").unwrap());
+        cfg.handshake_timeout_ms = 200;
+        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
+        let h = node.handle();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (out, mut rx) = outbound_channel();
+        let silent = rt
+            .block_on(h.peer_up(NodeName::new("n2").unwrap(), out))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood: Vec<_> = (0..2)
+            .map(|_| {
+                let (h, stop) = (h.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    // Input for a session that does not exist: handled at once, never idle.
+                    while !stop.load(Ordering::SeqCst) {
+                        let _ = h.peer_input(SessionId(silent.0 + 1000), vec![0; 8], None);
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let closed = rt.block_on(async {
+            let wait = async {
+                loop {
+                    match rx.recv().await {
+                        Some(Outbound::Close(end)) => return end,
+                        Some(_) => continue,
+                        None => panic!("link channel closed without a Close"),
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(3), wait).await
+        });
+        stop.store(true, Ordering::SeqCst);
+        for t in flood {
+            t.join().unwrap();
+        }
+        let end = closed.expect("the handshake timed out while the flood ran");
+        assert_eq!(end.code, Some(CloseCode::Timeout), "{end:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        node.shutdown();
     }
 }
