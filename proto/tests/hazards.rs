@@ -618,3 +618,78 @@ fn naming_documents_does_not_grow_persisted_peer_state() {
     }
     assert_eq!(acks, 1, "the batch is acknowledged");
 }
+
+/// The second change of a fresh document (its first withheld), about `kib` KiB: it waits for
+/// its dependency in the receiver's causal buffer.
+fn orphan_change(i: u64, kib: usize) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut am = automerge::Automerge::new();
+    let mut tx = am.transaction();
+    tx.put(automerge::ROOT, "first", i as i64).unwrap();
+    tx.commit();
+    // Varied text, so that the change does not shrink by compression.
+    let mut x = i.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let text: String = (0..kib * 1024)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b'a' + (x >> 59) as u8 % 26)
+        })
+        .collect();
+    let mut tx = am.transaction();
+    tx.put(automerge::ROOT, "second", text).unwrap();
+    tx.commit();
+    am.get_last_local_change().unwrap().raw_bytes().to_vec()
+}
+
+/// The close code of `sid`, if it ended.
+fn closed_code(node: &mut Node<MemStore>, sid: SessionId) -> Option<CloseCode> {
+    std::iter::from_fn(|| node.poll_event()).find_map(|e| match e {
+        Event::SessionClosed { session, code, .. } if session == sid => code,
+        _ => None,
+    })
+}
+
+// Attack: a peer sends changes whose dependencies never come, to fill the causal buffer. Its
+// share is bounded in bytes (its session ends with Overloaded), and another peer can still
+// buffer changes of its own.
+#[test]
+fn one_peer_cannot_fill_the_causal_buffer() {
+    let mut node = open(0, MemStore::new(), 1, |c| {
+        c.change_bytes_max = 128 * 1024;
+        c.pending_peer_bytes_max = 300 * 1024;
+        c.pending_bytes_max = 1024 * 1024;
+    });
+    let a = hand_session(&mut node, "gw-8");
+    for i in 0..2 {
+        send_change(
+            &mut node,
+            a,
+            &doc(&format!("app/a-{i}")),
+            orphan_change(i, 100),
+        );
+    }
+    persist(&mut node);
+    assert_eq!(node.pending_changes(), 2);
+    assert_eq!(closed_code(&mut node, a), None, "within its share");
+    send_change(&mut node, a, &doc("app/a-2"), orphan_change(2, 100));
+    assert_eq!(closed_code(&mut node, a), Some(CloseCode::Overloaded));
+    assert_eq!(node.pending_changes(), 2, "the third was refused");
+    let b = hand_session(&mut node, "gw-7");
+    for i in 10..12 {
+        send_change(
+            &mut node,
+            b,
+            &doc(&format!("app/b-{i}")),
+            orphan_change(i, 100),
+        );
+    }
+    persist(&mut node);
+    assert_eq!(
+        closed_code(&mut node, b),
+        None,
+        "another peer has its own share"
+    );
+    assert_eq!(node.pending_changes(), 4);
+}

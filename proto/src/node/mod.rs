@@ -64,6 +64,12 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Remote changes held waiting for their dependencies, over all documents. Default 10,000.
     pub pending_changes_max: usize,
+    /// Bytes of those changes, over all documents and peers. Default 64 MiB: a gateway's
+    /// memory budget allows it, and a peer resends what it could not buffer.
+    pub pending_bytes_max: usize,
+    /// Bytes of those changes that one peer sent, so no peer fills the buffer for the others.
+    /// Default 16 MiB.
+    pub pending_peer_bytes_max: usize,
     /// Documents kept loaded in memory. Default 1,024.
     pub docs_loaded_max: usize,
     /// A new snapshot is written after this many changes since the last one. Default 512:
@@ -99,6 +105,8 @@ impl Config {
             ack_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             pending_changes_max: 10_000,
+            pending_bytes_max: 64 << 20,
+            pending_peer_bytes_max: 16 << 20,
             docs_loaded_max: 1024,
             snapshot_changes_min: 512,
             #[cfg(feature = "testing")]
@@ -120,6 +128,15 @@ impl Config {
             return Err(format!(
                 "change_bytes_max {} must be at least 1024 and leave {CHANGES_OVERHEAD_BYTES} bytes within frame_bytes_max {}",
                 self.change_bytes_max, self.frame_bytes_max
+            ));
+        }
+        let change = self.change_bytes_max as usize;
+        if self.pending_peer_bytes_max < change
+            || self.pending_bytes_max < self.pending_peer_bytes_max
+        {
+            return Err(format!(
+                "pending_peer_bytes_max {} must hold one change ({change}) and be at most pending_bytes_max {}",
+                self.pending_peer_bytes_max, self.pending_bytes_max
             ));
         }
         if self.batch_bytes_max == 0 || self.inflight_batches_max == 0 || self.docs_loaded_max == 0
@@ -337,8 +354,7 @@ pub struct Node<S: Store> {
     docs: BTreeMap<DocId, DocMeta>,
     loaded: BTreeMap<DocId, Loaded>,
     use_tick: u64,
-    pending: BTreeMap<DocId, BTreeMap<(Actor, u64), Change>>,
-    pending_count: usize,
+    pending: remote::CausalBuffer,
     peers: BTreeMap<NodeName, PeerReceipts>,
     sessions: BTreeMap<SessionId, Session>,
     /// Counters of sessions that ended.
@@ -397,8 +413,7 @@ impl<S: Store> Node<S> {
             docs,
             loaded: BTreeMap::new(),
             use_tick: 0,
-            pending: BTreeMap::new(),
-            pending_count: 0,
+            pending: remote::CausalBuffer::default(),
             peers,
             sessions: BTreeMap::new(),
             ended_stats: SessionStats::default(),
@@ -491,7 +506,7 @@ impl<S: Store> Node<S> {
 
     /// Remote changes held waiting for dependencies.
     pub fn pending_changes(&self) -> usize {
-        self.pending_count
+        self.pending.len()
     }
 
     /// The document's Automerge heads, sorted; `None` if unknown.

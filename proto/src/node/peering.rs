@@ -266,7 +266,7 @@ impl<S: Store> Node<S> {
             received.entry(dc.doc.clone()).or_default();
             for ch in &dc.changes {
                 stats.changes_received += 1;
-                match self.apply_remote(&mut batch, &dc.doc, &ch.0) {
+                match self.apply_remote(&mut batch, &dc.doc, &ch.0, &peer) {
                     Ok((applied, actor, seq)) => {
                         // The sender holds (actor, 1..=seq): it holds this change, causally closed.
                         received

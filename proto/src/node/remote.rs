@@ -1,10 +1,12 @@
 //! Remote changes: validated, applied when causally ready, held (bounded) while their
 //! dependencies are missing, and refused with a typed reason that closes the sending session.
 
+use std::collections::BTreeMap;
+
 use automerge::Change;
 
 use super::{planted, Node, NodeError};
-use crate::id::DocId;
+use crate::id::{DocId, NodeName};
 use crate::store::{Store, WriteBatch};
 use crate::vclock::Actor;
 use crate::wire::CloseCode;
@@ -27,8 +29,8 @@ pub(crate) enum ApplyError {
     Invalid(String),
     #[error("actor {actor} seq {seq} names two different changes")]
     Equivocation { actor: Actor, seq: u64 },
-    #[error("more than {0} changes are waiting for dependencies")]
-    Overloaded(usize),
+    #[error("the buffer of changes waiting for dependencies is full ({limit} of {max})")]
+    Overloaded { limit: &'static str, max: usize },
     #[error(transparent)]
     Node(#[from] NodeError),
 }
@@ -38,7 +40,7 @@ impl ApplyError {
         match self {
             ApplyError::Invalid(_) => CloseCode::InvalidChange,
             ApplyError::Equivocation { .. } => CloseCode::Equivocation,
-            ApplyError::Overloaded(_) => CloseCode::Overloaded,
+            ApplyError::Overloaded { .. } => CloseCode::Overloaded,
             ApplyError::Node(_) => CloseCode::StoreFailed,
         }
     }
@@ -82,6 +84,105 @@ fn inflated_len(bytes: &[u8], max: usize) -> usize {
     }
 }
 
+/// The causal buffer's bounds.
+pub(super) struct BufferLimits {
+    changes: usize,
+    bytes: usize,
+    peer_bytes: usize,
+}
+
+/// A buffered change and who sent it.
+struct Waiting {
+    change: Change,
+    peer: NodeName,
+    bytes: usize,
+}
+
+/// Remote changes waiting for their dependencies: bounded in count, in bytes, and in bytes per
+/// sending peer (so one peer cannot fill it for the others).
+#[derive(Default)]
+pub(super) struct CausalBuffer {
+    docs: BTreeMap<DocId, BTreeMap<(Actor, u64), Waiting>>,
+    count: usize,
+    bytes: usize,
+    by_peer: BTreeMap<NodeName, usize>,
+}
+
+impl CausalBuffer {
+    /// Changes held.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Holds `change` (sent by `peer`) unless already held; refuses it when a bound is reached.
+    fn insert(
+        &mut self,
+        doc: &DocId,
+        key: (Actor, u64),
+        change: Change,
+        peer: &NodeName,
+        limits: &BufferLimits,
+    ) -> Result<(), ApplyError> {
+        if self.docs.get(doc).is_some_and(|d| d.contains_key(&key)) {
+            return Ok(());
+        }
+        let bytes = change.raw_bytes().len();
+        let from_peer = self.by_peer.get(peer).copied().unwrap_or(0);
+        let full = |limit, max| Err(ApplyError::Overloaded { limit, max });
+        if self.count >= limits.changes {
+            return full("changes", limits.changes);
+        }
+        if self.bytes + bytes > limits.bytes {
+            return full("bytes", limits.bytes);
+        }
+        if from_peer + bytes > limits.peer_bytes {
+            return full("bytes from one peer", limits.peer_bytes);
+        }
+        self.count += 1;
+        self.bytes += bytes;
+        *self.by_peer.entry(peer.clone()).or_default() += bytes;
+        let waiting = Waiting {
+            change,
+            peer: peer.clone(),
+            bytes,
+        };
+        self.docs
+            .entry(doc.clone())
+            .or_default()
+            .insert(key, waiting);
+        Ok(())
+    }
+
+    fn keys(&self, doc: &DocId) -> Vec<(Actor, u64)> {
+        self.docs
+            .get(doc)
+            .map(|d| d.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn get(&self, doc: &DocId, key: &(Actor, u64)) -> Option<&Change> {
+        self.docs.get(doc)?.get(key).map(|w| &w.change)
+    }
+
+    fn remove(&mut self, doc: &DocId, key: &(Actor, u64)) {
+        let Some(slot) = self.docs.get_mut(doc) else {
+            return;
+        };
+        let Some(w) = slot.remove(key) else { return };
+        if slot.is_empty() {
+            self.docs.remove(doc);
+        }
+        self.count -= 1;
+        self.bytes -= w.bytes;
+        if let Some(b) = self.by_peer.get_mut(&w.peer) {
+            *b -= w.bytes;
+            if *b == 0 {
+                self.by_peer.remove(&w.peer);
+            }
+        }
+    }
+}
+
 impl<S: Store> Node<S> {
     /// Offers one remote change: parsed and hash-checked by Automerge, applied if causally
     /// ready, ignored if held, buffered (bounded) if its dependencies are missing.
@@ -90,6 +191,7 @@ impl<S: Store> Node<S> {
         batch: &mut WriteBatch,
         doc: &DocId,
         bytes: &[u8],
+        peer: &NodeName,
     ) -> Result<(Applied, Actor, u64), ApplyError> {
         let max = self.cfg.change_bytes_max as usize;
         let len = inflated_len(bytes, max);
@@ -132,14 +234,13 @@ impl<S: Store> Node<S> {
         }
         let seq = change.seq();
         if !self.is_ready(doc, &change)? {
-            let slot = self.pending.entry(doc.clone()).or_default();
-            if let std::collections::btree_map::Entry::Vacant(v) = slot.entry((actor, seq)) {
-                if self.pending_count >= self.cfg.pending_changes_max {
-                    return Err(ApplyError::Overloaded(self.cfg.pending_changes_max));
-                }
-                v.insert(change);
-                self.pending_count += 1;
-            }
+            let limits = BufferLimits {
+                changes: self.cfg.pending_changes_max,
+                bytes: self.cfg.pending_bytes_max,
+                peer_bytes: self.cfg.pending_peer_bytes_max,
+            };
+            self.pending
+                .insert(doc, (actor, seq), change, peer, &limits)?;
             return Ok((Applied::Buffered, actor, seq));
         }
         self.apply_ready(batch, doc, change)?;
@@ -165,28 +266,19 @@ impl<S: Store> Node<S> {
     }
 
     fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<Change>, NodeError> {
-        let Some(slot) = self.pending.get(doc) else {
-            return Ok(None);
-        };
-        let candidates: Vec<(Actor, u64)> = slot.keys().copied().collect();
-        for key in candidates {
+        for key in self.pending.keys(doc) {
             let held = self.clock(doc).map(|c| c.get(&key.0)).unwrap_or(0);
             if key.1 <= held {
                 // Arrived by another path meanwhile; if it differs, the duplicate check of its
                 // next delivery reports the equivocation.
-                self.pending.get_mut(doc).expect("exists").remove(&key);
-                self.pending_count -= 1;
+                self.pending.remove(doc, &key);
                 continue;
             }
-            let change = self.pending[doc][&key].clone();
+            let change = self.pending.get(doc, &key).expect("listed").clone();
             if self.is_ready(doc, &change)? {
-                self.pending.get_mut(doc).expect("exists").remove(&key);
-                self.pending_count -= 1;
+                self.pending.remove(doc, &key);
                 return Ok(Some(change));
             }
-        }
-        if self.pending.get(doc).is_some_and(|s| s.is_empty()) {
-            self.pending.remove(doc);
         }
         Ok(None)
     }
