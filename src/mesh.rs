@@ -16,12 +16,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgesync_proto::wire::truncate_utf8;
 use edgesync_proto::{keep_new_link, Dialer, NodeName};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::net::{close, Endpoint, Link, LinkError, QUIC_CLOSE_REASON_BYTES_MAX};
+use crate::net::{close, close_connection, Endpoint, Link, LinkError};
 use crate::node::{outbound_channel, InboundCredit, NodeHandle, Outbound};
 use crate::os;
 
@@ -405,9 +404,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                             // the peer may be gone).
                             let _ =
                                 tokio::time::timeout(Duration::from_secs(1), tx.delivered()).await;
-                            let code = close::for_session(end.code);
-                            let reason = truncate_utf8(&end.reason, QUIC_CLOSE_REASON_BYTES_MAX);
-                            wconn.close(code.into(), reason.as_bytes());
+                            close_connection(&wconn, close::for_session(end.code), &end.reason);
                             return;
                         }
                     }
@@ -428,9 +425,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                         Err(e) => {
                             if !matches!(e, LinkError::Closed(_) | LinkError::Timeout(_)) {
                                 tracing::warn!(%peer, reason = e.kind(), error = %e, "link failed");
-                                let reason = e.to_string();
-                                let reason = truncate_utf8(&reason, QUIC_CLOSE_REASON_BYTES_MAX);
-                                conn.close(e.close_code().into(), reason.as_bytes());
+                                close_connection(&conn, e.close_code(), &e.to_string());
                             }
                             break e.to_string();
                         }

@@ -446,23 +446,24 @@ pub struct Link {
     pub rx: FrameSource,
 }
 
+/// Closes `conn` with an application code and a reason cut to
+/// [`QUIC_CLOSE_REASON_BYTES_MAX`] on a character boundary.
+pub fn close_connection(conn: &quinn::Connection, code: u32, reason: &str) {
+    let reason = truncate_utf8(reason, QUIC_CLOSE_REASON_BYTES_MAX);
+    conn.close(code.into(), reason.as_bytes());
+}
+
 impl Link {
-    /// Closes the connection with an application code and reason (cut to
-    /// [`QUIC_CLOSE_REASON_BYTES_MAX`] on a character boundary).
+    /// Closes the connection with an application code and reason (see [`close_connection`]).
     pub fn close(&self, code: u32, reason: &str) {
-        let reason = truncate_utf8(reason, QUIC_CLOSE_REASON_BYTES_MAX);
-        self.conn.close(code.into(), reason.as_bytes());
+        close_connection(&self.conn, code, reason);
     }
 
     /// Ends the link because of `e`: logs it with its kind and closes the connection with the
     /// matching code. Nothing else is affected.
     pub fn fail(&self, e: &LinkError) {
         tracing::warn!(peer = %self.peer.name, remote = %self.remote, reason = e.kind(), error = %e, "link failed");
-        let reason = e.to_string();
-        self.close(
-            e.close_code(),
-            truncate_utf8(&reason, QUIC_CLOSE_REASON_BYTES_MAX),
-        );
+        self.close(e.close_code(), &e.to_string());
     }
 }
 

@@ -710,25 +710,23 @@ fn ingest_request(
     })
 }
 
-/// An answer waiting for durability: sends the value, or the error that prevented it.
-struct Waiting(Box<dyn FnOnce(Option<WriteError>)>);
+/// An answer waiting for durability.
+enum Waiting {
+    Ingest(IngestReply, Vec<IngestOutcome>),
+    Patch(Reply<bool, WriteError>, bool),
+}
 
 impl Waiting {
-    fn new<T: 'static>(reply: Reply<T, WriteError>, value: T) -> Waiting {
-        Waiting(Box::new(move |failed| {
-            let _ = reply.send(match failed {
-                None => Ok(value),
-                Some(e) => Err(e),
-            });
-        }))
-    }
-
-    fn answer(self) {
-        (self.0)(None)
-    }
-
-    fn fail(self, e: WriteError) {
-        (self.0)(Some(e))
+    /// Sends the answer, or `failed`, the error that kept it from becoming durable.
+    fn finish(self, failed: Option<WriteError>) {
+        match self {
+            Waiting::Ingest(reply, out) => {
+                let _ = reply.send(failed.map_or(Ok(out), Err));
+            }
+            Waiting::Patch(reply, changed) => {
+                let _ = reply.send(failed.map_or(Ok(changed), Err));
+            }
+        }
     }
 }
 
@@ -767,10 +765,8 @@ impl Core {
                     };
                     match got {
                         Ok(c) => c,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            self.node.handle_timeout(os::now_ms());
-                            continue;
-                        }
+                        // Due timers fire at the top of the loop.
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
                         Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
@@ -836,7 +832,7 @@ impl Core {
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Patch { doc, patch, reply } => match self.node.patch(&doc, &patch, os::now_ms()) {
-                Ok(p) => self.wait(p.durable_at, Waiting::new(reply, p.changed)),
+                Ok(p) => self.wait(p.durable_at, Waiting::Patch(reply, p.changed)),
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
                 }
@@ -1027,7 +1023,7 @@ impl Core {
                     let mut outcomes = done.outcomes.into_iter();
                     for (rs, reply) in requests {
                         let mine: Vec<IngestOutcome> = outcomes.by_ref().take(rs.len()).collect();
-                        self.wait(done.durable_at, Waiting::new(reply, mine));
+                        self.wait(done.durable_at, Waiting::Ingest(reply, mine));
                     }
                 }
                 Err(e) => {
@@ -1055,7 +1051,7 @@ impl Core {
             .is_some_and(|(at, _)| *at <= self.node.durable_seq())
         {
             let (_, w) = self.waiting.pop_front().expect("checked");
-            w.answer();
+            w.finish(None);
         }
     }
 
@@ -1067,7 +1063,7 @@ impl Core {
             }
             Err(e) => {
                 for (_, w) in self.waiting.drain(..) {
-                    w.fail(WriteError::NotDurable(e.clone()));
+                    w.finish(Some(WriteError::NotDurable(e.clone())));
                 }
             }
         }
