@@ -269,15 +269,21 @@ impl Session {
         let parts = split_clocks(clocks, self.send_frame_max);
         let n = parts.len();
         for (i, clocks) in parts.into_iter().enumerate() {
+            let last = i + 1 == n;
             let msg = Message::Ack(Ack {
                 batch,
-                clocks: clocks.clone(),
-                last: i + 1 == n,
+                clocks,
+                last,
             });
+            let frame = msg.to_frame();
+            // The clocks move on with the frame, to be reported when it is released.
+            let Message::Ack(ack) = msg else {
+                unreachable!("built as an Ack above")
+            };
             self.outbox.push_back(Outgoing {
                 gate,
-                frame: msg.to_frame(),
-                acked: Some(clocks),
+                frame,
+                acked: Some(ack.clocks),
             });
         }
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use automerge::Change;
 
-use super::{planted, Node, NodeError};
+use super::{planted, Config, Node, NodeError};
 use crate::id::{DocId, NodeName};
 use crate::store::{Store, WriteBatch};
 use crate::vclock::Actor;
@@ -84,13 +84,6 @@ fn inflated_len(bytes: &[u8], max: usize) -> usize {
     }
 }
 
-/// The causal buffer's bounds.
-pub(super) struct BufferLimits {
-    changes: usize,
-    bytes: usize,
-    peer_bytes: usize,
-}
-
 /// A buffered change and who sent it.
 struct Waiting {
     change: Change,
@@ -121,7 +114,7 @@ impl CausalBuffer {
         key: (Actor, u64),
         change: Change,
         peer: &NodeName,
-        limits: &BufferLimits,
+        cfg: &Config,
     ) -> Result<(), ApplyError> {
         if self.docs.get(doc).is_some_and(|d| d.contains_key(&key)) {
             return Ok(());
@@ -129,14 +122,14 @@ impl CausalBuffer {
         let bytes = change.raw_bytes().len();
         let from_peer = self.by_peer.get(peer).copied().unwrap_or(0);
         let full = |limit, max| Err(ApplyError::Overloaded { limit, max });
-        if self.count >= limits.changes {
-            return full("changes", limits.changes);
+        if self.count >= cfg.pending_changes_max {
+            return full("changes", cfg.pending_changes_max);
         }
-        if self.bytes + bytes > limits.bytes {
-            return full("bytes", limits.bytes);
+        if self.bytes + bytes > cfg.pending_bytes_max {
+            return full("bytes", cfg.pending_bytes_max);
         }
-        if from_peer + bytes > limits.peer_bytes {
-            return full("bytes from one peer", limits.peer_bytes);
+        if from_peer + bytes > cfg.pending_peer_bytes_max {
+            return full("bytes from one peer", cfg.pending_peer_bytes_max);
         }
         self.count += 1;
         self.bytes += bytes;
@@ -234,13 +227,8 @@ impl<S: Store> Node<S> {
         }
         let seq = change.seq();
         if !self.is_ready(doc, &change)? {
-            let limits = BufferLimits {
-                changes: self.cfg.pending_changes_max,
-                bytes: self.cfg.pending_bytes_max,
-                peer_bytes: self.cfg.pending_peer_bytes_max,
-            };
             self.pending
-                .insert(doc, (actor, seq), change, peer, &limits)?;
+                .insert(doc, (actor, seq), change, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
         self.apply_ready(batch, doc, change)?;
