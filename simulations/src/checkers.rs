@@ -113,10 +113,9 @@ impl Sim {
             }
             *prev = clock.clone();
         }
-        let peers: Vec<_> = self.nodes.iter().map(|n| n.name.clone()).collect();
         let sn = &mut self.nodes[i];
         let n = sn.node.as_ref().expect("up");
-        for peer in &peers {
+        for peer in &self.peer_names {
             let Some(r) = n.receipts(peer) else { continue };
             for (doc, clock) in &r.clocks {
                 // Simulated stores are never replaced, so receipts are never reset.

@@ -131,6 +131,8 @@ pub struct Sim {
     hasher: blake3::Hasher,
     trace: Option<Vec<String>>,
     pub(crate) ledger: Ledger,
+    /// Every node's name, in node order (fixed for the run).
+    pub(crate) peer_names: Vec<NodeName>,
     pub(crate) workload: crate::workload::Workload,
     pub(crate) report: Report,
     pub(crate) done: bool,
@@ -140,10 +142,11 @@ impl Sim {
     /// Prepares a run of `plan`.
     pub fn new(plan: Plan, trace: bool) -> Sim {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(plan.seed);
-        let nodes = (0..plan.nodes)
+        let nodes: Vec<SimNode> = (0..plan.nodes)
             .map(|i| new_node(&plan, i, &mut rng))
             .collect();
         let net = Network::new(&plan, &mut rng);
+        let peer_names = nodes.iter().map(|n| n.name.clone()).collect();
         Sim {
             plan,
             rng,
@@ -156,6 +159,7 @@ impl Sim {
             hasher: blake3::Hasher::new(),
             trace: trace.then(Vec::new),
             ledger: Ledger::default(),
+            peer_names,
             workload: crate::workload::Workload::default(),
             report: Report::default(),
             done: false,
