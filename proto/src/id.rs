@@ -233,6 +233,22 @@ pub fn derive_actor(node: &NodeName, incarnation: u64, boot_nonce: &[u8; 16]) ->
     Actor(out)
 }
 
+/// The actor a node authors `doc` under: derived from its incarnation's actor and the document
+/// id, so no two documents share an actor. An Automerge change does not name its document;
+/// with one actor for every document, a peer could replay a node's change from one document
+/// into another whose dependencies it also meets (every sensor document's first change depends
+/// on the genesis alone), and the node's own next change there would collide with it: an
+/// equivocation that locks the node out of that document. With per-document actors a replayed
+/// change collides with nothing.
+pub fn doc_actor(base: Actor, doc: &DocId) -> Actor {
+    let mut h = blake3::Hasher::new_derive_key("edgesync document actor v1");
+    h.update(&base.0);
+    h.update(doc.as_str().as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    Actor(out)
+}
+
 /// The actor of every sensor document's genesis change (hazard 1): a constant, so every node
 /// produces the byte-identical genesis change.
 pub fn genesis_actor() -> Actor {

@@ -74,6 +74,7 @@ pub mod doc;
 pub mod id;
 mod node;
 pub mod reading;
+pub mod schema;
 pub mod store;
 mod sync;
 pub mod vclock;

@@ -152,6 +152,18 @@ pub(crate) struct Session {
     queue: BTreeSet<DocId>,
     cursor: Option<(DocId, VecDeque<u64>)>,
     stats: SessionStats,
+    introduced: Introduced,
+}
+
+/// What a peer's changes added to this node in one session: new documents and new actors
+/// (bounded by `Config::session_docs_max` and `Config::session_actors_max`).
+/// Bounded: one entry per document this session's changes touched with a new actor, at most
+/// `session_actors_max` entries.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Introduced {
+    pub(crate) docs: usize,
+    pub(crate) actors: usize,
+    pub(crate) per_doc: BTreeMap<DocId, usize>,
 }
 
 /// Splits clocks into messages that each fit a frame of `frame_max` bytes.
@@ -194,6 +206,7 @@ impl Session {
             queue: BTreeSet::new(),
             cursor: None,
             stats: SessionStats::default(),
+            introduced: Introduced::default(),
         }
     }
 
@@ -203,6 +216,16 @@ impl Session {
 
     pub(crate) fn stats(&self) -> &SessionStats {
         &self.stats
+    }
+
+    /// What this session's peer added so far.
+    pub(crate) fn introduced(&mut self) -> &mut Introduced {
+        &mut self.introduced
+    }
+
+    /// See [`Session::introduced`].
+    pub(crate) fn introduced_ref(&self) -> &Introduced {
+        &self.introduced
     }
 
     pub(crate) fn is_closed(&self) -> bool {

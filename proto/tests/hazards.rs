@@ -144,8 +144,9 @@ fn hazard2_no_actor_sequence_reuse_across_a_crash() {
     );
     a.ingest(&doc("d"), &[reading("kept", 2)], 0).unwrap();
     let clock = a.clock(&doc("d")).unwrap().clone();
-    assert_eq!(clock.get(&a.actor()), 1);
-    assert_eq!(clock.get(&first_actor), 0);
+    assert_eq!(clock.get(&a.doc_actor(&doc("d"))), 1);
+    let first = edgesync_proto::id::doc_actor(first_actor, &doc("d"));
+    assert_eq!(clock.get(&first), 0);
 }
 
 // Hazard 2, detection: a peer that presents two different changes under one (actor, seq) is
@@ -193,7 +194,12 @@ fn hazard3_causal_gaps_are_buffered_not_counted() {
     );
     b.handle_input(sid, &changes_frame(1, "g", vec![cs[0].clone()]), 0);
     assert_eq!(b.pending_changes(), 0);
-    assert_eq!(b.clock(&doc("g")).unwrap().get(&author.actor()), 3);
+    assert_eq!(
+        b.clock(&doc("g"))
+            .unwrap()
+            .get(&author.doc_actor(&doc("g"))),
+        3
+    );
     assert_eq!(b.json(&doc("g"), false).unwrap().unwrap(), json!({"k": 2}));
 
     let mut c = open(2, MemStore::new(), 3, |cfg| cfg.pending_changes_max = 1);
@@ -474,11 +480,12 @@ fn changes_received_from_a_peer_count_as_held_by_it() {
     assert_eq!(sent, 0, "nothing is resent after a reconnect");
 }
 
-// Attack: a peer sends a change nesting 100,000 maps. Reading the document as JSON must not
-// recurse that deep (it overflowed the stack and aborted the process): the view is refused
-// with a typed error, and the node goes on serving.
+// Attack: a peer sends a change nesting 100,000 maps. Reading such a document as JSON used to
+// overflow the stack and abort the process. The change is now refused on receipt (objects nest
+// no deeper than a merge patch can build), so no document a peer sends is deeper than a view
+// goes; the node goes on serving.
 #[test]
-fn a_deeply_nested_remote_document_does_not_overflow_the_view() {
+fn a_deeply_nested_remote_change_is_refused() {
     use automerge::transaction::Transactable;
     let mut node = open(0, MemStore::new(), 1, |_| {});
     let sid = hand_session(&mut node, "gw-9");
@@ -493,16 +500,24 @@ fn a_deeply_nested_remote_document_does_not_overflow_the_view() {
     let d = doc("app/deep");
     send_change(&mut node, sid, &d, change);
     persist(&mut node);
-    assert!(node.clock(&d).is_some(), "the change was applied");
-    let e = node.json(&d, false).expect_err("too deep to show");
-    assert!(e.to_string().contains("app/deep"), "{e}");
-    assert!(node.json(&d, true).is_err());
+    assert_eq!(node.clock(&d), None, "nothing of it is held");
+    let (code, reason) = closed_with(&mut node).expect("the session ends");
+    assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
+    assert!(reason.contains("deeper"), "{reason}");
     node.patch(&doc("app/ok"), &json!({"a": 1}), 0).unwrap();
     persist(&mut node);
     assert_eq!(
         node.json(&doc("app/ok"), false).unwrap(),
         Some(json!({"a": 1}))
     );
+}
+
+/// The code and reason of the first session that closed.
+fn closed_with(node: &mut Node<MemStore>) -> Option<(Option<CloseCode>, String)> {
+    std::iter::from_fn(|| node.poll_event()).find_map(|e| match e {
+        Event::SessionClosed { code, reason, .. } => Some((code, reason)),
+        _ => None,
+    })
 }
 
 // Attack: a compressed change chunk under the wire limit whose content inflates to three times
@@ -527,52 +542,48 @@ fn a_compressed_change_that_inflates_past_the_limit_is_refused() {
     send_change(&mut node, sid, &d, compressed);
     persist(&mut node);
     assert_eq!(node.clock(&d), None, "nothing of it is held");
-    let closed = std::iter::from_fn(|| node.poll_event()).find_map(|e| match e {
-        Event::SessionClosed { code, reason, .. } => Some((code, reason)),
-        _ => None,
-    });
-    let (code, reason) = closed.expect("the session ends");
+    let (code, reason) = closed_with(&mut node).expect("the session ends");
     assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
-    assert!(reason.contains("inflated"), "{reason}");
+    assert!(reason.contains("exceeds the limit"), "{reason}");
 }
 
-// Attack: a peer's change deletes a sensor document's readings map (another replaces it). The
-// next ingest into that document used to panic the core on every node the change reached; it
-// is now refused with a typed error, and the node keeps working.
+// Attack: a peer's change deletes a sensor document's readings map (another replaces it, a
+// third overwrites an acknowledged reading). The next ingest into that document used to panic
+// the core on every node the change reached. Such changes are now refused on receipt with
+// InvalidChange, and the document keeps taking readings.
 #[test]
-fn a_removed_readings_map_refuses_ingest_instead_of_panicking() {
+fn a_change_against_the_sensor_schema_is_refused() {
     use automerge::transaction::Transactable;
-    for replace in [false, true] {
+    for attack in ["delete", "replace", "overwrite"] {
         let mut node = open(0, MemStore::new(), 1, |_| {});
         let d = doc("site-a/t1");
         node.ingest(&d, &[reading("r-1", 1)], 0).unwrap();
         persist(&mut node);
-        // The attacker holds the same document and removes the map.
+        // The attacker holds the same document and writes against its schema.
         let mut am = automerge::Automerge::new();
         am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
             .unwrap();
+        let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
+            .unwrap()
+            .unwrap();
         let mut tx = am.transaction();
-        if replace {
-            tx.put(automerge::ROOT, "readings", "gone").unwrap();
-        } else {
-            tx.delete(automerge::ROOT, "readings").unwrap();
+        match attack {
+            "delete" => tx.delete(automerge::ROOT, "readings").unwrap(),
+            "replace" => tx.put(automerge::ROOT, "readings", "gone").unwrap(),
+            _ => tx.put(&map, "r-1", reading("r-1", 99).encode()).unwrap(),
         }
         tx.commit();
         let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
         let sid = hand_session(&mut node, "gw-9");
         send_change(&mut node, sid, &d, change);
         persist(&mut node);
-        let e = node
-            .ingest(&d, &[reading("r-2", 2)], 0)
-            .expect_err("no map to write into");
-        assert!(
-            matches!(e, edgesync_proto::NodeError::NoReadingsMap { .. }),
-            "{e}"
-        );
-        node.ingest(&doc("site-a/t2"), &[reading("r-3", 3)], 0)
-            .unwrap();
+        let (code, reason) = closed_with(&mut node).expect("the session ends");
+        assert_eq!(code, Some(CloseCode::InvalidChange), "{attack}: {reason}");
+        node.ingest(&d, &[reading("r-2", 2)], 0).unwrap();
         persist(&mut node);
-        assert!(node.sensor_view(&doc("site-a/t2")).unwrap().is_some());
+        let view = node.sensor_view(&d).unwrap().unwrap();
+        assert_eq!(view.readings.len(), 2, "{attack}");
+        assert_eq!(view.readings["r-1"].ts_ms, 1, "{attack}: r-1 untouched");
     }
 }
 
@@ -692,4 +703,209 @@ fn one_peer_cannot_fill_the_causal_buffer() {
         "another peer has its own share"
     );
     assert_eq!(node.pending_changes(), 4);
+}
+
+/// A change of `base`'s document by a fresh actor `k` (an attacker mints actors at will).
+fn change_by_fresh_actor(base: &[automerge::Change], k: u32) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut actor = [0xa5u8; 16];
+    actor[..4].copy_from_slice(&k.to_be_bytes());
+    let mut am = automerge::Automerge::new().with_actor(automerge::ActorId::from(&actor[..]));
+    am.apply_changes(base.to_vec()).unwrap();
+    let mut tx = am.transaction();
+    tx.put(automerge::ROOT, "x", i64::from(k)).unwrap();
+    tx.commit();
+    am.get_last_local_change().unwrap().raw_bytes().to_vec()
+}
+
+fn send_changes(node: &mut Node<MemStore>, sid: SessionId, d: &str, changes: Vec<Vec<u8>>) {
+    let batch = Message::Changes(Changes {
+        batch: 0,
+        docs: vec![DocChanges {
+            doc: doc(d),
+            changes: changes.into_iter().map(ChangeBytes).collect(),
+        }],
+    });
+    node.handle_input(sid, &batch.to_frame(), 0);
+    persist(node);
+}
+
+/// The limits reported exceeded, and the close codes, since the last call.
+fn limits_and_closes(node: &mut Node<MemStore>) -> (Vec<(String, &'static str)>, Vec<CloseCode>) {
+    let (mut limits, mut codes) = (Vec::new(), Vec::new());
+    while let Some(e) = node.poll_event() {
+        match e {
+            Event::LimitExceeded { peer, limit } => limits.push((peer.to_string(), limit)),
+            Event::SessionClosed { code: Some(c), .. } => codes.push(c),
+            _ => {}
+        }
+    }
+    (limits, codes)
+}
+
+// Attack 4: changes under 600 fresh actors in one session filled a document's clock (512
+// actors), and from then on an honest node that restarted could no longer write that document.
+// Now one session adds at most `session_doc_actors_max` new actors to a document: past that the
+// session ends with Overloaded (what it applied stays), so a flood needs a handshake per 64
+// actors and is named in the log and the metric each time, while a relay carrying many honest
+// writers still gets them all through, a session at a time. Meanwhile the node's own new actor
+// and other documents are unaffected.
+#[test]
+fn one_session_cannot_fill_a_documents_clock() {
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let d = "app/shared";
+    node.patch(&doc(d), &json!({"a": 1}), 0).unwrap();
+    persist(&mut node);
+    let base = node
+        .with_doc(&doc(d), |a| a.get_changes(&[]))
+        .unwrap()
+        .unwrap();
+    let quota = node.config().session_doc_actors_max;
+    let flood: Vec<Vec<u8>> = (0..600).map(|k| change_by_fresh_actor(&base, k)).collect();
+    let sid = hand_session(&mut node, "gw-9");
+    send_changes(&mut node, sid, d, flood.clone());
+    let (limits, codes) = limits_and_closes(&mut node);
+    assert_eq!(limits, vec![("gw-9".to_string(), "session_doc_actors")]);
+    assert_eq!(codes, vec![CloseCode::Overloaded]);
+    assert_eq!(node.clock(&doc(d)).unwrap().len(), 1 + quota);
+    node.disconnect(sid);
+    // The next session gets the next `quota` actors, no more.
+    let sid = hand_session(&mut node, "gw-9");
+    send_changes(&mut node, sid, d, flood);
+    assert_eq!(limits_and_closes(&mut node).1, vec![CloseCode::Overloaded]);
+    assert_eq!(node.clock(&doc(d)).unwrap().len(), 1 + 2 * quota);
+    // A restarted node writes under its new actor, and another document takes new actors.
+    let store = node.into_store();
+    let mut node = open(0, store, 2, |_| {});
+    node.patch(&doc(d), &json!({"a": 2}), 0).unwrap();
+    node.patch(&doc("app/other"), &json!({"b": 1}), 0).unwrap();
+    persist(&mut node);
+    let other = node
+        .with_doc(&doc("app/other"), |a| a.get_changes(&[]))
+        .unwrap()
+        .unwrap();
+    let sid = hand_session(&mut node, "gw-8");
+    send_changes(
+        &mut node,
+        sid,
+        "app/other",
+        vec![change_by_fresh_actor(&other, 1)],
+    );
+    assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
+    assert_eq!(node.clock(&doc(d)).unwrap().len(), 2 + 2 * quota);
+}
+
+// Changes waiting for dependencies that never come leave with the session that sent them: its
+// peer resends whatever was not acknowledged, so nothing is lost, and nothing waits for ever.
+#[test]
+fn waiting_changes_leave_with_their_session() {
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let d = "app/orphans";
+    let sid = hand_session(&mut node, "gw-9");
+    let kept = hand_session(&mut node, "gw-8");
+    send_changes(&mut node, sid, d, vec![orphan_change(1, 1)]);
+    send_changes(&mut node, kept, d, vec![orphan_change(2, 1)]);
+    assert_eq!(node.pending_changes(), 2);
+    node.disconnect(sid);
+    assert_eq!(
+        node.pending_changes(),
+        1,
+        "gw-9's change left with its session"
+    );
+    let senders: Vec<&str> = node.pending_by_peer().keys().map(|p| p.as_str()).collect();
+    assert_eq!(senders, ["gw-8"]);
+}
+
+// A document id patched on one node and ingested on another becomes a sensor document on both
+// once the genesis arrives; the generic change it already had is accepted on the sensor side,
+// so the link is never refused over it and both converge.
+#[test]
+fn a_document_used_both_ways_converges_without_refusals() {
+    let mut net = Net::new(2, |_| {});
+    let d = doc("site-a/mixed");
+    net.nodes[0]
+        .patch(&d, &json!({"note": "x", "readings": 1}), 0)
+        .unwrap();
+    net.nodes[1].ingest(&d, &[reading("r-1", 1)], 0).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    assert!(
+        net.closed.is_empty(),
+        "no session was refused: {:?}",
+        net.closed
+    );
+    let heads: Vec<_> = (0..2).map(|i| net.nodes[i].heads(&d).unwrap()).collect();
+    assert_eq!(heads[0], heads[1]);
+    for n in &mut net.nodes {
+        let view = n.sensor_view(&d).unwrap().expect("a sensor document");
+        assert_eq!(view.readings.len(), 1);
+    }
+}
+
+// A peer relays a change with a flipped bit (bad memory, a bad disk, a buggy relay). Automerge
+// parses it as another change under the same actor and sequence number; accepted, it would
+// make honest replicas hold two versions of one change and stop converging. The checksum in
+// the chunk's header refuses it.
+#[test]
+fn a_corrupted_change_is_refused() {
+    let mut author = open(1, MemStore::new(), 1, |_| {});
+    author
+        .ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
+        .unwrap();
+    let good = changes_of(&mut author, "site-a/t1").pop().unwrap();
+    let corrupted = (8..good.len())
+        .map(|at| {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            bad
+        })
+        .find(|bad| automerge::Change::try_from(&bad[..]).is_ok())
+        .expect("some corruption still parses");
+    let mut node = open(0, MemStore::new(), 2, |_| {});
+    let sid = hand_session(&mut node, "gw-9");
+    let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
+    send_changes(&mut node, sid, "site-a/t1", vec![genesis, corrupted]);
+    let (code, reason) = closed_with(&mut node).expect("the session ends");
+    assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
+    assert!(reason.contains("checksum"), "{reason}");
+    assert_eq!(
+        node.clock(&doc("site-a/t1")).unwrap().len(),
+        1,
+        "the genesis only"
+    );
+}
+
+// Attack: a peer replays a node's first change of one sensor document into another (both
+// depend on the genesis alone, so Automerge accepts it there). With one actor per node, the
+// node's own first change in that document then carried the same (actor, seq): an equivocation
+// that cut the node off from the document. Each document has its own actor, so the replay
+// collides with nothing and the node keeps writing.
+#[test]
+fn a_change_replayed_into_another_document_locks_no_one_out() {
+    let mut author = open(1, MemStore::new(), 1, |_| {});
+    author
+        .ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
+        .unwrap();
+    persist(&mut author);
+    let first = changes_of(&mut author, "site-a/t1").pop().unwrap();
+    let mut node = open(0, MemStore::new(), 2, |_| {});
+    let sid = hand_session(&mut node, "gw-9");
+    let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
+    // The replay: t1's change, offered as a change of t2.
+    send_changes(&mut node, sid, "site-a/t2", vec![genesis, first]);
+    assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
+    // The author now writes t2 itself and syncs with the node: no equivocation.
+    author
+        .ingest(&doc("site-a/t2"), &[reading("r-2", 2)], 0)
+        .unwrap();
+    persist(&mut author);
+    let mine = changes_of(&mut author, "site-a/t2");
+    let sid = hand_session(&mut node, "n1");
+    send_changes(&mut node, sid, "site-a/t2", mine);
+    assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
+    let view = node.sensor_view(&doc("site-a/t2")).unwrap().unwrap();
+    assert!(
+        view.readings.contains_key("r-2"),
+        "the author's own reading arrived"
+    );
 }

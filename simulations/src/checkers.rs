@@ -115,7 +115,10 @@ impl Sim {
         }
         let sn = &mut self.nodes[i];
         let n = sn.node.as_ref().expect("up");
-        for peer in &self.peer_names {
+        let honest = self.plan.nodes - self.plan.byzantine;
+        // A hostile peer may present another store id (a flipped byte in its Hello), which
+        // rightly resets its receipts: only honest peers' receipts must only rise.
+        for peer in self.peer_names.iter().take(honest) {
             let Some(r) = n.receipts(peer) else { continue };
             for (doc, clock) in &r.clocks {
                 // Simulated stores are never replaced, so receipts are never reset.
@@ -145,6 +148,12 @@ impl Sim {
         }
     }
 
+    /// The honest nodes, with their numbers.
+    fn honest(&self) -> impl Iterator<Item = (usize, &crate::sim::SimNode)> {
+        let honest = self.plan.nodes - self.plan.byzantine;
+        self.nodes.iter().enumerate().take(honest)
+    }
+
     /// Why the fleet is not yet quiescent, or `None` when it is.
     pub(crate) fn quiescence_blocker(&self) -> Option<String> {
         if self.faults_on {
@@ -153,7 +162,7 @@ impl Sim {
         if self.net.in_flight > 0 {
             return Some(format!("{} frames in flight", self.net.in_flight));
         }
-        for (i, sn) in self.nodes.iter().enumerate() {
+        for (i, sn) in self.honest() {
             let Some(n) = &sn.node else {
                 return Some(format!("node {i} down"));
             };
@@ -173,16 +182,26 @@ impl Sim {
                 return Some(format!("node {i} has a session still in handshake"));
             }
         }
-        if let Some(l) = self.net.links.iter().find(|l| l.conn.is_none()) {
+        let honest_link = |l: &&crate::network::Link| {
+            !self.is_byzantine(l.dialer) && !self.is_byzantine(l.listener)
+        };
+        if let Some(l) = self
+            .net
+            .links
+            .iter()
+            .filter(honest_link)
+            .find(|l| l.conn.is_none())
+        {
             return Some(format!("link {}->{} not connected", l.dialer, l.listener));
         }
         // A connection whose session just ended (say, on an acknowledgement timeout) is about
         // to be dropped and redialled: not quiet yet.
-        for (i, sn) in self.nodes.iter().enumerate() {
+        for (i, sn) in self.honest() {
             let links = self
                 .net
                 .links
                 .iter()
+                .filter(honest_link)
                 .filter(|l| l.dialer == i || l.listener == i)
                 .count();
             let sessions = sn.node.as_ref().map_or(0, |n| n.sessions().len());
@@ -204,11 +223,12 @@ impl Sim {
                 continue;
             };
             lines.push(format!(
-                "node {i} {} commit={} durable={} pending={} idle={}",
+                "node {i} {} commit={} durable={} pending={} {:?} idle={}",
                 sn.name,
                 n.commit_seq(),
                 n.durable_seq(),
                 n.pending_changes(),
+                n.pending_by_peer(),
                 n.is_idle()
             ));
             for s in n.sessions() {
@@ -229,7 +249,8 @@ impl Sim {
     /// Convergence, clock consistency and durability, after quiescence.
     pub(crate) fn check_final(&mut self) -> Result<(), String> {
         let mut reference: Option<(String, DocStates)> = None;
-        for i in 0..self.nodes.len() {
+        let honest = self.plan.nodes - self.plan.byzantine;
+        for i in 0..honest {
             let name = self.nodes[i].name.to_string();
             let state = self.doc_states(i)?;
             let Some((rname, rstate)) = &reference else {
@@ -248,7 +269,7 @@ impl Sim {
                 ));
             }
         }
-        for i in 0..self.nodes.len() {
+        for i in 0..honest {
             self.check_readings(i)?;
         }
         Ok(())

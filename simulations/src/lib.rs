@@ -9,6 +9,7 @@
 //! convergence, durability, monotonic clocks, liveness, no panic.
 #![warn(missing_docs)]
 
+mod byzantine;
 mod checkers;
 mod faults;
 mod network;

@@ -32,6 +32,9 @@ enum Command {
         /// violation, and prints `missed: ...` for any seed that did not.
         #[arg(long, default_value = "none", value_parser = |s: &str| parse_canary(s))]
         canary: Canary,
+        /// Hostile nodes in every run (see `run --byzantine`).
+        #[arg(long, default_value_t = 0)]
+        byzantine: usize,
     },
 }
 
@@ -57,6 +60,10 @@ struct RunOpts {
     /// drop-remote-change or vc-off-by-one.
     #[arg(long, default_value = "none", value_parser = |s: &str| parse_canary(s))]
     canary: Canary,
+    /// Make this many of the highest-numbered nodes hostile (at most all but two): they
+    /// send garbage and every refused kind of change, forge, flood and stop reading.
+    #[arg(long, default_value_t = 0)]
+    byzantine: usize,
     /// Print the event log (time, node, event).
     #[arg(long)]
     trace: bool,
@@ -71,6 +78,7 @@ impl RunOpts {
             duration_ms: self.duration_ms,
             scenario: self.scenario,
             canary: self.canary,
+            byzantine: self.byzantine,
             trace: self.trace,
         }
     }
@@ -109,7 +117,11 @@ fn seeds_missed(range: &str, violations: &[(String, String)]) -> Vec<u64> {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(opts) => run_one(&opts.into_args()),
-        Command::Swarm { seeds, canary } => swarm(&seeds, canary),
+        Command::Swarm {
+            seeds,
+            canary,
+            byzantine,
+        } => swarm(&seeds, canary, byzantine),
     }
 }
 
@@ -179,7 +191,7 @@ fn print_summary(plan: &Plan, report: &Report) {
 }
 
 /// `swarm`: every seed of a range. With a canary, every seed must end in a violation.
-fn swarm(seeds: &str, canary: Canary) -> ExitCode {
+fn swarm(seeds: &str, canary: Canary, byzantine: usize) -> ExitCode {
     let range = match parse_range(seeds) {
         Ok(r) => r,
         Err(e) => {
@@ -201,6 +213,7 @@ fn swarm(seeds: &str, canary: Canary) -> ExitCode {
     for seed in range {
         let mut args = RunArgs::seed(seed);
         args.canary = canary;
+        args.byzantine = byzantine;
         let (plan, report) = run(&args);
         if let Some(v) = &report.violation {
             violations.push((plan.reproduce(), v.clone()));

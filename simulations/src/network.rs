@@ -37,6 +37,9 @@ pub(crate) struct Network {
     pub(crate) blocked: BTreeMap<(usize, usize), u32>,
     /// Frames scheduled and not yet delivered.
     pub(crate) in_flight: u64,
+    /// Nodes cut off for good (hostile nodes once the faults stop); no partition's end
+    /// reconnects them.
+    pub(crate) cut: BTreeSet<usize>,
 }
 
 impl Network {
@@ -62,11 +65,12 @@ impl Network {
             next_conn: 0,
             blocked: BTreeMap::new(),
             in_flight: 0,
+            cut: BTreeSet::new(),
         }
     }
 
     pub(crate) fn is_blocked(&self, a: usize, b: usize) -> bool {
-        self.blocked.contains_key(&(a, b))
+        self.blocked.contains_key(&(a, b)) || self.cut.contains(&a) || self.cut.contains(&b)
     }
 
     /// Blocks every direction in `pairs` (partitions nest: each must be unblocked).
@@ -136,6 +140,9 @@ impl Sim {
             return;
         };
         let (node, sid) = c.ends[to];
+        if self.is_deaf(node) {
+            return;
+        }
         let now = self.node_now(node);
         if let Some(n) = self.nodes[node].node.as_mut() {
             n.handle_input(sid, frame, now);

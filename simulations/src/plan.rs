@@ -157,6 +157,8 @@ pub struct RunArgs {
     pub scenario: Scenario,
     /// Planted bug.
     pub canary: Canary,
+    /// Hostile nodes (the highest-numbered; at most all but two).
+    pub byzantine: usize,
     /// Keep the event log for printing.
     pub trace: bool,
 }
@@ -171,6 +173,7 @@ impl RunArgs {
             duration_ms: None,
             scenario: Scenario::Random,
             canary: Canary::None,
+            byzantine: 0,
             trace: false,
         }
     }
@@ -215,6 +218,9 @@ pub struct Knobs {
     pub burst_readings: u32,
     /// Maximum wall-clock skew per node.
     pub skew_max_ms: u64,
+    /// Changes per second one link carries with these knobs (window x changes per batch /
+    /// round trip).
+    pub link_changes_per_s: f64,
 }
 
 impl Knobs {
@@ -230,6 +236,7 @@ impl Knobs {
             (2 * self.latency_ms + self.jitter_ms + 2 * self.sync_interval_ms) as f64;
         let capacity_per_s =
             self.core.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
+        self.link_changes_per_s = capacity_per_s;
         let budget_per_s = capacity_per_s / 4.0;
         let duration_s = duration_ms as f64 / 1000.0;
         // Two of the seven random fault kinds isolate a node; each isolation may start a burst.
@@ -287,6 +294,8 @@ pub struct Plan {
     pub scenario: Scenario,
     /// Canary.
     pub canary: Canary,
+    /// Hostile nodes: the last `byzantine` node numbers.
+    pub byzantine: usize,
     /// Knobs.
     pub knobs: Knobs,
 }
@@ -343,10 +352,20 @@ impl Plan {
             faults: if faulty { rng.random_range(2..=14) } else { 0 },
             burst_readings: BURST_READINGS,
             skew_max_ms: rng.random_range(0..=30_000),
+            link_changes_per_s: 0.0,
         };
         let duration_ms = args.duration_ms.unwrap_or(duration_ms).max(1000);
         let mut knobs = knobs;
         knobs.thin_workload(duration_ms);
+        let byzantine = args.byzantine.min(nodes - 2);
+        if byzantine > 0 {
+            // Drawn last, so runs without hostile nodes draw exactly as before. Limits small
+            // enough that floods reach them quickly; honest catch-up may reach them too, and
+            // must still converge (each session keeps what it applied).
+            knobs.core.session_doc_actors_max = rng.random_range(32..=128);
+            knobs.core.session_docs_max = rng.random_range(32..=128);
+            knobs.core.session_actors_max = rng.random_range(512..=2048);
+        }
         Plan {
             seed: args.seed,
             nodes,
@@ -354,6 +373,7 @@ impl Plan {
             duration_ms,
             scenario: args.scenario,
             canary: args.canary,
+            byzantine,
             knobs,
         }
     }
@@ -369,6 +389,9 @@ impl Plan {
         }
         if self.canary != Canary::None {
             s.push_str(&format!(" --canary {}", canary_name(self.canary)));
+        }
+        if self.byzantine > 0 {
+            s.push_str(&format!(" --byzantine {}", self.byzantine));
         }
         s
     }

@@ -94,6 +94,9 @@ pub(crate) enum Ev {
     },
     EndFaults,
     CheckQuiescence,
+    Attack {
+        node: usize,
+    },
 }
 
 /// One simulated node: the real core over a crashable in-memory store.
@@ -116,6 +119,11 @@ pub(crate) struct SimNode {
     /// Store commits made before the node's first commit of this incarnation: node commit
     /// `n` is store commit `store_base + n`.
     pub(crate) store_base: u64,
+    /// A hostile node reads nothing it is sent before this time.
+    pub(crate) deaf_until: u64,
+    /// Floods (of actors or documents) a hostile node has left: each leaves honest relays a
+    /// few sessions of catching up, and the run's liveness bound must hold.
+    pub(crate) floods_left: u32,
 }
 
 /// One simulation run.
@@ -227,6 +235,7 @@ impl Sim {
         let d = self.next_delay(self.plan.knobs.patch_interval_ms);
         self.at(d, Ev::Patch);
         self.schedule_faults();
+        self.schedule_attacks();
         self.at(self.plan.duration_ms, Ev::EndFaults);
         let deadline = self.plan.duration_ms + LIVENESS_MS;
         while !self.done {
@@ -283,8 +292,10 @@ impl Sim {
                 self.faults_on = false;
                 self.net.blocked.clear();
                 self.log(None, format_args!("faults end; network healed"));
+                self.cut_off_byzantine();
                 self.at(QUIESCENCE_CHECK_MS, Ev::CheckQuiescence);
             }
+            Ev::Attack { node } => self.attack(node),
             Ev::CheckQuiescence => {
                 if self.quiescence_blocker().is_none() {
                     self.report.convergence_ms = Some(self.now - self.plan.duration_ms);
@@ -353,6 +364,7 @@ impl Sim {
             self.on_node_event(i, e);
         }
         for (conn, frame) in frames {
+            let frame = self.maybe_mutate(i, frame);
             self.send(conn, i, frame);
         }
         if poisoned {
@@ -392,6 +404,9 @@ impl Sim {
                 }
             }
             Event::Acknowledged { clocks, .. } => self.audit_ack(i, &clocks),
+            Event::LimitExceeded { peer, limit } => {
+                self.log(Some(i), format_args!("limit {limit} exceeded by {peer}"));
+            }
             Event::DocChanged { .. } => {}
         }
     }
@@ -406,6 +421,12 @@ impl Sim {
         n.handle_durable(seq);
         let durable = n.durable_seq();
         let regress = self.check_monotonic(i);
+        let over = (!self.is_byzantine(i))
+            .then(|| crate::byzantine::limits_violation(self, i))
+            .flatten();
+        if let Some(v) = over {
+            self.violation(format!("limits: node {}: {v}", self.nodes[i].name));
+        }
         let node = &mut self.nodes[i];
         let (done, wait) = node
             .unacked
@@ -480,5 +501,7 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
         durable_clocks: BTreeMap::new(),
         durable_receipts: BTreeMap::new(),
         store_base: 0,
+        deaf_until: 0,
+        floods_left: 2,
     }
 }

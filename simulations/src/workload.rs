@@ -105,6 +105,10 @@ impl Sim {
     }
 
     fn do_ingest(&mut self, i: usize, doc: DocId, readings: Vec<Reading>) {
+        // Clients write through honest nodes only; hostile nodes attack instead.
+        if self.is_byzantine(i) {
+            return;
+        }
         for r in &readings {
             self.ledger.attempt(&doc, r);
         }
@@ -216,6 +220,9 @@ impl Sim {
             2 => json!({ key: [v, "x"] }),
             _ => json!({ key: v }),
         };
+        if self.is_byzantine(i) {
+            return;
+        }
         let now = self.node_now(i);
         let n = self.nodes[i].node.as_mut().expect("up");
         match n.patch(&doc, &patch, now) {

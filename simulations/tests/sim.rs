@@ -28,6 +28,7 @@ fn parse_line(line: &str) -> RunArgs {
             "--topology" => a.topology = Some(v.parse().unwrap()),
             "--duration-ms" => a.duration_ms = Some(v.parse().unwrap()),
             "--scenario" => a.scenario = v.parse().unwrap(),
+            "--byzantine" => a.byzantine = v.parse().unwrap(),
             other => panic!("unknown argument {other}"),
         }
     }

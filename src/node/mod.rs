@@ -946,6 +946,10 @@ impl Core {
                 }
                 // The store is durable up to what the Ack promised (the core released it).
                 Event::Acknowledged { .. } => {}
+                // The session closes next with `Overloaded`; the close is logged there.
+                Event::LimitExceeded { peer, limit } => {
+                    metrics::counter!("edgesync_peer_limit_exceeded_total", "peer" => peer.to_string(), "limit" => limit).increment(1);
+                }
                 Event::SessionClosed {
                     session,
                     peer,

@@ -70,6 +70,20 @@ pub struct Config {
     /// Bytes of those changes that one peer sent, so no peer fills the buffer for the others.
     /// Default 16 MiB.
     pub pending_peer_bytes_max: usize,
+    /// New actors one session's changes may add to one document. Default 64. A session that
+    /// reaches it keeps what it applied and ends with `Overloaded`; the next session goes on,
+    /// so a relay carrying many writers' actors still gets them all through, while a peer
+    /// minting actors is slowed to this many per document per handshake (and named in the
+    /// log and the metric). Counting per session, not per peer for ever, is deliberate: a
+    /// relay would be charged for every actor it forwards, and one hostile node's flood would
+    /// then stop the honest relays' documents fleet-wide.
+    pub session_doc_actors_max: usize,
+    /// Documents one session's changes may create on this node. Default 50,000: a 10,000-
+    /// document reconcile, or a week of hourly documents of 250 sensors, fits in one session.
+    pub session_docs_max: usize,
+    /// Actors one session's changes may add to this node's documents, over all documents.
+    /// Default 50,000.
+    pub session_actors_max: usize,
     /// Documents kept loaded in memory. Default 1,024.
     pub docs_loaded_max: usize,
     /// A new snapshot is written after this many changes since the last one. Default 512:
@@ -107,6 +121,9 @@ impl Config {
             pending_changes_max: 10_000,
             pending_bytes_max: 64 << 20,
             pending_peer_bytes_max: 16 << 20,
+            session_doc_actors_max: 64,
+            session_docs_max: 50_000,
+            session_actors_max: 50_000,
             docs_loaded_max: 1024,
             snapshot_changes_min: 512,
             #[cfg(feature = "testing")]
@@ -138,6 +155,15 @@ impl Config {
                 "pending_peer_bytes_max {} must hold one change ({change}) and be at most pending_bytes_max {}",
                 self.pending_peer_bytes_max, self.pending_bytes_max
             ));
+        }
+        if self.session_doc_actors_max == 0
+            || self.session_docs_max == 0
+            || self.session_actors_max == 0
+        {
+            return Err(
+                "session_doc_actors_max, session_docs_max and session_actors_max must be positive"
+                    .into(),
+            );
         }
         if self.batch_bytes_max == 0 || self.inflight_batches_max == 0 || self.docs_loaded_max == 0
         {
@@ -309,6 +335,15 @@ pub enum Event {
         /// True when the peer sent the Close.
         by_peer: bool,
     },
+    /// A peer's session is about to close with `Overloaded` because its input reached one of
+    /// this node's limits (named as in the README's limits table: `pending_bytes`,
+    /// `peer_doc_actors`, `session_docs`, ...). Shells count it per peer and limit.
+    LimitExceeded {
+        /// The peer.
+        peer: NodeName,
+        /// Which limit.
+        limit: &'static str,
+    },
     /// An Ack frame was just released by [`Node::poll_transmit`]: this node told `peer` that
     /// it durably holds `clocks`. Shells may count it; the simulator audits the promise.
     Acknowledged {
@@ -437,9 +472,15 @@ impl<S: Store> Node<S> {
         &self.cfg
     }
 
-    /// The actor this incarnation authors with.
+    /// This incarnation's actor, from which each document's actor is derived
+    /// ([`Node::doc_actor`]).
     pub fn actor(&self) -> Actor {
         self.actor
+    }
+
+    /// The actor this incarnation authors `doc` under.
+    pub fn doc_actor(&self, doc: &DocId) -> Actor {
+        crate::id::doc_actor(self.actor, doc)
     }
 
     /// Node metadata (store id, incarnation).
@@ -507,6 +548,17 @@ impl<S: Store> Node<S> {
     /// Remote changes held waiting for dependencies.
     pub fn pending_changes(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Bytes of the remote changes held waiting for dependencies: in total, and from the peer
+    /// that sent the most.
+    pub fn pending_bytes(&self) -> (usize, usize) {
+        self.pending.bytes()
+    }
+
+    /// Bytes of the remote changes held waiting for dependencies, per sending peer.
+    pub fn pending_by_peer(&self) -> &BTreeMap<NodeName, usize> {
+        self.pending.by_peer()
     }
 
     /// The document's Automerge heads, sorted; `None` if unknown.
@@ -651,7 +703,7 @@ impl<S: Store> Node<S> {
                 "store holds changes up to order {from}, metadata says {expected}"
             )));
         }
-        am.set_actor(self.actor.to_automerge());
+        am.set_actor(self.doc_actor(doc).to_automerge());
         Ok(am)
     }
 
@@ -786,7 +838,7 @@ impl<S: Store> Node<S> {
         }
         let mut batch = WriteBatch::default();
         if !self.docs.contains_key(doc) {
-            let mut am = Automerge::new().with_actor(self.actor.to_automerge());
+            let mut am = Automerge::new().with_actor(self.doc_actor(doc).to_automerge());
             let genesis = doc::sensor_genesis().clone();
             am.apply_changes([genesis.clone()])
                 .expect("genesis applies to an empty document");
@@ -853,7 +905,7 @@ impl<S: Store> Node<S> {
         let is_new = !self.docs.contains_key(doc);
         if is_new {
             self.use_tick += 1;
-            let am = Automerge::new().with_actor(self.actor.to_automerge());
+            let am = Automerge::new().with_actor(self.doc_actor(doc).to_automerge());
             self.loaded.insert(
                 doc.clone(),
                 Loaded {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::remote::Applied;
+use super::remote::{Applied, ApplyError};
 use super::{Event, Node, Origin};
 use crate::id::{DocId, NodeName};
 use crate::store::{PeerReceipts, Store, WriteBatch, WriteOp};
@@ -136,8 +136,7 @@ impl<S: Store> Node<S> {
             Message::Hello(h) if awaits_hello => self.on_hello(sid, h),
             Message::Hello(_) => self.close_session(sid, CloseCode::Unexpected, "second hello"),
             Message::Close(c) => {
-                let s = self.sessions.remove(&sid).expect("session exists");
-                self.ended_stats.add(s.stats());
+                let s = self.end_session(sid).expect("session exists");
                 self.events.push_back(Event::SessionClosed {
                     session: sid,
                     peer: s.peer().clone(),
@@ -266,7 +265,7 @@ impl<S: Store> Node<S> {
             received.entry(dc.doc.clone()).or_default();
             for ch in &dc.changes {
                 stats.changes_received += 1;
-                match self.apply_remote(&mut batch, &dc.doc, &ch.0, &peer) {
+                match self.apply_remote(&mut batch, &dc.doc, &ch.0, sid, &peer) {
                     Ok((applied, actor, seq)) => {
                         // The sender holds (actor, 1..=seq): it holds this change, causally closed.
                         received
@@ -311,6 +310,12 @@ impl<S: Store> Node<S> {
         };
         s.record_received(&stats, &received);
         if let Some(e) = failure {
+            if let ApplyError::Overloaded { limit, .. } = e {
+                self.events.push_back(Event::LimitExceeded {
+                    peer: self.sessions[&sid].peer().clone(),
+                    limit,
+                });
+            }
             let reason = e.to_string();
             return self.close_session(sid, e.close_code(), &reason);
         }
@@ -363,9 +368,7 @@ impl<S: Store> Node<S> {
         let released = s.poll_transmit(self.durable_seq);
         let peer = s.peer().clone();
         if s.is_finished() {
-            if let Some(s) = self.sessions.remove(&sid) {
-                self.ended_stats.add(s.stats());
-            }
+            self.end_session(sid);
         }
         let r = released?;
         if let Some(clocks) = r.acked {
@@ -397,11 +400,22 @@ impl<S: Store> Node<S> {
         });
     }
 
+    /// Removes a session that ended, keeps its counters, and forgets the changes its peer
+    /// sent that still wait for dependencies once no other session with that peer is open.
+    fn end_session(&mut self, sid: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(&sid)?;
+        self.ended_stats.add(s.stats());
+        let open = |o: &Session| o.peer() == s.peer() && !o.is_closed();
+        if !self.sessions.values().any(open) {
+            self.pending.drop_peer(s.peer());
+        }
+        Some(s)
+    }
+
     /// The transport of a session is gone (closed, reset, idle timeout). Anything unacknowledged
     /// is sent again in the next session.
     pub fn disconnect(&mut self, sid: SessionId) {
-        if let Some(s) = self.sessions.remove(&sid) {
-            self.ended_stats.add(s.stats());
+        if let Some(s) = self.end_session(sid) {
             if !s.is_closed() {
                 self.events.push_back(Event::SessionClosed {
                     session: sid,

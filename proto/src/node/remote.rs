@@ -7,8 +7,10 @@ use automerge::Change;
 
 use super::{planted, Config, Node, NodeError};
 use crate::id::{DocId, NodeName};
+use crate::schema::{self, Refusal};
 use crate::store::{Store, WriteBatch};
-use crate::vclock::Actor;
+use crate::sync::SessionId;
+use crate::vclock::{Actor, CLOCK_ACTORS_MAX};
 use crate::wire::CloseCode;
 
 /// Outcome of offering one remote change.
@@ -25,11 +27,11 @@ pub(crate) enum Applied {
 /// A remote change was refused; the session that sent it ends.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApplyError {
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] Refusal),
     #[error("actor {actor} seq {seq} names two different changes")]
     Equivocation { actor: Actor, seq: u64 },
-    #[error("the buffer of changes waiting for dependencies is full ({limit} of {max})")]
+    #[error("limit reached: {limit} ({max})")]
     Overloaded { limit: &'static str, max: usize },
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -107,6 +109,39 @@ impl CausalBuffer {
         self.count
     }
 
+    /// Bytes held per sending peer.
+    pub(super) fn by_peer(&self) -> &BTreeMap<NodeName, usize> {
+        &self.by_peer
+    }
+
+    /// Bytes held in total, and from the peer that sent the most.
+    pub(super) fn bytes(&self) -> (usize, usize) {
+        (
+            self.bytes,
+            self.by_peer.values().copied().max().unwrap_or(0),
+        )
+    }
+
+    /// Forgets what `peer` sent that still waits: its session ended, and a peer resends what
+    /// this node has not acknowledged. A change nobody can complete does not stay forever.
+    pub(super) fn drop_peer(&mut self, peer: &NodeName) {
+        if !self.by_peer.contains_key(peer) {
+            return;
+        }
+        let keys: Vec<(DocId, (Actor, u64))> = self
+            .docs
+            .iter()
+            .flat_map(|(d, m)| {
+                m.iter()
+                    .filter(|(_, w)| w.peer == *peer)
+                    .map(move |(k, _)| (d.clone(), *k))
+            })
+            .collect();
+        for (doc, key) in keys {
+            self.remove(&doc, &key);
+        }
+    }
+
     /// Holds `change` (sent by `peer`) unless already held; refuses it when a bound is reached.
     fn insert(
         &mut self,
@@ -123,13 +158,13 @@ impl CausalBuffer {
         let from_peer = self.by_peer.get(peer).copied().unwrap_or(0);
         let full = |limit, max| Err(ApplyError::Overloaded { limit, max });
         if self.count >= cfg.pending_changes_max {
-            return full("changes", cfg.pending_changes_max);
+            return full("pending_changes", cfg.pending_changes_max);
         }
         if self.bytes + bytes > cfg.pending_bytes_max {
-            return full("bytes", cfg.pending_bytes_max);
+            return full("pending_bytes", cfg.pending_bytes_max);
         }
         if from_peer + bytes > cfg.pending_peer_bytes_max {
-            return full("bytes from one peer", cfg.pending_peer_bytes_max);
+            return full("pending_peer_bytes", cfg.pending_peer_bytes_max);
         }
         self.count += 1;
         self.bytes += bytes;
@@ -184,29 +219,25 @@ impl<S: Store> Node<S> {
         batch: &mut WriteBatch,
         doc: &DocId,
         bytes: &[u8],
+        sid: SessionId,
         peer: &NodeName,
     ) -> Result<(Applied, Actor, u64), ApplyError> {
         let max = self.cfg.change_bytes_max as usize;
         let len = inflated_len(bytes, max);
         if len > max {
-            return Err(ApplyError::Invalid(format!(
-                "change of {len} bytes (inflated) exceeds the limit of {max}"
-            )));
+            return Err(Refusal::TooLarge { len, max }.into());
         }
-        let change = Change::try_from(bytes)
-            .map_err(|e| ApplyError::Invalid(format!("change does not parse: {e}")))?;
+        let change = Change::try_from(bytes).map_err(|e| Refusal::Unparsable(e.to_string()))?;
+        schema::check_checksum(bytes, &change)?;
         // Automerge keeps the inflated form: it must be within the limit too (it is stored and
         // relayed as it is).
-        if change.raw_bytes().len() > max {
-            return Err(ApplyError::Invalid(format!(
-                "change of {} bytes exceeds the limit of {max}",
-                change.raw_bytes().len()
-            )));
+        let len = change.raw_bytes().len();
+        if len > max {
+            return Err(Refusal::TooLarge { len, max }.into());
         }
-        let actor = Actor::from_automerge(change.actor_id())
-            .ok_or_else(|| ApplyError::Invalid("change actor is not 16 bytes".into()))?;
+        let actor = Actor::from_automerge(change.actor_id()).ok_or(Refusal::ActorLength)?;
         if change.seq() == 0 {
-            return Err(ApplyError::Invalid("change has sequence number 0".into()));
+            return Err(Refusal::SeqZero.into());
         }
         let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
         if change.seq() <= held {
@@ -220,22 +251,27 @@ impl<S: Store> Node<S> {
                 })
             };
         }
-        if actor == self.actor {
-            return Err(ApplyError::Invalid(
-                "change claims this node's current actor".into(),
-            ));
+        if actor == self.doc_actor(doc) {
+            return Err(Refusal::ClaimsOurActor.into());
         }
+        schema::check_shape(&change)?;
         let seq = change.seq();
         if !self.is_ready(doc, &change)? {
             self.pending
                 .insert(doc, (actor, seq), change, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
-        self.apply_ready(batch, doc, change)?;
+        self.apply_ready(batch, doc, change, sid)?;
         let mut drained = 0;
         while let Some(next) = self.take_ready_pending(doc)? {
-            self.apply_ready(batch, doc, next)?;
-            drained += 1;
+            // A buffered change the schema refuses now is dropped (its sender's session may be
+            // over) and the drain goes on. A limit ends this session: everything still waiting
+            // is resent by its sender, since none of it was acknowledged.
+            match self.apply_ready(batch, doc, next, sid) {
+                Ok(()) => drained += 1,
+                Err(ApplyError::Invalid(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok((Applied::New(drained), actor, seq))
     }
@@ -271,27 +307,75 @@ impl<S: Store> Node<S> {
         Ok(None)
     }
 
+    /// Applies a causally ready change that passed [`schema::check_shape`]: checked against the
+    /// document and the quotas first, so a refused change touches nothing.
     fn apply_ready(
         &mut self,
         batch: &mut WriteBatch,
         doc: &DocId,
         change: Change,
+        sid: SessionId,
     ) -> Result<(), ApplyError> {
+        schema::check_in_doc(&change, self.loaded_doc(doc)?)?;
+        let admitted = self.admit(doc, &change, sid)?;
         let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 5 == 3;
         if !planted_drop {
             let hash = change.hash();
             let am = self.loaded_doc(doc)?;
             am.apply_changes([change.clone()])
-                .map_err(|e| ApplyError::Invalid(format!("automerge refused the change: {e}")))?;
+                .map_err(|e| Refusal::Refused(e.to_string()))?;
             if am.get_change_meta_by_hash(&hash).is_none() {
-                return Err(ApplyError::Invalid(
-                    "automerge did not apply a causally ready change".into(),
-                ));
+                return Err(Refusal::NotApplied.into());
             }
         }
         self.record_change(batch, doc, &change, false)?;
+        if let Admitted::NewActor { new_doc } = admitted {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                let q = s.introduced();
+                q.actors += 1;
+                q.docs += usize::from(new_doc);
+                *q.per_doc.entry(doc.clone()).or_default() += 1;
+            }
+        }
         Ok(())
     }
+
+    /// Checks the actor and document limits for a change received in session `sid`.
+    fn admit(&self, doc: &DocId, change: &Change, sid: SessionId) -> Result<Admitted, ApplyError> {
+        let actor = Actor::from_automerge(change.actor_id()).expect("checked");
+        let meta = self.docs.get(doc);
+        if meta.is_some_and(|m| m.clock.get(&actor) > 0) {
+            return Ok(Admitted::KnownActor);
+        }
+        let cfg = &self.cfg;
+        let over = |limit, max| Err(ApplyError::Overloaded { limit, max });
+        if meta.map_or(0, |m| m.clock.len()) >= CLOCK_ACTORS_MAX {
+            return over("doc_actors", CLOCK_ACTORS_MAX);
+        }
+        let new_doc = meta.is_none();
+        if let Some(s) = self.sessions.get(&sid) {
+            let q = s.introduced_ref();
+            let in_doc = q.per_doc.get(doc).copied().unwrap_or(0);
+            if !schema::is_genesis(change) && in_doc >= cfg.session_doc_actors_max {
+                return over("session_doc_actors", cfg.session_doc_actors_max);
+            }
+            if new_doc && q.docs >= cfg.session_docs_max {
+                return over("session_docs", cfg.session_docs_max);
+            }
+            if q.actors >= cfg.session_actors_max {
+                return over("session_actors", cfg.session_actors_max);
+            }
+        }
+        Ok(Admitted::NewActor { new_doc })
+    }
+}
+
+/// What admitting a change adds.
+enum Admitted {
+    /// Its actor is already in the document's clock.
+    KnownActor,
+    /// A new actor (and, with `new_doc`, a new document).
+    NewActor { new_doc: bool },
 }
 
 #[cfg(test)]
