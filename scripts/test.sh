@@ -25,6 +25,8 @@ fi
 cargo build --release --locked -p edgesync-sim
 sim="$CARGO_TARGET_DIR/release/edgesync-sim"
 "$sim" swarm --seeds 1..201
+# One hostile node in every run: honest nodes must converge, lose nothing and keep their limits.
+"$sim" swarm --seeds 1..501 --byzantine 1
 for canary in ack-before-persist drop-remote-change vc-off-by-one; do
   "$sim" swarm --seeds 1..21 --canary "$canary"
 done
@@ -33,4 +35,20 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
+fi
+# Each fuzz target briefly (they need a nightly toolchain; their regression inputs are replayed
+# above by `cargo test` either way).
+if cargo +nightly --version >/dev/null 2>&1; then
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --version 0.13.2
+  fi
+  (
+    cd fuzz
+    cargo +nightly run --quiet --example seed_corpus
+    for target in decode session remote_change; do
+      cargo +nightly fuzz run -O "$target" -- -max_total_time=30 -max_len=8192
+    done
+  )
+else
+  echo "no nightly toolchain: fuzz targets not run (their regression inputs were replayed)"
 fi

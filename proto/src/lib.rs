@@ -71,6 +71,8 @@
 pub mod conformance;
 pub mod dialer;
 pub mod doc;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod id;
 mod node;
 pub mod reading;
