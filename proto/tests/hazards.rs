@@ -110,47 +110,66 @@ fn hazard1_concurrent_creation_of_a_sensor_document() {
     }
 }
 
+/// Every message `node` releases on `sid` now.
+fn released(node: &mut Node<MemStore>, sid: SessionId) -> Vec<Message> {
+    std::iter::from_fn(|| node.poll_transmit(sid))
+        .map(|f| Message::from_payload(&f[4..]).expect("decodes"))
+        .collect()
+}
+
+fn carries_changes(msgs: &[Message]) -> bool {
+    msgs.iter()
+        .any(|m| matches!(m, Message::Changes(c) if c.docs.iter().any(|d| !d.changes.is_empty())))
+}
+
 // Hazard 2: a change that was not durable never leaves the node, and after a crash the node
-// authors under a new actor, so no (actor, seq) can be reused.
+// authors under a new actor, so no (actor, seq) can be reused. The session is live (handshake
+// done, the peer holds nothing), so it would send the change at once: the control node shows
+// it does as soon as the commit is durable, and the crashed node shows it did not before.
 #[test]
 fn hazard2_no_actor_sequence_reuse_across_a_crash() {
+    let d = doc("d");
+    let mut control = open(0, MemStore::new(), 1, |_| {});
+    let sid = hand_session(&mut control, "n1");
+    released(&mut control, sid);
+    control.ingest(&d, &[reading("lost", 1)], 0).unwrap();
+    persist(&mut control);
+    assert!(
+        carries_changes(&released(&mut control, sid)),
+        "a durable change goes out on the live session"
+    );
+
     let mut a = open(0, MemStore::new(), 1, |_| {});
     persist(&mut a);
-    let first_actor = a.actor();
-    let sid = a.connect(name(1), 0);
-    a.ingest(&doc("d"), &[reading("lost", 1)], 0).unwrap();
-    // Not durable yet: the frames that would advertise it are held back.
-    assert!(a.durable_seq() < a.commit_seq());
-    let mut leaked = Vec::new();
-    while let Some(f) = a.poll_transmit(sid) {
-        leaked.push(f);
-    }
-    let hello_only = leaked.iter().all(|f| !matches!(Message::from_payload(&f[4..]), Ok(Message::Summary(s)) if !s.entries.is_empty()));
+    let first_actor = a.doc_actor(&d);
+    let sid = hand_session(&mut a, "n1");
+    released(&mut a, sid);
+    a.ingest(&d, &[reading("lost", 1)], 0).unwrap();
+    assert!(a.durable_seq() < a.commit_seq(), "not durable yet");
+    let leaked = released(&mut a, sid);
     assert!(
-        hello_only,
-        "no summary naming the unpersisted document was sent"
+        !carries_changes(&leaked),
+        "no change left before it was durable"
     );
+    let named = leaked
+        .iter()
+        .any(|m| matches!(m, Message::Summary(s) if s.entries.iter().any(|e| e.doc == d)));
+    assert!(!named, "no summary named the unpersisted document");
     let mut store = a.into_store();
     store.crash();
     let mut a = open(0, store, 1, |_| {});
     assert_ne!(
-        a.actor(),
+        a.doc_actor(&d),
         first_actor,
         "a restart authors under a new actor"
     );
-    assert!(
-        a.clock(&doc("d")).is_none(),
-        "the unpersisted ingest is gone"
-    );
-    a.ingest(&doc("d"), &[reading("kept", 2)], 0).unwrap();
-    let clock = a.clock(&doc("d")).unwrap().clone();
-    assert_eq!(clock.get(&a.doc_actor(&doc("d"))), 1);
-    let first = edgesync_proto::id::doc_actor(first_actor, &doc("d"));
-    assert_eq!(clock.get(&first), 0);
+    assert!(a.clock(&d).is_none(), "the unpersisted ingest is gone");
+    a.ingest(&d, &[reading("kept", 2)], 0).unwrap();
+    let clock = a.clock(&d).unwrap().clone();
+    assert_eq!(clock.get(&a.doc_actor(&d)), 1);
+    assert_eq!(clock.get(&first_actor), 0);
 }
 
-// Hazard 2, detection: a peer that presents two different changes under one (actor, seq) is
-// refused and the session ends with Equivocation; the first change stays.
 #[test]
 fn hazard2_equivocation_is_detected() {
     let mut author = open(0, MemStore::new(), 1, |_| {});
