@@ -27,7 +27,7 @@ sim="$CARGO_TARGET_DIR/release/edgesync-sim"
 "$sim" swarm --seeds 1..201
 # One hostile node in every run: honest nodes must converge, lose nothing and keep their limits.
 "$sim" swarm --seeds 1..501 --byzantine 1
-for canary in ack-before-persist drop-remote-change vc-off-by-one; do
+for canary in ack-before-persist drop-remote-change vc-off-by-one patch-ack-before-persist; do
   "$sim" swarm --seeds 1..21 --canary "$canary"
 done
 cargo test --workspace --locked --doc

@@ -11,19 +11,67 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgesync_proto::wire::DocClock;
-use edgesync_proto::{DocId, Reading, SensorView, VectorClock};
+use edgesync_proto::wire::{DocClock, Message};
+use edgesync_proto::{Actor, Boot, DocId, MemStore, Node, Reading, SensorView, VectorClock};
 
 use crate::sim::Sim;
 use crate::workload::{sensor_doc, SENSOR_DOCS};
 
+/// The checkers, by the name each violation starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Checker {
+    /// Every answer to a client is durable in the store when given (audited against the
+    /// simulated store's durable state, never the node's word).
+    ClientAck,
+    /// Every answer to a merge patch is durable in the store when given (the same audit).
+    PatchAck,
+    /// Every Ack frame promises only what the store holds durably when it leaves.
+    PeerAck,
+    /// Durable clocks and receipts never go backwards.
+    Monotonic,
+    /// A node reopens after a crash with every durable clock.
+    Reopen,
+    /// Every document's recorded clock describes exactly the changes it holds, checked after
+    /// every remote apply and at the end.
+    Clock,
+    /// Quiescence within the liveness bound after the last heal.
+    Liveness,
+    /// Identical documents on every (honest) node at the end.
+    Convergence,
+    /// Every acknowledged reading present once everywhere at the end, none never ingested.
+    FinalDurability,
+    /// Honest nodes within their limits at every durable point.
+    Limits,
+}
+
+impl Checker {
+    /// The name a violation starts with.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Checker::ClientAck => "client-ack-durability",
+            Checker::PatchAck => "patch-ack-durability",
+            Checker::PeerAck => "peer-ack-durability",
+            Checker::Monotonic => "monotonic",
+            Checker::Reopen => "reopen",
+            Checker::Clock => "clock",
+            Checker::Liveness => "liveness",
+            Checker::Convergence => "convergence",
+            Checker::FinalDurability => "final-durability",
+            Checker::Limits => "limits",
+        }
+    }
+}
+
 /// An ingested reading waiting for durability (commit `durable_at`) before its client is
-/// answered.
+/// answered. `needed` is the document's clock right after the ingest: the audit requires the
+/// store to hold that much durably when the client is answered, whatever the node says.
 #[derive(Clone, Debug)]
 pub(crate) struct Unacked {
     pub(crate) durable_at: u64,
     pub(crate) doc: DocId,
-    pub(crate) reading: Reading,
+    /// The reading answered, or `None` for a merge patch.
+    pub(crate) reading: Option<Reading>,
+    pub(crate) needed: VectorClock,
 }
 
 /// Every reading the clients tried to ingest, and those they were answered for.
@@ -58,24 +106,32 @@ type DocStates = BTreeMap<DocId, DocState>;
 
 impl Sim {
     /// Answers clients: these ingests are acknowledged. Audits that what is acknowledged is in
-    /// the store's durable state at this moment, whether or not a crash ever tests it.
+    /// the store's durable state at this moment, whether or not a crash ever tests it: the
+    /// document's durable clock in the simulated store must cover its clock right after the
+    /// ingest (the node's `durable_at` is not consulted).
     pub(crate) fn acknowledge(&mut self, i: usize, done: Vec<Unacked>) {
-        let Some(newest) = done.iter().map(|u| u.durable_at).max() else {
-            return;
-        };
         let sn = &self.nodes[i];
-        let durable_commits = sn.node.as_ref().map_or(0, |n| n.store().durable_commits());
-        if sn.store_base + newest > durable_commits {
-            let u = &done[0];
+        let empty = VectorClock::new();
+        let early = sn.node.as_ref().and_then(|n| {
+            let store = n.store();
+            done.iter()
+                .find(|u| !u.needed.le(store.durable_clock(&u.doc).unwrap_or(&empty)))
+        });
+        if let Some(u) = early {
+            let (checker, what) = match &u.reading {
+                Some(r) => (Checker::ClientAck, format!("reading {}", r.id)),
+                None => (Checker::PatchAck, "a merge patch".to_string()),
+            };
             let v = format!(
-                "durability: {} acknowledged reading {} in {} before it was durable",
-                sn.name, u.reading.id, u.doc
+                "{} acknowledged {what} in {} before it was durable",
+                sn.name, u.doc
             );
-            self.violation(v);
+            self.violation(checker, v);
         }
         for u in done {
-            let body = u.reading.encode();
-            let key = (u.doc, u.reading.id);
+            let Some(r) = u.reading else { continue };
+            let body = r.encode();
+            let key = (u.doc, r.id);
             self.ledger.acked.entry(key).or_default().insert(body);
         }
     }
@@ -90,12 +146,53 @@ impl Sim {
             .find(|e| !e.clock.le(store.durable_clock(&e.doc).unwrap_or(&empty)));
         if let Some(e) = early {
             let v = format!(
-                "durability: {} acknowledged {} changes of {} before they were durable",
+                "{} acknowledged {} changes of {} to a peer before they were durable",
                 sn.name,
                 e.clock.total(),
                 e.doc
             );
-            self.violation(v);
+            self.violation(Checker::PeerAck, v);
+        }
+    }
+
+    /// A frame is leaving node `i`: if it carries changes, each must be durable in its store
+    /// now (the same promise an Ack makes, checked on the data itself).
+    pub(crate) fn audit_changes_frame(&mut self, i: usize, frame: &[u8]) {
+        if self.is_byzantine(i) || frame.len() < 4 {
+            return;
+        }
+        let Ok(Message::Changes(c)) = Message::from_payload(&frame[4..]) else {
+            return;
+        };
+        let sn = &self.nodes[i];
+        let Some(n) = sn.node.as_ref() else { return };
+        let empty = VectorClock::new();
+        let early = c.docs.iter().find_map(|dc| {
+            let durable = n.store().durable_clock(&dc.doc).unwrap_or(&empty);
+            dc.changes.iter().find_map(|ch| {
+                let change = automerge::Change::try_from(&ch.0[..]).ok()?;
+                let actor = Actor::from_automerge(change.actor_id())?;
+                (durable.get(&actor) < change.seq()).then(|| (dc.doc.clone(), change.seq()))
+            })
+        });
+        if let Some((doc, seq)) = early {
+            let v = format!(
+                "{} sent a change of {doc} (seq {seq}) before it was durable",
+                sn.name
+            );
+            self.violation(Checker::PeerAck, v);
+        }
+    }
+
+    /// After node `i` applied remote changes to `doc`: its recorded clock still describes
+    /// exactly the changes the document holds.
+    pub(crate) fn audit_clock(&mut self, i: usize, doc: &DocId) {
+        let Some(n) = self.nodes[i].node.as_mut() else {
+            return;
+        };
+        if let Err(e) = n.verify_clock(doc) {
+            let v = format!("{}: {e}", self.nodes[i].name);
+            self.violation(Checker::Clock, v);
         }
     }
 
@@ -144,7 +241,7 @@ impl Sim {
             .map(|(doc, _)| doc.clone());
         if let Some(doc) = lost {
             let v = format!("node {}: durable clock of {doc} lost in a crash", sn.name);
-            self.violation(v);
+            self.violation(Checker::Reopen, v);
         }
     }
 
@@ -247,30 +344,33 @@ impl Sim {
     }
 
     /// Convergence, clock consistency and durability, after quiescence.
-    pub(crate) fn check_final(&mut self) -> Result<(), String> {
+    pub(crate) fn check_final(&mut self) -> Result<(), (Checker, String)> {
         let mut reference: Option<(String, DocStates)> = None;
         let honest = self.plan.nodes - self.plan.byzantine;
         for i in 0..honest {
             let name = self.nodes[i].name.to_string();
-            let state = self.doc_states(i)?;
+            let state = self.doc_states(i).map_err(|v| (Checker::Clock, v))?;
             let Some((rname, rstate)) = &reference else {
                 reference = Some((name, state));
                 continue;
             };
             if rstate.keys().ne(state.keys()) {
-                return Err(format!(
-                    "convergence: {name} and {rname} hold different documents"
-                ));
+                let v = format!("{name} and {rname} hold different documents");
+                return Err((Checker::Convergence, v));
             }
             if let Some((d, v)) = state.iter().find(|(d, v)| &rstate[*d] != *v) {
-                return Err(format!(
-                    "convergence: {d} differs between {name} and {rname}: {:?} vs {:?}",
+                let v = format!(
+                    "{d} differs between {name} and {rname}: {:?} vs {:?}",
                     v.clock, rstate[d].clock
-                ));
+                );
+                return Err((Checker::Convergence, v));
             }
         }
         for i in 0..honest {
-            self.check_readings(i)?;
+            self.check_readings(i)
+                .map_err(|v| (Checker::FinalDurability, v))?;
+            self.check_reopens_equal(i)
+                .map_err(|v| (Checker::Reopen, v))?;
         }
         Ok(())
     }
@@ -283,24 +383,60 @@ impl Sim {
             .node
             .as_mut()
             .ok_or_else(|| format!("node {name} is down at the end"))?;
-        let docs: Vec<DocId> = n.docs().map(|(d, _)| d.clone()).collect();
-        let mut states = BTreeMap::new();
-        for d in docs {
-            let err = |e: &dyn std::fmt::Display| format!("{name}: {e}");
-            // The clock must describe exactly the changes the document holds.
-            n.verify_clock(&d).map_err(|e| err(&e))?;
-            let heads = n.heads(&d).map_err(|e| err(&e))?.unwrap_or_default();
-            let json = n.json(&d, true).map_err(|e| err(&e))?.unwrap_or_default();
-            let state = DocState {
-                heads: heads.into_iter().map(|h| h.0).collect(),
-                json: json.to_string(),
-                clock: n.clock(&d).cloned().unwrap_or_default(),
-            };
-            states.insert(d, state);
-        }
-        Ok(states)
+        states_of(n, &name)
     }
 
+    /// Node `i` reopened from what its store holds durably (a copy of the store, crashed):
+    /// the same documents, heads, JSON and clocks as the running node. Memory equals store.
+    fn check_reopens_equal(&mut self, i: usize) -> Result<(), String> {
+        let sn = &mut self.nodes[i];
+        let name = sn.name.to_string();
+        let n = sn.node.as_mut().expect("checked by doc_states");
+        let live = states_of(n, &name)?;
+        let mut store = n.store().clone();
+        store.crash();
+        let boot = Boot {
+            nonce: [0xee; 16],
+            new_store_id: [0xee; 16],
+        };
+        let mut reopened = Node::open(store, sn.cfg.clone(), boot)
+            .map_err(|e| format!("{name} does not reopen from its store: {e}"))?;
+        let durable = states_of(&mut reopened, &name)?;
+        if live.keys().ne(durable.keys()) {
+            return Err(format!(
+                "{name} reopened holds other documents than it served"
+            ));
+        }
+        match live.iter().find(|(d, v)| &durable[*d] != *v) {
+            Some((d, _)) => Err(format!(
+                "{name} reopened holds {d} otherwise than it served"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `n`'s documents, each with its clock verified against its changes.
+fn states_of(n: &mut Node<MemStore>, name: &str) -> Result<DocStates, String> {
+    let docs: Vec<DocId> = n.docs().map(|(d, _)| d.clone()).collect();
+    let mut states = BTreeMap::new();
+    for d in docs {
+        let err = |e: &dyn std::fmt::Display| format!("{name}: {e}");
+        // The clock must describe exactly the changes the document holds.
+        n.verify_clock(&d).map_err(|e| err(&e))?;
+        let heads = n.heads(&d).map_err(|e| err(&e))?.unwrap_or_default();
+        let json = n.json(&d, true).map_err(|e| err(&e))?.unwrap_or_default();
+        let state = DocState {
+            heads: heads.into_iter().map(|h| h.0).collect(),
+            json: json.to_string(),
+            clock: n.clock(&d).cloned().unwrap_or_default(),
+        };
+        states.insert(d, state);
+    }
+    Ok(states)
+}
+
+impl Sim {
     /// Every acknowledged reading on node `i`, once, with an acknowledged body; no reading that
     /// was never ingested; nothing unparseable.
     fn check_readings(&mut self, i: usize) -> Result<(), String> {
@@ -333,14 +469,14 @@ impl Sim {
         for ((doc, id), bodies) in &self.ledger.acked {
             let Some(r) = views.get(doc).and_then(|v| v.readings.get(id)) else {
                 return Err(format!(
-                    "durability: acknowledged reading {id} in {doc} missing on {name}"
+                    "acknowledged reading {id} in {doc} missing on {name}"
                 ));
             };
             let body = r.encode();
             let attempted = &self.ledger.attempted[&(doc.clone(), id.clone())];
             if !attempted.contains(&body) || (attempted.len() == 1 && !bodies.contains(&body)) {
                 return Err(format!(
-                    "durability: reading {id} in {doc} on {name} has a body never acknowledged"
+                    "reading {id} in {doc} on {name} has a body never acknowledged"
                 ));
             }
         }

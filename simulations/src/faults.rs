@@ -215,7 +215,7 @@ impl Sim {
             Ok(n) => n,
             Err(e) => {
                 let v = format!("node {} failed to reopen: {e}", self.nodes[i].name);
-                return self.violation(v);
+                return self.violation(crate::checkers::Checker::Reopen, v);
             }
         };
         self.nodes[i].store_base = n.store().commits() - n.commit_seq();

@@ -118,11 +118,12 @@ impl FromStr for Scenario {
     }
 }
 
-const CANARY_NAMES: [(Canary, &str); 4] = [
+const CANARY_NAMES: [(Canary, &str); 5] = [
     (Canary::None, "none"),
     (Canary::AckBeforePersist, "ack-before-persist"),
     (Canary::DropRemoteChange, "drop-remote-change"),
     (Canary::VcOffByOne, "vc-off-by-one"),
+    (Canary::PatchAckBeforePersist, "patch-ack-before-persist"),
 ];
 
 /// Parses a canary name.
@@ -136,10 +137,11 @@ pub fn canary_name(c: Canary) -> &'static str {
 }
 
 /// Every canary that plants a bug.
-pub const CANARIES: [Canary; 3] = [
+pub const CANARIES: [Canary; 4] = [
     Canary::AckBeforePersist,
     Canary::DropRemoteChange,
     Canary::VcOffByOne,
+    Canary::PatchAckBeforePersist,
 ];
 
 /// What the command line asked for; unset fields are drawn from the seed.

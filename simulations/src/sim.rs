@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use edgesync_proto::{Config, DocId, Event, MemStore, Node, NodeName, SessionId, VectorClock};
+use edgesync_proto::{
+    Config, DocId, Event, MemStore, Node, NodeName, Origin, SessionId, VectorClock,
+};
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::checkers::{Ledger, Unacked};
+use crate::checkers::{Checker, Ledger, Unacked};
 use crate::network::Network;
 use crate::plan::Plan;
 
@@ -198,8 +200,9 @@ impl Sim {
         }
     }
 
-    /// Records the first violation and ends the run.
-    pub(crate) fn violation(&mut self, what: String) {
+    /// Records the first violation, named by the checker that found it, and ends the run.
+    pub(crate) fn violation(&mut self, checker: Checker, what: String) {
+        let what = format!("{}: {what}", checker.name());
         if self.report.violation.is_none() {
             self.log(None, format_args!("VIOLATION {what}"));
             self.report.violation = Some(what);
@@ -240,7 +243,8 @@ impl Sim {
         let deadline = self.plan.duration_ms + LIVENESS_MS;
         while !self.done {
             let Some(((t, _), ev)) = self.queue.pop_first() else {
-                self.violation("event queue ran dry before convergence".into());
+                let v = "event queue ran dry before convergence".into();
+                self.violation(Checker::Liveness, v);
                 break;
             };
             self.now = t;
@@ -250,9 +254,10 @@ impl Sim {
                     .unwrap_or_else(|| "unknown".into());
                 self.dump_state();
                 self.dump_queue();
-                self.violation(format!(
-                    "liveness: no convergence within {LIVENESS_MS} ms after faults stopped ({why})"
-                ));
+                self.violation(
+                    Checker::Liveness,
+                    format!("no convergence within {LIVENESS_MS} ms after faults stopped ({why})"),
+                );
                 break;
             }
             self.report.events += 1;
@@ -364,6 +369,7 @@ impl Sim {
             self.on_node_event(i, e);
         }
         for (conn, frame) in frames {
+            self.audit_changes_frame(i, &frame);
             let frame = self.maybe_mutate(i, frame);
             self.send(conn, i, frame);
         }
@@ -407,6 +413,10 @@ impl Sim {
             Event::LimitExceeded { peer, limit } => {
                 self.log(Some(i), format_args!("limit {limit} exceeded by {peer}"));
             }
+            Event::DocChanged {
+                doc,
+                origin: Origin::Remote(_),
+            } => self.audit_clock(i, &doc),
             Event::DocChanged { .. } => {}
         }
     }
@@ -425,7 +435,7 @@ impl Sim {
             .then(|| crate::byzantine::limits_violation(self, i))
             .flatten();
         if let Some(v) = over {
-            self.violation(format!("limits: node {}: {v}", self.nodes[i].name));
+            self.violation(Checker::Limits, format!("node {}: {v}", self.nodes[i].name));
         }
         let node = &mut self.nodes[i];
         let (done, wait) = node
@@ -436,14 +446,17 @@ impl Sim {
         self.acknowledge(i, done);
         self.after_call(i);
         if let Some(r) = regress {
-            self.violation(format!("node {}: {r}", self.nodes[i].name));
+            self.violation(
+                Checker::Monotonic,
+                format!("node {}: {r}", self.nodes[i].name),
+            );
         }
     }
 
     fn finish(mut self) -> Report {
         if self.report.violation.is_none() {
-            if let Err(v) = self.check_final() {
-                self.violation(v);
+            if let Err((checker, v)) = self.check_final() {
+                self.violation(checker, v);
             }
         }
         let mut state = blake3::Hasher::new();

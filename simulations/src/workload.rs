@@ -136,12 +136,20 @@ impl Sim {
         outcomes: &[IngestOutcome],
         durable_at: u64,
     ) {
+        // Every change of the document the node holds now was committed by this ingest or
+        // before it: the store must hold this clock durably before any of these is answered.
+        let needed = self.nodes[i]
+            .node
+            .as_ref()
+            .and_then(|n| n.clock(doc).cloned())
+            .unwrap_or_default();
         for (r, o) in readings.iter().zip(outcomes) {
             if *o != IngestOutcome::Conflict {
                 self.nodes[i].unacked.push(Unacked {
                     durable_at,
                     doc: doc.clone(),
-                    reading: r.clone(),
+                    reading: Some(r.clone()),
+                    needed: needed.clone(),
                 });
             }
         }
@@ -226,9 +234,24 @@ impl Sim {
         let now = self.node_now(i);
         let n = self.nodes[i].node.as_mut().expect("up");
         match n.patch(&doc, &patch, now) {
-            Ok(_) => {
+            Ok(p) => {
+                // The client is answered once the node says the patch is durable; the answer
+                // is audited against the store like a reading's.
+                let needed = n.clock(&doc).cloned().unwrap_or_default();
+                let durable = n.durable_seq();
                 self.report.patches += 1;
                 self.log(Some(i), format_args!("patch {doc}"));
+                let u = Unacked {
+                    durable_at: p.durable_at,
+                    doc: doc.clone(),
+                    reading: None,
+                    needed,
+                };
+                if p.durable_at <= durable {
+                    self.acknowledge(i, vec![u]);
+                } else {
+                    self.nodes[i].unacked.push(u);
+                }
             }
             Err(e) => self.log(Some(i), format_args!("patch of {doc} refused: {e}")),
         }

@@ -39,6 +39,8 @@ pub enum Canary {
     DropRemoteChange,
     /// Record local changes one sequence number too high in the vector clock.
     VcOffByOne,
+    /// Answer merge patches before they are durable.
+    PatchAckBeforePersist,
 }
 
 /// Limits and tunables of one node. `Config::new` gives defaults tuned for a gateway with
@@ -949,7 +951,11 @@ impl<S: Store> Node<S> {
         self.pump_all();
         Ok(Patched {
             changed: true,
-            durable_at: self.durable_at(seq),
+            durable_at: if planted!(self.cfg, PatchAckBeforePersist) {
+                0
+            } else {
+                self.durable_at(seq)
+            },
         })
     }
 }
