@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The full test suite: formatting, lints, dependency direction, every crate's tests (unit,
-# property, integration, simulator, doc), then a 200-seed simulator swarm and the canaries.
+# The full test suite: formatting, lints, dependency direction, simulator swarms (200 fixed
+# seeds, 500 with a hostile node, a fresh range of each), the canaries, the example and the
+# demo, every crate's tests (unit, property, integration, simulator, doc, fuzz regressions),
+# then each fuzz target briefly when a nightly toolchain is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -27,9 +29,19 @@ sim="$CARGO_TARGET_DIR/release/edgesync-sim"
 "$sim" swarm --seeds 1..201
 # One hostile node in every run: honest nodes must converge, lose nothing and keep their limits.
 "$sim" swarm --seeds 1..501 --byzantine 1
+# Fixed seeds never explore: every run also draws a fresh range (printed, so that a failure
+# reproduces with `edgesync-sim run --seed S` and the arguments the swarm prints). A seed that
+# fails here goes into simulations/regressions.txt.
+fresh=$(( ($(date +%s) % 100000) * 1000 + 1000000 ))
+echo "fresh seeds: $fresh..$((fresh + 100)) (honest), $((fresh + 100))..$((fresh + 150)) (byzantine)"
+"$sim" swarm --seeds "$fresh..$((fresh + 100))"
+"$sim" swarm --seeds "$((fresh + 100))..$((fresh + 150))" --byzantine 1
 for canary in ack-before-persist drop-remote-change vc-off-by-one patch-ack-before-persist; do
   "$sim" swarm --seeds 1..21 --canary "$canary"
 done
+# The library example and the demo, as a user runs them.
+cargo run --locked -q --example offline_first
+cargo run --locked -q --bin edgesync -- demo
 cargo test --workspace --locked --doc
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
