@@ -167,10 +167,11 @@ fn ours(durability: Durability, writers: usize, run: Duration) -> (f64, f64) {
 /// durability by `writers` threads.
 fn raw(durability: Durability, writers: usize, bytes: usize, run: Duration) -> f64 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut opts = rocksdb::Options::default();
+    // The store's own options, so the anchor and the store differ only in what the store adds.
+    let mut opts = edgesync::store::db_options();
     opts.create_if_missing(true);
-    opts.set_max_background_jobs(2);
-    opts.set_write_buffer_size(16 * 1024 * 1024);
+    opts.set_write_buffer_size(edgesync::store::CF_WRITE_BUFFER_BYTES);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let db = Arc::new(rocksdb::DB::open(&opts, dir.path()).expect("raw db"));
     let value_len = bytes.saturating_sub(32).max(1);
     let (rate, _) = run_writers(

@@ -383,3 +383,45 @@ fn sigkill_loses_nothing_acknowledged() {
         }
     }
 }
+
+// The column families get the store's options (LZ4, bounded memtables), as RocksDB records
+// them in the OPTIONS file it writes: opened with defaults they had Snappy and 64 MiB
+// memtables each, whatever the database options said.
+#[test]
+fn column_families_get_the_store_options() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(RocksStore::open(dir.path(), Durability::Fsync).unwrap());
+    let options = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("OPTIONS-"))
+        })
+        .max()
+        .expect("RocksDB wrote an OPTIONS file");
+    let text = std::fs::read_to_string(options).unwrap();
+    let mut checked = 0;
+    for section in text.split("[CFOptions \"").skip(1) {
+        let name = section.split('"').next().unwrap();
+        if name == "default" {
+            continue;
+        }
+        let value = |key: &str| {
+            section
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("{key}=")))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            value("compression").as_deref(),
+            Some("kLZ4Compression"),
+            "{name}"
+        );
+        let wb = edgesync::store::CF_WRITE_BUFFER_BYTES.to_string();
+        assert_eq!(value("write_buffer_size"), Some(wb), "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 7, "every column family of the schema: {checked}");
+}

@@ -185,6 +185,31 @@ fn is_lock_error(e: &rocksdb::Error) -> bool {
     s.contains("lock") || s.contains("LOCK")
 }
 
+/// Memtable bytes per column family: flushed at this size (or earlier, when all of them
+/// together reach [`DB_WRITE_BUFFER_BYTES`]).
+pub const CF_WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// Memtable bytes over every column family: the store's write-buffer memory is bounded by
+/// this, not by seven column families times RocksDB's 64 MiB default.
+pub const DB_WRITE_BUFFER_BYTES: usize = 32 << 20;
+
+/// Database-wide options for a small gateway: two background jobs, one memtable budget.
+pub fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_max_background_jobs(2);
+    opts.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
+    opts
+}
+
+/// Options of every column family: LZ4 and bounded memtables. Column families take their own
+/// options, not the database's: opened with `Options::default()` they had 64 MiB memtables and
+/// Snappy, whatever the database options said.
+pub fn cf_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_write_buffer_size(CF_WRITE_BUFFER_BYTES);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts
+}
+
 impl RocksStore {
     /// Opens (creating if needed) the store in `dir`. Refuses a directory held by another
     /// process or written by a newer schema, with a message saying so.
@@ -194,13 +219,9 @@ impl RocksStore {
             dir: dir.clone(),
             source,
         };
-        let mut opts = Options::default();
+        let mut opts = db_options();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        // Bounded background work for a small gateway: 2 background jobs, 16 MiB memtables.
-        opts.set_max_background_jobs(2);
-        opts.set_write_buffer_size(16 * 1024 * 1024);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut names: Vec<String> = COLUMN_FAMILIES.iter().map(|s| s.to_string()).collect();
         if let Ok(existing) = DB::list_cf(&opts, &dir) {
             for n in existing {
@@ -211,7 +232,7 @@ impl RocksStore {
         }
         let cfs = names
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options()));
         let db = match DB::open_cf_descriptors(&opts, &dir, cfs) {
             Ok(db) => db,
             Err(e) if is_lock_error(&e) => return Err(OpenError::Locked { dir }),
