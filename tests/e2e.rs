@@ -425,13 +425,18 @@ fn changes_relay_across_three_hops_and_events_stream() {
     std::thread::spawn(move || {
         let r = agent().get(&events_url).call().unwrap();
         let mut lines = BufReader::new(r.into_body().into_reader()).lines();
+        let mut event = String::new();
         while let Some(Ok(line)) = lines.next() {
-            if let Some(data) = line.strip_prefix("data:") {
-                let _ = tx.send(data.trim().to_string());
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let _ = tx.send((event.clone(), data.trim().to_string()));
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The stream says when the subscription is live; nothing is written before that.
+    let (first, _) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(first, "ready");
 
     edge.ingest("edge-1/vibration", "v-1", 1_700_000_000_000, 0.5);
     let (s, v) = try_request(
@@ -451,8 +456,9 @@ fn changes_relay_across_three_hops_and_events_stream() {
         Duration::from_secs(30),
         || cloud.doc("apps/settings") == Some(json!({"threshold": 4.5, "mode": "eco"})),
     );
-    let ev: Value =
-        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+    let (name, data) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(name, "change");
+    let ev: Value = serde_json::from_str(&data).unwrap();
     assert_eq!(ev["doc"], "apps/settings");
     assert_eq!(ev["origin"], "gw-1", "the cloud heard it from the gateway");
 

@@ -314,7 +314,7 @@ fn sigkill_loses_nothing_acknowledged() {
             .arg(dir.path())
             .args(["--durability", if round % 2 == 0 { "fsync" } else { "wal" }])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -331,8 +331,16 @@ fn sigkill_loses_nothing_acknowledged() {
         // Let it get going, then kill at a random moment.
         let started = Instant::now();
         std::thread::sleep(Duration::from_millis(150 + next() % 400));
+        // The writer must still be writing when it is killed: one that stopped on an error
+        // would make this round prove nothing.
+        let early_exit = child.try_wait().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
+        if let Some(status) = early_exit {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("round {round}: the writer exited on its own ({status}): {err}");
+        }
         let lines = reader.join().unwrap();
         for line in lines {
             // A line cut by the kill has no trailing newline and was never acknowledged; split

@@ -232,6 +232,9 @@ async fn events(
     doc: DocId,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
     let want = doc.to_string();
+    // Subscribed before the first byte goes out: a client that has read `ready` misses no
+    // change after it.
+    let ready = tokio_stream::once(Ok(SseEvent::default().event("ready").data("{}")));
     let stream =
         tokio_stream::wrappers::BroadcastStream::new(st.node.subscribe()).filter_map(move |ev| {
             match ev {
@@ -242,7 +245,7 @@ async fn events(
                 Err(_) => Some(Ok(SseEvent::default().event("lagged").data("{}"))),
             }
         });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(ready.chain(stream)).keep_alive(KeepAlive::default())
 }
 
 async fn patch_doc(
