@@ -867,11 +867,7 @@ fn a_document_used_both_ways_converges_without_refusals() {
 // the chunk's header refuses it.
 #[test]
 fn a_corrupted_change_is_refused() {
-    let mut author = open(1, MemStore::new(), 1, |_| {});
-    author
-        .ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
-        .unwrap();
-    let good = changes_of(&mut author, "site-a/t1").pop().unwrap();
+    let (_, good) = author_of_first_reading();
     let corrupted = (8..good.len())
         .map(|at| {
             let mut bad = good.clone();
@@ -901,12 +897,7 @@ fn a_corrupted_change_is_refused() {
 // collides with nothing and the node keeps writing.
 #[test]
 fn a_change_replayed_into_another_document_locks_no_one_out() {
-    let mut author = open(1, MemStore::new(), 1, |_| {});
-    author
-        .ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
-        .unwrap();
-    persist(&mut author);
-    let first = changes_of(&mut author, "site-a/t1").pop().unwrap();
+    let (mut author, first) = author_of_first_reading();
     let mut node = open(0, MemStore::new(), 2, |_| {});
     let sid = hand_session(&mut node, "gw-9");
     let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
@@ -927,4 +918,15 @@ fn a_change_replayed_into_another_document_locks_no_one_out() {
         view.readings.contains_key("r-2"),
         "the author's own reading arrived"
     );
+}
+
+/// A node that ingested reading r-1 into site-a/t1 (durably), and that change's bytes.
+fn author_of_first_reading() -> (Node<MemStore>, Vec<u8>) {
+    let mut author = open(1, MemStore::new(), 1, |_| {});
+    author
+        .ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
+        .unwrap();
+    persist(&mut author);
+    let first = changes_of(&mut author, "site-a/t1").pop().unwrap();
+    (author, first)
 }
