@@ -62,6 +62,10 @@ pub enum Refusal {
     /// The actor is not 16 bytes.
     #[error("change actor is not 16 bytes")]
     ActorLength,
+    /// An operation names an actor past the change's actor table, or the operation columns do
+    /// not decode (Automerge's parser lets both through, and expanding such a change panics).
+    #[error("change operations name an actor the change does not list")]
+    ActorIndex,
     /// Sequence number 0.
     #[error("change has sequence number 0")]
     SeqZero,
@@ -143,6 +147,7 @@ pub fn check_shape(change: &Change) -> Result<(), Refusal> {
     if is_genesis(change) {
         return Ok(());
     }
+    check_actor_indices(change)?;
     let genesis = genesis_actor().to_automerge();
     if *change.actor_id() == genesis {
         return Err(Refusal::GenesisActor);
@@ -202,6 +207,7 @@ pub fn check_in_doc(change: &Change, doc: &Automerge) -> Result<(), Refusal> {
     if is_genesis(change) {
         return Ok(());
     }
+    check_actor_indices(change)?;
     let actor = change.actor_id().clone();
     let start = change.start_op().get();
     // Depth of every object named so far: found in the document, or created by this change.
@@ -228,6 +234,127 @@ pub fn check_in_doc(change: &Change, doc: &Automerge) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// Every actor index in the change's actor columns (object, key and predecessor actors) is
+/// within its actor table (the author and `other_actor_ids`). Read from the chunk's columns
+/// (format: the Automerge binary format's change chunk) before anything expands the change.
+pub fn check_actor_indices(change: &Change) -> Result<(), Refusal> {
+    let actors = 1 + change.other_actor_ids().len() as u64;
+    match columns::max_actor_index(change.raw_bytes()) {
+        Some(max) if max.is_none_or(|m| m < actors) => Ok(()),
+        _ => Err(Refusal::ActorIndex),
+    }
+}
+
+/// A reader of the change chunk's layout, just far enough to find its actor columns.
+mod columns {
+    /// Column type of actor indices (the low three bits of a column spec).
+    const ACTOR: u64 = 1;
+    /// Bit of a column spec marking a deflated column (never in a change Automerge writes).
+    const DEFLATE: u64 = 8;
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {
+            let n = usize::try_from(n).ok()?;
+            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = rest;
+            Some(head)
+        }
+
+        fn uleb(&mut self) -> Option<u64> {
+            let mut v: u64 = 0;
+            for i in 0..10 {
+                let b = *self.bytes(1)?.first()?;
+                v |= u64::from(b & 0x7f).checked_shl(7 * i)?;
+                if b & 0x80 == 0 {
+                    return Some(v);
+                }
+            }
+            None
+        }
+
+        fn sleb(&mut self) -> Option<i64> {
+            let mut v: i64 = 0;
+            for i in 0..10 {
+                let b = *self.bytes(1)?.first()?;
+                v |= i64::from(b & 0x7f).checked_shl(7 * i)?;
+                if b & 0x80 == 0 {
+                    if i < 9 && b & 0x40 != 0 {
+                        v |= -1i64 << (7 * (i + 1));
+                    }
+                    return Some(v);
+                }
+            }
+            None
+        }
+
+        fn skip_prefixed(&mut self) -> Option<()> {
+            let n = self.uleb()?;
+            self.bytes(n).map(|_| ())
+        }
+    }
+
+    /// The largest index in any actor column (`Some(None)` when there is none), or `None` if
+    /// the chunk's layout does not read.
+    pub(super) fn max_actor_index(raw: &[u8]) -> Option<Option<u64>> {
+        let mut r = Reader(raw);
+        r.bytes(4 + 4 + 1)?; // magic, checksum, chunk type
+        let len = r.uleb()?;
+        let mut r = Reader(r.bytes(len)?);
+        let deps = r.uleb()?;
+        r.bytes(deps.checked_mul(32)?)?;
+        r.skip_prefixed()?; // actor
+        r.uleb()?; // seq
+        r.uleb()?; // start op
+        r.sleb()?; // time
+        r.skip_prefixed()?; // message
+        for _ in 0..r.uleb()? {
+            r.skip_prefixed()?; // other actors
+        }
+        let count = r.uleb()?;
+        let mut specs = Vec::new();
+        for _ in 0..count.min(1024) {
+            specs.push((r.uleb()?, r.uleb()?));
+        }
+        if specs.len() as u64 != count {
+            return None;
+        }
+        let mut max = None;
+        for (spec, len) in specs {
+            let data = r.bytes(len)?;
+            if spec & 7 != ACTOR {
+                continue;
+            }
+            if spec & DEFLATE != 0 {
+                return None;
+            }
+            max = max.max(rle_max(data)?);
+        }
+        Some(max)
+    }
+
+    /// The largest value of a run-length encoded column of unsigned integers.
+    fn rle_max(data: &[u8]) -> Option<Option<u64>> {
+        let mut r = Reader(data);
+        let mut max = None;
+        while !r.0.is_empty() {
+            match r.sleb()? {
+                0 => {
+                    r.uleb()?; // a run of nulls
+                }
+                n if n > 0 => max = max.max(Some(r.uleb()?)),
+                n => {
+                    for _ in 0..n.unsigned_abs() {
+                        max = max.max(Some(r.uleb()?));
+                    }
+                }
+            }
+        }
+        Some(max)
+    }
 }
 
 /// Depth of an existing object of `doc` (its number of ancestors), `None` if it does not exist.

@@ -930,3 +930,26 @@ fn author_of_first_reading() -> (Node<MemStore>, Vec<u8>) {
     let first = changes_of(&mut author, "site-a/t1").pop().unwrap();
     (author, first)
 }
+
+// Found by the remote_change fuzz target: a change whose predecessor column names an actor
+// past the change's actor table. Automerge parses it, and expanding it (to read its operations)
+// panicked the core. Given a valid checksum, as any peer can compute, it is now refused.
+#[test]
+fn a_change_naming_an_unlisted_actor_is_refused() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/remote_change/decode-pred-actor-out-of-range"
+    );
+    let mut bytes = std::fs::read(path).unwrap();
+    let parsed = automerge::Change::try_from(&bytes[..]).unwrap();
+    bytes[4..8].copy_from_slice(&parsed.hash().0[..4]);
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    node.ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
+        .unwrap();
+    persist(&mut node);
+    let sid = hand_session(&mut node, "gw-9");
+    send_changes(&mut node, sid, "site-a/t1", vec![bytes]);
+    let (code, reason) = closed_with(&mut node).expect("the session ends");
+    assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
+    assert!(reason.contains("actor"), "{reason}");
+}
