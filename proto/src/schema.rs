@@ -254,7 +254,7 @@ mod columns {
     /// Bit of a column spec marking a deflated column (never in a change Automerge writes).
     const DEFLATE: u64 = 8;
 
-    struct Reader<'a>(&'a [u8]);
+    pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
     impl<'a> Reader<'a> {
         fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {
@@ -264,31 +264,32 @@ mod columns {
             Some(head)
         }
 
-        fn uleb(&mut self) -> Option<u64> {
+        /// A LEB128 number's bits, how many bits it had, and its last byte.
+        fn leb(&mut self) -> Option<(u64, u32, u8)> {
             let mut v: u64 = 0;
-            for i in 0..10 {
+            for i in 0..10u32 {
                 let b = *self.bytes(1)?.first()?;
                 v |= u64::from(b & 0x7f).checked_shl(7 * i)?;
                 if b & 0x80 == 0 {
-                    return Some(v);
+                    return Some((v, 7 * (i + 1), b));
                 }
             }
             None
         }
 
-        fn sleb(&mut self) -> Option<i64> {
-            let mut v: i64 = 0;
-            for i in 0..10 {
-                let b = *self.bytes(1)?.first()?;
-                v |= i64::from(b & 0x7f).checked_shl(7 * i)?;
-                if b & 0x80 == 0 {
-                    if i < 9 && b & 0x40 != 0 {
-                        v |= -1i64 << (7 * (i + 1));
-                    }
-                    return Some(v);
-                }
-            }
-            None
+        pub(super) fn uleb(&mut self) -> Option<u64> {
+            self.leb().map(|(v, _, _)| v)
+        }
+
+        pub(super) fn sleb(&mut self) -> Option<i64> {
+            let (v, bits, last) = self.leb()?;
+            let v = v as i64;
+            // Sign-extend from the last byte's sign bit.
+            Some(if bits < 64 && last & 0x40 != 0 {
+                v | (-1i64 << bits)
+            } else {
+                v
+            })
         }
 
         fn skip_prefixed(&mut self) -> Option<()> {
@@ -556,5 +557,43 @@ mod tests {
             check_in_doc(&c, &Automerge::new()),
             Err(Refusal::UnknownObject)
         );
+    }
+
+    fn uleb_bytes(mut v: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn sleb_bytes(mut v: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    proptest::proptest! {
+        // The column reader decodes LEB128 as the format encodes it (signed run lengths
+        // included), so honest changes are never misread.
+        #[test]
+        fn leb128_round_trips(u in proptest::prelude::any::<u64>(), i in proptest::prelude::any::<i64>()) {
+            let ub = uleb_bytes(u);
+            proptest::prop_assert_eq!(columns::Reader(&ub).uleb(), Some(u));
+            let sb = sleb_bytes(i);
+            proptest::prop_assert_eq!(columns::Reader(&sb).sleb(), Some(i));
+        }
     }
 }
