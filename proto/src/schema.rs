@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use automerge::legacy::{Key, ObjectId, OpId, OpType};
+use automerge::legacy::{Key, ObjectId, Op, OpId, OpType};
 use automerge::{ActorId, Automerge, Change, ReadDoc, ScalarValue};
 
 use crate::doc::{sensor_genesis, PATCH_DEPTH_MAX};
@@ -144,17 +144,43 @@ pub fn check_checksum(bytes: &[u8], change: &Change) -> Result<(), Refusal> {
 
 /// The checks that need only the change: rules 1-4.
 pub fn check_shape(change: &Change) -> Result<(), Refusal> {
+    match expand(change)? {
+        Some(ops) => shape_of(change, &ops),
+        None => Ok(()),
+    }
+}
+
+/// Both steps at once, expanding the change once: for a change that is causally ready on
+/// arrival, the common case.
+pub fn check(change: &Change, doc: &Automerge) -> Result<(), Refusal> {
+    match expand(change)? {
+        Some(ops) => {
+            shape_of(change, &ops)?;
+            depth_in_doc(change, &ops, doc)
+        }
+        None => Ok(()),
+    }
+}
+
+/// The change's operations, once its actor indices are known to be in range (expanding panics
+/// otherwise); `None` for the genesis, which every rule allows.
+fn expand(change: &Change) -> Result<Option<Vec<Op>>, Refusal> {
     if is_genesis(change) {
-        return Ok(());
+        return Ok(None);
     }
     check_actor_indices(change)?;
+    Ok(Some(change.decode().operations))
+}
+
+/// Rules 1-4 over the expanded operations.
+fn shape_of(change: &Change, ops: &[Op]) -> Result<(), Refusal> {
     let genesis = genesis_actor().to_automerge();
     if *change.actor_id() == genesis {
         return Err(Refusal::GenesisActor);
     }
     let readings = ObjectId::Id(readings_map_id());
     let (mut wrote_readings, mut wrote_other) = (false, false);
-    for op in change.decode().operations {
+    for op in ops {
         if op.pred.iter().any(|p| *p.actor() == genesis) {
             return Err(Refusal::OverwritesGenesis);
         }
@@ -204,15 +230,19 @@ fn not_a_reading(key: &str, why: NotAReading) -> Refusal {
 /// The checks that need the document the change is about to join: rule 5. `doc` holds every
 /// dependency of `change`.
 pub fn check_in_doc(change: &Change, doc: &Automerge) -> Result<(), Refusal> {
-    if is_genesis(change) {
-        return Ok(());
+    match expand(change)? {
+        Some(ops) => depth_in_doc(change, &ops, doc),
+        None => Ok(()),
     }
-    check_actor_indices(change)?;
+}
+
+/// Rule 5 over the expanded operations.
+fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refusal> {
     let actor = change.actor_id().clone();
     let start = change.start_op().get();
     // Depth of every object named so far: found in the document, or created by this change.
     let mut depth: BTreeMap<(u64, ActorId), usize> = BTreeMap::new();
-    for (i, op) in change.decode().operations.into_iter().enumerate() {
+    for (i, op) in ops.iter().enumerate() {
         let parent = match &op.obj {
             ObjectId::Root => 0,
             ObjectId::Id(id) => match depth.get(&(id.0, id.1.clone())) {

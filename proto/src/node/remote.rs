@@ -254,20 +254,27 @@ impl<S: Store> Node<S> {
         if actor == self.doc_actor(doc) {
             return Err(Refusal::ClaimsOurActor.into());
         }
-        schema::check_shape(&change)?;
         let seq = change.seq();
         if !self.is_ready(doc, &change)? {
+            // Checked on receipt, so nothing the schema refuses waits in the buffer; the rule
+            // that needs the document is checked when the change becomes ready.
+            schema::check_shape(&change)?;
             self.pending
                 .insert(doc, (actor, seq), change, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
+        schema::check(&change, self.loaded_doc(doc)?)?;
         self.apply_ready(batch, doc, change, sid)?;
         let mut drained = 0;
         while let Some(next) = self.take_ready_pending(doc)? {
             // A buffered change the schema refuses now is dropped (its sender's session may be
             // over) and the drain goes on. A limit ends this session: everything still waiting
             // is resent by its sender, since none of it was acknowledged.
-            match self.apply_ready(batch, doc, next, sid) {
+            let checked = schema::check_in_doc(&next, self.loaded_doc(doc)?);
+            match checked
+                .map_err(ApplyError::from)
+                .and_then(|()| self.apply_ready(batch, doc, next, sid))
+            {
                 Ok(()) => drained += 1,
                 Err(ApplyError::Invalid(_)) => {}
                 Err(e) => return Err(e),
@@ -307,8 +314,8 @@ impl<S: Store> Node<S> {
         Ok(None)
     }
 
-    /// Applies a causally ready change that passed [`schema::check_shape`]: checked against the
-    /// document and the quotas first, so a refused change touches nothing.
+    /// Applies a causally ready change that passed the schema checks: checked against the
+    /// limits first, so a refused change touches nothing.
     fn apply_ready(
         &mut self,
         batch: &mut WriteBatch,
@@ -316,7 +323,6 @@ impl<S: Store> Node<S> {
         change: Change,
         sid: SessionId,
     ) -> Result<(), ApplyError> {
-        schema::check_in_doc(&change, self.loaded_doc(doc)?)?;
         let admitted = self.admit(doc, &change, sid)?;
         let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 5 == 3;
         if !planted_drop {
