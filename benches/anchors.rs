@@ -720,42 +720,49 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-}
-
+/// Starts `edgesync run` on ports the system chooses; returns the process, its API URL and its
+/// QUIC address (when it listens), as its ready line reports them.
 fn start_process(
     dir: &Path,
     fleet: &LocalFleet,
     name: &str,
-    listen: Option<SocketAddr>,
+    listen: bool,
     peer: Option<(&str, SocketAddr)>,
-) -> (Proc, String) {
-    let api = free_port();
+) -> (Proc, String, Option<SocketAddr>) {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let peers: Vec<(&str, SocketAddr)> = peer.into_iter().collect();
-    let cfg = fleet.config_toml(name, &dir.join(name), api, listen, &peers, "");
+    let cfg = fleet.config_toml(
+        name,
+        &dir.join(name),
+        any,
+        listen.then_some(any),
+        &peers,
+        "",
+    );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, cfg).expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_edgesync"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgesync"))
         .args(["run", "--config", path.to_str().expect("utf-8")])
         .env("LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("edgesync run");
-    let url = format!("http://{api}");
-    let start = Instant::now();
-    while ureq::get(&format!("{url}/healthz")).call().is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{name} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Proc(child), url)
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    let line = lines
+        .next()
+        .unwrap_or_else(|| panic!("{name} exited before it was ready"))
+        .expect("ready line");
+    // Drain the rest so that the node never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+    let url = format!("http://{}", ready["api"].as_str().expect("api"));
+    let quic = ready["quic"]
+        .as_str()
+        .map(|a| a.parse().expect("quic address"));
+    (Proc(child), url, quic)
 }
 
 fn get_json(url: &str) -> serde_json::Value {
@@ -779,11 +786,8 @@ fn memory(docs: usize) -> (f64, f64, f64) {
         fill(&n.handle(), &ids, 5, 10, "m");
         n.shutdown();
     }
-    let quic = std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr");
-    let (big, url) = start_process(dir.path(), &fleet, "big", Some(quic), None);
+    let (big, url, quic) = start_process(dir.path(), &fleet, "big", true, None);
+    let quic = quic.expect("big listens");
     let agent = ureq::agent();
     for d in &ids {
         let r = agent
@@ -793,7 +797,7 @@ fn memory(docs: usize) -> (f64, f64, f64) {
         assert_eq!(r.status(), 200);
     }
     let after_load = vm_hwm_mib(big.0.id());
-    let (empty, eurl) = start_process(dir.path(), &fleet, "empty", None, Some(("big", quic)));
+    let (empty, eurl, _) = start_process(dir.path(), &fleet, "empty", false, Some(("big", quic)));
     let start = Instant::now();
     loop {
         let s = get_json(&format!("{url}/v1/status"));

@@ -15,18 +15,9 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync");
 
-fn free_tcp() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Port 0: the node binds a port the system chooses and reports it on its ready line.
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
@@ -62,7 +53,8 @@ fn fleet(dir: &Path, nodes: &[(&str, &str)]) -> PathBuf {
 
 struct NodeSpec<'a> {
     name: &'a str,
-    listen: Option<SocketAddr>,
+    /// Listens for QUIC (on a port it chooses and reports).
+    listen: bool,
     peers: Vec<(&'a str, SocketAddr)>,
     /// Short timeouts so that a cut drops the link within the test.
     extra: &'a str,
@@ -73,7 +65,7 @@ impl<'a> NodeSpec<'a> {
     fn named(name: &'a str) -> NodeSpec<'a> {
         NodeSpec {
             name,
-            listen: None,
+            listen: false,
             peers: vec![],
             extra: "",
         }
@@ -82,47 +74,51 @@ impl<'a> NodeSpec<'a> {
 
 /// A cloud node listening for QUIC, with short timeouts; and its QUIC address.
 fn fast_cloud(dir: &Path, pki: &Path) -> (Node, SocketAddr) {
-    let quic = free_udp();
     let spec = NodeSpec {
-        listen: Some(quic),
+        listen: true,
         extra: FAST,
         ..NodeSpec::named("cloud")
     };
-    (Node::start(dir, pki, spec), quic)
+    let cloud = Node::start(dir, pki, spec);
+    let quic = cloud.quic.expect("the cloud listens");
+    (cloud, quic)
 }
 
 /// A running `edgesync run` process.
 struct Node {
     name: String,
     config: PathBuf,
+    /// The API's URL, as the running process reported it.
     api: String,
+    /// Where the running process listens for QUIC (a restart binds a new port).
+    quic: Option<SocketAddr>,
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Node {
-    fn write_config(dir: &Path, pki: &Path, spec: &NodeSpec<'_>) -> (PathBuf, String) {
-        let api = free_tcp();
+    fn write_config(dir: &Path, pki: &Path, spec: &NodeSpec<'_>) -> PathBuf {
         let data = dir.join("data").join(spec.name);
         let cfg = LocalFleet::existing(pki).config_toml(
             spec.name,
             &data,
-            api,
-            spec.listen,
+            any_port(),
+            spec.listen.then(any_port),
             &spec.peers,
             spec.extra,
         );
         let path = dir.join(format!("{}.toml", spec.name));
         std::fs::write(&path, cfg).unwrap();
-        (path, format!("http://{api}"))
+        path
     }
 
     fn start(dir: &Path, pki: &Path, spec: NodeSpec<'_>) -> Node {
-        let (config, api) = Node::write_config(dir, pki, &spec);
+        let config = Node::write_config(dir, pki, &spec);
         let mut n = Node {
             name: spec.name.to_string(),
             config,
-            api,
+            api: String::new(),
+            quic: None,
             child: None,
             log: dir.join(format!("{}.log", spec.name)),
         };
@@ -136,28 +132,54 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["run", "--config", self.config.to_str().unwrap()])
             .env("LOG_LEVEL", "info")
             .env_remove("EDGE_STORAGE_DIR")
             .env_remove("METRICS_PORT")
             .env_remove("SYNC_RETRY_BASE_MS")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("spawn edgesync run");
+        // The node prints one line once it serves, with the addresses it bound; the reader
+        // then drains stdout to the end so that the node never writes into a closed pipe.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            for _ in lines {}
+        });
         self.child = Some(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            if let Ok((200, _)) = try_request("GET", &format!("{}/healthz", self.api), None) {
-                return;
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let st = self.child.as_mut().unwrap().try_wait().unwrap();
+                panic!(
+                    "{} did not report ready ({st:?}): {}",
+                    self.name,
+                    self.logs()
+                );
             }
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited with {st}: {}", self.name, self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{} did not become healthy: {}", self.name, self.logs());
+        };
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{}: ready line {line:?}: {e}", self.name));
+        assert_eq!(ready["ready"], true, "{line}");
+        self.api = format!("http://{}", ready["api"].as_str().expect("api address"));
+        self.quic = ready["quic"]
+            .as_str()
+            .map(|a| a.parse().expect("quic address"));
+        assert_eq!(
+            try_request("GET", &format!("{}/healthz", self.api), None)
+                .unwrap()
+                .0,
+            200,
+            "{} serves once ready",
+            self.name
+        );
     }
 
     fn logs(&self) -> String {
@@ -393,12 +415,11 @@ fn changes_relay_across_three_hops_and_events_stream() {
         dir.path(),
         &[("cloud", "cloud"), ("gw-1", "gateway"), ("edge-1", "edge")],
     );
-    let (cloud_quic, gw_quic) = (free_udp(), free_udp());
     let cloud = Node::start(
         dir.path(),
         &pki,
         NodeSpec {
-            listen: Some(cloud_quic),
+            listen: true,
             ..NodeSpec::named("cloud")
         },
     );
@@ -406,11 +427,12 @@ fn changes_relay_across_three_hops_and_events_stream() {
         dir.path(),
         &pki,
         NodeSpec {
-            listen: Some(gw_quic),
-            peers: vec![("cloud", cloud_quic)],
+            listen: true,
+            peers: vec![("cloud", cloud.quic.unwrap())],
             ..NodeSpec::named("gw-1")
         },
     );
+    let gw_quic = gw.quic.unwrap();
     let edge = Node::start(
         dir.path(),
         &pki,
@@ -519,6 +541,7 @@ fn sigkill_mid_ingest_loses_no_acknowledged_reading() {
     for round in 0..3 {
         let url = format!("{}/v1/ingest", gw.api);
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
         let writer = std::thread::spawn(move || {
             let mut acked = Vec::new();
             for i in 0.. {
@@ -528,20 +551,29 @@ fn sigkill_mid_ingest_loses_no_acknowledged_reading() {
                 let id = format!("r{round}-{i}");
                 let body = json!({"doc": doc, "id": id, "ts": 1_700_000_000_000i64 + i, "fields": {"rpm": i}});
                 match try_request("POST", &url, Some(body)) {
-                    Ok((200, _)) => acked.push(id),
-                    _ => break,
+                    Ok((200, _)) => {
+                        acked.push(id);
+                        let _ = ack_tx.send(());
+                    }
+                    // A killed process answers nothing: any status but 200 is a failure.
+                    Ok((status, v)) => panic!("round {round}: {id} answered {status}: {v}"),
+                    // The kill: the connection is refused or reset.
+                    Err(_) => break,
                 }
             }
             acked
         });
-        std::thread::sleep(Duration::from_millis(700 + 300 * round as u64));
+        // Killed mid-stream after a different number of acknowledgements each round.
+        for _ in 0..(20 + 30 * round) {
+            ack_rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("round {round}: the writer stopped: {}", gw.logs()));
+        }
         gw.kill9();
         let _ = stop_tx.send(());
-        let ids = writer.join().unwrap();
-        assert!(
-            !ids.is_empty(),
-            "round {round}: nothing was acknowledged before the kill"
-        );
+        let ids = writer
+            .join()
+            .expect("the writer saw only 200s before the kill");
         acked.extend(ids);
         gw.spawn();
         let have = gw.reading_ids(doc);
@@ -578,7 +610,7 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         dir.path(),
         &pki,
         NodeSpec {
-            listen: Some(free_udp()),
+            listen: true,
             ..NodeSpec::named("gw-1")
         },
     );
@@ -710,7 +742,7 @@ fn bad_configs_are_refused_with_clear_messages() {
         extra: "colour = \"blue\"\n",
         ..NodeSpec::named("gw-1")
     };
-    let (path, _) = Node::write_config(dir.path(), &pki, &spec);
+    let path = Node::write_config(dir.path(), &pki, &spec);
     let out = cli(&["run", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -718,7 +750,7 @@ fn bad_configs_are_refused_with_clear_messages() {
 
     let gw = Node::start(dir.path(), &pki, NodeSpec::named("gw-1"));
     // Same data directory, another API port.
-    let (path2, _) = Node::write_config(dir.path(), &pki, &NodeSpec::named("gw-1"));
+    let path2 = Node::write_config(dir.path(), &pki, &NodeSpec::named("gw-1"));
     let out = cli(&["run", "--config", path2.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

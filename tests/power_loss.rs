@@ -221,14 +221,13 @@ fn power_cuts(durability: &str) -> Vec<Found> {
         model.names().any(|n| n.ends_with(".sst")),
         "{durability}: the second run wrote table files"
     );
-    // Every line the node printed is in the record, and nothing else: the record holds the
-    // whole run. (Order may differ: concurrent writers are ordered by their return here.)
-    let (mut recorded, mut printed) = (model.lines.clone(), printed);
-    recorded.sort();
-    printed.sort();
+    // Every line the node printed is in the record: the record holds the whole run. (It may
+    // hold a few more: writes begun when the node was killed, one per writer at most.)
+    let recorded: BTreeSet<&String> = model.lines.iter().collect();
+    let missing = printed.iter().filter(|l| !recorded.contains(l)).count();
     assert!(
-        recorded == printed,
-        "the record ({} lines) and the node's output ({} lines) differ",
+        missing == 0 && recorded.len() <= printed.len() + 2 * 4,
+        "the record ({} lines) and the node's output ({} lines, {missing} not recorded) differ",
         recorded.len(),
         printed.len()
     );

@@ -44,6 +44,8 @@ pub struct Daemon {
     pub api_addr: SocketAddr,
     /// Where QUIC listens, if it does.
     pub quic_addr: Option<SocketAddr>,
+    /// Where the separate metrics listener is, if there is one.
+    pub metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
@@ -95,6 +97,10 @@ impl Daemon {
             ),
             None => None,
         };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?;
         let mut opts = NodeOptions::new(core, &s.data_dir);
         opts.durability = s.durability;
         let node = tokio::task::spawn_blocking(move || DurableNode::start(opts))
@@ -127,6 +133,7 @@ impl Daemon {
             mesh,
             api_addr,
             quic_addr,
+            metrics_addr,
             stop,
             servers,
             reloader,
@@ -159,9 +166,29 @@ impl Daemon {
     }
 }
 
+/// The line `edgesync run` prints on stdout once it serves: the addresses it bound (a
+/// configured port 0 becomes the port the system chose), so a supervisor or a test learns them
+/// without probing for a free port first.
+pub fn ready_line(d: &Daemon) -> String {
+    serde_json::json!({
+        "ready": true,
+        "api": d.api_addr.to_string(),
+        "quic": d.quic_addr.map(|a| a.to_string()),
+        "metrics": d.metrics_addr.map(|a| a.to_string()),
+    })
+    .to_string()
+}
+
 /// `edgesync run`: runs until SIGTERM or SIGINT.
 pub async fn run(s: Settings) -> anyhow::Result<()> {
     let daemon = Daemon::start(s).await?;
+    {
+        use std::io::Write;
+        // Written once; a closed stdout is not an error for the node.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", ready_line(&daemon));
+        let _ = out.flush();
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -11,7 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use edgesync_proto::NodeName;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -79,11 +79,25 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The largest certificate, key or CA file read: a fleet chain is a few kilobytes.
+pub const PEM_BYTES_MAX: u64 = 1 << 20;
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Io {
+    use std::io::Read;
+    let io = |source| TlsError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .map_err(io)?
+        .take(PEM_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > PEM_BYTES_MAX {
+        return Err(bad(path, format!("larger than {PEM_BYTES_MAX} bytes")));
+    }
+    Ok(bytes)
 }
 
 fn bad(path: &Path, detail: impl Into<String>) -> TlsError {
@@ -93,16 +107,16 @@ fn bad(path: &Path, detail: impl Into<String>) -> TlsError {
     }
 }
 
-/// (modified time, length) of the certificate and key files, to notice a renewal.
-type Stamp = Vec<(Option<SystemTime>, u64)>;
+/// A hash of the certificate and key files' contents (`None` for one that cannot be read), to
+/// notice a renewal. Contents, not modification times: a file system with coarse timestamps
+/// (one second or two on some SD-card formats) would hide a renewal written within the same
+/// tick, and the files are a few kilobytes, read once per check.
+type Stamp = Vec<Option<[u8; 32]>>;
 
 fn stamp(files: &TlsFiles) -> Stamp {
     [&files.cert, &files.key]
         .iter()
-        .map(|p| match fs::metadata(p) {
-            Ok(m) => (m.modified().ok(), m.len()),
-            Err(_) => (None, 0),
-        })
+        .map(|p| read(p).ok().map(|bytes| *blake3::hash(&bytes).as_bytes()))
         .collect()
 }
 
@@ -495,5 +509,43 @@ impl rustls::client::ResolvesClientCert for Resolver {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A renewal is noticed by content: same length, same modification time, other bytes.
+    #[test]
+    fn a_renewal_with_the_same_length_and_time_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            ca: dir.path().join("ca.crt"),
+            cert: dir.path().join("n.crt"),
+            key: dir.path().join("n.key"),
+        };
+        fs::write(&files.cert, b"certificate one").unwrap();
+        fs::write(&files.key, b"key").unwrap();
+        let before = stamp(&files);
+        let mtime = fs::metadata(&files.cert).unwrap().modified().unwrap();
+        fs::write(&files.cert, b"certificate two").unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&files.cert)
+            .unwrap();
+        f.set_modified(mtime).unwrap();
+        assert_ne!(stamp(&files), before);
+        assert_eq!(stamp(&files), stamp(&files));
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.crt");
+        fs::write(&p, vec![b'a'; PEM_BYTES_MAX as usize + 1]).unwrap();
+        assert!(matches!(read(&p), Err(TlsError::Bad { .. })));
+        fs::write(&p, vec![b'a'; PEM_BYTES_MAX as usize]).unwrap();
+        assert!(read(&p).is_ok());
     }
 }

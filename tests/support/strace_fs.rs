@@ -330,6 +330,17 @@ impl Model {
                 };
                 self.syncing.insert(id, snap);
             }
+            // A line on stdout counts from the moment its write is entered: the process may
+            // die before strace sees the write return, while the reader already has the line.
+            // (Everything the line acknowledges was made durable before the write began.)
+            "write" if int(&args[0]) == 1 => {
+                self.stdout.extend(bytes(&args[1]));
+                while let Some(nl) = self.stdout.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = self.stdout.drain(..=nl).collect();
+                    self.lines
+                        .push(String::from_utf8_lossy(&line[..nl]).into_owned());
+                }
+            }
             "sync" | "syncfs" => panic!("unmodelled: {}", call.name),
             "io_uring_setup" => panic!("unmodelled: io_uring"),
             _ => {}
@@ -390,13 +401,8 @@ impl Model {
                     d
                 };
                 let data = &data[..ret as usize];
-                if fd == 1 && call.name == "write" {
-                    self.stdout.extend_from_slice(data);
-                    while let Some(nl) = self.stdout.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = self.stdout.drain(..=nl).collect();
-                        self.lines
-                            .push(String::from_utf8_lossy(&line[..nl]).into_owned());
-                    }
+                if fd == 1 {
+                    // Taken when the write was entered.
                     return;
                 }
                 let Some(d) = self.file_fd(fd) else { return };
