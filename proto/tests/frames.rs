@@ -1,0 +1,244 @@
+//! What a session sends fits what its peer announced: frame sizes, the batch window, the
+//! handshake limits and the timers. A peer refuses a frame over its limit and closes the link,
+//! so an off-by-a-few-bytes here is a link that flaps for ever.
+
+mod common;
+
+use common::{doc, open, persist};
+use edgesync_proto::wire::{
+    Ack, FrameDecoder, Hello, Message, Summary, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_MIN, MAGIC,
+    PROTOCOL_VERSION,
+};
+use edgesync_proto::{CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId};
+use serde_json::json;
+
+const PEER: &str = "peer";
+
+fn hello(frame_bytes_max: u32) -> Vec<u8> {
+    Message::Hello(Hello {
+        magic: MAGIC,
+        version_min: PROTOCOL_VERSION,
+        version_max: PROTOCOL_VERSION,
+        node: NodeName::new(PEER).unwrap(),
+        store_id: [7; 16],
+        capabilities: 0,
+        frame_bytes_max,
+    })
+    .to_frame()
+}
+
+fn summary_of_nothing() -> Vec<u8> {
+    Message::Summary(Summary {
+        entries: vec![],
+        last: true,
+    })
+    .to_frame()
+}
+
+/// Everything `node` releases on `sid`, decoded as a peer that accepts frames of `limit` bytes
+/// decodes it: a frame over the limit fails here.
+fn receive(node: &mut Node<MemStore>, sid: SessionId, limit: u32) -> Vec<Message> {
+    let mut decoder = FrameDecoder::new(limit);
+    let mut out = Vec::new();
+    while let Some(frame) = node.poll_transmit(sid) {
+        decoder.push(&frame);
+        while let Some(m) = decoder
+            .next_message()
+            .unwrap_or_else(|e| panic!("a frame over the peer's limit of {limit}: {e}"))
+        {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Hands `frame` to the node and makes what it committed durable (as its shell would).
+fn input(node: &mut Node<MemStore>, sid: SessionId, frame: &[u8], now_ms: u64) {
+    node.handle_input(sid, frame, now_ms);
+    persist(node);
+}
+
+fn closed(node: &mut Node<MemStore>) -> Option<CloseCode> {
+    let mut code = None;
+    while let Some(e) = node.poll_event() {
+        if let Event::SessionClosed { code: c, .. } = e {
+            code = c;
+        }
+    }
+    code
+}
+
+/// A node holding `docs` sensor documents of `readings` readings each, all durable, that
+/// accepts changes of up to 8 KiB (so a peer may announce the smallest frame limit).
+fn node_with(docs: usize, readings: usize) -> Node<MemStore> {
+    let mut node = open(0, MemStore::new(), 1, |c| c.change_bytes_max = 8 * 1024);
+    for d in 0..docs {
+        for r in 0..readings {
+            let reading = Reading::from_json(
+                format!("r{r}"),
+                r as i64,
+                &json!({"temp": 20.5, "site": "hall-b", "n": r}),
+            )
+            .unwrap();
+            node.ingest(&doc(&format!("site/sensor-{d:04}")), &[reading], 0)
+                .unwrap();
+        }
+    }
+    persist(&mut node);
+    node
+}
+
+// A peer that accepts the smallest frames gets a summary of 800 documents split across frames
+// that each fit, every document once; then Changes frames that each fit, exactly as many
+// batches in flight as the window allows until it acknowledges one, and then one more.
+#[test]
+fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
+    let mut node = node_with(800, 3);
+    let window = node.config().inflight_batches_max;
+    let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+    input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
+    let first = receive(&mut node, sid, FRAME_BYTES_MIN);
+    let summaries: Vec<&Summary> = first
+        .iter()
+        .filter_map(|m| match m {
+            Message::Summary(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(summaries.len() > 1, "800 clocks take several frames");
+    let lasts: Vec<bool> = summaries.iter().map(|s| s.last).collect();
+    assert_eq!(lasts.iter().filter(|l| **l).count(), 1);
+    assert_eq!(lasts.last(), Some(&true), "only the final frame says last");
+    assert!(summaries.iter().all(|s| !s.entries.is_empty()));
+    let mut named: Vec<String> = summaries
+        .iter()
+        .flat_map(|s| s.entries.iter().map(|e| e.doc.as_str().to_string()))
+        .collect();
+    assert_eq!(named.len(), 800);
+    named.dedup();
+    assert_eq!(named.len(), 800, "every document once, in order");
+
+    input(&mut node, sid, &summary_of_nothing(), 0);
+    let sent = receive(&mut node, sid, FRAME_BYTES_MIN);
+    let batches: Vec<u64> = sent
+        .iter()
+        .filter_map(|m| match m {
+            Message::Changes(c) => Some(c.batch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches.len(), window, "the window is full: {batches:?}");
+    assert!(!node.is_idle(), "batches are in flight");
+    // Nothing more until an acknowledgement.
+    node.handle_timeout(1);
+    assert!(receive(&mut node, sid, FRAME_BYTES_MIN).is_empty());
+    let ack = Message::Ack(Ack {
+        batch: batches[0],
+        clocks: vec![],
+        last: true,
+    });
+    input(&mut node, sid, &ack.to_frame(), 2);
+    let more = receive(&mut node, sid, FRAME_BYTES_MIN);
+    let again = more
+        .iter()
+        .filter(|m| matches!(m, Message::Changes(_)))
+        .count();
+    assert_eq!(again, 1, "one acknowledged batch frees one place");
+    assert_eq!(closed(&mut node), None);
+    assert_eq!(node.sessions()[0].inflight_batches, window);
+
+    // The counters (shown as metrics) say what happened, while the session lives and after.
+    let changes_sent: u64 = sent
+        .iter()
+        .chain(&more)
+        .map(|m| match m {
+            Message::Changes(c) => c.docs.iter().map(|d| d.changes.len() as u64).sum(),
+            _ => 0,
+        })
+        .sum();
+    let frames_out = (first.len() + sent.len() + more.len()) as u64;
+    let bytes_out: u64 = first
+        .iter()
+        .chain(&sent)
+        .chain(&more)
+        .map(|m| m.to_frame().len() as u64)
+        .sum();
+    let frames_in = [hello(FRAME_BYTES_MIN), summary_of_nothing(), ack.to_frame()];
+    let check = |t: edgesync_proto::SessionStats| {
+        assert_eq!(t.frames_out, frames_out);
+        assert_eq!(t.bytes_out, bytes_out);
+        assert_eq!(t.frames_in, frames_in.len() as u64);
+        assert_eq!(
+            t.bytes_in,
+            frames_in.iter().map(|f| f.len() as u64).sum::<u64>()
+        );
+        assert_eq!(t.changes_sent, changes_sent);
+        assert_eq!(t.batches_acked, 1);
+    };
+    check(node.session_totals());
+    node.disconnect(sid);
+    assert!(node.sessions().is_empty());
+    check(node.session_totals());
+}
+
+// The smallest frame limit a peer may announce is FRAME_BYTES_MIN, and it must hold this
+// node's largest change with the Changes overhead: one byte less is refused.
+#[test]
+fn a_peer_frame_limit_is_accepted_from_exactly_what_this_node_needs() {
+    let need = 8 * 1024 + CHANGES_OVERHEAD_BYTES;
+    // 8 KiB changes: the floor is FRAME_BYTES_MIN (16 KiB).
+    for (limit, ok) in [(FRAME_BYTES_MIN - 1, false), (FRAME_BYTES_MIN, true)] {
+        let mut node = open(0, MemStore::new(), 1, |c| c.change_bytes_max = 8 * 1024);
+        let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+        input(&mut node, sid, &hello(limit), 0);
+        let code = closed(&mut node);
+        assert_eq!(code.is_none(), ok, "limit {limit}: {code:?}");
+        if !ok {
+            assert_eq!(code, Some(CloseCode::LimitsIncompatible));
+        }
+    }
+    // 16 KiB changes: the floor is what the largest change needs.
+    let need_16 = 16 * 1024 + CHANGES_OVERHEAD_BYTES;
+    assert!(need < need_16);
+    for (limit, ok) in [(need_16 - 1, false), (need_16, true)] {
+        let mut node = open(0, MemStore::new(), 1, |c| c.change_bytes_max = 16 * 1024);
+        let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+        input(&mut node, sid, &hello(limit), 0);
+        let code = closed(&mut node);
+        assert_eq!(code.is_none(), ok, "limit {limit}: {code:?}");
+    }
+}
+
+// A session that never finishes its handshake closes at the handshake timeout, not before; a
+// live session whose batch is never acknowledged closes at the acknowledgement timeout after
+// the batch was sent, not before.
+#[test]
+fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
+    let mut node = node_with(3, 2);
+    let (handshake, ack) = (
+        node.config().handshake_timeout_ms,
+        node.config().ack_timeout_ms,
+    );
+    let opened = 1_000;
+    let sid = node.connect(NodeName::new(PEER).unwrap(), opened);
+    assert_eq!(node.poll_timeout(), Some(opened + handshake));
+    node.handle_timeout(opened + handshake - 1);
+    assert_eq!(closed(&mut node), None);
+    node.handle_timeout(opened + handshake);
+    assert_eq!(closed(&mut node), Some(CloseCode::Timeout));
+    let _ = receive(&mut node, sid, FRAME_BYTES_MIN);
+
+    // Time goes on (the node's clock never runs backwards).
+    let opened = opened + handshake + 1_000;
+    let sid = node.connect(NodeName::new(PEER).unwrap(), opened);
+    input(&mut node, sid, &hello(FRAME_BYTES_MIN), opened);
+    let sent_at = opened + 500;
+    input(&mut node, sid, &summary_of_nothing(), sent_at);
+    let sent = receive(&mut node, sid, FRAME_BYTES_MIN);
+    assert!(sent.iter().any(|m| matches!(m, Message::Changes(_))));
+    assert_eq!(node.poll_timeout(), Some(sent_at + ack));
+    node.handle_timeout(sent_at + ack - 1);
+    assert_eq!(closed(&mut node), None);
+    node.handle_timeout(sent_at + ack);
+    assert_eq!(closed(&mut node), Some(CloseCode::Timeout));
+}
