@@ -9,7 +9,9 @@ use edgesync_proto::wire::{
     Ack, FrameDecoder, Hello, Message, Summary, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_MIN, MAGIC,
     PROTOCOL_VERSION,
 };
-use edgesync_proto::{CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId};
+use edgesync_proto::{
+    CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId, SessionStats,
+};
 use serde_json::json;
 
 const PEER: &str = "peer";
@@ -59,13 +61,23 @@ fn input(node: &mut Node<MemStore>, sid: SessionId, frame: &[u8], now_ms: u64) {
 }
 
 fn closed(node: &mut Node<MemStore>) -> Option<CloseCode> {
-    let mut code = None;
+    closed_why(node).map(|(c, _)| c)
+}
+
+/// The code and reason of the last session closed since the last call.
+fn closed_why(node: &mut Node<MemStore>) -> Option<(CloseCode, String)> {
+    let mut last = None;
     while let Some(e) = node.poll_event() {
-        if let Event::SessionClosed { code: c, .. } = e {
-            code = c;
+        if let Event::SessionClosed {
+            code: Some(c),
+            reason,
+            ..
+        } = e
+        {
+            last = Some((c, reason));
         }
     }
-    code
+    last
 }
 
 /// A node holding `docs` sensor documents of `readings` readings each, all durable, that
@@ -80,7 +92,8 @@ fn node_with(docs: usize, readings: usize) -> Node<MemStore> {
                 &json!({"temp": 20.5, "site": "hall-b", "n": r}),
             )
             .unwrap();
-            node.ingest(&doc(&format!("site/sensor-{d:04}")), &[reading], 0)
+            // Names of several lengths, so that entries do not tile a frame exactly.
+            node.ingest(&doc(&format!("site/sensor-{d}")), &[reading], 0)
                 .unwrap();
         }
     }
@@ -115,8 +128,9 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
         .flat_map(|s| s.entries.iter().map(|e| e.doc.as_str().to_string()))
         .collect();
     assert_eq!(named.len(), 800);
+    named.sort();
     named.dedup();
-    assert_eq!(named.len(), 800, "every document once, in order");
+    assert_eq!(named.len(), 800, "every document once");
 
     input(&mut node, sid, &summary_of_nothing(), 0);
     let sent = receive(&mut node, sid, FRAME_BYTES_MIN);
@@ -164,7 +178,7 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
         .map(|m| m.to_frame().len() as u64)
         .sum();
     let frames_in = [hello(FRAME_BYTES_MIN), summary_of_nothing(), ack.to_frame()];
-    let check = |t: edgesync_proto::SessionStats| {
+    let check = |t: SessionStats| {
         assert_eq!(t.frames_out, frames_out);
         assert_eq!(t.bytes_out, bytes_out);
         assert_eq!(t.frames_in, frames_in.len() as u64);
@@ -225,8 +239,13 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
     node.handle_timeout(opened + handshake - 1);
     assert_eq!(closed(&mut node), None);
     node.handle_timeout(opened + handshake);
-    assert_eq!(closed(&mut node), Some(CloseCode::Timeout));
-    let _ = receive(&mut node, sid, FRAME_BYTES_MIN);
+    let (code, reason) = closed_why(&mut node).expect("closed");
+    assert_eq!(code, CloseCode::Timeout);
+    assert!(reason.contains("handshake"), "{reason}");
+    // Once its Close is handed out, the node forgets the session.
+    let last = receive(&mut node, sid, FRAME_BYTES_MIN);
+    assert!(matches!(last.last(), Some(Message::Close(_))), "{last:?}");
+    assert!(node.sessions().is_empty());
 
     // Time goes on (the node's clock never runs backwards).
     let opened = opened + handshake + 1_000;
@@ -236,9 +255,89 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
     input(&mut node, sid, &summary_of_nothing(), sent_at);
     let sent = receive(&mut node, sid, FRAME_BYTES_MIN);
     assert!(sent.iter().any(|m| matches!(m, Message::Changes(_))));
+    // Everything is sent and one batch waits for its acknowledgement: not idle.
+    assert_eq!(node.sessions()[0].inflight_batches, 1);
+    assert!(!node.is_idle());
     assert_eq!(node.poll_timeout(), Some(sent_at + ack));
     node.handle_timeout(sent_at + ack - 1);
     assert_eq!(closed(&mut node), None);
     node.handle_timeout(sent_at + ack);
-    assert_eq!(closed(&mut node), Some(CloseCode::Timeout));
+    let (code, reason) = closed_why(&mut node).expect("closed");
+    assert_eq!(code, CloseCode::Timeout);
+    assert!(reason.contains("acknowledgement"), "{reason}");
+}
+
+// The summary goes out before the peer's Hello is read, so it is cut for the smallest frame
+// every peer accepts (FRAME_BYTES_MIN); each frame fits that and is full: the next frame's
+// first entry would not have fitted in it (up to a small reserve for the message's fields).
+#[test]
+fn summary_frames_are_cut_for_the_smallest_limit_and_are_full() {
+    let mut node = node_with(800, 1);
+    let empty = Message::Summary(Summary {
+        entries: vec![],
+        last: false,
+    })
+    .to_frame()
+    .len();
+    let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+    input(&mut node, sid, &hello(4 * FRAME_BYTES_MIN), 0);
+    let frames: Vec<Summary> = receive(&mut node, sid, FRAME_BYTES_MIN)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Summary(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert!(frames.len() > 1, "{} summary frames", frames.len());
+    assert_eq!(frames.iter().map(|s| s.entries.len()).sum::<usize>(), 800);
+    let limit = FRAME_BYTES_MIN as usize;
+    for pair in frames.windows(2) {
+        let len = Message::Summary(pair[0].clone()).to_frame().len();
+        let next = Message::Summary(Summary {
+            entries: vec![pair[1].entries[0].clone()],
+            last: false,
+        })
+        .to_frame()
+        .len()
+            - empty;
+        assert!(
+            len + next > limit - 64,
+            "a frame of {len} bytes had room for the next entry ({next})"
+        );
+    }
+}
+
+// Totals over sessions add every counter (the node's metrics are these totals).
+#[test]
+fn session_counters_add_field_by_field() {
+    let a = SessionStats {
+        frames_in: 1,
+        frames_out: 2,
+        bytes_in: 3,
+        bytes_out: 4,
+        changes_sent: 5,
+        changes_received: 6,
+        changes_applied: 7,
+        changes_duplicate: 8,
+        changes_buffered: 9,
+        batches_acked: 10,
+    };
+    let mut t = a.clone();
+    t.add(&a);
+    t.add(&a);
+    assert_eq!(
+        t,
+        SessionStats {
+            frames_in: 3,
+            frames_out: 6,
+            bytes_in: 9,
+            bytes_out: 12,
+            changes_sent: 15,
+            changes_received: 18,
+            changes_applied: 21,
+            changes_duplicate: 24,
+            changes_buffered: 27,
+            batches_acked: 30,
+        }
+    );
 }
