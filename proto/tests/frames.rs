@@ -142,6 +142,16 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
         })
         .collect();
     assert_eq!(batches.len(), window, "the window is full: {batches:?}");
+    // With more to send, each batch is filled close to the frame limit (changes are small).
+    for m in &sent {
+        if let Message::Changes(_) = m {
+            let len = m.to_frame().len();
+            assert!(
+                len * 10 > FRAME_BYTES_MIN as usize * 6,
+                "a batch of {len} bytes where {FRAME_BYTES_MIN} fit"
+            );
+        }
+    }
     assert!(!node.is_idle(), "batches are in flight");
     // Nothing more until an acknowledgement.
     node.handle_timeout(1);
@@ -340,4 +350,54 @@ fn session_counters_add_field_by_field() {
             batches_acked: 30,
         }
     );
+}
+
+// A peer that acknowledges a batch but reports lacking one of its documents (it could not
+// apply them, say after a causal gap) is sent that document again in the same session; the
+// documents it reports holding are not resent.
+#[test]
+fn a_document_the_ack_says_is_missing_is_sent_again() {
+    let mut node = node_with(3, 2);
+    let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+    input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
+    let clocks: Vec<_> = receive(&mut node, sid, FRAME_BYTES_MIN)
+        .into_iter()
+        .flat_map(|m| match m {
+            Message::Summary(s) => s.entries,
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(clocks.len(), 3);
+    input(&mut node, sid, &summary_of_nothing(), 0);
+    let first: Vec<_> = receive(&mut node, sid, FRAME_BYTES_MIN)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Changes(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(first.len(), 1, "three small documents, one batch");
+    assert_eq!(first[0].docs.len(), 3);
+    // The peer holds the first two documents, and nothing of the third.
+    let mut acked = clocks.clone();
+    acked[2].clock = Default::default();
+    let ack = Message::Ack(Ack {
+        batch: first[0].batch,
+        clocks: acked,
+        last: true,
+    });
+    input(&mut node, sid, &ack.to_frame(), 1);
+    let again: Vec<_> = receive(&mut node, sid, FRAME_BYTES_MIN)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Changes(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let resent: Vec<_> = again
+        .iter()
+        .flat_map(|c| c.docs.iter().map(|d| d.doc.clone()))
+        .collect();
+    assert_eq!(resent, vec![clocks[2].doc.clone()]);
+    assert_eq!(closed(&mut node), None);
 }
