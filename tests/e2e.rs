@@ -774,3 +774,40 @@ fn a_panic_on_any_thread_exits_the_process() {
     assert!(started.elapsed() < Duration::from_secs(5), "exited at once");
     assert!(err.contains("planted panic"), "{err}");
 }
+
+/// A gateway restarted 600 times (SIGTERM, and SIGKILL every 50th time), writing one reading
+/// into the same document each time: every write succeeds, and the document's clock holds one
+/// actor of the node's besides the genesis (a new actor per start filled its 512 after 511).
+#[test]
+fn six_hundred_restarts_keep_the_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
+    let mut gw = Node::start(dir.path(), &pki, NodeSpec::named("gw-1"));
+    let doc = "site-a/t1";
+    for i in 0..600 {
+        let r = gw.ingest(doc, &format!("r{i}"), 1_700_000_000_000 + i, 20.0);
+        assert_eq!(r["duplicate"], false, "start {i}: {r}");
+        if i % 50 == 49 {
+            gw.kill9();
+        } else {
+            let st = gw.terminate();
+            assert!(st.success(), "start {i}: exit {st}: {}", gw.logs());
+        }
+        gw.spawn();
+    }
+    assert_eq!(gw.reading_ids(doc).len(), 600);
+    gw.terminate();
+    let out = cli_ok(&[
+        "check",
+        "--data-dir",
+        dir.path().join("data/gw-1").to_str().unwrap(),
+        "--name",
+        "gw-1",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["readings"], 600);
+    assert_eq!(
+        v["actors_max"], 2,
+        "the genesis actor and the node's one: {v}"
+    );
+}

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgesync::node::{DurableNode, NodeOptions};
-use edgesync::store::schema::{self, CF_CHANGES, CF_META, KEY_SCHEMA};
+use edgesync::store::schema::{self, CF_CHANGES, CF_META, KEY_NODE, KEY_SCHEMA};
 use edgesync::store::{Durability, OpenError, RocksStore};
 use edgesync_proto::{Boot, Config, DocId, IngestOutcome, Node, NodeName, Reading};
 use serde_json::json;
@@ -432,4 +432,76 @@ fn column_families_get_the_store_options() {
         checked += 1;
     }
     assert!(checked >= 7, "every column family of the schema: {checked}");
+}
+
+// A store written before actors were kept (logical schema 1: no actor epoch in the node's
+// metadata) opens, takes an actor once, and keeps it from then on: across a clean stop, and
+// across an unclean one with `fsync` durability; with `wal` an unclean stop ends it.
+#[test]
+fn a_store_from_before_kept_actors_takes_one_and_keeps_it() {
+    #[derive(serde::Serialize)]
+    struct MetaV1 {
+        schema_version: u32,
+        name: NodeName,
+        store_id: [u8; 16],
+        incarnation: u64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let name = NodeName::new("n1").unwrap();
+    drop(
+        Node::open(
+            RocksStore::open(dir.path(), Durability::Fsync).unwrap(),
+            config(),
+            boot(1),
+        )
+        .unwrap(),
+    );
+    {
+        let names: Vec<String> =
+            rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        let cf = db.cf_handle(CF_META).unwrap();
+        let v1 = MetaV1 {
+            schema_version: 1,
+            name: name.clone(),
+            store_id: [4; 16],
+            incarnation: 5,
+        };
+        let bytes = postcard::to_allocvec(&v1).unwrap();
+        db.put_cf(&cf, KEY_NODE, schema::seal(CF_META, KEY_NODE, bytes))
+            .unwrap();
+    }
+    let open = |b: u8, durability: Durability| {
+        let mut cfg = config();
+        cfg.keep_actor_after_crash = durability == Durability::Fsync;
+        Node::open(
+            RocksStore::open(dir.path(), durability).unwrap(),
+            cfg,
+            boot(b),
+        )
+        .unwrap()
+    };
+    let mut n = open(2, Durability::Fsync);
+    assert_eq!(n.meta().incarnation, 6);
+    assert_eq!(n.meta().store_id, [4; 16], "the store id survives");
+    assert_eq!(n.meta().actor_epoch, 1);
+    let first = n.actor();
+    let seq = n.record_clean_stop().unwrap();
+    assert!(n.store().syncer().sync().unwrap() >= seq);
+    drop(n);
+    let n = open(3, Durability::Fsync);
+    assert!(n.last_stop_was_clean());
+    assert_eq!(n.actor(), first, "kept across a clean stop");
+    drop(n);
+    let n = open(4, Durability::Fsync);
+    assert!(!n.last_stop_was_clean());
+    assert_eq!(n.actor(), first, "kept across an unclean stop with fsync");
+    drop(n);
+    let n = open(5, Durability::Wal);
+    assert_ne!(
+        n.actor(),
+        first,
+        "a new actor after an unclean stop with wal"
+    );
+    assert_eq!(n.meta().actor_epoch, 2);
 }

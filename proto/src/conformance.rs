@@ -61,6 +61,9 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
         name: peer("n"),
         store_id: [3; 16],
         incarnation: 7,
+        actor_epoch: 3,
+        actor_nonce: [5; 16],
+        running: true,
     };
     let dm = DocMeta {
         clock: clock(&[(1, 2)]),

@@ -215,19 +215,20 @@ impl fmt::Debug for NodeName {
     }
 }
 
-/// The Automerge actor a node authors with during one incarnation (one process lifetime over
-/// one store).
+/// The Automerge actor a node authors with during one actor epoch (kept across restarts; see
+/// `Node::open`).
 ///
-/// Hazard 2: a node must never author two different changes with the same (actor, seq). The
-/// incarnation counter is persisted and raised before every open, and `boot_nonce` is fresh
-/// randomness from the shell, so even a store restored from an old backup (whose counter went
-/// back) authors under a new actor.
-pub fn derive_actor(node: &NodeName, incarnation: u64, boot_nonce: &[u8; 16]) -> Actor {
+/// Hazard 2: a node must never let anyone see two different changes with the same
+/// (actor, seq). The epoch is persisted and raised when an open cannot prove that nothing
+/// sent was lost, and `epoch_nonce` is fresh randomness from the shell chosen when the epoch
+/// was raised, so two opens that both raise from the same stored epoch (the first one's
+/// record lost in a crash) still take different actors.
+pub fn derive_actor(node: &NodeName, epoch: u64, epoch_nonce: &[u8; 16]) -> Actor {
     let mut h = blake3::Hasher::new_derive_key("edgesync actor v1");
     h.update(&(node.as_str().len() as u64).to_be_bytes());
     h.update(node.as_str().as_bytes());
-    h.update(&incarnation.to_be_bytes());
-    h.update(boot_nonce);
+    h.update(&epoch.to_be_bytes());
+    h.update(epoch_nonce);
     let mut out = [0u8; 16];
     out.copy_from_slice(&h.finalize().as_bytes()[..16]);
     Actor(out)
@@ -323,9 +324,9 @@ mod tests {
         assert!(NodeName::new("x".repeat(129)).is_err());
     }
 
-    // Hazard 2: a restart (new incarnation or new nonce) never yields the same actor.
+    // Hazard 2: a new epoch or a new nonce never yields the same actor.
     #[test]
-    fn actors_differ_per_incarnation_and_boot() {
+    fn actors_differ_per_epoch_and_nonce() {
         let n = NodeName::new("gw-1").unwrap();
         let a = derive_actor(&n, 1, &[0; 16]);
         assert_ne!(a, derive_actor(&n, 2, &[0; 16]));

@@ -15,7 +15,7 @@ use crate::vclock::{Actor, VectorClock};
 
 /// Version of the logical schema behind this trait (document metadata, change index,
 /// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
-pub const LOGICAL_SCHEMA_VERSION: u32 = 1;
+pub const LOGICAL_SCHEMA_VERSION: u32 = 2;
 
 /// Node-wide metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,8 +27,19 @@ pub struct NodeMeta {
     /// Random id of this store, fixed at creation. Peers key their receipts by it, so a node
     /// whose store was wiped is recognised and resynchronised in full.
     pub store_id: [u8; 16],
-    /// Raised, durably, on every open; part of the actor derivation (hazard 2).
+    /// Raised, durably, on every open (shown in status; counts restarts).
     pub incarnation: u64,
+    /// Epoch of this node's authoring actor, raised only when an open cannot prove that
+    /// nothing this node authored and sent was lost (hazard 2); 0 in a store written before
+    /// actors were kept. Part of the actor derivation.
+    pub actor_epoch: u64,
+    /// Random bytes chosen when the epoch was raised; part of the actor derivation, so that
+    /// two opens that both raise from the same stored epoch (the first one's record lost)
+    /// still take different actors.
+    pub actor_nonce: [u8; 16],
+    /// True from an open until a clean stop is recorded: found true by an open, the previous
+    /// run ended without one.
+    pub running: bool,
 }
 
 /// Per-document metadata.

@@ -330,9 +330,12 @@ fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
     let mut node = Node::open(store, Config::new(name), boot).context("opening the node")?;
     let docs: Vec<DocId> = node.docs().map(|(d, _)| d.clone()).collect();
     let mut readings = 0usize;
+    // The most actors in any one document's clock.
+    let mut actors_max = 0usize;
     for doc in &docs {
         node.verify_clock(doc)
             .with_context(|| format!("verifying {doc}"))?;
+        actors_max = actors_max.max(node.clock(doc).map_or(0, |c| c.len()));
         if let Ok(Some(view)) = node.sensor_view(doc) {
             anyhow::ensure!(
                 view.invalid.is_empty(),
@@ -342,9 +345,16 @@ fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
             readings += view.readings.len();
         }
     }
+    // Checking authors nothing: record a clean stop only if the last run had one, so that an
+    // unclean stop before the check is still seen by the next run.
+    if node.last_stop_was_clean() {
+        let seq = node.record_clean_stop().context("recording a clean stop")?;
+        let durable = node.store().syncer().sync().context("syncing the store")?;
+        anyhow::ensure!(durable >= seq, "the clean stop was not made durable");
+    }
     println!(
         "{}",
-        serde_json::json!({"ok": true, "docs": docs.len(), "readings": readings})
+        serde_json::json!({"ok": true, "docs": docs.len(), "readings": readings, "actors_max": actors_max})
     );
     Ok(())
 }

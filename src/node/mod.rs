@@ -441,7 +441,13 @@ impl DurableNode {
             nonce: random16()?,
             new_store_id: random16()?,
         };
-        let node = Node::open(store, opts.config.clone(), boot)?;
+        let mut config = opts.config.clone();
+        if opts.durability == Durability::Wal {
+            // A commit reported durable is only written: a power cut may lose changes that
+            // already left, so an unclean stop must end this actor (hazard 2).
+            config.keep_actor_after_crash = false;
+        }
+        let node = Node::open(store, config, boot)?;
         assert_eq!(
             node.commit_seq(),
             syncer.commits(),
@@ -824,6 +830,13 @@ impl Core {
         }
         self.node.shutdown();
         self.pump();
+        // A clean stop: the next open keeps the actor whatever the durability (the record is
+        // durable only with everything before it).
+        if !self.node.is_poisoned() {
+            if let Err(e) = self.node.record_clean_stop() {
+                tracing::warn!(error = %e, "could not record a clean stop");
+            }
+        }
         // Answer what is still waiting with one last sync.
         let syncer = self.node.store().syncer();
         self.durable(syncer.sync().map_err(Arc::new));

@@ -365,11 +365,35 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// Node metadata as logical schema version 1 wrote it (a prefix of every later version).
+#[derive(serde::Deserialize)]
+struct NodeMetaV1 {
+    schema_version: u32,
+    name: edgesync_proto::NodeName,
+    store_id: [u8; 16],
+    incarnation: u64,
+}
+
 impl Store for RocksStore {
     fn node_meta(&self) -> Result<Option<NodeMeta>, StoreError> {
-        self.get(CF_META, KEY_NODE)?
-            .map(|v| open_postcard(CF_META, KEY_NODE, &v))
-            .transpose()
+        let Some(v) = self.get(CF_META, KEY_NODE)? else {
+            return Ok(None);
+        };
+        // Every version starts with the fields of version 1 (postcard reads a prefix).
+        let v1: NodeMetaV1 = open_postcard(CF_META, KEY_NODE, &v)?;
+        if v1.schema_version >= 2 {
+            return open_postcard(CF_META, KEY_NODE, &v).map(Some);
+        }
+        // Version 1 had no kept actor: epoch 0 makes the next open take one.
+        Ok(Some(NodeMeta {
+            schema_version: v1.schema_version,
+            name: v1.name,
+            store_id: v1.store_id,
+            incarnation: v1.incarnation,
+            actor_epoch: 0,
+            actor_nonce: [0; 16],
+            running: true,
+        }))
     }
 
     fn docs(&self) -> Result<Vec<(DocId, DocMeta)>, StoreError> {

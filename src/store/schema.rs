@@ -22,7 +22,7 @@
 //! | name | key | value payload |
 //! |---|---|---|
 //! | `meta.v1` | `b"schema"` | `u32` BE schema version (read first, before anything else) |
-//! | `meta.v1` | `b"node"` | `NodeMeta` (name, store id, incarnation) |
+//! | `meta.v1` | `b"node"` | `NodeMeta` (logical schema version, name, store id, incarnation; from logical version 2 also actor epoch, epoch nonce, running flag) |
 //! | `docs.v1` | doc | `DocMeta` (vector clock, next order, snapshot order) |
 //! | `changes.v1` | doc ‖ order `u64` BE | `(actor [16], seq u64, hash [32], bytes)` as `StoredChange` |
 //! | `change_index.v1` | doc ‖ actor `[16]` ‖ seq `u64` BE | order `u64` BE ‖ hash `[32]` |

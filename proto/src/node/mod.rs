@@ -91,6 +91,13 @@ pub struct Config {
     /// A new snapshot is written after this many changes since the last one. Default 512:
     /// loading replays at most this many changes one by one.
     pub snapshot_changes_min: u64,
+    /// Whether every commit reported durable survives a power cut (a store that fsyncs before
+    /// reporting, as `fsync` durability does). Then nothing this node authored can have left
+    /// it and been lost, so after an unclean stop it keeps authoring under the same actor.
+    /// When false (`wal` durability: durable means written, not synced), an open after an
+    /// unclean stop takes a new actor, since a change that peers hold may have been lost here
+    /// and its sequence number would be reused (hazard 2). Default true.
+    pub keep_actor_after_crash: bool,
     /// A planted bug for checker tests (feature `testing` only).
     #[cfg(feature = "testing")]
     pub danger_canary: Canary,
@@ -128,6 +135,7 @@ impl Config {
             session_actors_max: 50_000,
             docs_loaded_max: 1024,
             snapshot_changes_min: 512,
+            keep_actor_after_crash: true,
             #[cfg(feature = "testing")]
             danger_canary: Canary::None,
         }
@@ -186,7 +194,8 @@ impl Config {
 /// What the shell supplies at open: fresh randomness the core may not make itself.
 #[derive(Clone, Copy, Debug)]
 pub struct Boot {
-    /// Fresh random bytes for this boot (part of the actor; hazard 2).
+    /// Fresh random bytes for this boot: the nonce of a new actor epoch if this open takes one
+    /// (hazard 2).
     pub nonce: [u8; 16],
     /// Random id for a store created by this open; ignored for an existing store.
     pub new_store_id: [u8; 16],
@@ -403,19 +412,30 @@ pub struct Node<S: Store> {
     events: VecDeque<Event>,
     poisoned: bool,
     dirty: BTreeSet<DocId>,
+    /// Whether the previous run recorded a clean stop.
+    last_stop_clean: bool,
 }
 
 impl<S: Store> Node<S> {
     /// Opens the node over `store`: creates the store's metadata if new, raises the
-    /// incarnation, and loads document metadata and receipts (not documents).
+    /// incarnation, settles the authoring actor, marks the store as running, and loads
+    /// document metadata and receipts (not documents).
+    ///
+    /// The actor stays the same across clean stops, and across unclean ones when
+    /// [`Config::keep_actor_after_crash`] holds; otherwise (and for a store that never had
+    /// one) the open takes a new actor epoch with this boot's nonce.
     pub fn open(mut store: S, cfg: Config, boot: Boot) -> Result<Node<S>, OpenError> {
         cfg.validate().map_err(OpenError::Config)?;
+        let mut last_stop_clean = true;
         let meta = match store.node_meta()? {
             None => NodeMeta {
                 schema_version: LOGICAL_SCHEMA_VERSION,
                 name: cfg.name.clone(),
                 store_id: boot.new_store_id,
                 incarnation: 1,
+                actor_epoch: 1,
+                actor_nonce: boot.nonce,
+                running: true,
             },
             Some(m) => {
                 if m.schema_version > LOGICAL_SCHEMA_VERSION {
@@ -430,8 +450,15 @@ impl<S: Store> Node<S> {
                         configured: cfg.name,
                     });
                 }
+                last_stop_clean = !m.running;
+                // Epoch 0: a store from before stable actors, whose actor cannot be rebuilt.
+                let new_actor = m.actor_epoch == 0 || (m.running && !cfg.keep_actor_after_crash);
                 NodeMeta {
+                    schema_version: LOGICAL_SCHEMA_VERSION,
                     incarnation: m.incarnation + 1,
+                    actor_epoch: m.actor_epoch + u64::from(new_actor),
+                    actor_nonce: if new_actor { boot.nonce } else { m.actor_nonce },
+                    running: true,
                     ..m
                 }
             }
@@ -439,7 +466,7 @@ impl<S: Store> Node<S> {
         store.commit(WriteBatch {
             ops: vec![WriteOp::PutNodeMeta(meta.clone())],
         })?;
-        let actor = derive_actor(&cfg.name, meta.incarnation, &boot.nonce);
+        let actor = derive_actor(&cfg.name, meta.actor_epoch, &meta.actor_nonce);
         let docs = store.docs()?.into_iter().collect();
         let peers = store.peers()?.into_iter().collect();
         Ok(Node {
@@ -461,7 +488,30 @@ impl<S: Store> Node<S> {
             events: VecDeque::new(),
             poisoned: false,
             dirty: BTreeSet::new(),
+            last_stop_clean,
         })
+    }
+
+    /// Whether the run before this open recorded a clean stop ([`Node::record_clean_stop`]).
+    pub fn last_stop_was_clean(&self) -> bool {
+        self.last_stop_clean
+    }
+
+    /// Records that this node stops cleanly: every commit before this one counts, so the next
+    /// open may keep the actor even where a crash would not ([`Config::keep_actor_after_crash`]).
+    /// Returns the commit number the shell must make durable; the node authors nothing after
+    /// it. A store written only up to a prefix of its commits loses this record with the rest,
+    /// and the next open then treats the stop as unclean.
+    pub fn record_clean_stop(&mut self) -> Result<u64, NodeError> {
+        let meta = NodeMeta {
+            running: false,
+            ..self.meta.clone()
+        };
+        let seq = self.commit(WriteBatch {
+            ops: vec![WriteOp::PutNodeMeta(meta.clone())],
+        })?;
+        self.meta = meta;
+        Ok(seq)
     }
 
     /// This node's name.
@@ -474,13 +524,14 @@ impl<S: Store> Node<S> {
         &self.cfg
     }
 
-    /// This incarnation's actor, from which each document's actor is derived
+    /// This node's authoring actor (stable across restarts, see [`Node::open`]), from which
+    /// each document's actor is derived
     /// ([`Node::doc_actor`]).
     pub fn actor(&self) -> Actor {
         self.actor
     }
 
-    /// The actor this incarnation authors `doc` under.
+    /// The actor this node authors `doc` under.
     pub fn doc_actor(&self, doc: &DocId) -> Actor {
         crate::id::doc_actor(self.actor, doc)
     }
