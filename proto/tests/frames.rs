@@ -142,9 +142,15 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
         })
         .collect();
     assert_eq!(batches.len(), window, "the window is full: {batches:?}");
-    // With more to send, each batch is filled close to the frame limit (changes are small).
+    // With more to send, each batch is filled close to the frame limit (changes are small),
+    // and names each of its documents once.
     for m in &sent {
-        if let Message::Changes(_) = m {
+        if let Message::Changes(c) = m {
+            let mut names: Vec<_> = c.docs.iter().map(|d| d.doc.clone()).collect();
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n, "a document named twice in one batch");
             let len = m.to_frame().len();
             assert!(
                 len * 10 > FRAME_BYTES_MIN as usize * 6,
@@ -252,6 +258,9 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
     let (code, reason) = closed_why(&mut node).expect("closed");
     assert_eq!(code, CloseCode::Timeout);
     assert!(reason.contains("handshake"), "{reason}");
+    // A closed session takes no more input, and ends once: no second event.
+    input(&mut node, sid, &hello(FRAME_BYTES_MIN), opened + handshake);
+    assert!(node.poll_event().is_none());
     // Once its Close is handed out, the node forgets the session.
     let last = receive(&mut node, sid, FRAME_BYTES_MIN);
     assert!(matches!(last.last(), Some(Message::Close(_))), "{last:?}");
@@ -275,6 +284,10 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
     let (code, reason) = closed_why(&mut node).expect("closed");
     assert_eq!(code, CloseCode::Timeout);
     assert!(reason.contains("acknowledgement"), "{reason}");
+    // The transport goes away after the Close: the session ended already, no second event.
+    node.disconnect(sid);
+    assert!(node.poll_event().is_none());
+    assert!(node.sessions().is_empty());
 }
 
 // The summary goes out before the peer's Hello is read, so it is cut for the smallest frame
