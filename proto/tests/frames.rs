@@ -414,3 +414,77 @@ fn a_document_the_ack_says_is_missing_is_sent_again() {
     assert_eq!(resent, vec![clocks[2].doc.clone()]);
     assert_eq!(closed(&mut node), None);
 }
+
+/// A reading of about `kib` KiB of incompressible text (so its change is about as large).
+fn big_reading(id: &str, kib: usize) -> Reading {
+    let mut state = id
+        .bytes()
+        .fold(0x9e37_79b9_u64, |h, b| h.rotate_left(5) ^ b as u64);
+    let mut fields = serde_json::Map::new();
+    for f in 0..kib {
+        let text: String = (0..1000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect();
+        fields.insert(format!("f{f}"), json!(text));
+    }
+    Reading::from_json(id, 1, &serde_json::Value::Object(fields)).unwrap()
+}
+
+// Changes of 2 to 7 KiB, as many as fit: each batch stays within the smallest frame limit
+// (the room left for the batch is the limit less the Changes overhead, not more), and a change
+// larger than the batch budget still goes, alone in its batch.
+#[test]
+fn large_changes_fit_the_frame_and_one_larger_than_the_budget_goes_alone() {
+    let sizes = (2..=7).map(|kib| (kib, 256 * 1024)).chain([(5, 2 * 1024)]);
+    for (kib, batch_bytes_max) in sizes {
+        let mut node = open(0, MemStore::new(), 1, |c| {
+            c.change_bytes_max = 8 * 1024;
+            c.batch_bytes_max = batch_bytes_max;
+        });
+        for d in 0..8 {
+            let r = big_reading(&format!("big-{d}"), kib);
+            node.ingest(&doc(&format!("site/big-{d}")), &[r], 0)
+                .unwrap();
+        }
+        persist(&mut node);
+        let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+        input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
+        input(&mut node, sid, &summary_of_nothing(), 0);
+        let mut sent = 0;
+        let mut batch = 0;
+        while sent < 16 {
+            let got = receive(&mut node, sid, FRAME_BYTES_MIN);
+            let changes: Vec<_> = got
+                .iter()
+                .filter_map(|m| match m {
+                    Message::Changes(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                !changes.is_empty(),
+                "budget {batch_bytes_max}: stalled after {sent}"
+            );
+            for c in &changes {
+                let n: usize = c.docs.iter().map(|d| d.changes.len()).sum();
+                if batch_bytes_max < 8 * 1024 {
+                    assert_eq!(n, 1, "a change over the budget goes alone");
+                }
+                sent += n;
+                let ack = Message::Ack(Ack {
+                    batch: c.batch,
+                    clocks: vec![],
+                    last: true,
+                });
+                batch += 1;
+                input(&mut node, sid, &ack.to_frame(), batch);
+            }
+        }
+        assert_eq!(sent, 16, "genesis and reading of each of 8 documents");
+    }
+}
