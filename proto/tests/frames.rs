@@ -6,8 +6,7 @@ mod common;
 
 use common::{doc, open, persist};
 use edgesync_proto::wire::{
-    Ack, FrameDecoder, Hello, Message, Summary, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_MIN, MAGIC,
-    PROTOCOL_VERSION,
+    Ack, Changes, FrameDecoder, Message, Summary, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_MIN,
 };
 use edgesync_proto::{
     CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId, SessionStats,
@@ -17,16 +16,7 @@ use serde_json::json;
 const PEER: &str = "peer";
 
 fn hello(frame_bytes_max: u32) -> Vec<u8> {
-    Message::Hello(Hello {
-        magic: MAGIC,
-        version_min: PROTOCOL_VERSION,
-        version_max: PROTOCOL_VERSION,
-        node: NodeName::new(PEER).unwrap(),
-        store_id: [7; 16],
-        capabilities: 0,
-        frame_bytes_max,
-    })
-    .to_frame()
+    common::hello(PEER, frame_bytes_max).to_frame()
 }
 
 fn summary_of_nothing() -> Vec<u8> {
@@ -52,6 +42,26 @@ fn receive(node: &mut Node<MemStore>, sid: SessionId, limit: u32) -> Vec<Message
         }
     }
     out
+}
+
+/// The Summary messages among `msgs`.
+fn summaries(msgs: Vec<Message>) -> Vec<Summary> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            Message::Summary(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The Changes messages among `msgs`.
+fn changes(msgs: &[Message]) -> Vec<&Changes> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Changes(c) => Some(c),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Hands `frame` to the node and makes what it committed durable (as its shell would).
@@ -111,13 +121,7 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
     let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
     input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
     let first = receive(&mut node, sid, FRAME_BYTES_MIN);
-    let summaries: Vec<&Summary> = first
-        .iter()
-        .filter_map(|m| match m {
-            Message::Summary(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let summaries = summaries(first.clone());
     assert!(summaries.len() > 1, "800 clocks take several frames");
     let lasts: Vec<bool> = summaries.iter().map(|s| s.last).collect();
     assert_eq!(lasts.iter().filter(|l| **l).count(), 1);
@@ -134,13 +138,7 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
 
     input(&mut node, sid, &summary_of_nothing(), 0);
     let sent = receive(&mut node, sid, FRAME_BYTES_MIN);
-    let batches: Vec<u64> = sent
-        .iter()
-        .filter_map(|m| match m {
-            Message::Changes(c) => Some(c.batch),
-            _ => None,
-        })
-        .collect();
+    let batches: Vec<u64> = changes(&sent).iter().map(|c| c.batch).collect();
     assert_eq!(batches.len(), window, "the window is full: {batches:?}");
     // With more to send, each batch is filled close to the frame limit (changes are small),
     // and names each of its documents once.
@@ -239,6 +237,17 @@ fn a_peer_frame_limit_is_accepted_from_exactly_what_this_node_needs() {
     }
 }
 
+/// The node's one session times out at `due`, not a millisecond before, naming `what`.
+fn times_out_at(node: &mut Node<MemStore>, due: u64, what: &str) {
+    assert_eq!(node.poll_timeout(), Some(due));
+    node.handle_timeout(due - 1);
+    assert_eq!(closed(node), None);
+    node.handle_timeout(due);
+    let (code, reason) = closed_why(node).expect("closed");
+    assert_eq!(code, CloseCode::Timeout);
+    assert!(reason.contains(what), "{reason}");
+}
+
 // A session that never finishes its handshake closes at the handshake timeout, not before; a
 // live session whose batch is never acknowledged closes at the acknowledgement timeout after
 // the batch was sent, not before.
@@ -251,13 +260,7 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
     );
     let opened = 1_000;
     let sid = node.connect(NodeName::new(PEER).unwrap(), opened);
-    assert_eq!(node.poll_timeout(), Some(opened + handshake));
-    node.handle_timeout(opened + handshake - 1);
-    assert_eq!(closed(&mut node), None);
-    node.handle_timeout(opened + handshake);
-    let (code, reason) = closed_why(&mut node).expect("closed");
-    assert_eq!(code, CloseCode::Timeout);
-    assert!(reason.contains("handshake"), "{reason}");
+    times_out_at(&mut node, opened + handshake, "handshake");
     // A closed session takes no more input, and ends once: no second event.
     input(&mut node, sid, &hello(FRAME_BYTES_MIN), opened + handshake);
     assert!(node.poll_event().is_none());
@@ -277,13 +280,7 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
     // Everything is sent and one batch waits for its acknowledgement: not idle.
     assert_eq!(node.sessions()[0].inflight_batches, 1);
     assert!(!node.is_idle());
-    assert_eq!(node.poll_timeout(), Some(sent_at + ack));
-    node.handle_timeout(sent_at + ack - 1);
-    assert_eq!(closed(&mut node), None);
-    node.handle_timeout(sent_at + ack);
-    let (code, reason) = closed_why(&mut node).expect("closed");
-    assert_eq!(code, CloseCode::Timeout);
-    assert!(reason.contains("acknowledgement"), "{reason}");
+    times_out_at(&mut node, sent_at + ack, "acknowledgement");
     // The transport goes away after the Close: the session ended already, no second event.
     node.disconnect(sid);
     assert!(node.poll_event().is_none());
@@ -304,13 +301,7 @@ fn summary_frames_are_cut_for_the_smallest_limit_and_are_full() {
     .len();
     let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
     input(&mut node, sid, &hello(4 * FRAME_BYTES_MIN), 0);
-    let frames: Vec<Summary> = receive(&mut node, sid, FRAME_BYTES_MIN)
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Summary(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let frames = summaries(receive(&mut node, sid, FRAME_BYTES_MIN));
     assert!(frames.len() > 1, "{} summary frames", frames.len());
     assert_eq!(frames.iter().map(|s| s.entries.len()).sum::<usize>(), 800);
     let limit = FRAME_BYTES_MIN as usize;
@@ -382,13 +373,8 @@ fn a_document_the_ack_says_is_missing_is_sent_again() {
         .collect();
     assert_eq!(clocks.len(), 3);
     input(&mut node, sid, &summary_of_nothing(), 0);
-    let first: Vec<_> = receive(&mut node, sid, FRAME_BYTES_MIN)
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Changes(c) => Some(c),
-            _ => None,
-        })
-        .collect();
+    let got = receive(&mut node, sid, FRAME_BYTES_MIN);
+    let first = changes(&got);
     assert_eq!(first.len(), 1, "three small documents, one batch");
     assert_eq!(first[0].docs.len(), 3);
     // The peer holds the first two documents, and nothing of the third.
@@ -400,13 +386,8 @@ fn a_document_the_ack_says_is_missing_is_sent_again() {
         last: true,
     });
     input(&mut node, sid, &ack.to_frame(), 1);
-    let again: Vec<_> = receive(&mut node, sid, FRAME_BYTES_MIN)
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Changes(c) => Some(c),
-            _ => None,
-        })
-        .collect();
+    let got = receive(&mut node, sid, FRAME_BYTES_MIN);
+    let again = changes(&got);
     let resent: Vec<_> = again
         .iter()
         .flat_map(|c| c.docs.iter().map(|d| d.doc.clone()))
@@ -459,13 +440,7 @@ fn large_changes_fit_the_frame_and_one_larger_than_the_budget_goes_alone() {
         let mut batch = 0;
         while sent < 16 {
             let got = receive(&mut node, sid, FRAME_BYTES_MIN);
-            let changes: Vec<_> = got
-                .iter()
-                .filter_map(|m| match m {
-                    Message::Changes(c) => Some(c),
-                    _ => None,
-                })
-                .collect();
+            let changes = changes(&got);
             assert!(
                 !changes.is_empty(),
                 "budget {batch_bytes_max}: stalled after {sent}"

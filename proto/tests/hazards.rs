@@ -1,10 +1,7 @@
 mod common;
 
 use common::{doc, name, open, persist, Net};
-use edgesync_proto::wire::{
-    ChangeBytes, Changes, DocChanges, Hello, Message, Summary, FRAME_BYTES_MIN, MAGIC,
-    PROTOCOL_VERSION,
-};
+use edgesync_proto::wire::{ChangeBytes, Changes, DocChanges, Message, Summary, FRAME_BYTES_MIN};
 use edgesync_proto::{CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId};
 use serde_json::json;
 
@@ -13,15 +10,7 @@ fn reading(id: &str, v: i64) -> Reading {
 }
 
 fn hello_from(node: &str) -> Message {
-    Message::Hello(Hello {
-        magic: MAGIC,
-        version_min: PROTOCOL_VERSION,
-        version_max: PROTOCOL_VERSION,
-        node: NodeName::new(node).unwrap(),
-        store_id: [9; 16],
-        capabilities: 0,
-        frame_bytes_max: 4 * 1024 * 1024,
-    })
+    common::hello(node, 4 * 1024 * 1024)
 }
 
 /// A peer driven by hand sends one change of `d` as batch 0.

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use edgesync_proto::wire::{Hello, Message, MAGIC, PROTOCOL_VERSION};
 use edgesync_proto::{Boot, Config, DocId, Event, MemStore, Node, NodeName, SessionId};
 
 pub fn name(i: usize) -> NodeName {
@@ -22,6 +23,19 @@ pub fn open(i: usize, store: MemStore, seed: u64, tweak: impl Fn(&mut Config)) -
     let mut cfg = Config::new(name(i));
     tweak(&mut cfg);
     Node::open(store, cfg, boot(seed)).unwrap()
+}
+
+/// The Hello a peer named `node` that accepts frames of `frame_bytes_max` bytes sends.
+pub fn hello(node: &str, frame_bytes_max: u32) -> Message {
+    Message::Hello(Hello {
+        magic: MAGIC,
+        version_min: PROTOCOL_VERSION,
+        version_max: PROTOCOL_VERSION,
+        node: NodeName::new(node).unwrap(),
+        store_id: [9; 16],
+        capabilities: 0,
+        frame_bytes_max,
+    })
 }
 
 pub fn doc(s: &str) -> DocId {
