@@ -518,6 +518,7 @@ fn changes_relay_across_three_hops_and_events_stream() {
     ] {
         assert!(metrics.contains(m), "{m} missing from:\n{metrics}");
     }
+    assert_eq!(gw.status()["healthy"], true);
 }
 
 /// A gateway killed with SIGKILL while a client is ingesting loses nothing it acknowledged:

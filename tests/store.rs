@@ -505,3 +505,83 @@ fn a_store_from_before_kept_actors_takes_one_and_keeps_it() {
     );
     assert_eq!(n.meta().actor_epoch, 2);
 }
+
+// The syncer's counters, which /v1/status and the metrics show: commits made, commits durable
+// (with `fsync` only once synced; with `wal` at once), bytes written, and health.
+#[test]
+fn the_syncer_counts_commits_durability_and_bytes() {
+    use edgesync_proto::store::{NodeMeta, WriteBatch, WriteOp};
+    use edgesync_proto::Store;
+    for durability in [Durability::Fsync, Durability::Wal] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(dir.path(), durability).unwrap();
+        let syncer = store.syncer();
+        assert_eq!((syncer.commits(), syncer.durable()), (0, 0));
+        for i in 0..3 {
+            let meta = NodeMeta {
+                schema_version: 2,
+                name: NodeName::new("n1").unwrap(),
+                store_id: [1; 16],
+                incarnation: i,
+                actor_epoch: 1,
+                actor_nonce: [2; 16],
+                running: true,
+            };
+            store
+                .commit(WriteBatch {
+                    ops: vec![WriteOp::PutNodeMeta(meta)],
+                })
+                .unwrap();
+        }
+        assert_eq!(syncer.commits(), 3);
+        let before_sync = if durability == Durability::Fsync {
+            0
+        } else {
+            3
+        };
+        assert_eq!(syncer.durable(), before_sync, "{durability:?}");
+        assert_eq!(syncer.sync().unwrap(), 3);
+        assert_eq!(syncer.durable(), 3);
+        assert!(
+            syncer.bytes_written() > 3 * 20,
+            "{}",
+            syncer.bytes_written()
+        );
+        assert!(syncer.is_healthy());
+    }
+}
+
+// A directory with a column family this version does not know (one a later version added)
+// still opens: every column family on disk is opened, as RocksDB requires.
+#[test]
+fn a_column_family_from_a_later_version_does_not_stop_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(RocksStore::open(dir.path(), Durability::Fsync).unwrap());
+    {
+        let names: Vec<String> =
+            rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        let mut db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        db.create_cf("later.v9", &rocksdb::Options::default())
+            .unwrap();
+    }
+    RocksStore::open(dir.path(), Durability::Fsync).expect("opens with the extra family");
+}
+
+// Only a lock held by another process is reported as "in use"; another failure to open (here
+// the data directory is a file) is reported as what it is.
+#[test]
+fn an_open_failure_that_is_not_a_lock_is_not_reported_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = RocksStore::open(&file, Durability::Fsync)
+        .err()
+        .expect("a file is not a store");
+    assert!(!matches!(err, OpenError::Locked { .. }), "{err}");
+    let held = RocksStore::open(dir.path().join("db"), Durability::Fsync).unwrap();
+    let err = RocksStore::open(dir.path().join("db"), Durability::Fsync)
+        .err()
+        .expect("held by another open");
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+    drop(held);
+}
