@@ -323,9 +323,13 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
 fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
     let name = NodeName::new(name).context("invalid node name")?;
     let store = RocksStore::open(&data_dir, Durability::Fsync)?;
+    // Random like every open's: an open that takes a new actor epoch (a store from before
+    // epochs) takes this nonce with it, and a fixed one would give every such check one actor.
+    let random =
+        || edgesync::os::random_bytes::<16>().map_err(|e| anyhow::anyhow!("no randomness: {e}"));
     let boot = Boot {
-        nonce: [0; 16],
-        new_store_id: [0; 16],
+        nonce: random()?,
+        new_store_id: random()?,
     };
     let mut node = Node::open(store, Config::new(name), boot).context("opening the node")?;
     let docs: Vec<DocId> = node.docs().map(|(d, _)| d.clone()).collect();
