@@ -17,6 +17,12 @@ fn boot(n: u8) -> Boot {
     }
 }
 
+/// The store's RocksDB opened directly, with every column family, to plant bytes in it.
+fn raw_db(dir: &Path) -> rocksdb::DB {
+    let names: Vec<String> = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, names).unwrap()
+}
+
 fn config() -> Config {
     let mut c = Config::new(NodeName::new("n1").unwrap());
     c.snapshot_changes_min = 4;
@@ -67,9 +73,7 @@ fn flipped_byte_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let doc = write_some(dir.path());
     {
-        let names: Vec<String> =
-            rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        let db = raw_db(dir.path());
         let cf = db.cf_handle(CF_CHANGES).unwrap();
         // The last change of the document: after the snapshot, so loading must read it.
         let key = schema::change_key(&doc, 10);
@@ -115,9 +119,7 @@ fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(RocksStore::open(dir.path(), Durability::Fsync).unwrap());
     {
-        let names: Vec<String> =
-            rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        let db = raw_db(dir.path());
         let cf = db.cf_handle(CF_META).unwrap();
         db.put_cf(
             &cf,
@@ -457,9 +459,7 @@ fn a_store_from_before_kept_actors_takes_one_and_keeps_it() {
         .unwrap(),
     );
     {
-        let names: Vec<String> =
-            rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        let db = raw_db(dir.path());
         let cf = db.cf_handle(CF_META).unwrap();
         let v1 = MetaV1 {
             schema_version: 1,
@@ -558,9 +558,7 @@ fn a_column_family_from_a_later_version_does_not_stop_the_open() {
     let dir = tempfile::tempdir().unwrap();
     drop(RocksStore::open(dir.path(), Durability::Fsync).unwrap());
     {
-        let names: Vec<String> =
-            rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
-        let mut db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), names).unwrap();
+        let mut db = raw_db(dir.path());
         db.create_cf("later.v9", &rocksdb::Options::default())
             .unwrap();
     }
