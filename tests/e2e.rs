@@ -502,7 +502,13 @@ fn changes_relay_across_three_hops_and_events_stream() {
         .iter()
         .map(|d| d["doc"].as_str().unwrap())
         .collect();
-    assert_eq!(names, BTreeSet::from(["apps/settings", "edge-1/vibration"]));
+    // The stream is kept as one document per hour of reading time.
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains("apps/settings"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("edge-1/vibration/_b.")),
+        "{names:?}"
+    );
     let metrics = agent()
         .get(&format!("{}/metrics", gw.api))
         .call()
@@ -810,5 +816,176 @@ fn six_hundred_restarts_keep_the_actor() {
     assert_eq!(
         v["actors_max"], 2,
         "the genesis actor and the node's one: {v}"
+    );
+}
+
+/// Every reading of a stream by paging `GET /v1/docs/{stream}?…&after=…`, in order, and the
+/// number of pages.
+fn page_all(n: &Node, stream: &str, query: &str) -> (Vec<(i64, String)>, usize) {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = format!("{}/v1/docs/{stream}?{query}", n.api);
+        if let Some(a) = &after {
+            url += &format!("&after={a}");
+        }
+        let v = request("GET", &url, None);
+        pages += 1;
+        for (id, r) in v["readings"].as_object().unwrap() {
+            out.push((r["ts"].as_i64().unwrap(), id.clone()));
+        }
+        match &v["next"] {
+            Value::Null => return (out, pages),
+            Value::String(c) => after = Some(c.clone()),
+            other => panic!("next is {other}"),
+        }
+    }
+}
+
+// Streams over HTTP: readings of three hours land in three buckets; paging with `after`
+// yields every reading once in (ts, id) order, within `from`/`to`; `/latest` reads the newest;
+// bad range parameters are 400s; `edgesync get` pages too. A gateway that keeps an hour takes
+// only the young bucket from a cloud that keeps everything, refuses old readings with a 422
+// that says why, and the cloud counts the old buckets as held by it.
+#[test]
+fn streams_page_by_time_and_retention_keeps_what_it_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let (cloud, quic) = fast_cloud(dir.path(), &pki);
+    const HOUR: i64 = 3_600_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Three whole hours, the last ending three hours ago, 40 readings each; then 10 readings
+    // in the current hour.
+    let base = (now / HOUR - 5) * HOUR;
+    let stream = "site-a/temp-1";
+    let mut want = Vec::new();
+    for h in 0..3 {
+        for i in 0..40 {
+            let ts = base + h * HOUR + (i / 2) * 1000;
+            let id = format!("old-{h}-{i:02}");
+            cloud.ingest(stream, &id, ts, i as f64);
+            want.push((ts, id));
+        }
+    }
+    for i in 0..10 {
+        let ts = now - 1000 + i;
+        let id = format!("young-{i}");
+        cloud.ingest(stream, &id, ts, 1.0);
+        want.push((ts, id));
+    }
+    want.sort();
+    let docs = request("GET", &format!("{}/v1/docs", cloud.api), None);
+    let buckets = docs["docs"].as_array().unwrap().len();
+    assert!(
+        (4..=5).contains(&buckets),
+        "three old hours and the current one: {docs}"
+    );
+    let (got, pages) = page_all(&cloud, stream, "limit=7");
+    assert_eq!(got, want, "every reading once, in (ts, id) order");
+    assert_eq!(pages, want.len().div_ceil(7));
+    let (from, to) = (base + HOUR + 5_000, base + 2 * HOUR + 3_000);
+    let (got, _) = page_all(&cloud, stream, &format!("from={from}&to={to}&limit=9"));
+    let expect: Vec<_> = want
+        .iter()
+        .filter(|(t, _)| (from..to).contains(t))
+        .cloned()
+        .collect();
+    assert_eq!(got, expect);
+    // Without parameters: today's shape, plus `next`.
+    let all = cloud.doc(stream).unwrap();
+    assert_eq!(all["readings"].as_object().unwrap().len(), want.len());
+    assert_eq!(all["next"], Value::Null);
+    assert_eq!(all["latest"]["id"], "young-9");
+    let latest = request(
+        "GET",
+        &format!("{}/v1/docs/{stream}/latest", cloud.api),
+        None,
+    );
+    assert_eq!(latest["id"], "young-9");
+    assert_eq!(latest["ts"], now - 1000 + 9);
+    for bad in ["limit=0", "limit=10001", "after=zz", "from=soon", "limt=3"] {
+        let (status, v) = try_request(
+            "GET",
+            &format!("{}/v1/docs/{stream}?{bad}", cloud.api),
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    for missing in ["site-a/none?limit=5", "site-a/none/latest"] {
+        let (status, v) =
+            try_request("GET", &format!("{}/v1/docs/{missing}", cloud.api), None).unwrap();
+        assert_eq!(status, 404, "{missing}: {v}");
+    }
+    let out = cli_ok(&[
+        "get",
+        "--api",
+        &cloud.api,
+        "--doc",
+        stream,
+        "--from",
+        &from.to_string(),
+        "--to",
+        &to.to_string(),
+        "--limit",
+        "1000",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["readings"].as_object().unwrap().len(), expect.len());
+    let out = cli_ok(&["get", "--api", &cloud.api, "--doc", stream, "--latest"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], "young-9");
+
+    // A gateway keeping one hour.
+    let extra = format!("{FAST}[retention]\nkeep_hours = 1\n");
+    let gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            peers: vec![("cloud", quic)],
+            extra: &extra,
+            ..NodeSpec::named("gw-1")
+        },
+    );
+    wait_for(
+        "the young readings on gw-1",
+        Duration::from_secs(20),
+        || gw.reading_ids(stream).len() == 10,
+    );
+    wait_for(
+        "the cloud to count everything as held",
+        Duration::from_secs(20),
+        || cloud.status()["peers"][0]["unacked_changes"] == 0,
+    );
+    let held = request("GET", &format!("{}/v1/docs", gw.api), None);
+    assert_eq!(
+        held["docs"].as_array().unwrap().len(),
+        buckets - 3,
+        "no old bucket: {held}"
+    );
+    let (status, v) = try_request(
+        "POST",
+        &format!("{}/v1/ingest", gw.api),
+        Some(json!({"doc": stream, "id": "late", "ts": base, "fields": {"t": 1}})),
+    )
+    .unwrap();
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("older than this node keeps"),
+        "{v}"
+    );
+    // A new reading goes up to the cloud as usual.
+    gw.ingest(stream, "from-gw", now, 2.0);
+    wait_for(
+        "the gateway's reading on the cloud",
+        Duration::from_secs(20),
+        || cloud.reading_ids(stream).contains("from-gw"),
     );
 }

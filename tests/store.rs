@@ -57,7 +57,9 @@ fn write_some(dir: &Path) -> DocId {
     let store = RocksStore::open(dir, Durability::Fsync).unwrap();
     let syncer = store.syncer();
     let mut node = Node::open(store, config(), boot(1)).unwrap();
-    let doc = DocId::new("site/s1").unwrap();
+    // The stream's first-hour bucket, written to directly: the test looks at its stored keys.
+    let doc =
+        edgesync_proto::stream::Bucket::of(&DocId::new("site/s1").unwrap(), 0, 3_600_000).doc();
     for i in 0..10 {
         node.ingest(&doc, &[reading(&format!("r{i}"), i)], 1000)
             .unwrap();

@@ -39,6 +39,7 @@ pub fn check_store<S: Store>(mut fresh: impl FnMut() -> S, mut reopen: impl FnMu
     writes_read_back(fresh(), &mut reopen);
     ranges_respect_documents_and_bounds(fresh());
     peers_reset_forgets_receipts(fresh(), &mut reopen);
+    dropping_a_document_keeps_its_neighbours(fresh(), &mut reopen);
     node_state_survives_reopen(fresh(), &mut reopen);
 }
 
@@ -215,6 +216,76 @@ fn peers_reset_forgets_receipts<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -
         "reset forgets the peer's receipts"
     );
     assert_eq!(peers[&peer("p2")].clocks.len(), 1, "and only that peer's");
+}
+
+fn dropping_a_document_keeps_its_neighbours<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
+    let mut ops = Vec::new();
+    // "a/b" and "a.b" sort right after "a": a drop of "a" that spills over a prefix shows.
+    for d in ["a", "a/b", "a.b", "b"] {
+        for i in 0..3u64 {
+            ops.push(WriteOp::PutChange {
+                doc: doc(d),
+                change: change(i, 1, i + 1),
+            });
+        }
+        ops.push(WriteOp::PutDocMeta {
+            doc: doc(d),
+            meta: DocMeta {
+                clock: clock(&[(1, 3)]),
+                next_order: 3,
+                snapshot_order: 1,
+            },
+        });
+        ops.push(WriteOp::PutSnapshot {
+            doc: doc(d),
+            covers_order: 1,
+            bytes: d.as_bytes().to_vec(),
+        });
+        for p in ["p", "q"] {
+            ops.push(WriteOp::PutReceipt {
+                peer: peer(p),
+                doc: doc(d),
+                clock: clock(&[(1, 2)]),
+            });
+            ops.push(WriteOp::PutReported {
+                peer: peer(p),
+                doc: doc(d),
+                clock: clock(&[(1, 3)]),
+            });
+        }
+    }
+    s.commit(WriteBatch { ops }).unwrap();
+    s.commit(WriteBatch {
+        ops: vec![WriteOp::DropDoc {
+            doc: doc("a"),
+            peers: vec![peer("p"), peer("q")],
+        }],
+    })
+    .unwrap();
+    let check = |s: &S| {
+        let a1 = Actor([1; 16]);
+        let mut docs: Vec<DocId> = s.docs().unwrap().into_iter().map(|(d, _)| d).collect();
+        docs.sort();
+        assert_eq!(docs, vec![doc("a.b"), doc("a/b"), doc("b")]);
+        assert_eq!(s.snapshot(&doc("a")).unwrap(), None);
+        assert!(s.changes_from(&doc("a"), 0, 10).unwrap().is_empty());
+        assert_eq!(s.change_at(&doc("a"), 1).unwrap(), None);
+        assert!(s.change_index(&doc("a"), &a1, 1..=3).unwrap().is_empty());
+        for d in ["a/b", "a.b", "b"] {
+            assert_eq!(s.changes_from(&doc(d), 0, 10).unwrap().len(), 3, "{d}");
+            assert_eq!(s.change_index(&doc(d), &a1, 1..=3).unwrap().len(), 3, "{d}");
+            assert_eq!(s.snapshot(&doc(d)).unwrap().unwrap().1, d.as_bytes(), "{d}");
+        }
+        let peers: BTreeMap<NodeName, PeerReceipts> = s.peers().unwrap().into_iter().collect();
+        for p in ["p", "q"] {
+            let r = &peers[&peer(p)];
+            assert!(!r.clocks.contains_key(&doc("a")) && !r.reported.contains_key(&doc("a")));
+            assert_eq!((r.clocks.len(), r.reported.len()), (3, 3), "{p}");
+        }
+    };
+    check(&s);
+    let s = reopen(s);
+    check(&s);
 }
 
 fn node_state_survives_reopen<S: Store>(s: S, reopen: &mut impl FnMut(S) -> S) {

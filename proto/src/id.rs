@@ -114,6 +114,13 @@ impl DocId {
     }
 }
 
+/// Orders and hashes as its text, so maps keyed by `DocId` can be searched by `&str` ranges.
+impl std::borrow::Borrow<str> for DocId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for DocId {
     type Error = NameError;
     fn try_from(s: String) -> Result<Self, Self::Error> {

@@ -17,6 +17,9 @@
 //! 5. Every object an operation names exists (in the document or earlier in the change), and no
 //!    object nests deeper than [`OBJECT_DEPTH_MAX`] below the root: the depth a merge patch can
 //!    build, so every honest document fits and views never recurse deeper.
+//! 6. In a bucket of a stream ([`crate::stream`]), a change writes readings only, each with a
+//!    timestamp within the bucket's span: no bucket grows past its span, and a bucket dropped
+//!    for its age holds no reading younger than its end.
 //!
 //! A change that touches neither the readings map nor the genesis is a generic change and may
 //! write anything else: a document id used with merge patches on one node and with ingest on
@@ -32,6 +35,7 @@ use automerge::{ActorId, Automerge, Change, ReadDoc, ScalarValue};
 use crate::doc::{sensor_genesis, PATCH_DEPTH_MAX};
 use crate::id::genesis_actor;
 use crate::reading::{Reading, ReadingError};
+use crate::stream::Bucket;
 
 /// Deepest object a remote change may create (the root is depth 0).
 pub const OBJECT_DEPTH_MAX: usize = PATCH_DEPTH_MAX;
@@ -89,6 +93,21 @@ pub enum Refusal {
     /// Writes readings and something else.
     #[error("change writes readings and other objects")]
     MixedReadings,
+    /// Writes something other than readings into a bucket of a stream (rule 6).
+    #[error("change writes something other than readings into a stream's bucket")]
+    NotReadings,
+    /// Writes a reading into a bucket whose span does not hold its timestamp (rule 6).
+    #[error("reading {id} at {ts_ms} ms does not belong in the bucket {start_ms}..{end_ms}")]
+    OutsideBucket {
+        /// The reading's id.
+        id: String,
+        /// Its timestamp.
+        ts_ms: i64,
+        /// The bucket's first millisecond.
+        start_ms: u64,
+        /// The bucket's end (exclusive).
+        end_ms: u64,
+    },
     /// Names an object the document does not hold.
     #[error("change names an object the document does not hold")]
     UnknownObject,
@@ -144,8 +163,13 @@ pub fn check_checksum(bytes: &[u8], change: &Change) -> Result<(), Refusal> {
 
 /// The checks that need only the change: rules 1-4.
 pub fn check_shape(change: &Change) -> Result<(), Refusal> {
+    check_shape_in(change, None)
+}
+
+/// [`check_shape`] for a change into `bucket` (rule 6 too); `None` for any other document.
+pub fn check_shape_in(change: &Change, bucket: Option<&Bucket>) -> Result<(), Refusal> {
     match expand(change)? {
-        Some(ops) => shape_of(change, &ops),
+        Some(ops) => shape_of(change, &ops, bucket),
         None => Ok(()),
     }
 }
@@ -153,9 +177,14 @@ pub fn check_shape(change: &Change) -> Result<(), Refusal> {
 /// Both steps at once, expanding the change once: for a change that is causally ready on
 /// arrival, the common case.
 pub fn check(change: &Change, doc: &Automerge) -> Result<(), Refusal> {
+    check_in(change, doc, None)
+}
+
+/// [`check`] for a change into `bucket` (rule 6 too); `None` for any other document.
+pub fn check_in(change: &Change, doc: &Automerge, bucket: Option<&Bucket>) -> Result<(), Refusal> {
     match expand(change)? {
         Some(ops) => {
-            shape_of(change, &ops)?;
+            shape_of(change, &ops, bucket)?;
             depth_in_doc(change, &ops, doc)
         }
         None => Ok(()),
@@ -172,8 +201,8 @@ fn expand(change: &Change) -> Result<Option<Vec<Op>>, Refusal> {
     Ok(Some(change.decode().operations))
 }
 
-/// Rules 1-4 over the expanded operations.
-fn shape_of(change: &Change, ops: &[Op]) -> Result<(), Refusal> {
+/// Rules 1-4 (and 6 in a bucket) over the expanded operations.
+fn shape_of(change: &Change, ops: &[Op], bucket: Option<&Bucket>) -> Result<(), Refusal> {
     let genesis = genesis_actor().to_automerge();
     if *change.actor_id() == genesis {
         return Err(Refusal::GenesisActor);
@@ -186,13 +215,24 @@ fn shape_of(change: &Change, ops: &[Op]) -> Result<(), Refusal> {
         }
         if op.obj == readings {
             wrote_readings = true;
-            check_reading_op(&op.key, &op.action, op.pred.is_empty(), op.insert)?;
+            let reading = check_reading_op(&op.key, &op.action, op.pred.is_empty(), op.insert)?;
+            if let Some(b) = bucket.filter(|b| !b.holds(reading.ts_ms)) {
+                return Err(Refusal::OutsideBucket {
+                    id: reading.id,
+                    ts_ms: reading.ts_ms,
+                    start_ms: b.start_ms,
+                    end_ms: b.end_ms(),
+                });
+            }
         } else {
             wrote_other = true;
         }
     }
     if wrote_readings && wrote_other {
         return Err(Refusal::MixedReadings);
+    }
+    if wrote_other && bucket.is_some() {
+        return Err(Refusal::NotReadings);
     }
     Ok(())
 }
@@ -202,7 +242,7 @@ fn check_reading_op(
     action: &OpType,
     no_pred: bool,
     insert: bool,
-) -> Result<(), Refusal> {
+) -> Result<Reading, Refusal> {
     let (key, body) = match (key, action) {
         (Key::Map(k), OpType::Put(ScalarValue::Str(body))) if !insert => (k.as_str(), body),
         (Key::Map(k), _) => {
@@ -217,7 +257,7 @@ fn check_reading_op(
     if reading.encode() != body.as_str() {
         return Err(not_a_reading(key, NotAReading::NotCanonical));
     }
-    Ok(())
+    Ok(reading)
 }
 
 fn not_a_reading(key: &str, why: NotAReading) -> Refusal {

@@ -126,6 +126,14 @@ pub enum WriteOp {
         /// What the peer was told.
         clock: VectorClock,
     },
+    /// Forget a document whole: its metadata, changes, index entries and snapshot, and what
+    /// each listed peer acknowledged of it or was told about it. A store keeps nothing of it.
+    DropDoc {
+        /// Document.
+        doc: DocId,
+        /// Every peer this node holds receipts or reported clocks for.
+        peers: Vec<NodeName>,
+    },
     /// Replace a receipt.
     PutReceipt {
         /// Peer.
@@ -256,6 +264,18 @@ impl MemState {
                         .or_default()
                         .reported
                         .insert(doc, clock);
+                }
+                WriteOp::DropDoc { doc, peers } => {
+                    self.docs.remove(&doc);
+                    self.snapshots.remove(&doc);
+                    self.changes.retain(|(d, _), _| *d != doc);
+                    self.index.retain(|(d, _, _), _| *d != doc);
+                    for p in peers {
+                        if let Some(r) = self.peers.get_mut(&p) {
+                            r.clocks.remove(&doc);
+                            r.reported.remove(&doc);
+                        }
+                    }
                 }
             }
         }

@@ -373,6 +373,16 @@ impl Session {
         self.known.clear();
     }
 
+    /// This node dropped `doc` (retention): nothing of it is sent any more, and nothing of it
+    /// is remembered. Batches in flight keep their clocks until acknowledged.
+    pub(crate) fn forget_doc(&mut self, doc: &DocId) {
+        self.known.remove(doc);
+        self.queue.remove(doc);
+        if self.cursor.as_ref().is_some_and(|(d, _)| d == doc) {
+            self.cursor = None;
+        }
+    }
+
     /// The peer holds at least `clock` of `doc` (from its Summary, an Ack or a batch it sent).
     pub(crate) fn learn(&mut self, doc: &DocId, clock: &VectorClock) {
         self.known.entry(doc.clone()).or_default().merge(clock);

@@ -1,6 +1,6 @@
 mod common;
 
-use common::{doc, name, open, persist, Net};
+use common::{bucket, bucket_name, doc, name, open, persist, Net};
 use edgesync_proto::wire::{ChangeBytes, Changes, DocChanges, Message, Summary, FRAME_BYTES_MIN};
 use edgesync_proto::{CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId};
 use serde_json::json;
@@ -119,7 +119,7 @@ fn carries_changes(msgs: &[Message]) -> bool {
 // durable, and the crashed node shows it did not before.
 #[test]
 fn hazard2_no_actor_sequence_reuse_across_a_crash() {
-    let d = doc("d");
+    let d = bucket("d");
     let mut control = open(0, MemStore::new(), 1, |_| {});
     let sid = hand_session(&mut control, "n1");
     released(&mut control, sid);
@@ -205,7 +205,7 @@ fn hazard2_a_new_actor_after_an_unclean_stop_when_durable_means_written() {
 fn ten_thousand_restarts_keep_one_actor_per_document() {
     const RESTARTS: u64 = 10_000;
     const DOCS: u64 = 16;
-    let docs: Vec<_> = (0..DOCS).map(|k| doc(&format!("site-a/t{k}"))).collect();
+    let docs: Vec<_> = (0..DOCS).map(|k| bucket(&format!("site-a/t{k}"))).collect();
     let mut store = MemStore::new();
     let mut actors = std::collections::BTreeSet::new();
     for i in 0..RESTARTS {
@@ -642,7 +642,7 @@ fn a_change_against_the_sensor_schema_is_refused() {
     use automerge::transaction::Transactable;
     for attack in ["delete", "replace", "overwrite"] {
         let mut node = open(0, MemStore::new(), 1, |_| {});
-        let d = doc("site-a/t1");
+        let d = bucket("site-a/t1");
         node.ingest(&d, &[reading("r-1", 1)], 0).unwrap();
         persist(&mut node);
         // The attacker holds the same document and writes against its schema.
@@ -904,11 +904,12 @@ fn waiting_changes_leave_with_their_session() {
     assert_eq!(senders, ["gw-8"]);
 }
 
-// A document id patched on one node and ingested on another becomes a sensor document on both
-// once the genesis arrives; the generic change it already had is accepted on the sensor side,
-// so the link is never refused over it and both converge.
+// A name patched as a generic document on one node and ingested as a stream on another: the
+// generic document and the stream's buckets are different documents, so nothing is refused and
+// both converge. Once a node holds the stream, the name is a stream there: a merge patch into
+// it is refused, reads show the stream, and the generic document stays as it was.
 #[test]
-fn a_document_used_both_ways_converges_without_refusals() {
+fn a_name_used_both_ways_converges_without_refusals() {
     let mut net = Net::new(2, |_| {});
     let d = doc("site-a/mixed");
     net.nodes[0]
@@ -922,11 +923,27 @@ fn a_document_used_both_ways_converges_without_refusals() {
         "no session was refused: {:?}",
         net.closed
     );
-    let heads: Vec<_> = (0..2).map(|i| net.nodes[i].heads(&d).unwrap()).collect();
-    assert_eq!(heads[0], heads[1]);
+    for d in [doc("site-a/mixed"), bucket("site-a/mixed")] {
+        let heads: Vec<_> = (0..2).map(|i| net.nodes[i].heads(&d).unwrap()).collect();
+        assert!(heads[0].is_some());
+        assert_eq!(heads[0], heads[1], "{d}");
+    }
     for n in &mut net.nodes {
-        let view = n.sensor_view(&d).unwrap().expect("a sensor document");
+        let view = n.sensor_view(&d).unwrap().expect("a stream");
         assert_eq!(view.readings.len(), 1);
+        assert_eq!(n.json(&d, false).unwrap().unwrap()["note"], "x");
+        let refused = n.patch(&d, &json!({"note": "y"}), 0).unwrap_err();
+        assert!(
+            matches!(refused, edgesync_proto::NodeError::KindMismatch { .. }),
+            "{refused}"
+        );
+        let refused = n
+            .patch(&bucket("site-a/mixed"), &json!({"a": 1}), 0)
+            .unwrap_err();
+        assert!(
+            matches!(refused, edgesync_proto::NodeError::Stream(_)),
+            "{refused}"
+        );
     }
 }
 
@@ -948,12 +965,17 @@ fn a_corrupted_change_is_refused() {
     let mut node = open(0, MemStore::new(), 2, |_| {});
     let sid = hand_session(&mut node, "gw-9");
     let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
-    send_changes(&mut node, sid, "site-a/t1", vec![genesis, corrupted]);
+    send_changes(
+        &mut node,
+        sid,
+        &bucket_name("site-a/t1"),
+        vec![genesis, corrupted],
+    );
     let (code, reason) = closed_with(&mut node).expect("the session ends");
     assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
     assert!(reason.contains("checksum"), "{reason}");
     assert_eq!(
-        node.clock(&doc("site-a/t1")).unwrap().len(),
+        node.clock(&bucket("site-a/t1")).unwrap().len(),
         1,
         "the genesis only"
     );
@@ -971,18 +993,23 @@ fn a_change_replayed_into_another_document_locks_no_one_out() {
     let sid = hand_session(&mut node, "gw-9");
     let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
     // The replay: t1's change, offered as a change of t2.
-    send_changes(&mut node, sid, "site-a/t2", vec![genesis, first]);
+    send_changes(
+        &mut node,
+        sid,
+        &bucket_name("site-a/t2"),
+        vec![genesis, first],
+    );
     assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
     // The author now writes t2 itself and syncs with the node: no equivocation.
     author
-        .ingest(&doc("site-a/t2"), &[reading("r-2", 2)], 0)
+        .ingest(&bucket("site-a/t2"), &[reading("r-2", 2)], 0)
         .unwrap();
     persist(&mut author);
-    let mine = changes_of(&mut author, "site-a/t2");
+    let mine = changes_of(&mut author, &bucket_name("site-a/t2"));
     let sid = hand_session(&mut node, "n1");
-    send_changes(&mut node, sid, "site-a/t2", mine);
+    send_changes(&mut node, sid, &bucket_name("site-a/t2"), mine);
     assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
-    let view = node.sensor_view(&doc("site-a/t2")).unwrap().unwrap();
+    let view = node.sensor_view(&bucket("site-a/t2")).unwrap().unwrap();
     assert!(
         view.readings.contains_key("r-2"),
         "the author's own reading arrived"
@@ -993,10 +1020,12 @@ fn a_change_replayed_into_another_document_locks_no_one_out() {
 fn author_of_first_reading() -> (Node<MemStore>, Vec<u8>) {
     let mut author = open(1, MemStore::new(), 1, |_| {});
     author
-        .ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
+        .ingest(&bucket("site-a/t1"), &[reading("r-1", 1)], 0)
         .unwrap();
     persist(&mut author);
-    let first = changes_of(&mut author, "site-a/t1").pop().unwrap();
+    let first = changes_of(&mut author, &bucket_name("site-a/t1"))
+        .pop()
+        .unwrap();
     (author, first)
 }
 
@@ -1017,7 +1046,7 @@ fn a_change_naming_an_unlisted_actor_is_refused() {
         .unwrap();
     persist(&mut node);
     let sid = hand_session(&mut node, "gw-9");
-    send_changes(&mut node, sid, "site-a/t1", vec![bytes]);
+    send_changes(&mut node, sid, &bucket_name("site-a/t1"), vec![bytes]);
     let (code, reason) = closed_with(&mut node).expect("the session ends");
     assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
     assert!(reason.contains("actor"), "{reason}");

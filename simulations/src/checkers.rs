@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use edgesync_proto::stream::Bucket;
 use edgesync_proto::wire::{DocClock, Message};
 use edgesync_proto::{Actor, Boot, DocId, MemStore, Node, Reading, SensorView, VectorClock};
 
@@ -444,8 +445,16 @@ impl Sim {
         let name = sn.name.to_string();
         let n = sn.node.as_mut().expect("checked by doc_states");
         let mut views: BTreeMap<DocId, SensorView> = BTreeMap::new();
-        for d in 0..SENSOR_DOCS {
-            let doc = sensor_doc(d);
+        let buckets: Vec<DocId> = n
+            .docs()
+            .map(|(d, _)| d.clone())
+            .filter(|d| {
+                // The clients' streams; hostile nodes make up others, which no client reads.
+                Bucket::parse(d)
+                    .is_some_and(|b| (0..SENSOR_DOCS).any(|i| sensor_doc(i) == b.stream))
+            })
+            .collect();
+        for doc in buckets {
             let Some(view) = n.sensor_view(&doc).map_err(|e| format!("{name}: {e}"))? else {
                 continue;
             };

@@ -368,6 +368,10 @@ impl Plan {
             knobs.core.session_docs_max = rng.random_range(32..=128);
             knobs.core.session_actors_max = rng.random_range(512..=2048);
         }
+        // Drawn after everything else, so every other knob of a seed stays as it was. Narrow
+        // buckets spread a run's readings over many documents; the hour keeps them in one.
+        knobs.core.bucket_ms =
+            [5_000, 10_000, 30_000, 60_000, 3_600_000][rng.random_range(0..5usize)];
         Plan {
             seed: args.seed,
             nodes,

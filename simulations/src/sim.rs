@@ -418,6 +418,7 @@ impl Sim {
                 origin: Origin::Remote(_),
             } => self.audit_clock(i, &doc),
             Event::DocChanged { .. } => {}
+            Event::DocDropped { doc } => self.log(Some(i), format_args!("dropped {doc}")),
         }
     }
 

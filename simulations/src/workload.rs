@@ -1,6 +1,7 @@
 //! The clients: readings ingested at random nodes (some ids reaching two gateways), bursts
 //! during partitions, and merge-patch edits of generic documents.
 
+use edgesync_proto::stream::Bucket;
 use edgesync_proto::{DocId, IngestOutcome, Reading};
 use rand::RngExt;
 use serde_json::json;
@@ -165,13 +166,16 @@ impl Sim {
         if self.nodes[i].node.is_none() {
             return;
         }
-        let doc = sensor_doc(self.rng.random_range(0..SENSOR_DOCS));
+        let stream = sensor_doc(self.rng.random_range(0..SENSOR_DOCS));
         let count = if burst {
             1
         } else {
             self.rng.random_range(1..=3)
         };
         let ts = self.node_now(i) as i64;
+        // The bucket the node would choose: written to directly, so the checkers follow each
+        // reading's document.
+        let doc = Bucket::of(&stream, ts as u64, self.plan.knobs.core.bucket_ms).doc();
         let mut readings = Vec::new();
         for _ in 0..count {
             // Now and then the same reading reaches a second gateway (same id, same content).
@@ -208,8 +212,8 @@ impl Sim {
 
     fn shared_ingest(&mut self, i: usize, k: u32) {
         // Both gateways of the same-ids scenario produce reading k identically.
-        let doc = sensor_doc(0);
         let ts = BASE_MS as i64 + i64::from(k);
+        let doc = Bucket::of(&sensor_doc(0), ts as u64, self.plan.knobs.core.bucket_ms).doc();
         let r = Reading::from_json(format!("shared-{k}"), ts, &json!({"k": k})).expect("valid");
         self.do_ingest(i, doc, vec![r]);
     }

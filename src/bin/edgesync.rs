@@ -54,12 +54,27 @@ enum Command {
         /// The node's API.
         #[arg(long, default_value = "http://127.0.0.1:8401")]
         api: String,
-        /// Document id.
+        /// Document or stream id.
         #[arg(long)]
         doc: String,
-        /// Show concurrent values.
+        /// Show concurrent values (generic documents).
         #[arg(long)]
         conflicts: bool,
+        /// Of a stream, readings from this time on (ms since the Unix epoch, inclusive).
+        #[arg(long)]
+        from: Option<i64>,
+        /// Of a stream, readings before this time (ms, exclusive).
+        #[arg(long)]
+        to: Option<i64>,
+        /// Of a stream, at most this many readings (1 to 10000; default 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Of a stream, the page after this cursor (`next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Of a stream, only its latest reading.
+        #[arg(long, conflicts_with_all = ["from", "to", "limit", "after", "conflicts"])]
+        latest: bool,
     },
     /// Print a node's status through its HTTP API.
     Status {
@@ -270,8 +285,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             doc,
             conflicts,
+            from,
+            to,
+            limit,
+            after,
+            latest,
         } => {
-            let q = if conflicts { "?conflicts=true" } else { "" };
+            if latest {
+                return print_get(&endpoint(&api, &format!("/v1/docs/{doc}/latest")));
+            }
+            let mut q: Vec<String> = Vec::new();
+            if conflicts {
+                q.push("conflicts=true".into());
+            }
+            q.extend(from.map(|v| format!("from={v}")));
+            q.extend(to.map(|v| format!("to={v}")));
+            q.extend(limit.map(|v| format!("limit={v}")));
+            // Cursors are digits, a dot and hex: nothing to escape.
+            q.extend(after.map(|v| format!("after={v}")));
+            let q = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
             print_get(&endpoint(&api, &format!("/v1/docs/{doc}{q}")))
         }
         Command::Status { api } => print_get(&endpoint(&api, "/v1/status")),

@@ -13,6 +13,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use edgesync_proto::stream::{self, Cursor, Range};
 use edgesync_proto::{DocId, IngestOutcome, NodeError, Reading};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
@@ -60,7 +61,11 @@ fn core_status(e: &NodeError) -> StatusCode {
         | NodeError::ChangeTooLarge { .. }
         | NodeError::TooManyActors { .. }
         | NodeError::View { .. }
-        | NodeError::NoReadingsMap { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        | NodeError::NoReadingsMap { .. }
+        | NodeError::Stream(_)
+        | NodeError::OutsideBucket { .. }
+        | NodeError::TooFarAhead { .. }
+        | NodeError::Expired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -193,8 +198,39 @@ async fn ingest(State(st): State<AppState>, body: Result<Bytes, BytesRejection>)
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DocQuery {
     conflicts: Option<bool>,
+    from: Option<i64>,
+    to: Option<i64>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+impl DocQuery {
+    /// The range asked for, if any range parameter was given.
+    fn range(&self) -> Result<Option<Range>, ApiError> {
+        if self.from.is_none() && self.to.is_none() && self.limit.is_none() && self.after.is_none()
+        {
+            return Ok(None);
+        }
+        let limit = self.limit.unwrap_or(stream::PAGE_DEFAULT);
+        if !(1..=stream::PAGE_MAX).contains(&limit) {
+            return Err(bad(format!("limit must be 1 to {}", stream::PAGE_MAX)));
+        }
+        let after = self
+            .after
+            .as_deref()
+            .map(Cursor::decode)
+            .transpose()
+            .map_err(|e| bad(format!("after: {e}")))?;
+        Ok(Some(Range {
+            from_ms: self.from,
+            to_ms: self.to,
+            after,
+            limit,
+        }))
+    }
 }
 
 async fn get_doc(
@@ -208,9 +244,21 @@ async fn get_doc(
             Err(e) => e.into_response(),
         };
     }
+    if let Some(d) = doc.strip_suffix("/latest") {
+        return latest(st, d).await.into_response();
+    }
     let r: ApiResult = async {
         let Query(q) = q.map_err(|e| bad(e.body_text()))?;
         let doc = doc_id(&doc)?;
+        if let Some(range) = q.range()? {
+            if q.conflicts.is_some() {
+                return Err(bad("conflicts does not go with a range of a stream"));
+            }
+            return match st.node.read_range_async(doc.clone(), range).await? {
+                Some(page) => Ok(Json(page.to_json())),
+                None => Err(ApiError(StatusCode::NOT_FOUND, format!("no stream {doc}"))),
+            };
+        }
         match st
             .node
             .json_async(doc.clone(), q.conflicts.unwrap_or(false))
@@ -225,6 +273,21 @@ async fn get_doc(
     }
     .await;
     r.into_response()
+}
+
+async fn latest(st: AppState, stream: &str) -> ApiResult {
+    let stream = doc_id(stream)?;
+    match st.node.latest_async(stream.clone()).await? {
+        Some(Some(r)) => Ok(Json(stream::latest_json(&r))),
+        Some(None) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("stream {stream} holds no readings"),
+        )),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no stream {stream}"),
+        )),
+    }
 }
 
 async fn events(

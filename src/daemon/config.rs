@@ -89,6 +89,29 @@ impl SyncSection {
     }
 }
 
+/// The `[streams]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsSection {
+    /// Width of a stream's buckets in minutes of reading time; must divide a day. Default 60.
+    pub bucket_minutes: u64,
+}
+
+impl Default for StreamsSection {
+    fn default() -> StreamsSection {
+        StreamsSection { bucket_minutes: 60 }
+    }
+}
+
+/// The `[retention]` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Buckets that ended more than this many hours ago are dropped and not taken again, and
+    /// older readings are refused. Default: none (everything is kept).
+    pub keep_hours: Option<u64>,
+}
+
 fn default_durability() -> String {
     "fsync".into()
 }
@@ -124,6 +147,12 @@ pub struct Config {
     /// Reconnection and transport timing.
     #[serde(default)]
     pub sync: SyncSection,
+    /// Sensor streams.
+    #[serde(default)]
+    pub streams: StreamsSection,
+    /// How long readings are kept.
+    #[serde(default)]
+    pub retention: RetentionSection,
 }
 
 /// The configuration, checked and with environment overrides applied.
@@ -151,6 +180,10 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// Transport options.
     pub net: NetOptions,
+    /// Bucket width of the streams this node writes, ms.
+    pub bucket_ms: u64,
+    /// Retention, ms; `None` keeps everything.
+    pub keep_ms: Option<u64>,
 }
 
 /// A configuration file could not be used.
@@ -218,6 +251,22 @@ pub enum SettingsError {
         /// The rule it breaks.
         rule: &'static str,
     },
+    /// A `[streams]` value is out of range.
+    #[error("streams.{key} {rule}")]
+    Streams {
+        /// The key.
+        key: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A `[retention]` value is out of range.
+    #[error("retention.{key} {rule}")]
+    Retention {
+        /// The key.
+        key: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
     /// A peer's name is not a valid node name.
     #[error("peers")]
     PeerName(#[source] NameError),
@@ -257,12 +306,25 @@ impl Settings {
             peers: Vec::new(),
             retry: s.retry(),
             net: s.net(),
+            bucket_ms: 3_600_000,
+            keep_ms: None,
         }
+    }
+
+    /// The core's configuration for these settings: defaults, with this node's name, bucket
+    /// width and retention.
+    pub fn core_config(&self) -> edgesync_proto::Config {
+        let mut c = edgesync_proto::Config::new(self.name.clone());
+        c.bucket_ms = self.bucket_ms;
+        c.keep_ms = self.keep_ms;
+        c
     }
 
     /// Reads and checks `path`, then applies overrides from `env`: `EDGE_STORAGE_DIR`
     /// (data_dir), `METRICS_PORT` (a metrics listener on the API's host), `SYNC_RETRY_BASE_MS`
-    /// (sync.retry_base_ms), `EDGESYNC_LOG_FORMAT` (log_format). `LOG_LEVEL` is read by the
+    /// (sync.retry_base_ms), `EDGESYNC_BUCKET_MINUTES` (streams.bucket_minutes),
+    /// `EDGESYNC_KEEP_HOURS` (retention.keep_hours), `EDGESYNC_LOG_FORMAT` (log_format).
+    /// `LOG_LEVEL` is read by the
     /// logger.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Settings, ConfigError> {
         let path_buf = || path.to_path_buf();
@@ -298,6 +360,29 @@ impl Settings {
         let s = &cfg.sync;
         check_sync(s)?;
         let peers = check_peers(&cfg.peers, &name)?;
+        let b = cfg.streams.bucket_minutes;
+        if b == 0 || 1440 % b != 0 {
+            return Err(SettingsError::Streams {
+                key: "bucket_minutes",
+                rule: "must divide a day (1440 minutes): 1, 2, 5, 10, 15, 30, 60, 120, ...",
+            });
+        }
+        let keep_ms = match cfg.retention.keep_hours {
+            Some(0) => {
+                return Err(SettingsError::Retention {
+                    key: "keep_hours",
+                    rule: "must be at least 1 (leave it out to keep everything)",
+                })
+            }
+            Some(h) if h > 24 * 365 * 100 => {
+                return Err(SettingsError::Retention {
+                    key: "keep_hours",
+                    rule: "must be at most 876000 (100 years)",
+                })
+            }
+            Some(h) => Some(h * 3_600_000),
+            None => None,
+        };
         let join = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -321,6 +406,8 @@ impl Settings {
             peers,
             retry: s.retry(),
             net: s.net(),
+            bucket_ms: b * 60_000,
+            keep_ms,
         })
     }
 }
@@ -343,6 +430,17 @@ fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
     if let Some(v) = env("METRICS_PORT").filter(|v| !v.is_empty()) {
         let port: u16 = v.parse().map_err(|_| bad("METRICS_PORT", v, "a port"))?;
         cfg.metrics = Some(SocketAddr::new(cfg.api.ip(), port));
+    }
+    if let Some(v) = env("EDGESYNC_BUCKET_MINUTES").filter(|v| !v.is_empty()) {
+        cfg.streams.bucket_minutes = v
+            .parse()
+            .map_err(|_| bad("EDGESYNC_BUCKET_MINUTES", v, "a number of minutes"))?;
+    }
+    if let Some(v) = env("EDGESYNC_KEEP_HOURS").filter(|v| !v.is_empty()) {
+        cfg.retention.keep_hours = Some(
+            v.parse()
+                .map_err(|_| bad("EDGESYNC_KEEP_HOURS", v, "a number of hours"))?,
+        );
     }
     if let Some(v) = env("EDGESYNC_LOG_FORMAT").filter(|v| !v.is_empty()) {
         cfg.log_format = match v.as_str() {
@@ -434,16 +532,35 @@ addr = "127.0.0.1:7400"
         assert_eq!(s.durability, Durability::Fsync);
         assert_eq!(s.retry.cap_ms, 10_000);
         assert_eq!(s.peers[0].name.as_str(), "cloud");
+        assert_eq!((s.bucket_ms, s.keep_ms), (3_600_000, None));
         let env = |k: &str| match k {
             "EDGE_STORAGE_DIR" => Some("/var/lib/x".to_string()),
             "METRICS_PORT" => Some("9100".to_string()),
             "SYNC_RETRY_BASE_MS" => Some("250".to_string()),
+            "EDGESYNC_BUCKET_MINUTES" => Some("15".to_string()),
+            "EDGESYNC_KEEP_HOURS" => Some("168".to_string()),
             _ => None,
         };
         let s = parse(GOOD, &env).unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/x"));
         assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(s.retry.base_ms, 250);
+        assert_eq!((s.bucket_ms, s.keep_ms), (900_000, Some(168 * 3_600_000)));
+        let core = s.core_config();
+        assert_eq!(
+            (core.bucket_ms, core.keep_ms),
+            (900_000, Some(168 * 3_600_000))
+        );
+        core.validate().unwrap();
+        let file = parse(
+            &format!("{GOOD}\n[streams]\nbucket_minutes = 1440\n[retention]\nkeep_hours = 24\n"),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            (file.bucket_ms, file.keep_ms),
+            (86_400_000, Some(86_400_000))
+        );
     }
 
     #[test]
@@ -466,6 +583,11 @@ addr = "127.0.0.1:7400"
             (lib.api, lib.durability, lib.log_format),
             (file.api, file.durability, file.log_format)
         );
+        assert_eq!((lib.bucket_ms, lib.keep_ms), (file.bucket_ms, file.keep_ms));
+        assert_eq!(
+            lib.bucket_ms,
+            edgesync_proto::Config::new(lib.name.clone()).bucket_ms
+        );
     }
 
     #[test]
@@ -483,6 +605,22 @@ addr = "127.0.0.1:7400"
                 GOOD.replace("data_dir", "durability = \"sometimes\"\ndata_dir"),
                 "durability",
             ),
+            (
+                format!("{GOOD}\n[streams]\nbucket_minutes = 7\n"),
+                "streams.bucket_minutes must divide a day",
+            ),
+            (
+                format!("{GOOD}\n[streams]\nbucket_minutes = 0\n"),
+                "streams.bucket_minutes",
+            ),
+            (
+                format!("{GOOD}\n[retention]\nkeep_hours = 0\n"),
+                "retention.keep_hours must be at least 1",
+            ),
+            (
+                format!("{GOOD}\n[retention]\nkeep_days = 1\n"),
+                "unknown field",
+            ),
         ];
         for (text, expect) in cases {
             let e = parse(&text, &|_| None).unwrap_err();
@@ -490,5 +628,10 @@ addr = "127.0.0.1:7400"
         }
         let e = parse(GOOD, &|k| (k == "METRICS_PORT").then(|| "x".into())).unwrap_err();
         assert!(e.contains("METRICS_PORT"), "{e}");
+        let e = parse(GOOD, &|k| {
+            (k == "EDGESYNC_KEEP_HOURS").then(|| "a week".into())
+        })
+        .unwrap_err();
+        assert!(e.contains("EDGESYNC_KEEP_HOURS"), "{e}");
     }
 }

@@ -11,7 +11,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use edgesync_proto::Config as CoreConfig;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -71,7 +70,7 @@ impl Daemon {
     /// Opens the store, loads credentials, binds QUIC and the API, and starts everything.
     pub async fn start(s: Settings) -> anyhow::Result<Daemon> {
         let creds = Credentials::load(&s.tls, &s.name).context("loading TLS credentials")?;
-        let core = CoreConfig::new(s.name.clone());
+        let core = s.core_config();
         let bind = s
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));

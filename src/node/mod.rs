@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use edgesync_proto::stream::{Page, Range, EXPIRE_BATCH_MAX};
 use edgesync_proto::{
     Boot, CloseCode, Config, DocId, Event, IngestOutcome, Node, NodeError, NodeName, Origin,
     Reading, SessionId, SessionStats, StoreError,
@@ -367,6 +368,15 @@ enum Cmd {
     Docs {
         reply: Reply<Vec<DocId>, ReadError>,
     },
+    Range {
+        stream: DocId,
+        range: Range,
+        reply: Reply<Option<Page>, ReadError>,
+    },
+    Latest {
+        stream: DocId,
+        reply: Reply<Option<Option<Reading>>, ReadError>,
+    },
     PeerUp {
         peer: NodeName,
         out: OutboundSender,
@@ -475,6 +485,7 @@ impl DurableNode {
             })?;
         let core_opts = opts.clone();
         let core_events = events.clone();
+        let keep = opts.config.keep_ms.is_some();
         let core_alive = Arc::new(AtomicBool::new(true));
         let alive = AliveGuard(core_alive.clone());
         let core = std::thread::Builder::new()
@@ -489,6 +500,7 @@ impl DurableNode {
                     waiting: VecDeque::new(),
                     links: BTreeMap::new(),
                     events: core_events,
+                    expire_at: keep.then_some(0),
                 }
                 .run(rx)
             })?;
@@ -615,6 +627,43 @@ impl NodeHandle {
             reply,
         })
         .await
+    }
+
+    /// A page of a stream's readings in (timestamp, id) order (`None` for an unknown stream):
+    /// those in `range.from_ms..range.to_ms` after `range.after`, at most `range.limit`
+    /// (capped at [`edgesync_proto::stream::PAGE_MAX`]), with the stream's latest reading and
+    /// the cursor of the next page. Loads only the buckets the page needs.
+    pub fn read_range(&self, stream: DocId, range: Range) -> Result<Option<Page>, ReadError> {
+        self.call(|reply| Cmd::Range {
+            stream,
+            range,
+            reply,
+        })
+    }
+
+    /// [`NodeHandle::read_range`] for async callers.
+    pub async fn read_range_async(
+        &self,
+        stream: DocId,
+        range: Range,
+    ) -> Result<Option<Page>, ReadError> {
+        self.call_async(|reply| Cmd::Range {
+            stream,
+            range,
+            reply,
+        })
+        .await
+    }
+
+    /// The latest reading of a stream (greatest timestamp, then id): `None` for an unknown
+    /// stream, `Some(None)` for one without readings. Reads the newest bucket only.
+    pub fn latest(&self, stream: DocId) -> Result<Option<Option<Reading>>, ReadError> {
+        self.call(|reply| Cmd::Latest { stream, reply })
+    }
+
+    /// [`NodeHandle::latest`] for async callers.
+    pub async fn latest_async(&self, stream: DocId) -> Result<Option<Option<Reading>>, ReadError> {
+        self.call_async(|reply| Cmd::Latest { stream, reply }).await
     }
 
     /// Every document id.
@@ -745,7 +794,13 @@ struct Core {
     /// Open sessions and their links.
     links: BTreeMap<SessionId, OutboundSender>,
     events: broadcast::Sender<DocEvent>,
+    /// When retention next looks for buckets to drop; `None` without retention.
+    expire_at: Option<u64>,
 }
+
+/// How often retention looks for buckets past the horizon, ms. Buckets end on whole minutes at
+/// the finest, so a drop is at most this late.
+const EXPIRE_INTERVAL_MS: u64 = 10_000;
 
 impl Core {
     fn run(mut self, rx: Receiver<Cmd>) {
@@ -757,14 +812,18 @@ impl Core {
             if self.node.poll_timeout().is_some_and(|at| at <= now) {
                 self.node.handle_timeout(now);
             }
+            if self.expire_at.is_some_and(|at| at <= now) {
+                self.expire(now);
+            }
             self.pump();
             let first = match pending.take() {
                 Some(c) => c,
                 None => {
-                    let wait = self
-                        .node
-                        .poll_timeout()
-                        .map(|at| Duration::from_millis(at.saturating_sub(os::now_ms())));
+                    let wait = match (self.node.poll_timeout(), self.expire_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                    .map(|at| Duration::from_millis(at.saturating_sub(os::now_ms())));
                     let got = match wait {
                         Some(w) => rx.recv_timeout(w),
                         None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
@@ -842,6 +901,25 @@ impl Core {
         self.durable(syncer.sync().map_err(Arc::new));
     }
 
+    /// Retention: drops the buckets past the horizon, a bounded number per turn, and sets when
+    /// to look again.
+    fn expire(&mut self, now: u64) {
+        let dropped = match self.node.expire(now) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention could not drop buckets");
+                0
+            }
+        };
+        // A full batch means more are due: go on next turn (requests in between still run).
+        let next = if dropped == EXPIRE_BATCH_MAX {
+            now
+        } else {
+            now + EXPIRE_INTERVAL_MS
+        };
+        self.expire_at = Some(next);
+    }
+
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Patch { doc, patch, reply } => match self.node.patch(&doc, &patch, os::now_ms()) {
@@ -855,13 +933,31 @@ impl Core {
                 conflicts,
                 reply,
             } => {
-                let view = match self.node.kind(&doc) {
-                    Ok(Some(edgesync_proto::DocKind::Sensor)) if !conflicts => {
-                        self.node.sensor_view(&doc).map(|v| v.map(|v| v.to_json()))
-                    }
-                    _ => self.node.json(&doc, conflicts),
+                // A stream (its buckets, or a sensor document of that name) reads as its first
+                // page; a generic document as its JSON.
+                let view = match self.node.is_stream(&doc) {
+                    Ok(true) if !conflicts || self.node.has_buckets(&doc) => self
+                        .node
+                        .read_stream(&doc, &Range::default())
+                        .map(|p| p.map(|p| p.to_json())),
+                    Ok(_) => self.node.json(&doc, conflicts),
+                    Err(e) => Err(e),
                 };
                 let _ = reply.send(view.map_err(ReadError::from));
+            }
+            Cmd::Range {
+                stream,
+                range,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.node
+                        .read_stream(&stream, &range)
+                        .map_err(ReadError::from),
+                );
+            }
+            Cmd::Latest { stream, reply } => {
+                let _ = reply.send(self.node.latest(&stream).map_err(ReadError::from));
             }
             Cmd::Docs { reply } => {
                 let _ = reply.send(Ok(self.node.docs().map(|(d, _)| d.clone()).collect()));
@@ -959,6 +1055,10 @@ impl Core {
                 }
                 // The store is durable up to what the Ack promised (the core released it).
                 Event::Acknowledged { .. } => {}
+                Event::DocDropped { doc } => {
+                    tracing::debug!(%doc, "retention dropped a bucket");
+                    metrics::counter!("edgesync_buckets_dropped_total").increment(1);
+                }
                 // The session closes next with `Overloaded`; the close is logged there.
                 Event::LimitExceeded { peer, limit } => {
                     metrics::counter!("edgesync_peer_limit_exceeded_total", "peer" => peer.to_string(), "limit" => limit).increment(1);

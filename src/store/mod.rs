@@ -551,6 +551,20 @@ impl Store for RocksStore {
                     let v = seal_postcard(CF_RECEIPTS, &k, &clock);
                     wb.put_cf(self.cf(CF_RECEIPTS), &k, v);
                 }
+                WriteOp::DropDoc { doc, peers } => {
+                    // Keys of one document share its length-prefixed id, which no other
+                    // document's key starts with.
+                    let k = doc_key(&doc);
+                    wb.delete_cf(self.cf(CF_DOCS), &k);
+                    wb.delete_cf(self.cf(CF_SNAPSHOTS), &k);
+                    wb.delete_range_cf(self.cf(CF_CHANGES), &k, &prefix_end(&k));
+                    wb.delete_range_cf(self.cf(CF_CHANGE_INDEX), &k, &prefix_end(&k));
+                    for p in &peers {
+                        for kind in [RECEIPT_ACKED, RECEIPT_REPORTED] {
+                            wb.delete_cf(self.cf(CF_RECEIPTS), receipt_key(p, &doc, kind));
+                        }
+                    }
+                }
             }
         }
         // The WAL is written now (so the batch survives a process crash); the fsync that makes

@@ -5,6 +5,7 @@
 
 mod peering;
 mod remote;
+mod streams;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -98,6 +99,15 @@ pub struct Config {
     /// unclean stop takes a new actor, since a change that peers hold may have been lost here
     /// and its sequence number would be reused (hazard 2). Default true.
     pub keep_actor_after_crash: bool,
+    /// Width of a stream's buckets in reading time (ms): readings ingested into a stream go
+    /// into one sensor document per bucket ([`crate::stream`]). Default one hour. Must divide
+    /// a day, so buckets align with UTC days. Only where this node writes: every node reads
+    /// and keeps buckets of any width.
+    pub bucket_ms: u64,
+    /// Retention: buckets whose span ended more than this long before now are dropped, not
+    /// taken again from peers, and ingests into them are refused. `None` (default) keeps
+    /// everything.
+    pub keep_ms: Option<u64>,
     /// A planted bug for checker tests (feature `testing` only).
     #[cfg(feature = "testing")]
     pub danger_canary: Canary,
@@ -136,6 +146,8 @@ impl Config {
             docs_loaded_max: 1024,
             snapshot_changes_min: 512,
             keep_actor_after_crash: true,
+            bucket_ms: 3_600_000,
+            keep_ms: None,
             #[cfg(feature = "testing")]
             danger_canary: Canary::None,
         }
@@ -186,6 +198,19 @@ impl Config {
             || self.snapshot_changes_min == 0
         {
             return Err("timeouts and snapshot_changes_min must be positive".into());
+        }
+        if !(crate::stream::BUCKET_MS_MIN..=crate::stream::BUCKET_MS_MAX).contains(&self.bucket_ms)
+            || !crate::stream::BUCKET_MS_MAX.is_multiple_of(self.bucket_ms)
+        {
+            return Err(format!(
+                "bucket_ms {} must divide a day ({}) and be at least {}",
+                self.bucket_ms,
+                crate::stream::BUCKET_MS_MAX,
+                crate::stream::BUCKET_MS_MIN
+            ));
+        }
+        if self.keep_ms == Some(0) {
+            return Err("keep_ms must be positive".into());
         }
         Ok(())
     }
@@ -285,6 +310,42 @@ pub enum NodeError {
         #[source]
         source: doc::ViewError,
     },
+    /// The name cannot be a stream's.
+    #[error(transparent)]
+    Stream(#[from] crate::stream::StreamError),
+    /// A reading written straight into a bucket lies outside the bucket's span.
+    #[error("reading {id} at {ts_ms} ms lies outside the bucket {doc}")]
+    OutsideBucket {
+        /// The bucket.
+        doc: DocId,
+        /// The reading.
+        id: String,
+        /// Its timestamp.
+        ts_ms: i64,
+    },
+    /// A reading's timestamp is beyond what a stream's bucket ids can name.
+    #[error("reading {id} has timestamp {ts_ms} ms, beyond the last a stream holds ({max})")]
+    TooFarAhead {
+        /// The reading.
+        id: String,
+        /// Its timestamp.
+        ts_ms: i64,
+        /// The limit (exclusive).
+        max: i64,
+    },
+    /// A reading older than this node's retention: its bucket has been, or is about to be,
+    /// dropped.
+    #[error(
+        "reading {id} at {ts_ms} ms is older than this node keeps (retention drops buckets that ended before {horizon_ms} ms)"
+    )]
+    Expired {
+        /// The reading.
+        id: String,
+        /// Its timestamp.
+        ts_ms: i64,
+        /// Buckets ending at or before this are dropped.
+        horizon_ms: u64,
+    },
     /// A stored document failed to load.
     #[error("document {doc} failed to load: {reason}")]
     Load {
@@ -355,6 +416,11 @@ pub enum Event {
         /// Which limit.
         limit: &'static str,
     },
+    /// A document was dropped whole: a bucket past this node's retention.
+    DocDropped {
+        /// The document.
+        doc: DocId,
+    },
     /// An Ack frame was just released by [`Node::poll_transmit`]: this node told `peer` that
     /// it durably holds `clocks`. Shells may count it; the simulator audits the promise.
     Acknowledged {
@@ -372,6 +438,8 @@ pub enum Event {
 pub struct Ingested {
     /// Per reading, in input order.
     pub outcomes: Vec<IngestOutcome>,
+    /// Per reading, in input order: the document (bucket) it went to.
+    pub docs: Vec<DocId>,
     /// The readings are durable once [`Node::durable_seq`] reaches this.
     pub durable_at: u64,
 }
@@ -638,8 +706,31 @@ impl<S: Store> Node<S> {
             })
     }
 
-    /// The sensor view; `Ok(None)` if unknown, an error if not a sensor document.
+    /// The sensor view of a sensor document, or of a whole stream (every bucket merged: for
+    /// small streams and tests; [`Node::read_stream`] pages through large ones); `Ok(None)` if
+    /// unknown, an error if not a sensor document.
     pub fn sensor_view(&mut self, doc: &DocId) -> Result<Option<SensorView>, NodeError> {
+        if self.has_buckets(doc) {
+            let all = crate::stream::Range {
+                limit: crate::stream::PAGE_MAX,
+                ..Default::default()
+            };
+            let mut view = SensorView {
+                readings: BTreeMap::new(),
+                invalid: Vec::new(),
+            };
+            let mut range = all.clone();
+            while let Some(page) = self.read_stream(doc, &range)? {
+                for r in page.readings {
+                    view.readings.insert(r.id.clone(), r);
+                }
+                match page.next {
+                    Some(c) => range.after = Some(c),
+                    None => break,
+                }
+            }
+            return Ok(Some(view));
+        }
         match self.with_doc(doc, doc::sensor_view)? {
             None => Ok(None),
             Some(Some(v)) => Ok(Some(v)),
@@ -875,21 +966,18 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Ingests readings into the sensor document `doc` (created, from the shared genesis, if
-    /// new). Readings whose id is already present are not written again. All new readings are
-    /// written as few Automerge changes as the change size limit allows, in one atomic commit.
-    pub fn ingest(
+    /// Writes `readings` (all within the span of `doc` when it is a bucket) into the sensor
+    /// document `doc`, created from the shared genesis if new, as few Automerge changes as the
+    /// change size limit allows, recorded in `batch`. Readings whose id is already present are
+    /// not written again. The caller checked the document's kind, readings map and actor room
+    /// ([`Node::check_sensor_target`]).
+    fn put_into(
         &mut self,
+        batch: &mut WriteBatch,
         doc: &DocId,
         readings: &[Reading],
         now_ms: u64,
-    ) -> Result<Ingested, NodeError> {
-        self.check_writable()?;
-        self.now_ms = self.now_ms.max(now_ms);
-        for r in readings {
-            r.validate()?;
-        }
-        let mut batch = WriteBatch::default();
+    ) -> Result<Vec<IngestOutcome>, NodeError> {
         if !self.docs.contains_key(doc) {
             let mut am = Automerge::new().with_actor(self.doc_actor(doc).to_automerge());
             let genesis = doc::sensor_genesis().clone();
@@ -903,12 +991,7 @@ impl<S: Store> Node<S> {
                     used: self.use_tick,
                 },
             );
-            self.record_change(&mut batch, doc, &genesis, false)?;
-        } else if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Sensor {
-            return Err(NodeError::KindMismatch {
-                doc: doc.clone(),
-                actual: DocKind::Generic,
-            });
+            self.record_change(batch, doc, &genesis, false)?;
         }
         let Some(map) = doc::readings_obj(self.loaded_doc(doc)?) else {
             return Err(NodeError::NoReadingsMap { doc: doc.clone() });
@@ -936,17 +1019,11 @@ impl<S: Store> Node<S> {
                     .loaded_doc(doc)?
                     .get_last_local_change()
                     .expect("committed");
-                self.record_change(&mut batch, doc, &change, true)?;
+                self.record_change(batch, doc, &change, true)?;
             }
             start = end;
         }
-        let seq = self.commit(batch)?;
-        self.announce(Origin::Local);
-        self.pump_all();
-        Ok(Ingested {
-            outcomes,
-            durable_at: self.durable_at(seq),
-        })
+        Ok(outcomes)
     }
 
     /// Applies an RFC 7386 JSON merge patch to the generic document `doc` (created if new) as
@@ -955,6 +1032,15 @@ impl<S: Store> Node<S> {
         self.check_writable()?;
         self.now_ms = self.now_ms.max(now_ms);
         doc::validate_patch(patch)?;
+        if crate::stream::is_bucket_like(doc) {
+            return Err(crate::stream::StreamError::IsBucket(doc.clone()).into());
+        }
+        if self.has_buckets(doc) {
+            return Err(NodeError::KindMismatch {
+                doc: doc.clone(),
+                actual: DocKind::Sensor,
+            });
+        }
         let is_new = !self.docs.contains_key(doc);
         if is_new {
             self.use_tick += 1;

@@ -225,13 +225,18 @@ impl<S: Store> Node<S> {
     }
 
     /// Learns peer clocks (from a Summary or Ack): receipts, and what the session sends next.
-    fn learn_clocks(&mut self, sid: SessionId, entries: &[DocClock]) {
+    /// Returns the entries naming buckets this node no longer keeps.
+    fn learn_clocks(&mut self, sid: SessionId, entries: &[DocClock]) -> Vec<DocClock> {
         let peer = self.sessions[&sid].peer().clone();
         let mut batch = WriteBatch::default();
+        let mut gone = Vec::new();
         for e in entries {
             // Entries for documents this node lacks carry nothing it could send: skipping them
             // bounds per-peer memory by the local document count.
             if !self.docs.contains_key(&e.doc) {
+                if self.is_gone(&e.doc) && !e.clock.is_empty() {
+                    gone.push(e.clone());
+                }
                 continue;
             }
             self.raise_receipt(&mut batch, &peer, &e.doc, &e.clock);
@@ -240,10 +245,23 @@ impl<S: Store> Node<S> {
         }
         // Receipts need not be durable: losing one only causes a resend.
         let _ = self.commit(batch);
+        gone
     }
 
     fn on_summary(&mut self, sid: SessionId, sm: Summary) {
-        self.learn_clocks(sid, &sm.entries);
+        // Only the peer's opening summary is answered: an answer arrives after the session is
+        // live, so two nodes that both dropped a bucket never answer each other in a loop.
+        let opening = !self.sessions[&sid].is_live();
+        let gone = self.learn_clocks(sid, &sm.entries);
+        if opening && !gone.is_empty() {
+            // Retention: the peer holds buckets this node dropped. Answer that this node holds
+            // what the peer holds, so it never sends them (changes it sends before this arrives
+            // are acknowledged the same way). Not remembered as reported: nothing of a dropped
+            // bucket is kept.
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.queue_summary(self.commit_seq, gone);
+            }
+        }
         if sm.last {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 s.finish_summary(&self.docs);
@@ -274,7 +292,7 @@ impl<S: Store> Node<S> {
                             .observe(actor, seq);
                         match applied {
                             Applied::New(n) => stats.changes_applied += 1 + n as u64,
-                            Applied::Duplicate => stats.changes_duplicate += 1,
+                            Applied::Duplicate | Applied::Gone => stats.changes_duplicate += 1,
                             Applied::Buffered => stats.changes_buffered += 1,
                         }
                     }
@@ -319,11 +337,17 @@ impl<S: Store> Node<S> {
             let reason = e.to_string();
             return self.close_session(sid, e.close_code(), &reason);
         }
+        // A bucket past retention is acknowledged as held at what the peer sent: the peer counts
+        // it as held and does not send it again.
         let clocks: Vec<DocClock> = received
-            .keys()
-            .map(|doc| DocClock {
+            .iter()
+            .map(|(doc, sent)| DocClock {
                 doc: doc.clone(),
-                clock: self.clock(doc).cloned().unwrap_or_default(),
+                clock: match self.clock(doc) {
+                    Some(c) => c.clone(),
+                    None if self.is_gone(doc) => sent.clone(),
+                    None => VectorClock::new(),
+                },
             })
             .collect();
         let gate = self.durable_at(seq);
@@ -332,7 +356,9 @@ impl<S: Store> Node<S> {
     }
 
     fn on_ack(&mut self, sid: SessionId, a: Ack) {
-        self.learn_clocks(sid, &a.clocks);
+        // An Ack names only documents this node sent: none can be a bucket it dropped but for
+        // a batch in flight when it was dropped, whose entries are ignored.
+        let _ = self.learn_clocks(sid, &a.clocks);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.handle_ack(&a, &self.docs);
         }

@@ -9,6 +9,7 @@ use super::{planted, Config, Node, NodeError};
 use crate::id::{DocId, NodeName};
 use crate::schema::{self, Refusal};
 use crate::store::{Store, WriteBatch};
+use crate::stream::Bucket;
 use crate::sync::SessionId;
 use crate::vclock::{Actor, CLOCK_ACTORS_MAX};
 use crate::wire::CloseCode;
@@ -22,6 +23,8 @@ pub(crate) enum Applied {
     Duplicate,
     /// Held until its dependencies arrive.
     Buffered,
+    /// Into a bucket this node no longer keeps: counted as held, dropped.
+    Gone,
 }
 
 /// A remote change was refused; the session that sent it ends.
@@ -142,6 +145,13 @@ impl CausalBuffer {
         }
     }
 
+    /// Forgets every change waiting for `doc` (dropped by retention).
+    pub(super) fn drop_doc(&mut self, doc: &DocId) {
+        for key in self.keys(doc) {
+            self.remove(doc, &key);
+        }
+    }
+
     /// Holds `change` (sent by `peer`) unless already held; refuses it when a bound is reached.
     fn insert(
         &mut self,
@@ -239,6 +249,10 @@ impl<S: Store> Node<S> {
         if change.seq() == 0 {
             return Err(Refusal::SeqZero.into());
         }
+        if self.is_gone(doc) {
+            return Ok((Applied::Gone, actor, change.seq()));
+        }
+        let bucket = Bucket::parse(doc);
         let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
         if change.seq() <= held {
             let am = self.loaded_doc(doc)?;
@@ -258,12 +272,12 @@ impl<S: Store> Node<S> {
         if !self.is_ready(doc, &change)? {
             // Checked on receipt, so nothing the schema refuses waits in the buffer; the rule
             // that needs the document is checked when the change becomes ready.
-            schema::check_shape(&change)?;
+            schema::check_shape_in(&change, bucket.as_ref())?;
             self.pending
                 .insert(doc, (actor, seq), change, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
-        schema::check(&change, self.loaded_doc(doc)?)?;
+        schema::check_in(&change, self.loaded_doc(doc)?, bucket.as_ref())?;
         self.apply_ready(batch, doc, change, sid)?;
         let mut drained = 0;
         while let Some(next) = self.take_ready_pending(doc)? {

@@ -42,6 +42,17 @@ pub fn doc(s: &str) -> DocId {
     DocId::new(s).unwrap()
 }
 
+/// The document of stream `s`'s first hour (readings with timestamps below 3,600,000 ms at the
+/// default bucket width): the sensor document an ingest into `s` at such a time writes.
+pub fn bucket(s: &str) -> DocId {
+    edgesync_proto::stream::Bucket::of(&doc(s), 0, 3_600_000).doc()
+}
+
+/// [`bucket`], as text.
+pub fn bucket_name(s: &str) -> String {
+    bucket(s).as_str().to_string()
+}
+
 /// Makes everything committed durable and tells the node.
 pub fn persist(n: &mut Node<MemStore>) {
     let seq = n.commit_seq();

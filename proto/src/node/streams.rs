@@ -1,0 +1,369 @@
+//! Streams on the node: ingest split into time buckets, range and latest reads over a
+//! stream's buckets, and retention (dropping buckets past this node's horizon).
+
+use std::collections::BTreeMap;
+
+use super::{DocKind, Event, Ingested, Node, NodeError, Origin};
+use crate::doc::{self, IngestOutcome, SensorView};
+use crate::id::DocId;
+use crate::reading::Reading;
+use crate::store::{DocMeta, Store, WriteBatch, WriteOp};
+use crate::stream::{self, Bucket, Page, Range, EXPIRE_BATCH_MAX, TS_LIMIT_MS};
+use crate::vclock::CLOCK_ACTORS_MAX;
+
+/// One document a stream read looks at: a bucket, or a sensor document named like the stream
+/// itself (written before streams were bucketed), which may hold readings of any time.
+enum Part {
+    Bucket(Bucket),
+    Whole,
+}
+
+impl<S: Store> Node<S> {
+    /// Ingests readings into a stream, or straight into one of its buckets.
+    ///
+    /// `target` names a stream (`site-a/temp-1`): each reading goes into the bucket of its
+    /// timestamp at this node's bucket width ([`super::Config::bucket_ms`]); buckets are created
+    /// from the shared sensor genesis when new. Or `target` names a bucket
+    /// ([`Bucket::doc`]): every reading must lie within its span. Readings whose id is already
+    /// present in their bucket are not written again (same content: `Duplicate`; other
+    /// content: `Conflict`). Everything new is written in one atomic commit, or nothing is.
+    /// A reading older than this node's retention is refused ([`NodeError::Expired`]).
+    pub fn ingest(
+        &mut self,
+        target: &DocId,
+        readings: &[Reading],
+        now_ms: u64,
+    ) -> Result<Ingested, NodeError> {
+        self.check_writable()?;
+        self.now_ms = self.now_ms.max(now_ms);
+        for r in readings {
+            r.validate()?;
+            if r.ts_ms >= TS_LIMIT_MS {
+                return Err(NodeError::TooFarAhead {
+                    id: r.id.clone(),
+                    ts_ms: r.ts_ms,
+                    max: TS_LIMIT_MS,
+                });
+            }
+        }
+        let buckets: Vec<Bucket> = match Bucket::parse(target) {
+            Some(b) => {
+                if let Some(r) = readings.iter().find(|r| !b.holds(r.ts_ms)) {
+                    return Err(NodeError::OutsideBucket {
+                        doc: target.clone(),
+                        id: r.id.clone(),
+                        ts_ms: r.ts_ms,
+                    });
+                }
+                vec![b; readings.len()]
+            }
+            None => {
+                stream::check_stream(target)?;
+                if self.docs.contains_key(target) && self.kind(target)? == Some(DocKind::Generic) {
+                    return Err(NodeError::KindMismatch {
+                        doc: target.clone(),
+                        actual: DocKind::Generic,
+                    });
+                }
+                readings
+                    .iter()
+                    .map(|r| Bucket::of(target, r.ts_ms as u64, self.cfg.bucket_ms))
+                    .collect()
+            }
+        };
+        if let Some(horizon_ms) = self.horizon_ms() {
+            if let Some((r, _)) = readings
+                .iter()
+                .zip(&buckets)
+                .find(|(_, b)| b.end_ms() <= horizon_ms)
+            {
+                return Err(NodeError::Expired {
+                    id: r.id.clone(),
+                    ts_ms: r.ts_ms,
+                    horizon_ms,
+                });
+            }
+        }
+        // Readings per bucket, in input order within each.
+        let mut groups: BTreeMap<DocId, Vec<usize>> = BTreeMap::new();
+        let docs: Vec<DocId> = buckets.iter().map(Bucket::doc).collect();
+        for (i, d) in docs.iter().enumerate() {
+            groups.entry(d.clone()).or_default().push(i);
+        }
+        // Everything that can refuse a bucket is checked before anything is written, so a
+        // refusal leaves memory and store as they were.
+        for d in groups.keys() {
+            self.check_sensor_target(d)?;
+        }
+        let saved: Vec<(DocId, Option<DocMeta>)> = groups
+            .keys()
+            .map(|d| (d.clone(), self.docs.get(d).cloned()))
+            .collect();
+        let mut batch = WriteBatch::default();
+        let mut outcomes = vec![IngestOutcome::Duplicate; readings.len()];
+        let mut written = Ok(());
+        for (d, idx) in &groups {
+            let part: Vec<Reading> = idx.iter().map(|&i| readings[i].clone()).collect();
+            match self.put_into(&mut batch, d, &part, now_ms) {
+                Ok(out) => {
+                    for (&i, o) in idx.iter().zip(out) {
+                        outcomes[i] = o;
+                    }
+                }
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = written {
+            // Only a store failure gets here (the node is then poisoned); undo anyway.
+            for (d, meta) in saved {
+                self.loaded.remove(&d);
+                match meta {
+                    Some(m) => self.docs.insert(d, m),
+                    None => self.docs.remove(&d),
+                };
+            }
+            self.dirty.clear();
+            return Err(e);
+        }
+        let seq = self.commit(batch)?;
+        self.announce(Origin::Local);
+        self.pump_all();
+        Ok(Ingested {
+            outcomes,
+            docs,
+            durable_at: self.durable_at(seq),
+        })
+    }
+
+    /// Checks that readings can be written into the sensor document `doc` (new, or a sensor
+    /// document with its readings map and room for this node's actor).
+    fn check_sensor_target(&mut self, doc: &DocId) -> Result<(), NodeError> {
+        let Some(meta) = self.docs.get(doc) else {
+            return Ok(());
+        };
+        let mine = self.doc_actor(doc);
+        if meta.clock.get(&mine) == 0 && meta.clock.len() >= CLOCK_ACTORS_MAX {
+            return Err(NodeError::TooManyActors {
+                doc: doc.clone(),
+                max: CLOCK_ACTORS_MAX,
+            });
+        }
+        let am = self.loaded_doc(doc)?;
+        if doc::kind_of(am) != DocKind::Sensor {
+            return Err(NodeError::KindMismatch {
+                doc: doc.clone(),
+                actual: DocKind::Generic,
+            });
+        }
+        if doc::readings_obj(am).is_none() {
+            return Err(NodeError::NoReadingsMap { doc: doc.clone() });
+        }
+        Ok(())
+    }
+
+    /// The documents of `stream` this node holds, oldest bucket first; a sensor document
+    /// named like the stream comes first. Empty for an unknown stream.
+    fn stream_parts(&mut self, stream: &DocId) -> Result<Vec<(DocId, Part)>, NodeError> {
+        let lo = stream::bucket_range_start(stream);
+        let hi = stream::bucket_range_end(stream);
+        let mut parts = Vec::new();
+        if self.docs.contains_key(stream) && self.kind(stream)? == Some(DocKind::Sensor) {
+            parts.push((stream.clone(), Part::Whole));
+        }
+        let buckets: Vec<(DocId, Bucket)> = self
+            .docs
+            .range::<str, _>((
+                std::ops::Bound::Included(lo.as_str()),
+                std::ops::Bound::Excluded(hi.as_str()),
+            ))
+            .filter_map(|(d, _)| Bucket::parse(d).map(|b| (d.clone(), b)))
+            .filter(|(_, b)| b.stream == *stream)
+            .collect();
+        let mut buckets = buckets;
+        // Widths may differ between writers: order by span, then id.
+        buckets.sort_by(|(da, a), (db, b)| {
+            (a.start_ms, a.end_ms(), da).cmp(&(b.start_ms, b.end_ms(), db))
+        });
+        parts.extend(buckets.into_iter().map(|(d, b)| (d, Part::Bucket(b))));
+        Ok(parts)
+    }
+
+    /// Whether this node holds a bucket of `stream`.
+    pub fn has_buckets(&self, stream: &DocId) -> bool {
+        let lo = stream::bucket_range_start(stream);
+        let hi = stream::bucket_range_end(stream);
+        self.docs
+            .range::<str, _>((
+                std::ops::Bound::Included(lo.as_str()),
+                std::ops::Bound::Excluded(hi.as_str()),
+            ))
+            .any(|(d, _)| Bucket::parse(d).is_some_and(|b| b.stream == *stream))
+    }
+
+    /// Whether `stream` names a stream this node holds readings of (or a sensor document).
+    pub fn is_stream(&mut self, stream: &DocId) -> Result<bool, NodeError> {
+        if stream::is_bucket_like(stream) {
+            return Ok(false);
+        }
+        Ok(!self.stream_parts(stream)?.is_empty())
+    }
+
+    /// A page of `stream`'s readings in (timestamp, id) order; `None` for an unknown stream.
+    /// Loads only the buckets whose span meets the range, oldest first, and stops once the
+    /// page is full. `latest` is the stream's latest reading ([`Node::latest`]).
+    pub fn read_stream(
+        &mut self,
+        stream: &DocId,
+        range: &Range,
+    ) -> Result<Option<Page>, NodeError> {
+        let parts = self.stream_parts(stream)?;
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let limit = range.limit.clamp(1, stream::PAGE_MAX);
+        let mut found: BTreeMap<(i64, String), Reading> = BTreeMap::new();
+        for (d, part) in &parts {
+            if let Part::Bucket(b) = part {
+                if !range.overlaps(b.start_ms, b.end_ms()) {
+                    continue;
+                }
+                // Buckets come in start order: once a page and one more sort before this
+                // bucket's start, nothing here or later can enter the page.
+                let full = found.len() > limit;
+                if full
+                    && found
+                        .last_key_value()
+                        .is_some_and(|((ts, _), _)| *ts < b.start_ms as i64)
+                {
+                    break;
+                }
+            }
+            let Some(view) = self.part_view(d)? else {
+                continue;
+            };
+            for r in view.readings.into_values() {
+                if range.admits(&r) {
+                    found.insert((r.ts_ms, r.id.clone()), r);
+                }
+            }
+            // Keep at most one more than a page: whatever sorts later cannot enter it.
+            while found.len() > limit + 1 {
+                found.pop_last();
+            }
+        }
+        let more = found.len() > limit;
+        let mut readings: Vec<Reading> = found.into_values().take(limit).collect();
+        readings.shrink_to_fit();
+        let next = if more {
+            readings.last().map(stream::Cursor::after)
+        } else {
+            None
+        };
+        let latest = self.latest_of(&parts)?;
+        Ok(Some(Page {
+            readings,
+            latest,
+            next,
+        }))
+    }
+
+    /// The sensor view of one part of a stream; `None` if it is not a sensor document.
+    fn part_view(&mut self, doc: &DocId) -> Result<Option<SensorView>, NodeError> {
+        Ok(self.with_doc(doc, doc::sensor_view)?.flatten())
+    }
+
+    /// The latest reading of `stream` (greatest timestamp, then id); `Ok(None)` for an unknown
+    /// stream. Reads the newest bucket that holds a reading, not the stream.
+    pub fn latest(&mut self, stream: &DocId) -> Result<Option<Option<Reading>>, NodeError> {
+        let parts = self.stream_parts(stream)?;
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        self.latest_of(&parts).map(Some)
+    }
+
+    fn latest_of(&mut self, parts: &[(DocId, Part)]) -> Result<Option<Reading>, NodeError> {
+        let mut best: Option<Reading> = None;
+        // Newest bucket first; a bucket that ends before the best so far cannot beat it.
+        for (d, part) in parts.iter().rev() {
+            if let Part::Bucket(b) = part {
+                if best.as_ref().is_some_and(|r| b.end_ms() as i64 <= r.ts_ms) {
+                    continue;
+                }
+            }
+            let Some(view) = self.part_view(d)? else {
+                continue;
+            };
+            if let Some(r) = view.latest() {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| (r.ts_ms, &r.id) > (b.ts_ms, &b.id))
+                {
+                    best = Some(r.clone());
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The first reading time this node keeps: buckets that end at or before it are dropped.
+    /// `None` without retention.
+    pub fn horizon_ms(&self) -> Option<u64> {
+        self.cfg.keep_ms.map(|k| self.now_ms.saturating_sub(k))
+    }
+
+    /// Whether `doc` is a bucket this node no longer keeps (past its retention): its changes
+    /// are counted as held and dropped, never applied.
+    pub fn is_gone(&self, doc: &DocId) -> bool {
+        match (self.horizon_ms(), Bucket::parse(doc)) {
+            (Some(h), Some(b)) => b.end_ms() <= h,
+            _ => false,
+        }
+    }
+
+    /// Retention: drops up to [`EXPIRE_BATCH_MAX`] buckets past the horizon at `now_ms`, from
+    /// memory and the store (with every receipt and reported clock of them), in one commit.
+    /// Returns how many were dropped; call again while it returns the maximum. Reports
+    /// [`Event::DocDropped`] for each.
+    pub fn expire(&mut self, now_ms: u64) -> Result<usize, NodeError> {
+        self.check_writable()?;
+        self.now_ms = self.now_ms.max(now_ms);
+        let gone: Vec<DocId> = self
+            .docs
+            .keys()
+            .filter(|d| self.is_gone(d))
+            .take(EXPIRE_BATCH_MAX)
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let peers: Vec<_> = self.peers.keys().cloned().collect();
+        let mut batch = WriteBatch::default();
+        for d in &gone {
+            self.docs.remove(d);
+            self.loaded.remove(d);
+            self.dirty.remove(d);
+            self.pending.drop_doc(d);
+            for r in self.peers.values_mut() {
+                r.clocks.remove(d);
+                r.reported.remove(d);
+            }
+            for s in self.sessions.values_mut() {
+                s.forget_doc(d);
+            }
+            batch.push(WriteOp::DropDoc {
+                doc: d.clone(),
+                peers: peers.clone(),
+            });
+        }
+        self.commit(batch)?;
+        for d in gone.iter().cloned() {
+            self.events.push_back(Event::DocDropped { doc: d });
+        }
+        Ok(gone.len())
+    }
+}

@@ -1,0 +1,475 @@
+//! Streams as time buckets: ingest, range and latest reads, the bucket schema rule, and
+//! retention (buckets dropped, not taken again, counted as held by peers that keep them).
+
+mod common;
+
+use common::{doc, open, persist, Net};
+use edgesync_proto::store::Store;
+use edgesync_proto::stream::{Bucket, Cursor, Range};
+use edgesync_proto::wire::{ChangeBytes, Changes, DocChanges, Message};
+use edgesync_proto::{
+    CloseCode, DocId, Event, IngestOutcome, MemStore, Node, NodeError, NodeName, Reading,
+};
+use serde_json::json;
+
+const HOUR: u64 = 3_600_000;
+
+fn reading(id: &str, ts: u64) -> Reading {
+    Reading::from_json(id, ts as i64, &json!({ "v": ts })).unwrap()
+}
+
+fn bucket_at(stream: &str, ts: u64) -> DocId {
+    Bucket::of(&doc(stream), ts, HOUR).doc()
+}
+
+fn ids(readings: &[Reading]) -> Vec<String> {
+    readings.iter().map(|r| r.id.clone()).collect()
+}
+
+/// Every page of `stream` in `range`, following `next`.
+fn pages(n: &mut Node<MemStore>, stream: &DocId, mut range: Range) -> Vec<Vec<Reading>> {
+    let mut out = Vec::new();
+    loop {
+        let page = n
+            .read_stream(stream, &range)
+            .unwrap()
+            .expect("a known stream");
+        assert!(page.readings.len() <= range.limit);
+        out.push(page.readings);
+        match page.next {
+            Some(c) => {
+                // The cursor is opaque to clients: it must survive its text form.
+                range.after = Some(Cursor::decode(&c.encode()).unwrap());
+            }
+            None => return out,
+        }
+    }
+}
+
+// Readings land in the bucket of their own timestamp, one document per hour of reading time,
+// each starting with the shared genesis; outcomes and documents come back in input order, and
+// dedup works within a bucket.
+#[test]
+fn an_ingest_splits_readings_into_hour_buckets() {
+    let mut n = open(0, MemStore::new(), 1, |_| {});
+    let s = doc("site-a/temp-1");
+    let batch = [
+        reading("c", 2 * HOUR + 5),
+        reading("a", 5),
+        reading("b", HOUR + 5),
+        reading("a2", 10),
+    ];
+    let out = n.ingest(&s, &batch, 0).unwrap();
+    assert_eq!(out.outcomes, vec![IngestOutcome::Inserted; 4]);
+    let expect: Vec<DocId> = [2 * HOUR, 0, HOUR, 0]
+        .iter()
+        .map(|t| bucket_at("site-a/temp-1", *t))
+        .collect();
+    assert_eq!(out.docs, expect);
+    persist(&mut n);
+    let held: Vec<&DocId> = n.docs().map(|(d, _)| d).collect();
+    assert_eq!(held.len(), 3, "{held:?}");
+    for h in [0, HOUR, 2 * HOUR] {
+        let d = bucket_at("site-a/temp-1", h);
+        let clock = n.clock(&d).unwrap();
+        assert_eq!(
+            clock.get(&edgesync_proto::id::genesis_actor()),
+            1,
+            "{d}: genesis"
+        );
+        assert_eq!(
+            clock.get(&n.doc_actor(&d)),
+            1,
+            "{d}: one change of this node"
+        );
+    }
+    let again = n
+        .ingest(
+            &s,
+            &[
+                reading("b", HOUR + 5),
+                Reading::from_json("a", 5, &json!({"v": 0})).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        again.outcomes,
+        vec![IngestOutcome::Duplicate, IngestOutcome::Conflict]
+    );
+    assert_eq!(n.sensor_view(&s).unwrap().unwrap().readings.len(), 4);
+}
+
+// Paging a stream with `after` yields every reading exactly once, in (timestamp, id) order,
+// within the half-open range; `next` is null on the last page; `latest` is the stream's.
+#[test]
+fn paging_a_range_yields_every_reading_once_in_order() {
+    let mut n = open(0, MemStore::new(), 1, |c| c.docs_loaded_max = 2);
+    let s = doc("site-a/temp-1");
+    // 5 hours, 40 readings each, some sharing a timestamp (ordered by id then).
+    let mut all = Vec::new();
+    for h in 0..5u64 {
+        let batch: Vec<Reading> = (0..40u64)
+            .map(|i| reading(&format!("r{h}-{:02}", 39 - i), h * HOUR + (i / 2) * 1000))
+            .collect();
+        n.ingest(&s, &batch, 0).unwrap();
+        all.extend(batch);
+    }
+    persist(&mut n);
+    all.sort_by(|a, b| (a.ts_ms, &a.id).cmp(&(b.ts_ms, &b.id)));
+    for limit in [1, 7, 40, 41, 1000] {
+        let got: Vec<Reading> = pages(
+            &mut n,
+            &s,
+            Range {
+                limit,
+                ..Range::default()
+            },
+        )
+        .into_iter()
+        .flatten()
+        .collect();
+        assert_eq!(ids(&got), ids(&all), "limit {limit}");
+    }
+    let (from, to) = (HOUR + 3_000, 3 * HOUR + 2_000);
+    let want: Vec<Reading> = all
+        .iter()
+        .filter(|r| r.ts_ms >= from as i64 && r.ts_ms < to as i64)
+        .cloned()
+        .collect();
+    let range = Range {
+        from_ms: Some(from as i64),
+        to_ms: Some(to as i64),
+        limit: 9,
+        after: None,
+    };
+    let got: Vec<Reading> = pages(&mut n, &s, range).into_iter().flatten().collect();
+    assert_eq!(ids(&got), ids(&want));
+    let page = n.read_stream(&s, &Range::default()).unwrap().unwrap();
+    assert_eq!(page.next, None, "200 readings fit one default page");
+    assert_eq!(page.latest.as_ref(), all.last());
+    assert_eq!(n.latest(&s).unwrap().unwrap().as_ref(), all.last());
+    assert_eq!(
+        n.read_stream(&doc("site-a/none"), &Range::default())
+            .unwrap(),
+        None
+    );
+    assert_eq!(n.latest(&doc("site-a/none")).unwrap(), None);
+    let json = page.to_json();
+    let keys: Vec<&String> = json["readings"].as_object().unwrap().keys().collect();
+    let want_keys: Vec<&String> = all.iter().map(|r| &r.id).collect();
+    assert_eq!(keys, want_keys, "the JSON keeps (timestamp, id) order");
+    assert_eq!(json["next"], serde_json::Value::Null);
+}
+
+// Two partitioned nodes both create the same bucket: the genesis is shared, so one readings
+// map holds both nodes' readings after they meet.
+#[test]
+fn concurrent_creation_of_a_bucket_converges() {
+    let mut net = Net::new(2, |_| {});
+    let s = doc("site-a/temp-1");
+    net.nodes[0].ingest(&s, &[reading("x", 10)], 0).unwrap();
+    net.nodes[1].ingest(&s, &[reading("y", 20)], 0).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    for n in &mut net.nodes {
+        let page = n.read_stream(&s, &Range::default()).unwrap().unwrap();
+        assert_eq!(ids(&page.readings), vec!["x", "y"]);
+    }
+    let d = bucket_at("site-a/temp-1", 0);
+    assert_eq!(
+        net.nodes[0].heads(&d).unwrap(),
+        net.nodes[1].heads(&d).unwrap()
+    );
+}
+
+// Names: a stream may not name a bucket; a write straight into a bucket must fit its span.
+#[test]
+fn bucket_names_and_spans_are_enforced_on_local_writes() {
+    let mut n = open(0, MemStore::new(), 1, |_| {});
+    let b = bucket_at("site-a/temp-1", 0);
+    let e = n.ingest(&b, &[reading("late", HOUR)], 0).unwrap_err();
+    assert!(matches!(e, NodeError::OutsideBucket { .. }), "{e}");
+    n.ingest(&b, &[reading("in", HOUR - 1)], 0).unwrap();
+    let e = n
+        .ingest(&doc("site-a/_b.x/t"), &[reading("r", 1)], 0)
+        .unwrap_err();
+    assert!(matches!(e, NodeError::Stream(_)), "{e}");
+    let e = n
+        .ingest(
+            &doc("s"),
+            &[reading("r", edgesync_proto::stream::TS_LIMIT_MS as u64)],
+            0,
+        )
+        .unwrap_err();
+    assert!(matches!(e, NodeError::TooFarAhead { .. }), "{e}");
+    assert_eq!(n.docs().count(), 1, "refused ingests wrote nothing");
+}
+
+/// A hand-driven peer named `peer` offers `changes` of `d` as batch 0; returns how the session
+/// ended, if it did.
+fn offer(
+    n: &mut Node<MemStore>,
+    peer: &str,
+    d: &DocId,
+    changes: Vec<Vec<u8>>,
+) -> Option<(CloseCode, String)> {
+    let sid = n.connect(NodeName::new(peer).unwrap(), 0);
+    n.handle_input(sid, &common::hello(peer, 4 << 20).to_frame(), 0);
+    let summary = Message::Summary(edgesync_proto::wire::Summary {
+        entries: vec![],
+        last: true,
+    });
+    n.handle_input(sid, &summary.to_frame(), 0);
+    let batch = Message::Changes(Changes {
+        batch: 0,
+        docs: vec![DocChanges {
+            doc: d.clone(),
+            changes: changes.into_iter().map(ChangeBytes).collect(),
+        }],
+    });
+    n.handle_input(sid, &batch.to_frame(), 0);
+    persist(n);
+    std::iter::from_fn(|| n.poll_event()).find_map(|e| match e {
+        Event::SessionClosed { code, reason, .. } => Some((code.unwrap(), reason)),
+        _ => None,
+    })
+}
+
+// Rule 6 on receipt: a peer's reading outside the bucket's span, or a generic change into a
+// bucket, is refused with InvalidChange and nothing of it is kept.
+#[test]
+fn a_remote_change_outside_its_bucket_is_refused() {
+    use automerge::transaction::Transactable;
+    let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
+    let b = bucket_at("site-a/temp-1", 0);
+    for attack in ["outside", "generic"] {
+        let mut am = automerge::Automerge::new();
+        am.apply_changes([edgesync_proto::doc::sensor_genesis().clone()])
+            .unwrap();
+        let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
+            .unwrap()
+            .unwrap();
+        let mut tx = am.transaction();
+        match attack {
+            "outside" => {
+                tx.put(&map, "late", reading("late", HOUR).encode())
+                    .unwrap();
+            }
+            _ => {
+                tx.put(automerge::ROOT, "note", "x").unwrap();
+            }
+        }
+        tx.commit();
+        let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let mut n = open(0, MemStore::new(), 1, |_| {});
+        let (code, reason) =
+            offer(&mut n, "gw-9", &b, vec![genesis.clone(), change]).expect("the session ends");
+        assert_eq!(code, CloseCode::InvalidChange, "{attack}: {reason}");
+        let want = if attack == "outside" {
+            "does not belong in the bucket"
+        } else {
+            "other than readings"
+        };
+        assert!(reason.contains(want), "{attack}: {reason}");
+        assert_eq!(n.clock(&b).unwrap().len(), 1, "{attack}: the genesis only");
+        // The same change into a document that is not a bucket is fine.
+        let mut n = open(0, MemStore::new(), 1, |_| {});
+        let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+        assert_eq!(
+            offer(
+                &mut n,
+                "gw-9",
+                &doc("site-a/temp-1"),
+                vec![genesis.clone(), change]
+            ),
+            None
+        );
+    }
+}
+
+// Retention: an ingest older than the horizon is refused and says why; expire drops whole
+// buckets from memory and store, with their receipts; the rest stays readable.
+#[test]
+fn retention_drops_old_buckets_and_refuses_old_readings() {
+    let keep = 24 * HOUR;
+    let mut n = open(0, MemStore::new(), 1, |c| c.keep_ms = Some(keep));
+    let s = doc("site-a/temp-1");
+    let now = 30 * HOUR + 123;
+    let batch: Vec<Reading> = (0..31)
+        .map(|h| reading(&format!("r{h}"), h * HOUR + 7))
+        .collect();
+    n.ingest(&s, &batch, 0).unwrap();
+    persist(&mut n);
+    assert_eq!(n.docs().count(), 31);
+    // At hour 30, buckets ending at or before hour 6 are past retention.
+    let late = [
+        reading("young", 29 * HOUR),
+        reading("too-old", 6 * HOUR - 1),
+    ];
+    let e = n.ingest(&s, &late, now).unwrap_err();
+    assert!(
+        matches!(e, NodeError::Expired { ref id, .. } if id == "too-old"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("older than this node keeps"), "{e}");
+    assert_eq!(
+        n.docs().count(),
+        31,
+        "nothing of a refused ingest is written"
+    );
+    n.ingest(&s, &[reading("just-kept", 6 * HOUR)], now)
+        .unwrap();
+    let dropped = n.expire(now).unwrap();
+    persist(&mut n);
+    assert_eq!(dropped, 6, "hours 0..6 end at or before 30 - 24");
+    let events: Vec<Event> = std::iter::from_fn(|| n.poll_event()).collect();
+    let dropped_events = events
+        .iter()
+        .filter(|e| matches!(e, Event::DocDropped { .. }))
+        .count();
+    assert_eq!(dropped_events, 6);
+    assert_eq!(n.docs().count(), 25);
+    let first = n.read_stream(&s, &Range::default()).unwrap().unwrap();
+    assert_eq!(first.readings[0].id, "just-kept");
+    assert_eq!(first.readings.len(), 26);
+    assert_eq!(n.expire(now).unwrap(), 0, "nothing more is due");
+    // The store holds nothing of the dropped buckets, after a restart too.
+    let store = n.into_store();
+    let stored: Vec<DocId> = store.docs().unwrap().into_iter().map(|(d, _)| d).collect();
+    assert_eq!(stored.len(), 25);
+    assert!(store
+        .changes_from(&bucket_at("site-a/temp-1", 0), 0, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.snapshot(&bucket_at("site-a/temp-1", 0)).unwrap(),
+        None
+    );
+}
+
+// Nodes keep different spans: a node without retention keeps every bucket; a node with it
+// drops the old ones and does not take them again when they meet, and the keeper counts
+// them as held (nothing unacknowledged, nothing resent). Readings the keeper gets later into
+// an old bucket are acknowledged by the expiring node without being kept.
+#[test]
+fn a_dropped_bucket_is_not_taken_again_and_counts_as_held() {
+    let keep = 24 * HOUR;
+    let mut net = Net::new(2, |_| {});
+    // n1 expires; n0 (the keeper) does not.
+    let mut cfg = edgesync_proto::Config::new(common::name(1));
+    cfg.keep_ms = Some(keep);
+    net.nodes[1] = Node::open(MemStore::new(), cfg, common::boot(99)).unwrap();
+    let s = doc("site-a/temp-1");
+    let old = bucket_at("site-a/temp-1", 0);
+    let now = 30 * HOUR;
+    net.nodes[0]
+        .ingest(&s, &[reading("old", 5), reading("new", 29 * HOUR)], now)
+        .unwrap();
+    // A fresh expiring node meets the keeper: the old bucket is answered as held at once.
+    net.nodes[1].expire(now).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert_eq!(
+        net.nodes[1].clock(&old),
+        None,
+        "the old bucket was not taken"
+    );
+    assert!(
+        net.nodes[1]
+            .read_stream(&s, &Range::default())
+            .unwrap()
+            .unwrap()
+            .readings
+            .len()
+            == 1
+    );
+    let peer1 = common::name(1);
+    assert_eq!(
+        net.nodes[0].peer_unacked(&peer1),
+        0,
+        "the keeper counts it as held"
+    );
+    let sent_before = net.nodes[0].session_totals().changes_sent;
+    // A late reading into the old bucket reaches the keeper; the expiring node acknowledges
+    // it as held, keeps nothing, and the keeper does not send it again.
+    net.nodes[0]
+        .ingest(&old, &[reading("late", 6)], now)
+        .unwrap();
+    net.settle();
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert_eq!(net.nodes[1].clock(&old), None, "no resurrection");
+    assert_eq!(net.nodes[0].peer_unacked(&peer1), 0);
+    let sent = net.nodes[0].session_totals().changes_sent - sent_before;
+    assert_eq!(sent, 1, "the late change went once");
+    // Reconnecting changes nothing: no resend, no resurrection.
+    net.disconnect(0, 1);
+    net.connect(0, 1);
+    net.settle();
+    assert_eq!(net.nodes[0].session_totals().changes_sent - sent_before, 1);
+    assert_eq!(net.nodes[1].clock(&old), None);
+}
+
+// A keeper with a long history meets a node that keeps a day: the node answers the keeper's
+// summary with the keeper's own clocks for the buckets it dropped, so after the first window
+// the keeper sends nothing of them.
+#[test]
+fn old_buckets_are_answered_as_held_before_they_are_sent() {
+    let mut net = Net::new(2, |c| {
+        c.batch_bytes_max = 1;
+        c.inflight_batches_max = 1;
+    });
+    let mut cfg = edgesync_proto::Config::new(common::name(1));
+    cfg.keep_ms = Some(24 * HOUR);
+    net.nodes[1] = Node::open(MemStore::new(), cfg, common::boot(99)).unwrap();
+    let s = doc("site-a/temp-1");
+    let old: Vec<Reading> = (0..50)
+        .map(|h| reading(&format!("r{h}"), h * HOUR))
+        .collect();
+    net.nodes[0].ingest(&s, &old, 0).unwrap();
+    net.nodes[1].expire(100 * HOUR).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    let sent = net.nodes[0].session_totals().changes_sent;
+    assert!(
+        sent <= 4,
+        "{sent} of 100 changes of dropped buckets were sent"
+    );
+    assert_eq!(net.nodes[0].peer_unacked(&common::name(1)), 0);
+    assert_eq!(net.nodes[1].docs().count(), 0);
+}
+
+// Expiring a bucket while a session is sending it ends nothing: the session forgets it.
+#[test]
+fn expiring_a_bucket_a_session_is_sending_is_harmless() {
+    let keep = 24 * HOUR;
+    let mut net = Net::new(2, |c| {
+        c.keep_ms = Some(24 * HOUR);
+        c.batch_bytes_max = 1;
+        c.inflight_batches_max = 1;
+    });
+    let s = doc("site-a/temp-1");
+    for i in 0..20 {
+        net.nodes[0]
+            .ingest(&s, &[reading(&format!("r{i}"), 5 + i)], 0)
+            .unwrap();
+    }
+    net.connect(0, 1);
+    // One round: the first batch is in flight, the rest queued behind the window.
+    net.pull();
+    net.nodes[0].expire(keep + HOUR).unwrap();
+    net.nodes[1].expire(keep + HOUR).unwrap();
+    net.settle();
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert_eq!(net.nodes[0].docs().count(), 0);
+    assert_eq!(net.nodes[1].docs().count(), 0);
+    assert!(net.nodes[0].is_idle() && net.nodes[1].is_idle());
+    let r = net.nodes[0].receipts(&common::name(1)).unwrap();
+    assert!(
+        r.clocks.is_empty() && r.reported.is_empty(),
+        "nothing kept of dropped buckets"
+    );
+}
