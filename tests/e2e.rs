@@ -989,3 +989,88 @@ fn streams_page_by_time_and_retention_keeps_what_it_should() {
         || cloud.reading_ids(stream).contains("from-gw"),
     );
 }
+
+// Store-and-forward pruning over real processes: a gateway that prunes after the cloud holds
+// closed one-minute buckets while the cloud is cut off (status says for whom), prunes them
+// within 30 s of the cloud's acknowledgement once the cut heals, keeps their clocks (the
+// directory passes `edgesync check`), and refuses readings into them with a 422 that says why.
+#[test]
+fn a_gateway_prunes_what_the_cloud_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (cloud, cloud_quic) = fast_cloud(dir.path(), &pki);
+    let relay = rt.block_on(UdpRelay::start(cloud_quic)).unwrap();
+    relay.cut();
+    let extra = format!(
+        "{FAST}[streams]\nbucket_minutes = 1\n[retention]\nprune_after_ack = [\"cloud\"]\nprune_grace_minutes = 0\n"
+    );
+    let mut gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            peers: vec![("cloud", relay.addr)],
+            extra: &extra,
+            ..NodeSpec::named("gw-1")
+        },
+    );
+    const MINUTE: i64 = 60_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let first = (now / MINUTE - 5) * MINUTE;
+    let stream = "site-a/temp-1";
+    for i in 0..30 {
+        gw.ingest(stream, &format!("r{i:02}"), first + i * 6_000, i as f64);
+    }
+    let pruning = |n: &Node| n.status()["pruning"].clone();
+    wait_for(
+        "three closed buckets waiting for the cloud",
+        Duration::from_secs(30),
+        || {
+            let p = pruning(&gw);
+            p["waiting"] == 3 && p["waiting_for"]["cloud"] == 3 && p["pruned"] == 0
+        },
+    );
+    relay.heal();
+    let took = wait_for("the gateway to prune them", Duration::from_secs(40), || {
+        let p = pruning(&gw);
+        p["pruned"] == 3 && p["waiting"] == 0
+    });
+    assert_eq!(
+        cloud.reading_ids(stream).len(),
+        30,
+        "the cloud holds everything"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "pruned {took:?} after the heal"
+    );
+    let left = gw.doc(stream).unwrap();
+    assert_eq!(left["readings"].as_object().unwrap().len(), 0, "{left}");
+    let docs = request("GET", &format!("{}/v1/docs", gw.api), None);
+    assert_eq!(
+        docs["docs"].as_array().unwrap().len(),
+        3,
+        "the buckets' clocks are kept"
+    );
+    let (status, v) = try_request(
+        "POST",
+        &format!("{}/v1/ingest", gw.api),
+        Some(json!({"doc": stream, "id": "late", "ts": first + 1, "fields": {"t": 1}})),
+    )
+    .unwrap();
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("pruned"), "{v}");
+    assert!(gw.terminate().success());
+    let out = cli_ok(&[
+        "check",
+        "--data-dir",
+        dir.path().join("data/gw-1").to_str().unwrap(),
+        "--name",
+        "gw-1",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&v["docs"], &v["pruned"]), (&json!(3), &json!(3)), "{v}");
+}

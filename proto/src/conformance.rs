@@ -70,6 +70,7 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
         clock: clock(&[(1, 2)]),
         next_order: 2,
         snapshot_order: 1,
+        pruned: true,
     };
     let batch = WriteBatch {
         ops: vec![
@@ -234,6 +235,7 @@ fn dropping_a_document_keeps_its_neighbours<S: Store>(mut s: S, reopen: &mut imp
                 clock: clock(&[(1, 3)]),
                 next_order: 3,
                 snapshot_order: 1,
+                pruned: false,
             },
         });
         ops.push(WriteOp::PutSnapshot {
@@ -256,10 +258,13 @@ fn dropping_a_document_keeps_its_neighbours<S: Store>(mut s: S, reopen: &mut imp
     }
     s.commit(WriteBatch { ops }).unwrap();
     s.commit(WriteBatch {
-        ops: vec![WriteOp::DropDoc {
-            doc: doc("a"),
-            peers: vec![peer("p"), peer("q")],
-        }],
+        ops: vec![
+            WriteOp::DropDoc {
+                doc: doc("a"),
+                peers: vec![peer("p"), peer("q")],
+            },
+            WriteOp::DropContent { doc: doc("b") },
+        ],
     })
     .unwrap();
     let check = |s: &S| {
@@ -271,7 +276,11 @@ fn dropping_a_document_keeps_its_neighbours<S: Store>(mut s: S, reopen: &mut imp
         assert!(s.changes_from(&doc("a"), 0, 10).unwrap().is_empty());
         assert_eq!(s.change_at(&doc("a"), 1).unwrap(), None);
         assert!(s.change_index(&doc("a"), &a1, 1..=3).unwrap().is_empty());
-        for d in ["a/b", "a.b", "b"] {
+        // "b" lost its content and kept its metadata and receipts.
+        assert!(s.changes_from(&doc("b"), 0, 10).unwrap().is_empty());
+        assert!(s.change_index(&doc("b"), &a1, 1..=3).unwrap().is_empty());
+        assert_eq!(s.snapshot(&doc("b")).unwrap(), None);
+        for d in ["a/b", "a.b"] {
             assert_eq!(s.changes_from(&doc(d), 0, 10).unwrap().len(), 3, "{d}");
             assert_eq!(s.change_index(&doc(d), &a1, 1..=3).unwrap().len(), 3, "{d}");
             assert_eq!(s.snapshot(&doc(d)).unwrap().unwrap().1, d.as_bytes(), "{d}");

@@ -93,7 +93,8 @@ pub use id::{DocId, NameError, NodeName};
 #[cfg(feature = "testing")]
 pub use node::Canary;
 pub use node::{
-    Boot, Config, Event, Ingested, Node, NodeError, OpenError, Origin, Patched, VerifyError,
+    Boot, Config, Event, Ingested, Node, NodeError, OpenError, Origin, Patched, PruneStatus,
+    VerifyError,
 };
 pub use reading::{FieldValue, Reading, ReadingError};
 pub use store::{MemStore, Store, StoreError};

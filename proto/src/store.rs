@@ -15,7 +15,7 @@ use crate::vclock::{Actor, VectorClock};
 
 /// Version of the logical schema behind this trait (document metadata, change index,
 /// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
-pub const LOGICAL_SCHEMA_VERSION: u32 = 2;
+pub const LOGICAL_SCHEMA_VERSION: u32 = 3;
 
 /// Node-wide metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,8 +49,13 @@ pub struct DocMeta {
     pub clock: VectorClock,
     /// Apply-order number the next change will get. Equals the number of changes held.
     pub next_order: u64,
-    /// Changes with an order below this are contained in the snapshot.
+    /// Changes with an order below this are contained in the snapshot (of a pruned document:
+    /// were dropped; those from here on were received since and wait to be forwarded).
     pub snapshot_order: u64,
+    /// The content was pruned once every peer the node forwards to acknowledged it
+    /// (store-and-forward): only the clock is kept, so the document is known as held.
+    /// Logical schema version 3.
+    pub pruned: bool,
 }
 
 /// One stored change.
@@ -125,6 +130,12 @@ pub enum WriteOp {
         doc: DocId,
         /// What the peer was told.
         clock: VectorClock,
+    },
+    /// Drop a document's content (changes, index entries, snapshot), keeping its metadata and
+    /// receipts: a pruned document.
+    DropContent {
+        /// Document.
+        doc: DocId,
     },
     /// Forget a document whole: its metadata, changes, index entries and snapshot, and what
     /// each listed peer acknowledged of it or was told about it. A store keeps nothing of it.
@@ -265,6 +276,11 @@ impl MemState {
                         .reported
                         .insert(doc, clock);
                 }
+                WriteOp::DropContent { doc } => {
+                    self.snapshots.remove(&doc);
+                    self.changes.retain(|(d, _), _| *d != doc);
+                    self.index.retain(|(d, _, _), _| *d != doc);
+                }
                 WriteOp::DropDoc { doc, peers } => {
                     self.docs.remove(&doc);
                     self.snapshots.remove(&doc);
@@ -339,6 +355,11 @@ impl MemStore {
     /// Commits made durable so far (what survives [`MemStore::crash`]).
     pub fn durable_commits(&self) -> u64 {
         self.synced_commits
+    }
+
+    /// Every document's metadata in the durable state (what a crash would leave).
+    pub fn durable_docs(&self) -> &BTreeMap<DocId, DocMeta> {
+        &self.durable.docs
     }
 
     /// The document's clock in the durable state (what a crash would leave).

@@ -473,3 +473,158 @@ fn expiring_a_bucket_a_session_is_sending_is_harmless() {
         "nothing kept of dropped buckets"
     );
 }
+
+/// Sessions that ended with a close code other than a shutdown (a lost transport is not one).
+fn refusals(net: &Net) -> Vec<String> {
+    net.closed
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::SessionClosed {
+                code: Some(c),
+                reason,
+                ..
+            } if *c != CloseCode::Shutdown => Some(format!("n{i}: {c:?} {reason}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Node `i` of `net` reopened with `tweak` on a fresh store (before anything happened).
+fn reconfigure(net: &mut Net, i: usize, tweak: impl Fn(&mut edgesync_proto::Config)) {
+    let mut cfg = edgesync_proto::Config::new(common::name(i));
+    tweak(&mut cfg);
+    net.nodes[i] = Node::open(MemStore::new(), cfg, common::boot(50 + i as u64)).unwrap();
+}
+
+// Store-and-forward pruning: a closed bucket's content is dropped once every listed peer has
+// acknowledged all of it, not before (not closed yet, or not acknowledged); the clock stays,
+// and status says what waits for whom.
+#[test]
+fn pruning_waits_for_every_listed_peer_and_the_grace() {
+    let mut net = Net::new(3, |_| {});
+    reconfigure(&mut net, 0, |c| {
+        c.prune_after_ack = vec![common::name(1), common::name(2)]
+    });
+    let s = doc("site-a/temp-1");
+    let hours: Vec<Reading> = (0..3)
+        .map(|h| reading(&format!("r{h}"), h * HOUR + 1))
+        .collect();
+    net.nodes[0].ingest(&s, &hours, 0).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    let b0 = bucket_at("site-a/temp-1", 0);
+    // Hour 0 is not closed before 1:10.
+    assert_eq!(net.nodes[0].prune(HOUR + 9 * 60_000).unwrap(), 0);
+    assert_eq!(net.nodes[0].prune_status().waiting, 0, "nothing closed yet");
+    // At 1:11 it is closed, and only n1 has acknowledged it.
+    assert_eq!(net.nodes[0].prune(HOUR + 11 * 60_000).unwrap(), 0);
+    let st = net.nodes[0].prune_status();
+    assert_eq!(st.waiting, 1, "{st:?}");
+    assert_eq!(st.waiting_for.get(&common::name(2)), Some(&1));
+    assert_eq!(st.waiting_for.get(&common::name(1)), None);
+    net.connect(0, 2);
+    net.settle();
+    assert_eq!(net.nodes[0].prune(HOUR + 11 * 60_000).unwrap(), 1);
+    assert!(net.nodes[0].is_pruned(&b0));
+    let st = net.nodes[0].prune_status();
+    assert_eq!((st.waiting, st.pruned), (0, 1), "{st:?}");
+    assert!(net.nodes[0].clock(&b0).is_some(), "the clock is kept");
+    assert!(net.nodes[0]
+        .store()
+        .changes_from(&b0, 0, 10)
+        .unwrap()
+        .is_empty());
+    let page = net.nodes[0]
+        .read_stream(&s, &Range::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ids(&page.readings),
+        vec!["r1", "r2"],
+        "what was pruned is not read here"
+    );
+    for peer in [1, 2] {
+        let view = net.nodes[peer].sensor_view(&s).unwrap().unwrap();
+        assert_eq!(view.readings.len(), 3, "n{peer} keeps everything");
+    }
+    let e = net.nodes[0]
+        .ingest(&s, &[reading("late", 5)], 0)
+        .unwrap_err();
+    assert!(matches!(e, NodeError::Pruned { .. }), "{e}");
+    // Reconnecting sends nothing back, and nothing is resent.
+    let sent = net.nodes[1].session_totals().changes_sent;
+    net.disconnect(0, 1);
+    net.connect(0, 1);
+    net.settle();
+    assert_eq!(refusals(&net), Vec::<String>::new());
+    assert_eq!(net.nodes[1].session_totals().changes_sent, sent);
+    assert!(net.nodes[0].is_pruned(&b0));
+    // The pruned state survives a restart.
+    let mut cfg = net.nodes[0].config().clone();
+    cfg.prune_after_ack = vec![common::name(1)];
+    let store =
+        std::mem::replace(&mut net.nodes[0], open(9, MemStore::new(), 9, |_| {})).into_store();
+    let n = Node::open(store, cfg, common::boot(77)).unwrap();
+    assert!(n.is_pruned(&b0));
+    assert_eq!(n.prune_status().pruned, 1);
+}
+
+// A late change into a bucket a gateway already pruned (a writer that was partitioned for
+// hours) is neither lost nor stuck: the gateway stores it, acknowledges it, forwards it to the
+// cloud, and prunes it again once the cloud has it.
+#[test]
+fn a_late_change_into_a_pruned_bucket_is_forwarded() {
+    // n0 cloud, n1 gateway (prunes after the cloud), n2 edge.
+    let mut net = Net::new(3, |_| {});
+    reconfigure(&mut net, 1, |c| c.prune_after_ack = vec![common::name(0)]);
+    let s = doc("site-a/temp-1");
+    let b0 = bucket_at("site-a/temp-1", 0);
+    net.nodes[2].ingest(&s, &[reading("early", 10)], 0).unwrap();
+    net.connect(1, 2);
+    net.connect(0, 1);
+    net.settle();
+    assert_eq!(net.nodes[1].prune(2 * HOUR).unwrap(), 1);
+    // The edge writes into the same hour while cut off, then comes back.
+    net.disconnect(1, 2);
+    net.nodes[2].ingest(&s, &[reading("late", 20)], 0).unwrap();
+    net.connect(1, 2);
+    net.settle();
+    assert_eq!(refusals(&net), Vec::<String>::new());
+    let cloud = net.nodes[0].sensor_view(&s).unwrap().unwrap();
+    assert!(
+        cloud.readings.contains_key("late"),
+        "forwarded through the pruned bucket"
+    );
+    assert_eq!(
+        net.nodes[2].peer_unacked(&common::name(1)),
+        0,
+        "acknowledged"
+    );
+    assert_eq!(net.nodes[1].peer_unacked(&common::name(0)), 0);
+    assert_eq!(
+        net.nodes[1].store().changes_from(&b0, 0, 10).unwrap().len(),
+        1,
+        "held to forward"
+    );
+    assert_eq!(
+        net.nodes[1].prune(2 * HOUR).unwrap(),
+        1,
+        "pruned again once forwarded"
+    );
+    assert!(net.nodes[1]
+        .store()
+        .changes_from(&b0, 0, 10)
+        .unwrap()
+        .is_empty());
+    let clock = net.nodes[1].clock(&b0).unwrap().clone();
+    assert_eq!(
+        &clock,
+        net.nodes[0].clock(&b0).unwrap(),
+        "the clock follows"
+    );
+    // The edge resending an old change (a store it restored, say) is a duplicate.
+    net.disconnect(1, 2);
+    net.connect(1, 2);
+    net.settle();
+    assert_eq!(refusals(&net), Vec::<String>::new());
+}

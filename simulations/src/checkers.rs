@@ -43,6 +43,9 @@ pub(crate) enum Checker {
     FinalDurability,
     /// Honest nodes within their limits at every durable point.
     Limits,
+    /// A bucket a node dropped for its age never comes back to it (from a peer, or durably),
+    /// and a pruned bucket never gets its content back.
+    Resurrection,
 }
 
 impl Checker {
@@ -59,6 +62,7 @@ impl Checker {
             Checker::Convergence => "convergence",
             Checker::FinalDurability => "final-durability",
             Checker::Limits => "limits",
+            Checker::Resurrection => "resurrection",
         }
     }
 }
@@ -140,11 +144,13 @@ impl Sim {
     /// An Ack frame left node `i`, promising `clocks`: each must be durable in its store now.
     pub(crate) fn audit_ack(&mut self, i: usize, clocks: &[DocClock]) {
         let sn = &self.nodes[i];
-        let store = sn.node.as_ref().expect("a sending node is up").store();
+        let n = sn.node.as_ref().expect("a sending node is up");
+        let store = n.store();
         let empty = VectorClock::new();
-        let early = clocks
-            .iter()
-            .find(|e| !e.clock.le(store.durable_clock(&e.doc).unwrap_or(&empty)));
+        // A bucket past retention is acknowledged as held on purpose (it is not kept).
+        let early = clocks.iter().find(|e| {
+            !n.is_gone(&e.doc) && !e.clock.le(store.durable_clock(&e.doc).unwrap_or(&empty))
+        });
         if let Some(e) = early {
             let v = format!(
                 "{} acknowledged {} changes of {} to a peer before they were durable",
@@ -229,6 +235,47 @@ impl Sim {
             }
         }
         regress
+    }
+
+    /// After a sync of node `i`: no bucket it durably dropped is durably back, and no bucket
+    /// it durably pruned has its content back.
+    pub(crate) fn check_resurrection(&mut self, i: usize) -> Option<String> {
+        let sn = &mut self.nodes[i];
+        let n = sn.node.as_ref().expect("up");
+        let durable = n.store().durable_docs();
+        let gone: Vec<DocId> = sn
+            .durable_docs
+            .iter()
+            .filter(|d| !durable.contains_key(*d))
+            .cloned()
+            .collect();
+        sn.dropped.extend(gone);
+        let mut found = None;
+        for (d, meta) in durable {
+            if sn.dropped.contains(d) {
+                found = Some(format!("{d}, dropped for its age, is back"));
+            }
+            if meta.pruned {
+                sn.pruned_seen.insert(d.clone());
+            } else if sn.pruned_seen.contains(d) {
+                found = Some(format!("{d}, pruned, has its content back"));
+            }
+        }
+        sn.durable_docs = durable.keys().cloned().collect();
+        found
+    }
+
+    /// Node `i` applied changes from a peer to `doc`: it must not be a bucket past its
+    /// retention (those are acknowledged as held, never applied).
+    pub(crate) fn audit_not_gone(&mut self, i: usize, doc: &DocId) {
+        let gone = self.nodes[i].node.as_ref().is_some_and(|n| n.is_gone(doc));
+        if gone {
+            let v = format!(
+                "{} took changes of {doc}, past its retention",
+                self.nodes[i].name
+            );
+            self.violation(Checker::Resurrection, v);
+        }
     }
 
     /// After node `i` reopened: every clock it had at a durable point is still there.
@@ -346,6 +393,9 @@ impl Sim {
 
     /// Convergence, clock consistency and durability, after quiescence.
     pub(crate) fn check_final(&mut self) -> Result<(), (Checker, String)> {
+        if self.plan.days > 0 {
+            return self.check_final_days();
+        }
         let mut reference: Option<(String, DocStates)> = None;
         let honest = self.plan.nodes - self.plan.byzantine;
         for i in 0..honest {
@@ -368,6 +418,56 @@ impl Sim {
             }
         }
         for i in 0..honest {
+            self.check_readings(i)
+                .map_err(|v| (Checker::FinalDurability, v))?;
+            self.check_reopens_equal(i)
+                .map_err(|v| (Checker::Reopen, v))?;
+        }
+        Ok(())
+    }
+
+    /// With retention and pruning (days runs; a star whose cloud, node 0, keeps everything):
+    /// every document a gateway holds equals the cloud's (a pruned bucket: its clock); every
+    /// bucket the cloud holds within a gateway's retention is on that gateway; and every
+    /// acknowledged reading is on every node that keeps its bucket unpruned.
+    fn check_final_days(&mut self) -> Result<(), (Checker, String)> {
+        let hub = self.doc_states(0).map_err(|v| (Checker::Clock, v))?;
+        for i in 1..self.plan.nodes {
+            let name = self.nodes[i].name.to_string();
+            let state = self.doc_states(i).map_err(|v| (Checker::Clock, v))?;
+            let n = self.nodes[i].node.as_ref().expect("checked by doc_states");
+            for (d, st) in &state {
+                let Some(h) = hub.get(d) else {
+                    let v = format!("{name} holds {d}, which the cloud does not");
+                    return Err((Checker::Convergence, v));
+                };
+                let same = if n.is_pruned(d) {
+                    st.clock == h.clock
+                } else {
+                    st == h
+                };
+                if !same {
+                    let v = format!(
+                        "{d} differs between {name} and the cloud: {:?} vs {:?}",
+                        st.clock, h.clock
+                    );
+                    return Err((Checker::Convergence, v));
+                }
+            }
+            let horizon = n.horizon_ms();
+            let missing = hub.keys().find(|d| {
+                let kept = match (edgesync_proto::stream::Bucket::parse(d), horizon) {
+                    (Some(b), Some(h)) => b.end_ms() > h,
+                    _ => true,
+                };
+                kept && !state.contains_key(*d)
+            });
+            if let Some(d) = missing {
+                let v = format!("{name} keeps {d} by its retention but does not hold it");
+                return Err((Checker::Convergence, v));
+            }
+        }
+        for i in 0..self.plan.nodes {
             self.check_readings(i)
                 .map_err(|v| (Checker::FinalDurability, v))?;
             self.check_reopens_equal(i)
@@ -476,6 +576,10 @@ impl Sim {
             views.insert(doc, view);
         }
         for ((doc, id), bodies) in &self.ledger.acked {
+            // Past this node's retention, or pruned here (the cloud keeps it): not required.
+            if n.is_gone(doc) || n.is_pruned(doc) {
+                continue;
+            }
             let Some(r) = views.get(doc).and_then(|v| v.readings.get(id)) else {
                 return Err(format!(
                     "acknowledged reading {id} in {doc} missing on {name}"

@@ -35,6 +35,9 @@ enum Command {
         /// Hostile nodes in every run (see `run --byzantine`).
         #[arg(long, default_value_t = 0)]
         byzantine: usize,
+        /// Simulated days in every run (see `run --days`).
+        #[arg(long, default_value_t = 0, conflicts_with = "byzantine")]
+        days: u32,
     },
 }
 
@@ -64,6 +67,11 @@ struct RunOpts {
     /// send garbage and every refused kind of change, forge, flood and stop reading.
     #[arg(long, default_value_t = 0)]
     byzantine: usize,
+    /// Simulate this many days with retention and pruning on: a star whose cloud keeps
+    /// everything, gateways keeping 6, 12 or 24 hours or everything (half of them pruning
+    /// what the cloud acknowledged), sparse readings in hour buckets, partitions of hours.
+    #[arg(long, default_value_t = 0, conflicts_with = "byzantine")]
+    days: u32,
     /// Print the event log (time, node, event).
     #[arg(long)]
     trace: bool,
@@ -79,6 +87,7 @@ impl RunOpts {
             scenario: self.scenario,
             canary: self.canary,
             byzantine: self.byzantine,
+            days: self.days,
             trace: self.trace,
         }
     }
@@ -121,7 +130,8 @@ fn main() -> ExitCode {
             seeds,
             canary,
             byzantine,
-        } => swarm(&seeds, canary, byzantine),
+            days,
+        } => swarm(&seeds, canary, byzantine, days),
     }
 }
 
@@ -191,7 +201,7 @@ fn print_summary(plan: &Plan, report: &Report) {
 }
 
 /// `swarm`: every seed of a range. With a canary, every seed must end in a violation.
-fn swarm(seeds: &str, canary: Canary, byzantine: usize) -> ExitCode {
+fn swarm(seeds: &str, canary: Canary, byzantine: usize, days: u32) -> ExitCode {
     let range = match parse_range(seeds) {
         Ok(r) => r,
         Err(e) => {
@@ -214,6 +224,7 @@ fn swarm(seeds: &str, canary: Canary, byzantine: usize) -> ExitCode {
         let mut args = RunArgs::seed(seed);
         args.canary = canary;
         args.byzantine = byzantine;
+        args.days = days;
         let (plan, report) = run(&args);
         if let Some(v) = &report.violation {
             violations.push((plan.reproduce(), v.clone()));
@@ -237,6 +248,7 @@ fn swarm(seeds: &str, canary: Canary, byzantine: usize) -> ExitCode {
         for seed in seeds_missed(seeds, &violations) {
             let mut args = RunArgs::seed(seed);
             args.canary = canary;
+            args.days = days;
             println!("missed: {}", Plan::draw(&args).reproduce());
         }
     }

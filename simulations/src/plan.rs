@@ -161,6 +161,11 @@ pub struct RunArgs {
     pub canary: Canary,
     /// Hostile nodes (the highest-numbered; at most all but two).
     pub byzantine: usize,
+    /// Simulated days with retention and pruning on (0: a normal run of minutes). A days run
+    /// is a star (the cloud, node 0, keeps everything), with sparse readings over hour buckets,
+    /// partitions of hours, and gateways that each keep a span of hours or everything and may
+    /// prune what the cloud acknowledged.
+    pub days: u32,
     /// Keep the event log for printing.
     pub trace: bool,
 }
@@ -176,6 +181,7 @@ impl RunArgs {
             scenario: Scenario::Random,
             canary: Canary::None,
             byzantine: 0,
+            days: 0,
             trace: false,
         }
     }
@@ -298,6 +304,11 @@ pub struct Plan {
     pub canary: Canary,
     /// Hostile nodes: the last `byzantine` node numbers.
     pub byzantine: usize,
+    /// Simulated days (0: a normal run).
+    pub days: u32,
+    /// Per node: retention (`Config::keep_ms`) and whether it prunes what the cloud
+    /// acknowledged (days runs only).
+    pub retention: Vec<(Option<u64>, bool)>,
     /// Knobs.
     pub knobs: Knobs,
 }
@@ -372,14 +383,38 @@ impl Plan {
         // buckets spread a run's readings over many documents; the hour keeps them in one.
         knobs.core.bucket_ms =
             [5_000, 10_000, 30_000, 60_000, 3_600_000][rng.random_range(0..5usize)];
+        let mut retention = vec![(None, false); nodes];
+        let mut duration_ms = duration_ms;
+        let mut topology = args.topology.unwrap_or(topology);
+        if args.days > 0 {
+            // Days: sparse readings, slow syncs, hour-long partitions, hour buckets; gateways
+            // keep 6, 12 or 24 hours, or everything, and half prune after the cloud.
+            topology = Topology::Star;
+            duration_ms = args
+                .duration_ms
+                .unwrap_or(u64::from(args.days) * 86_400_000);
+            knobs.sync_interval_ms = rng.random_range(200..=3000);
+            knobs.ingest_interval_ms = rng.random_range(20_000..=120_000);
+            knobs.patch_interval_ms = rng.random_range(300_000..=1_800_000);
+            knobs.faults = rng.random_range(4..=12);
+            knobs.core.bucket_ms = [1_800_000, 3_600_000][rng.random_range(0..2usize)];
+            knobs.core.prune_grace_ms = rng.random_range(1..=20) * 60_000;
+            for r in retention.iter_mut().skip(1) {
+                let keep = [None, Some(6), Some(12), Some(24)][rng.random_range(0..4usize)];
+                *r = (keep.map(|h: u64| h * 3_600_000), rng.random_bool(0.5));
+            }
+            knobs.thin_workload(duration_ms);
+        }
         Plan {
             seed: args.seed,
             nodes,
-            topology: args.topology.unwrap_or(topology),
+            topology,
             duration_ms,
             scenario: args.scenario,
             canary: args.canary,
             byzantine,
+            days: args.days,
+            retention,
             knobs,
         }
     }
@@ -398,6 +433,9 @@ impl Plan {
         }
         if self.byzantine > 0 {
             s.push_str(&format!(" --byzantine {}", self.byzantine));
+        }
+        if self.days > 0 {
+            s.push_str(&format!(" --days {}", self.days));
         }
         s
     }

@@ -19,6 +19,8 @@ use crate::plan::Plan;
 pub(crate) const BASE_MS: u64 = 1_700_000_000_000;
 /// After the faults stop, convergence must happen within this much simulated time.
 pub const LIVENESS_MS: u64 = 60_000;
+/// How often a node with retention or pruning drops and prunes buckets (as the daemon does).
+const HOUSEKEEP_MS: u64 = 10_000;
 /// How often quiescence is checked once faults have stopped.
 const QUIESCENCE_CHECK_MS: u64 = 100;
 
@@ -99,6 +101,10 @@ pub(crate) enum Ev {
     Attack {
         node: usize,
     },
+    /// Retention and pruning on one node (days runs).
+    Housekeep {
+        node: usize,
+    },
 }
 
 /// One simulated node: the real core over a crashable in-memory store.
@@ -123,6 +129,14 @@ pub(crate) struct SimNode {
     pub(crate) store_base: u64,
     /// A hostile node reads nothing it is sent before this time.
     pub(crate) deaf_until: u64,
+    /// A sync is scheduled (days runs sync on demand).
+    pub(crate) sync_due: bool,
+    /// Documents in the store's durable state at the last sync.
+    pub(crate) durable_docs: std::collections::BTreeSet<DocId>,
+    /// Documents durably dropped (retention): never to be durably held again.
+    pub(crate) dropped: std::collections::BTreeSet<DocId>,
+    /// Documents durably pruned: never to have content again.
+    pub(crate) pruned_seen: std::collections::BTreeSet<DocId>,
     /// Floods (of actors or documents) a hostile node has left: each leaves honest relays a
     /// few sessions of catching up, and the run's liveness bound must hold.
     pub(crate) floods_left: u32,
@@ -226,8 +240,12 @@ impl Sim {
     pub fn run(mut self) -> Report {
         for i in 0..self.nodes.len() {
             self.restart(i);
-            let d = self.rng.random_range(0..=self.plan.knobs.sync_interval_ms);
-            self.at(d, Ev::Sync { node: i });
+            // Days runs fsync when there is something to sync (group commit), not on a
+            // schedule: a schedule would be millions of idle events a day.
+            if self.plan.days == 0 {
+                let d = self.rng.random_range(0..=self.plan.knobs.sync_interval_ms);
+                self.at(d, Ev::Sync { node: i });
+            }
         }
         for link in 0..self.net.links.len() {
             let d = self.rng.random_range(0..=100);
@@ -239,6 +257,13 @@ impl Sim {
         self.at(d, Ev::Patch);
         self.schedule_faults();
         self.schedule_attacks();
+        for node in 0..self.nodes.len() {
+            let c = &self.nodes[node].cfg;
+            if c.keep_ms.is_some() || !c.prune_after_ack.is_empty() {
+                let d = self.rng.random_range(0..HOUSEKEEP_MS);
+                self.at(d, Ev::Housekeep { node });
+            }
+        }
         self.at(self.plan.duration_ms, Ev::EndFaults);
         let deadline = self.plan.duration_ms + LIVENESS_MS;
         while !self.done {
@@ -273,6 +298,10 @@ impl Sim {
             Ev::Burst(b) => self.on_burst(b),
             Ev::Deliver { conn, to, frame } => self.deliver(conn, to, &frame),
             Ev::ConnDrop { conn } => self.drop_conn(conn, "transport closed"),
+            Ev::Sync { node } if self.plan.days > 0 => {
+                self.nodes[node].sync_due = false;
+                self.sync(node);
+            }
             Ev::Sync { node } => {
                 self.sync(node);
                 let d = self
@@ -301,6 +330,10 @@ impl Sim {
                 self.at(QUIESCENCE_CHECK_MS, Ev::CheckQuiescence);
             }
             Ev::Attack { node } => self.attack(node),
+            Ev::Housekeep { node } => {
+                self.housekeep(node);
+                self.at(HOUSEKEEP_MS, Ev::Housekeep { node });
+            }
             Ev::CheckQuiescence => {
                 if self.quiescence_blocker().is_none() {
                     self.report.convergence_ms = Some(self.now - self.plan.duration_ms);
@@ -381,6 +414,19 @@ impl Sim {
             self.crash(i);
             return;
         }
+        if self.plan.days > 0 && !self.nodes[i].sync_due {
+            let behind = self.nodes[i]
+                .node
+                .as_ref()
+                .is_some_and(|n| n.durable_seq() < n.commit_seq());
+            if behind {
+                self.nodes[i].sync_due = true;
+                let d = self
+                    .rng
+                    .random_range(1..=self.plan.knobs.sync_interval_ms.max(1) * 2);
+                self.at(d, Ev::Sync { node: i });
+            }
+        }
         if let Some(t) = timeout {
             let t_sim =
                 (t as i64 - BASE_MS as i64 - self.nodes[i].skew_ms).max(self.now as i64) as u64;
@@ -416,10 +462,51 @@ impl Sim {
             Event::DocChanged {
                 doc,
                 origin: Origin::Remote(_),
-            } => self.audit_clock(i, &doc),
+            } => {
+                self.audit_not_gone(i, &doc);
+                self.audit_clock(i, &doc);
+            }
             Event::DocChanged { .. } => {}
-            Event::DocDropped { doc } => self.log(Some(i), format_args!("dropped {doc}")),
+            Event::DocDropped { doc } => {
+                self.log(Some(i), format_args!("dropped {doc}"));
+                // Its clock and receipts are gone with it: not a regression.
+                let sn = &mut self.nodes[i];
+                sn.durable_clocks.remove(&doc);
+                sn.durable_receipts.retain(|(_, d), _| *d != doc);
+            }
         }
+    }
+
+    /// Retention and pruning on node `i`, as the daemon's housekeeping runs them.
+    fn housekeep(&mut self, i: usize) {
+        let now = self.node_now(i);
+        let Some(n) = self.nodes[i].node.as_mut() else {
+            return;
+        };
+        let max = edgesync_proto::stream::EXPIRE_BATCH_MAX;
+        let mut dropped = 0;
+        while let Ok(k) = n.expire(now) {
+            dropped += k;
+            if k < max {
+                break;
+            }
+        }
+        let mut pruned = 0;
+        if !n.config().prune_after_ack.is_empty() {
+            while let Ok(k) = n.prune(now) {
+                pruned += k;
+                if k < max {
+                    break;
+                }
+            }
+        }
+        if dropped + pruned > 0 {
+            self.log(
+                Some(i),
+                format_args!("housekeeping: {dropped} dropped, {pruned} pruned"),
+            );
+        }
+        self.after_call(i);
     }
 
     /// Makes node `i`'s store durable (an fsync), then checks and answers what waited for it.
@@ -432,6 +519,12 @@ impl Sim {
         n.handle_durable(seq);
         let durable = n.durable_seq();
         let regress = self.check_monotonic(i);
+        if let Some(v) = self.check_resurrection(i) {
+            self.violation(
+                Checker::Resurrection,
+                format!("node {}: {v}", self.nodes[i].name),
+            );
+        }
         let over = (!self.is_byzantine(i))
             .then(|| crate::byzantine::limits_violation(self, i))
             .flatten();
@@ -492,10 +585,18 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
         format!("gw-{i}")
     })
     .expect("valid");
+    let (keep_ms, prunes) = plan.retention[i];
     let cfg = Config {
         name: name.clone(),
         frame_bytes_max: k.frame_bytes_max[i],
         danger_canary: plan.canary,
+        keep_ms,
+        // A gateway that prunes lets go of what the cloud (node 0, keeping everything) holds.
+        prune_after_ack: if prunes {
+            vec![NodeName::new("cloud").expect("valid")]
+        } else {
+            Vec::new()
+        },
         ..k.core.clone()
     };
     let skew_ms = if k.skew_max_ms == 0 {
@@ -517,5 +618,9 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
         store_base: 0,
         deaf_until: 0,
         floods_left: 2,
+        sync_due: false,
+        durable_docs: Default::default(),
+        dropped: Default::default(),
+        pruned_seen: Default::default(),
     }
 }

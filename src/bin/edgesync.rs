@@ -394,7 +394,7 @@ fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"ok": true, "docs": docs.len(), "readings": readings, "actors_max": actors_max})
+        serde_json::json!({"ok": true, "docs": docs.len(), "pruned": node.prune_status().pruned, "readings": readings, "actors_max": actors_max})
     );
     Ok(())
 }

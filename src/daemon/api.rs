@@ -65,7 +65,8 @@ fn core_status(e: &NodeError) -> StatusCode {
         | NodeError::Stream(_)
         | NodeError::OutsideBucket { .. }
         | NodeError::TooFarAhead { .. }
-        | NodeError::Expired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        | NodeError::Expired { .. }
+        | NodeError::Pruned { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -352,6 +353,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
         "peers": peers,
         "sessions": s.sessions,
         "totals": s.totals,
+        "pruning": s.pruning,
         "rejected_connections": st.mesh.endpoint().rejections(),
     })))
 }
@@ -390,6 +392,7 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         }
         metrics::gauge!("edgesync_docs").set(s.docs as f64);
         metrics::gauge!("edgesync_pending_changes").set(s.pending_changes as f64);
+        metrics::gauge!("edgesync_prune_waiting_buckets").set(s.pruning.waiting as f64);
     }
     let peers = st.mesh.status();
     metrics::gauge!("edgesync_peers_connected")

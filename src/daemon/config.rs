@@ -104,12 +104,27 @@ impl Default for StreamsSection {
 }
 
 /// The `[retention]` section.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionSection {
     /// Buckets that ended more than this many hours ago are dropped and not taken again, and
     /// older readings are refused. Default: none (everything is kept).
     pub keep_hours: Option<u64>,
+    /// Peers that must all have acknowledged a closed bucket before its content is dropped
+    /// here (store-and-forward). Default: none (no pruning).
+    pub prune_after_ack: Vec<String>,
+    /// Minutes after its span's end that a bucket counts as closed. Default 10.
+    pub prune_grace_minutes: u64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> RetentionSection {
+        RetentionSection {
+            keep_hours: None,
+            prune_after_ack: Vec::new(),
+            prune_grace_minutes: 10,
+        }
+    }
 }
 
 fn default_durability() -> String {
@@ -184,6 +199,10 @@ pub struct Settings {
     pub bucket_ms: u64,
     /// Retention, ms; `None` keeps everything.
     pub keep_ms: Option<u64>,
+    /// Peers whose acknowledgement lets a closed bucket be pruned; empty: no pruning.
+    pub prune_after_ack: Vec<NodeName>,
+    /// How long after its end a bucket is closed, ms.
+    pub prune_grace_ms: u64,
 }
 
 /// A configuration file could not be used.
@@ -267,6 +286,9 @@ pub enum SettingsError {
         /// The rule it breaks.
         rule: &'static str,
     },
+    /// A name in `retention.prune_after_ack` is not a valid node name.
+    #[error("retention.prune_after_ack")]
+    PruneName(#[source] NameError),
     /// A peer's name is not a valid node name.
     #[error("peers")]
     PeerName(#[source] NameError),
@@ -308,6 +330,8 @@ impl Settings {
             net: s.net(),
             bucket_ms: 3_600_000,
             keep_ms: None,
+            prune_after_ack: Vec::new(),
+            prune_grace_ms: 600_000,
         }
     }
 
@@ -317,13 +341,16 @@ impl Settings {
         let mut c = edgesync_proto::Config::new(self.name.clone());
         c.bucket_ms = self.bucket_ms;
         c.keep_ms = self.keep_ms;
+        c.prune_after_ack = self.prune_after_ack.clone();
+        c.prune_grace_ms = self.prune_grace_ms;
         c
     }
 
     /// Reads and checks `path`, then applies overrides from `env`: `EDGE_STORAGE_DIR`
     /// (data_dir), `METRICS_PORT` (a metrics listener on the API's host), `SYNC_RETRY_BASE_MS`
     /// (sync.retry_base_ms), `EDGESYNC_BUCKET_MINUTES` (streams.bucket_minutes),
-    /// `EDGESYNC_KEEP_HOURS` (retention.keep_hours), `EDGESYNC_LOG_FORMAT` (log_format).
+    /// `EDGESYNC_KEEP_HOURS` (retention.keep_hours), `EDGESYNC_PRUNE_AFTER_ACK`
+    /// (retention.prune_after_ack, comma-separated), `EDGESYNC_LOG_FORMAT` (log_format).
     /// `LOG_LEVEL` is read by the
     /// logger.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Settings, ConfigError> {
@@ -383,6 +410,25 @@ impl Settings {
             Some(h) => Some(h * 3_600_000),
             None => None,
         };
+        let mut prune_after_ack: Vec<NodeName> = Vec::new();
+        for p in &cfg.retention.prune_after_ack {
+            let p = NodeName::new(p.clone()).map_err(SettingsError::PruneName)?;
+            if p == name {
+                return Err(SettingsError::Retention {
+                    key: "prune_after_ack",
+                    rule: "must not name this node",
+                });
+            }
+            if !prune_after_ack.contains(&p) {
+                prune_after_ack.push(p);
+            }
+        }
+        if cfg.retention.prune_grace_minutes > 7 * 24 * 60 {
+            return Err(SettingsError::Retention {
+                key: "prune_grace_minutes",
+                rule: "must be at most 10080 (a week)",
+            });
+        }
         let join = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -408,6 +454,8 @@ impl Settings {
             net: s.net(),
             bucket_ms: b * 60_000,
             keep_ms,
+            prune_after_ack,
+            prune_grace_ms: cfg.retention.prune_grace_minutes * 60_000,
         })
     }
 }
@@ -441,6 +489,14 @@ fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
             v.parse()
                 .map_err(|_| bad("EDGESYNC_KEEP_HOURS", v, "a number of hours"))?,
         );
+    }
+    if let Some(v) = env("EDGESYNC_PRUNE_AFTER_ACK") {
+        cfg.retention.prune_after_ack = v
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect();
     }
     if let Some(v) = env("EDGESYNC_LOG_FORMAT").filter(|v| !v.is_empty()) {
         cfg.log_format = match v.as_str() {
@@ -561,6 +617,21 @@ addr = "127.0.0.1:7400"
             (file.bucket_ms, file.keep_ms),
             (86_400_000, Some(86_400_000))
         );
+        let pruning = parse(
+            &format!("{GOOD}\n[retention]\nprune_after_ack = [\"cloud\", \"cloud-2\"]\nprune_grace_minutes = 5\n"),
+            &|_| None,
+        )
+        .unwrap();
+        let core = pruning.core_config();
+        let names: Vec<&str> = core.prune_after_ack.iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            (names, core.prune_grace_ms),
+            (vec!["cloud", "cloud-2"], 300_000)
+        );
+        let env = |k: &str| (k == "EDGESYNC_PRUNE_AFTER_ACK").then(|| "a, b".to_string());
+        let s = parse(GOOD, &env).unwrap();
+        assert_eq!(s.prune_after_ack.len(), 2);
+        assert_eq!(s.prune_grace_ms, 600_000);
     }
 
     #[test]
@@ -620,6 +691,14 @@ addr = "127.0.0.1:7400"
             (
                 format!("{GOOD}\n[retention]\nkeep_days = 1\n"),
                 "unknown field",
+            ),
+            (
+                format!("{GOOD}\n[retention]\nprune_after_ack = [\"gw-1\"]\n"),
+                "retention.prune_after_ack must not name this node",
+            ),
+            (
+                format!("{GOOD}\n[retention]\nprune_after_ack = [\"no one\"]\n"),
+                "retention.prune_after_ack",
             ),
         ];
         for (text, expect) in cases {

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use edgesync_proto::stream::Bucket;
 use edgesync_proto::{DocId, Reading};
 use serde_json::{json, Value};
 
@@ -37,10 +38,17 @@ fn quick(mut s: Settings) -> Settings {
     s
 }
 
-/// Every document's view on one node.
+/// Every stream's (and generic document's) view on one node: a stream is read by its name,
+/// whatever buckets hold it.
 async fn views(h: &NodeHandle) -> anyhow::Result<BTreeMap<String, Value>> {
+    let names: std::collections::BTreeSet<DocId> = h
+        .docs_async()
+        .await?
+        .into_iter()
+        .map(|d| Bucket::parse(&d).map_or(d, |b| b.stream))
+        .collect();
     let mut out = BTreeMap::new();
-    for d in h.docs_async().await? {
+    for d in names {
         if let Some(v) = h.json_async(d.clone(), false).await? {
             out.insert(d.to_string(), v);
         }

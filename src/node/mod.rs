@@ -342,6 +342,8 @@ pub struct NodeStatus {
     pub unacked: BTreeMap<String, u64>,
     /// Counters summed over every session since start, closed ones included.
     pub totals: SessionStats,
+    /// Store-and-forward pruning: what waits for which peer, and how many buckets are pruned.
+    pub pruning: edgesync_proto::PruneStatus,
 }
 
 type IngestReply = Reply<Vec<IngestOutcome>, WriteError>;
@@ -485,7 +487,7 @@ impl DurableNode {
             })?;
         let core_opts = opts.clone();
         let core_events = events.clone();
-        let keep = opts.config.keep_ms.is_some();
+        let keep = opts.config.keep_ms.is_some() || !opts.config.prune_after_ack.is_empty();
         let core_alive = Arc::new(AtomicBool::new(true));
         let alive = AliveGuard(core_alive.clone());
         let core = std::thread::Builder::new()
@@ -794,12 +796,12 @@ struct Core {
     /// Open sessions and their links.
     links: BTreeMap<SessionId, OutboundSender>,
     events: broadcast::Sender<DocEvent>,
-    /// When retention next looks for buckets to drop; `None` without retention.
+    /// When retention and pruning next look for buckets to drop; `None` without either.
     expire_at: Option<u64>,
 }
 
-/// How often retention looks for buckets past the horizon, ms. Buckets end on whole minutes at
-/// the finest, so a drop is at most this late.
+/// How often retention looks for buckets past the horizon and pruning for acknowledged closed
+/// buckets, ms: a bucket is pruned at most this long after its last acknowledgement.
 const EXPIRE_INTERVAL_MS: u64 = 10_000;
 
 impl Core {
@@ -901,8 +903,8 @@ impl Core {
         self.durable(syncer.sync().map_err(Arc::new));
     }
 
-    /// Retention: drops the buckets past the horizon, a bounded number per turn, and sets when
-    /// to look again.
+    /// Retention and pruning: drops the buckets past the horizon and prunes the acknowledged
+    /// closed ones, a bounded number per turn, and sets when to look again.
     fn expire(&mut self, now: u64) {
         let dropped = match self.node.expire(now) {
             Ok(n) => n,
@@ -911,8 +913,22 @@ impl Core {
                 0
             }
         };
+        let pruned = if self.node.config().prune_after_ack.is_empty() {
+            0
+        } else {
+            match self.node.prune(now) {
+                Ok(n) => {
+                    metrics::counter!("edgesync_buckets_pruned_total").increment(n as u64);
+                    n
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning failed");
+                    0
+                }
+            }
+        };
         // A full batch means more are due: go on next turn (requests in between still run).
-        let next = if dropped == EXPIRE_BATCH_MAX {
+        let next = if dropped == EXPIRE_BATCH_MAX || pruned == EXPIRE_BATCH_MAX {
             now
         } else {
             now + EXPIRE_INTERVAL_MS
@@ -1023,6 +1039,7 @@ impl Core {
                 .map(|p| (p.to_string(), self.node.peer_unacked(p)))
                 .collect(),
             totals,
+            pruning: self.node.prune_status(),
         }
     }
 

@@ -374,6 +374,14 @@ struct NodeMetaV1 {
     incarnation: u64,
 }
 
+/// Document metadata as logical schema versions 1 and 2 wrote it.
+#[derive(serde::Deserialize)]
+struct DocMetaV2 {
+    clock: edgesync_proto::VectorClock,
+    next_order: u64,
+    snapshot_order: u64,
+}
+
 impl Store for RocksStore {
     fn node_meta(&self) -> Result<Option<NodeMeta>, StoreError> {
         let Some(v) = self.get(CF_META, KEY_NODE)? else {
@@ -406,7 +414,21 @@ impl Store for RocksStore {
                     key: printable(k),
                 });
             }
-            out.push((doc, open_postcard::<DocMetaValue>(CF_DOCS, k, v)?));
+            // Version 3 added `pruned` at the end; a value written before decodes as version 2
+            // (the checksum was verified, so a short value is an older version, not damage).
+            let meta = match open_postcard::<DocMetaValue>(CF_DOCS, k, v) {
+                Ok(m) => m,
+                Err(_) => {
+                    let m: DocMetaV2 = open_postcard(CF_DOCS, k, v)?;
+                    DocMeta {
+                        clock: m.clock,
+                        next_order: m.next_order,
+                        snapshot_order: m.snapshot_order,
+                        pruned: false,
+                    }
+                }
+            };
+            out.push((doc, meta));
             Ok(true)
         })?;
         Ok(out)
@@ -550,6 +572,12 @@ impl Store for RocksStore {
                     let k = receipt_key(&peer, &doc, RECEIPT_REPORTED);
                     let v = seal_postcard(CF_RECEIPTS, &k, &clock);
                     wb.put_cf(self.cf(CF_RECEIPTS), &k, v);
+                }
+                WriteOp::DropContent { doc } => {
+                    let k = doc_key(&doc);
+                    wb.delete_cf(self.cf(CF_SNAPSHOTS), &k);
+                    wb.delete_range_cf(self.cf(CF_CHANGES), &k, &prefix_end(&k));
+                    wb.delete_range_cf(self.cf(CF_CHANGE_INDEX), &k, &prefix_end(&k));
                 }
                 WriteOp::DropDoc { doc, peers } => {
                     // Keys of one document share its length-prefixed id, which no other

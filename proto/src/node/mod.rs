@@ -7,6 +7,8 @@ mod peering;
 mod remote;
 mod streams;
 
+pub use streams::PruneStatus;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::{Automerge, Change, ChangeHash};
@@ -108,6 +110,13 @@ pub struct Config {
     /// taken again from peers, and ingests into them are refused. `None` (default) keeps
     /// everything.
     pub keep_ms: Option<u64>,
+    /// Store-and-forward pruning: the peers that must all have durably acknowledged a closed
+    /// bucket before this node drops its content ([`Node::prune`]). Empty (default): no
+    /// pruning.
+    pub prune_after_ack: Vec<NodeName>,
+    /// A bucket is closed, and may be pruned, this long after its span ended. Default 10
+    /// minutes: readings that late still land in it here.
+    pub prune_grace_ms: u64,
     /// A planted bug for checker tests (feature `testing` only).
     #[cfg(feature = "testing")]
     pub danger_canary: Canary,
@@ -148,6 +157,8 @@ impl Config {
             keep_actor_after_crash: true,
             bucket_ms: 3_600_000,
             keep_ms: None,
+            prune_after_ack: Vec::new(),
+            prune_grace_ms: 600_000,
             #[cfg(feature = "testing")]
             danger_canary: Canary::None,
         }
@@ -345,6 +356,14 @@ pub enum NodeError {
         ts_ms: i64,
         /// Buckets ending at or before this are dropped.
         horizon_ms: u64,
+    },
+    /// Readings into a bucket this node already forwarded and pruned.
+    #[error(
+        "bucket {doc} was forwarded to every upstream peer and pruned here; readings that late cannot be taken by this node"
+    )]
+    Pruned {
+        /// The bucket.
+        doc: DocId,
     },
     /// A stored document failed to load.
     #[error("document {doc} failed to load: {reason}")]
@@ -747,7 +766,8 @@ impl<S: Store> Node<S> {
         doc: &DocId,
         f: impl FnOnce(&Automerge) -> T,
     ) -> Result<Option<T>, NodeError> {
-        if !self.docs.contains_key(doc) {
+        // A pruned document's content is gone: nothing to show.
+        if self.docs.get(doc).is_none_or(|m| m.pruned) {
             return Ok(None);
         }
         Ok(Some(f(self.loaded_doc(doc)?)))
@@ -757,6 +777,10 @@ impl<S: Store> Node<S> {
     /// compares it with the recorded one: they must be equal (the invariant every checker and
     /// `edgesync check` verify). An unknown document holds nothing and has the empty clock.
     pub fn verify_clock(&mut self, doc: &DocId) -> Result<(), VerifyError> {
+        // A pruned document keeps its clock and none of the changes before pruning.
+        if self.docs.get(doc).is_some_and(|m| m.pruned) {
+            return Ok(());
+        }
         let held: VectorClock = self
             .with_doc(doc, |am| {
                 am.get_changes(&[])
@@ -898,7 +922,9 @@ impl<S: Store> Node<S> {
                 .get(doc)
                 .expect("touched document has metadata")
                 .clone();
-            if meta.next_order - meta.snapshot_order >= self.cfg.snapshot_changes_min {
+            if !meta.pruned
+                && meta.next_order - meta.snapshot_order >= self.cfg.snapshot_changes_min
+            {
                 let bytes = self.loaded_doc(doc)?.save();
                 batch.push(WriteOp::PutSnapshot {
                     doc: doc.clone(),

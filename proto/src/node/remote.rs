@@ -253,10 +253,22 @@ impl<S: Store> Node<S> {
             return Ok((Applied::Gone, actor, change.seq()));
         }
         let bucket = Bucket::parse(doc);
+        let pruned = self.is_pruned(doc);
         let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
         if change.seq() <= held {
-            let am = self.loaded_doc(doc)?;
-            return if am.get_change_meta_by_hash(&change.hash()).is_some() {
+            // A pruned document still has what it received since pruning; of what it dropped
+            // it knows only the clock, so a change below it counts as a duplicate.
+            let same = if pruned {
+                let index = self
+                    .store
+                    .change_index(doc, &actor, change.seq()..=change.seq())
+                    .map_err(NodeError::from)?;
+                index.first().is_none_or(|(_, _, h)| *h == change.hash().0)
+            } else {
+                let am = self.loaded_doc(doc)?;
+                am.get_change_meta_by_hash(&change.hash()).is_some()
+            };
+            return if same {
                 Ok((Applied::Duplicate, actor, change.seq()))
             } else {
                 Err(ApplyError::Equivocation {
@@ -277,14 +289,24 @@ impl<S: Store> Node<S> {
                 .insert(doc, (actor, seq), change, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
-        schema::check_in(&change, self.loaded_doc(doc)?, bucket.as_ref())?;
+        if pruned {
+            // Only buckets are pruned, and rule 6 lets a bucket's changes write readings
+            // alone, into the genesis' map: rule 5 holds without the document.
+            schema::check_shape_in(&change, bucket.as_ref())?;
+        } else {
+            schema::check_in(&change, self.loaded_doc(doc)?, bucket.as_ref())?;
+        }
         self.apply_ready(batch, doc, change, sid)?;
         let mut drained = 0;
         while let Some(next) = self.take_ready_pending(doc)? {
             // A buffered change the schema refuses now is dropped (its sender's session may be
             // over) and the drain goes on. A limit ends this session: everything still waiting
             // is resent by its sender, since none of it was acknowledged.
-            let checked = schema::check_in_doc(&next, self.loaded_doc(doc)?);
+            let checked = if pruned {
+                Ok(())
+            } else {
+                schema::check_in_doc(&next, self.loaded_doc(doc)?)
+            };
             match checked
                 .map_err(ApplyError::from)
                 .and_then(|()| self.apply_ready(batch, doc, next, sid))
@@ -302,6 +324,11 @@ impl<S: Store> Node<S> {
         let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
         if change.seq() != held + 1 {
             return Ok(false);
+        }
+        // A pruned document dropped the changes dependencies would name: its clock says what
+        // it held, and a change one past it is stored and forwarded, not applied.
+        if self.is_pruned(doc) {
+            return Ok(true);
         }
         let am = self.loaded_doc(doc)?;
         Ok(change
@@ -339,7 +366,7 @@ impl<S: Store> Node<S> {
     ) -> Result<(), ApplyError> {
         let admitted = self.admit(doc, &change, sid)?;
         let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 5 == 3;
-        if !planted_drop {
+        if !planted_drop && !self.is_pruned(doc) {
             let hash = change.hash();
             let am = self.loaded_doc(doc)?;
             am.apply_changes([change.clone()])

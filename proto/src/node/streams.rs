@@ -144,6 +144,9 @@ impl<S: Store> Node<S> {
         let Some(meta) = self.docs.get(doc) else {
             return Ok(());
         };
+        if meta.pruned {
+            return Err(NodeError::Pruned { doc: doc.clone() });
+        }
         let mine = self.doc_actor(doc);
         if meta.clock.get(&mine) == 0 && meta.clock.len() >= CLOCK_ACTORS_MAX {
             return Err(NodeError::TooManyActors {
@@ -309,6 +312,11 @@ impl<S: Store> Node<S> {
         Ok(best)
     }
 
+    /// Whether `doc`'s content was pruned ([`Node::prune`]).
+    pub fn is_pruned(&self, doc: &DocId) -> bool {
+        self.docs.get(doc).is_some_and(|m| m.pruned)
+    }
+
     /// The first reading time this node keeps: buckets that end at or before it are dropped.
     /// `None` without retention.
     pub fn horizon_ms(&self) -> Option<u64> {
@@ -366,4 +374,102 @@ impl<S: Store> Node<S> {
         }
         Ok(gone.len())
     }
+
+    /// Store-and-forward pruning: drops the content of every closed bucket (its span ended
+    /// [`super::Config::prune_grace_ms`] ago or more) that every peer in
+    /// [`super::Config::prune_after_ack`] has durably acknowledged whole, keeping its metadata
+    /// (clock and receipts) so the bucket stays known as held. Changes received into a pruned
+    /// bucket since are stored and forwarded, then dropped again once acknowledged. At most
+    /// [`EXPIRE_BATCH_MAX`] buckets per call, in one commit; returns how many.
+    pub fn prune(&mut self, now_ms: u64) -> Result<usize, NodeError> {
+        self.check_writable()?;
+        self.now_ms = self.now_ms.max(now_ms);
+        let due: Vec<DocId> = self
+            .docs
+            .iter()
+            .filter(|(d, m)| {
+                (!m.pruned || m.next_order > m.snapshot_order)
+                    && self.prune_waiting_for(d, m).is_some_and(|w| w.is_empty())
+            })
+            .map(|(d, _)| d.clone())
+            .take(EXPIRE_BATCH_MAX)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = WriteBatch::default();
+        for d in &due {
+            let meta = self.docs.get_mut(d).expect("listed");
+            meta.pruned = true;
+            meta.snapshot_order = meta.next_order;
+            let meta = meta.clone();
+            self.loaded.remove(d);
+            self.dirty.remove(d);
+            batch.push(WriteOp::DropContent { doc: d.clone() });
+            batch.push(WriteOp::PutDocMeta {
+                doc: d.clone(),
+                meta,
+            });
+        }
+        self.commit(batch)?;
+        Ok(due.len())
+    }
+
+    /// For a closed bucket this node would prune: the listed peers that have not yet
+    /// acknowledged all of it (empty: prunable now). `None` when pruning does not apply (not
+    /// configured, not a bucket, not closed yet).
+    fn prune_waiting_for(&self, doc: &DocId, meta: &DocMeta) -> Option<Vec<crate::id::NodeName>> {
+        if self.cfg.prune_after_ack.is_empty() {
+            return None;
+        }
+        let b = Bucket::parse(doc)?;
+        if b.end_ms() + self.cfg.prune_grace_ms > self.now_ms {
+            return None;
+        }
+        Some(
+            self.cfg
+                .prune_after_ack
+                .iter()
+                .filter(|p| {
+                    let acked = self.peers.get(*p).and_then(|r| r.clocks.get(doc));
+                    !acked.is_some_and(|a| meta.clock.le(a))
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// What pruning waits for: closed buckets whose content is still held because a listed
+    /// peer has not acknowledged all of it, counted per peer; and how many are pruned.
+    pub fn prune_status(&self) -> PruneStatus {
+        let mut st = PruneStatus::default();
+        for (d, m) in &self.docs {
+            if m.pruned {
+                st.pruned += 1;
+                if m.next_order == m.snapshot_order {
+                    continue;
+                }
+            }
+            if let Some(w) = self.prune_waiting_for(d, m) {
+                if !w.is_empty() {
+                    st.waiting += 1;
+                }
+                for p in w {
+                    *st.waiting_for.entry(p).or_default() += 1;
+                }
+            }
+        }
+        st
+    }
+}
+
+/// What store-and-forward pruning waits for ([`Node::prune_status`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruneStatus {
+    /// Closed buckets held only because some listed peer has not acknowledged all of them.
+    pub waiting: usize,
+    /// Of those, how many each listed peer has yet to acknowledge.
+    pub waiting_for: BTreeMap<crate::id::NodeName, usize>,
+    /// Buckets pruned here (their clocks are kept).
+    pub pruned: usize,
 }
