@@ -24,8 +24,16 @@
 //!    against the seed's k3s memory request of 256 MiB. Goal: <= 1.0x.
 //! 6. Simulator speed: seeds/s of the default swarm configuration on one thread, against the
 //!    budget of one seed per second (a fixed anchor: the simulator has no other). Goal: >= 1x.
+//! 7. Retention over days: 10 sensors at one reading every 10 s each into the real store for 30
+//!    simulated days with `keep_hours = 168` (`--quick`: 3 days, 24 hours), time passed in
+//!    rather than slept (the core takes `now` as an argument), retention and unloading of
+//!    closed buckets every 10 simulated minutes, an fsync every simulated minute. The ingest
+//!    rate over the last day against the first day's (goal >= 0.9x), and the data directory's
+//!    size and the process's RSS at the last mark against the second (marks at days 7, 14 and
+//!    30; `--quick`: 1, 2 and 3): flat once retention applies (goal <= 1.2x).
 //!
-//! `--quick` shrinks the workloads (the row names say the sizes) to finish in minutes.
+//! `--quick` shrinks the workloads (the row names say the sizes) to finish in minutes;
+//! `--days-only` runs row 7 alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -42,7 +50,7 @@ use edgesync::daemon::{Daemon, Settings};
 use edgesync::net::pki::Role;
 use edgesync::node::{outbound_channel, DurableNode, NodeHandle, NodeOptions, Outbound};
 use edgesync::store::{Durability, RocksStore};
-use edgesync_proto::{Config, DocId, NodeName, Reading, Store};
+use edgesync_proto::{Boot, Config, DocId, Node, NodeName, Reading, Store};
 
 /// How a row's goal reads.
 #[derive(Clone, Copy)]
@@ -703,6 +711,109 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
 }
 
 // ---------------------------------------------------------------------------------------------
+// Row 7: retention over simulated days.
+
+/// What row 7 measured: readings/s on the first and the last day, and (day, disk MiB, RSS MiB)
+/// at each mark.
+struct Days {
+    rate_first: f64,
+    rate_last: f64,
+    marks: Vec<(u64, f64, f64)>,
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn vm_rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").expect("proc status");
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb / 1024.0
+}
+
+/// 10 sensors, one reading every 10 s each, for `days` simulated days into a RocksDB store
+/// through the core with `keep_hours` of retention; the clock is an argument, not slept.
+fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
+    const SENSORS: usize = 10;
+    const STEP_MS: u64 = 10_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = RocksStore::open(dir.path(), Durability::Fsync).expect("store opens");
+    let syncer = store.syncer();
+    let mut cfg = Config::new(NodeName::new("bench-days").expect("valid"));
+    cfg.keep_ms = Some(keep_hours * 3_600_000);
+    let boot = Boot {
+        nonce: [7; 16],
+        new_store_id: [7; 16],
+    };
+    let mut node = Node::open(store, cfg, boot).expect("node opens");
+    let streams: Vec<DocId> = (0..SENSORS)
+        .map(|s| DocId::new(format!("site-a/sensor-{s}")).expect("valid"))
+        .collect();
+    let t0: u64 = 1_700_006_400_000 / 86_400_000 * 86_400_000;
+    let ticks = 86_400_000 / STEP_MS;
+    let mut rates = Vec::new();
+    let mut out = Vec::new();
+    for day in 0..days {
+        let started = Instant::now();
+        for t in 0..ticks {
+            let now = t0 + (day * ticks + t) * STEP_MS;
+            for (s, stream) in streams.iter().enumerate() {
+                let fields = serde_json::json!({"temp": 20.0 + (t % 100) as f64 / 10.0, "ok": true});
+                let r = Reading::from_json(format!("s{s}-{day}-{t}"), now as i64, &fields)
+                    .expect("valid reading");
+                node.ingest(stream, &[r], now).expect("ingest");
+            }
+            // As a shell does: the core queues an event per change until polled.
+            while node.poll_event().is_some() {}
+            if t % 6 == 5 {
+                let seq = node.commit_seq();
+                syncer.sync().expect("fsync");
+                node.handle_durable(seq);
+            }
+            if t % 60 == 59 {
+                node.evict_closed(now);
+                while node.expire(now).expect("expire") == edgesync_proto::stream::EXPIRE_BATCH_MAX {}
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        rates.push((ticks * SENSORS as u64) as f64 / secs);
+        if marks.contains(&(day + 1)) {
+            let disk = dir_bytes(dir.path()) as f64 / (1024.0 * 1024.0);
+            out.push((day + 1, disk, vm_rss_mib()));
+            eprintln!("row 7: day {} of {days}: {disk:.1} MiB on disk, {:.1} MiB RSS, {:.0} readings/s", day + 1, vm_rss_mib(), rates[rates.len() - 1]);
+            if std::env::var_os("EDGESYNC_BENCH_DU").is_some() {
+                let mut by: BTreeMap<String, u64> = BTreeMap::new();
+                for e in std::fs::read_dir(dir.path()).expect("dir").flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let kind = name.rsplit('.').next().unwrap_or("").to_string();
+                    *by.entry(kind).or_default() += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                eprintln!("  by kind: {by:?}");
+            }
+        }
+    }
+    Days {
+        rate_first: rates[0],
+        rate_last: rates[rates.len() - 1],
+        marks: out,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Row 5: memory of a node process.
 
 fn vm_hwm_mib(pid: u32) -> f64 {
@@ -857,6 +968,55 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut rows = Vec::new();
+    // Row 7 runs first, in a fresh process, so that its RSS is its own.
+    let (days7, keep7, marks7): (u64, u64, &[u64]) = if quick {
+        (3, 24, &[1, 2, 3])
+    } else {
+        (30, 168, &[7, 14, 30])
+    };
+    let d7 = retention_days(days7, keep7, marks7);
+    let at = |k: usize| d7.marks[k];
+    // Flat once retention applies: the last mark against the second (by then one retention
+    // span has been dropped already); the first is shown.
+    let (first, last) = (at(1), at(d7.marks.len() - 1));
+    let list = |f: &dyn Fn(&(u64, f64, f64)) -> f64| {
+        d7.marks
+            .iter()
+            .map(|m| format!("day {}: {:.1}", m.0, f(m)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let what7 = format!("10 sensors x 1 reading/10 s, {days7} days, keep_hours {keep7}");
+    let rows7 = vec![
+        Row {
+            name: format!("7. retention over days ({what7}): ingest rate, last day vs first day"),
+            unit: "readings/s",
+            ours: d7.rate_last,
+            anchor: d7.rate_first,
+            goal: Goal::RatioAtLeast(0.9),
+        },
+        Row {
+            name: format!("7. retention over days: disk MiB, day {} vs day {} ({})", last.0, first.0, list(&|m| m.1)),
+            unit: "MiB",
+            ours: last.1,
+            anchor: first.1,
+            goal: Goal::RatioAtMost(1.2),
+        },
+        Row {
+            name: format!("7. retention over days: RSS MiB, day {} vs day {} ({})", last.0, first.0, list(&|m| m.2)),
+            unit: "MiB",
+            ours: last.2,
+            anchor: first.2,
+            goal: Goal::RatioAtMost(1.2),
+        },
+    ];
+    eprintln!("row 7 done");
+    if args.iter().any(|a| a == "--days-only") {
+        for r in &rows7 {
+            println!("{:<112} {:>10.1} {:>10.1} {:>11} {:>7.3}x {:>7} {}", r.name, r.ours, r.anchor, r.unit, r.ratio(), r.goal_text(), if r.met() { "met" } else { "MISSED" });
+        }
+        return;
+    }
     let mut library_fsync_8 = 0.0;
     for durability in [Durability::Fsync, Durability::Wal] {
         for writers in [1usize, 8] {
@@ -988,6 +1148,7 @@ fn main() {
         anchor: 1.0,
         goal: Goal::RatioAtLeast(1.0),
     });
+    rows.extend(rows7);
 
     println!(
         "cores: {}",

@@ -36,6 +36,9 @@ fresh=$(( ($(date +%s) % 100000) * 1000 + 1000000 ))
 echo "fresh seeds: $fresh..$((fresh + 100)) (honest), $((fresh + 100))..$((fresh + 150)) (byzantine)"
 "$sim" swarm --seeds "$fresh..$((fresh + 100))"
 "$sim" swarm --seeds "$((fresh + 100))..$((fresh + 150))" --byzantine 1
+# Simulated days with retention and pruning on (fixed seeds and a few fresh ones).
+"$sim" swarm --days 3 --seeds 1..6
+"$sim" swarm --days 3 --seeds "$((fresh + 150))..$((fresh + 153))"
 for canary in ack-before-persist drop-remote-change vc-off-by-one patch-ack-before-persist; do
   "$sim" swarm --seeds 1..21 --canary "$canary"
 done

@@ -628,3 +628,52 @@ fn a_late_change_into_a_pruned_bucket_is_forwarded() {
     net.settle();
     assert_eq!(refusals(&net), Vec::<String>::new());
 }
+
+// Retention with an upstream: a node cut off for longer than it keeps drops nothing its
+// upstream has not acknowledged. It still takes changes into those buckets (and forwards
+// them), and drops them once the upstream has everything.
+#[test]
+fn retention_waits_for_the_upstream() {
+    let mut net = Net::new(3, |_| {});
+    // n1 keeps two hours and names the cloud (n0) as its upstream; n2 writes through n1.
+    reconfigure(&mut net, 1, |c| {
+        c.keep_ms = Some(2 * HOUR);
+        c.prune_after_ack = vec![common::name(0)];
+    });
+    let s = doc("site-a/temp-1");
+    let b0 = bucket_at("site-a/temp-1", 0);
+    net.nodes[1].ingest(&s, &[reading("mine", 10)], 0).unwrap();
+    net.nodes[2].ingest(&s, &[reading("theirs", 20)], 0).unwrap();
+    // Five hours later, still cut off from the cloud: nothing is dropped.
+    assert_eq!(net.nodes[1].expire(5 * HOUR).unwrap(), 0);
+    assert!(!net.nodes[1].is_gone(&b0), "held, so not gone");
+    net.connect(1, 2);
+    net.settle();
+    assert_eq!(refusals(&net), Vec::<String>::new());
+    let held = net.nodes[1].sensor_view(&b0).unwrap().unwrap();
+    assert_eq!(held.readings.len(), 2, "it took the peer's reading into the old bucket");
+    assert_eq!(net.nodes[1].expire(5 * HOUR).unwrap(), 0, "the cloud has nothing yet");
+    net.connect(0, 1);
+    net.settle();
+    let cloud = net.nodes[0].sensor_view(&s).unwrap().unwrap();
+    assert_eq!(cloud.readings.len(), 2, "both readings reached the cloud");
+    assert_eq!(net.nodes[1].expire(5 * HOUR).unwrap(), 1, "dropped once acknowledged");
+    assert!(net.nodes[1].is_gone(&b0));
+}
+
+// Closed buckets leave memory (and come back on demand): memory follows the buckets being
+// written, not every bucket touched since the start.
+#[test]
+fn closed_buckets_are_unloaded() {
+    let mut n = open(0, MemStore::new(), 1, |_| {});
+    let s = doc("site-a/temp-1");
+    let hours: Vec<Reading> = (0..6).map(|h| reading(&format!("r{h}"), h * HOUR + 1)).collect();
+    n.ingest(&s, &hours, 0).unwrap();
+    persist(&mut n);
+    assert_eq!(n.loaded_count(), 6);
+    // At 5:05 hours 0..4 are closed (grace 10 minutes after their end), hour 5 is not.
+    assert_eq!(n.evict_closed(5 * HOUR + 5 * 60_000), 4);
+    assert_eq!(n.loaded_count(), 2, "hours 4 (ended 5 minutes ago) and 5 stay");
+    let page = n.read_stream(&s, &Range::default()).unwrap().unwrap();
+    assert_eq!(page.readings.len(), 6, "closed buckets load again when read");
+}

@@ -175,6 +175,11 @@ impl Sim {
         let Some(n) = sn.node.as_ref() else { return };
         let empty = VectorClock::new();
         let early = c.docs.iter().find_map(|dc| {
+            // A frame built before retention dropped its bucket may leave after: it was
+            // durable when built, and nothing of the bucket is kept now.
+            if n.is_gone(&dc.doc) {
+                return None;
+            }
             let durable = n.store().durable_clock(&dc.doc).unwrap_or(&empty);
             dc.changes.iter().find_map(|ch| {
                 let change = automerge::Change::try_from(&ch.0[..]).ok()?;

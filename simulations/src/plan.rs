@@ -393,15 +393,22 @@ impl Plan {
             duration_ms = args
                 .duration_ms
                 .unwrap_or(u64::from(args.days) * 86_400_000);
-            knobs.sync_interval_ms = rng.random_range(200..=3000);
+            knobs.sync_interval_ms = rng.random_range(20..=500);
             knobs.ingest_interval_ms = rng.random_range(20_000..=120_000);
             knobs.patch_interval_ms = rng.random_range(300_000..=1_800_000);
             knobs.faults = rng.random_range(4..=12);
             knobs.core.bucket_ms = [1_800_000, 3_600_000][rng.random_range(0..2usize)];
             knobs.core.prune_grace_ms = rng.random_range(1..=20) * 60_000;
+            // A partition of hours leaves hours of readings to catch up within the liveness
+            // bound: links that carry at least one batch of 16 KiB at a time.
+            knobs.core.batch_bytes_max = knobs.core.batch_bytes_max.max(16 * 1024);
             for r in retention.iter_mut().skip(1) {
                 let keep = [None, Some(6), Some(12), Some(24)][rng.random_range(0..4usize)];
-                *r = (keep.map(|h: u64| h * 3_600_000), rng.random_bool(0.5));
+                // A gateway with retention names the cloud as its upstream (so its retention
+                // waits for the cloud's acknowledgement, and it prunes); one without prunes
+                // half of the time.
+                let prunes = rng.random_bool(0.5) || keep.is_some();
+                *r = (keep.map(|h: u64| h * 3_600_000), prunes);
             }
             knobs.thin_workload(duration_ms);
         }

@@ -119,8 +119,9 @@ impl Sim {
         };
         match n.ingest(&doc, &readings, now) {
             Ok(out) => {
-                let count = readings.len();
-                self.log(Some(i), format_args!("ingest {count} readings into {doc}"));
+                let ids: Vec<&str> = readings.iter().map(|r| r.id.as_str()).collect();
+                let ids = ids.join(",");
+                self.log(Some(i), format_args!("ingest {ids} into {doc}"));
                 self.record_ingest(i, &doc, &readings, &out.outcomes, out.durable_at);
             }
             Err(e) => self.log(Some(i), format_args!("ingest into {doc} refused: {e}")),

@@ -29,6 +29,7 @@ fn parse_line(line: &str) -> RunArgs {
             "--duration-ms" => a.duration_ms = Some(v.parse().unwrap()),
             "--scenario" => a.scenario = v.parse().unwrap(),
             "--byzantine" => a.byzantine = v.parse().unwrap(),
+            "--days" => a.days = v.parse().unwrap(),
             other => panic!("unknown argument {other}"),
         }
     }

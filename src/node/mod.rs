@@ -487,7 +487,6 @@ impl DurableNode {
             })?;
         let core_opts = opts.clone();
         let core_events = events.clone();
-        let keep = opts.config.keep_ms.is_some() || !opts.config.prune_after_ack.is_empty();
         let core_alive = Arc::new(AtomicBool::new(true));
         let alive = AliveGuard(core_alive.clone());
         let core = std::thread::Builder::new()
@@ -502,7 +501,9 @@ impl DurableNode {
                     waiting: VecDeque::new(),
                     links: BTreeMap::new(),
                     events: core_events,
-                    expire_at: keep.then_some(0),
+                    // Housekeeping always runs: closed buckets leave memory even without
+                    // retention.
+                    expire_at: Some(0),
                 }
                 .run(rx)
             })?;
@@ -796,7 +797,7 @@ struct Core {
     /// Open sessions and their links.
     links: BTreeMap<SessionId, OutboundSender>,
     events: broadcast::Sender<DocEvent>,
-    /// When retention and pruning next look for buckets to drop; `None` without either.
+    /// When housekeeping (unloading closed buckets, retention, pruning) next runs.
     expire_at: Option<u64>,
 }
 
@@ -906,6 +907,7 @@ impl Core {
     /// Retention and pruning: drops the buckets past the horizon and prunes the acknowledged
     /// closed ones, a bounded number per turn, and sets when to look again.
     fn expire(&mut self, now: u64) {
+        self.node.evict_closed(now);
         let dropped = match self.node.expire(now) {
             Ok(n) => n,
             Err(e) => {

@@ -323,17 +323,40 @@ impl<S: Store> Node<S> {
         self.cfg.keep_ms.map(|k| self.now_ms.saturating_sub(k))
     }
 
-    /// Whether `doc` is a bucket this node no longer keeps (past its retention): its changes
-    /// are counted as held and dropped, never applied.
+    /// Whether `doc` is a bucket past this node's retention that it does not hold (dropped, or
+    /// never held): its changes are counted as held and dropped, never applied. A bucket past
+    /// the horizon that is still held (waiting for its upstream acknowledgements) takes
+    /// changes as usual, so they are forwarded.
     pub fn is_gone(&self, doc: &DocId) -> bool {
+        match (self.horizon_ms(), Bucket::parse(doc)) {
+            (Some(h), Some(b)) => b.end_ms() <= h && !self.docs.contains_key(doc),
+            _ => false,
+        }
+    }
+
+    /// Whether `doc`'s bucket is past this node's retention (held or not).
+    fn past_horizon(&self, doc: &DocId) -> bool {
         match (self.horizon_ms(), Bucket::parse(doc)) {
             (Some(h), Some(b)) => b.end_ms() <= h,
             _ => false,
         }
     }
 
+    /// Whether every upstream peer ([`super::Config::prune_after_ack`]) acknowledged all of
+    /// `doc` as held here (true when none is listed).
+    fn upstream_acked(&self, doc: &DocId, meta: &DocMeta) -> bool {
+        self.cfg.prune_after_ack.iter().all(|p| {
+            self.peers
+                .get(p)
+                .and_then(|r| r.clocks.get(doc))
+                .is_some_and(|a| meta.clock.le(a))
+        })
+    }
+
     /// Retention: drops up to [`EXPIRE_BATCH_MAX`] buckets past the horizon at `now_ms`, from
     /// memory and the store (with every receipt and reported clock of them), in one commit.
+    /// With upstream peers listed ([`super::Config::prune_after_ack`]) a bucket is dropped
+    /// only once they all acknowledged it: what never left this node is not lost to its age.
     /// Returns how many were dropped; call again while it returns the maximum. Reports
     /// [`Event::DocDropped`] for each.
     pub fn expire(&mut self, now_ms: u64) -> Result<usize, NodeError> {
@@ -341,10 +364,10 @@ impl<S: Store> Node<S> {
         self.now_ms = self.now_ms.max(now_ms);
         let gone: Vec<DocId> = self
             .docs
-            .keys()
-            .filter(|d| self.is_gone(d))
+            .iter()
+            .filter(|(d, m)| self.past_horizon(d) && self.upstream_acked(d, m))
             .take(EXPIRE_BATCH_MAX)
-            .cloned()
+            .map(|(d, _)| d.clone())
             .collect();
         if gone.is_empty() {
             return Ok(0);
@@ -373,6 +396,27 @@ impl<S: Store> Node<S> {
             self.events.push_back(Event::DocDropped { doc: d });
         }
         Ok(gone.len())
+    }
+
+    /// Unloads from memory every bucket whose span ended at least
+    /// [`super::Config::prune_grace_ms`] before `now_ms` (closed: readings rarely arrive any
+    /// more; a read or a late change loads it again). Memory then follows the buckets being
+    /// written, not everything read or written since the start. Returns how many.
+    pub fn evict_closed(&mut self, now_ms: u64) -> usize {
+        self.now_ms = self.now_ms.max(now_ms);
+        let grace = self.cfg.prune_grace_ms;
+        let now = self.now_ms;
+        let before = self.loaded.len();
+        let dirty = &self.dirty;
+        self.loaded.retain(|d, _| {
+            dirty.contains(d) || Bucket::parse(d).is_none_or(|b| b.end_ms() + grace > now)
+        });
+        before - self.loaded.len()
+    }
+
+    /// Documents loaded in memory now.
+    pub fn loaded_count(&self) -> usize {
+        self.loaded.len()
     }
 
     /// Store-and-forward pruning: drops the content of every closed bucket (its span ended
