@@ -772,7 +772,8 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
         for t in 0..ticks {
             let now = t0 + (day * ticks + t) * STEP_MS;
             for (s, stream) in streams.iter().enumerate() {
-                let fields = serde_json::json!({"temp": 20.0 + (t % 100) as f64 / 10.0, "ok": true});
+                let fields =
+                    serde_json::json!({"temp": 20.0 + (t % 100) as f64 / 10.0, "ok": true});
                 let r = Reading::from_json(format!("s{s}-{day}-{t}"), now as i64, &fields)
                     .expect("valid reading");
                 node.ingest(stream, &[r], now).expect("ingest");
@@ -786,7 +787,9 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
             }
             if t % 60 == 59 {
                 node.evict_closed(now);
-                while node.expire(now).expect("expire") == edgesync_proto::stream::EXPIRE_BATCH_MAX {}
+                while node.expire(now).expect("expire") == edgesync_proto::stream::EXPIRE_BATCH_MAX
+                {
+                }
             }
         }
         let secs = started.elapsed().as_secs_f64();
@@ -794,7 +797,12 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
         if marks.contains(&(day + 1)) {
             let disk = dir_bytes(dir.path()) as f64 / (1024.0 * 1024.0);
             out.push((day + 1, disk, vm_rss_mib()));
-            eprintln!("row 7: day {} of {days}: {disk:.1} MiB on disk, {:.1} MiB RSS, {:.0} readings/s", day + 1, vm_rss_mib(), rates[rates.len() - 1]);
+            eprintln!(
+                "row 7: day {} of {days}: {disk:.1} MiB on disk, {:.1} MiB RSS, {:.0} readings/s",
+                day + 1,
+                vm_rss_mib(),
+                rates[rates.len() - 1]
+            );
             if std::env::var_os("EDGESYNC_BENCH_DU").is_some() {
                 let mut by: BTreeMap<String, u64> = BTreeMap::new();
                 for e in std::fs::read_dir(dir.path()).expect("dir").flatten() {
@@ -996,14 +1004,24 @@ fn main() {
             goal: Goal::RatioAtLeast(0.9),
         },
         Row {
-            name: format!("7. retention over days: disk MiB, day {} vs day {} ({})", last.0, first.0, list(&|m| m.1)),
+            name: format!(
+                "7. retention over days: disk MiB, day {} vs day {} ({})",
+                last.0,
+                first.0,
+                list(&|m| m.1)
+            ),
             unit: "MiB",
             ours: last.1,
             anchor: first.1,
             goal: Goal::RatioAtMost(1.2),
         },
         Row {
-            name: format!("7. retention over days: RSS MiB, day {} vs day {} ({})", last.0, first.0, list(&|m| m.2)),
+            name: format!(
+                "7. retention over days: RSS MiB, day {} vs day {} ({})",
+                last.0,
+                first.0,
+                list(&|m| m.2)
+            ),
             unit: "MiB",
             ours: last.2,
             anchor: first.2,
@@ -1013,7 +1031,16 @@ fn main() {
     eprintln!("row 7 done");
     if args.iter().any(|a| a == "--days-only") {
         for r in &rows7 {
-            println!("{:<112} {:>10.1} {:>10.1} {:>11} {:>7.3}x {:>7} {}", r.name, r.ours, r.anchor, r.unit, r.ratio(), r.goal_text(), if r.met() { "met" } else { "MISSED" });
+            println!(
+                "{:<112} {:>10.1} {:>10.1} {:>11} {:>7.3}x {:>7} {}",
+                r.name,
+                r.ours,
+                r.anchor,
+                r.unit,
+                r.ratio(),
+                r.goal_text(),
+                if r.met() { "met" } else { "MISSED" }
+            );
         }
         return;
     }

@@ -643,7 +643,9 @@ fn retention_waits_for_the_upstream() {
     let s = doc("site-a/temp-1");
     let b0 = bucket_at("site-a/temp-1", 0);
     net.nodes[1].ingest(&s, &[reading("mine", 10)], 0).unwrap();
-    net.nodes[2].ingest(&s, &[reading("theirs", 20)], 0).unwrap();
+    net.nodes[2]
+        .ingest(&s, &[reading("theirs", 20)], 0)
+        .unwrap();
     // Five hours later, still cut off from the cloud: nothing is dropped.
     assert_eq!(net.nodes[1].expire(5 * HOUR).unwrap(), 0);
     assert!(!net.nodes[1].is_gone(&b0), "held, so not gone");
@@ -651,13 +653,25 @@ fn retention_waits_for_the_upstream() {
     net.settle();
     assert_eq!(refusals(&net), Vec::<String>::new());
     let held = net.nodes[1].sensor_view(&b0).unwrap().unwrap();
-    assert_eq!(held.readings.len(), 2, "it took the peer's reading into the old bucket");
-    assert_eq!(net.nodes[1].expire(5 * HOUR).unwrap(), 0, "the cloud has nothing yet");
+    assert_eq!(
+        held.readings.len(),
+        2,
+        "it took the peer's reading into the old bucket"
+    );
+    assert_eq!(
+        net.nodes[1].expire(5 * HOUR).unwrap(),
+        0,
+        "the cloud has nothing yet"
+    );
     net.connect(0, 1);
     net.settle();
     let cloud = net.nodes[0].sensor_view(&s).unwrap().unwrap();
     assert_eq!(cloud.readings.len(), 2, "both readings reached the cloud");
-    assert_eq!(net.nodes[1].expire(5 * HOUR).unwrap(), 1, "dropped once acknowledged");
+    assert_eq!(
+        net.nodes[1].expire(5 * HOUR).unwrap(),
+        1,
+        "dropped once acknowledged"
+    );
     assert!(net.nodes[1].is_gone(&b0));
 }
 
@@ -667,13 +681,23 @@ fn retention_waits_for_the_upstream() {
 fn closed_buckets_are_unloaded() {
     let mut n = open(0, MemStore::new(), 1, |_| {});
     let s = doc("site-a/temp-1");
-    let hours: Vec<Reading> = (0..6).map(|h| reading(&format!("r{h}"), h * HOUR + 1)).collect();
+    let hours: Vec<Reading> = (0..6)
+        .map(|h| reading(&format!("r{h}"), h * HOUR + 1))
+        .collect();
     n.ingest(&s, &hours, 0).unwrap();
     persist(&mut n);
     assert_eq!(n.loaded_count(), 6);
     // At 5:05 hours 0..4 are closed (grace 10 minutes after their end), hour 5 is not.
     assert_eq!(n.evict_closed(5 * HOUR + 5 * 60_000), 4);
-    assert_eq!(n.loaded_count(), 2, "hours 4 (ended 5 minutes ago) and 5 stay");
+    assert_eq!(
+        n.loaded_count(),
+        2,
+        "hours 4 (ended 5 minutes ago) and 5 stay"
+    );
     let page = n.read_stream(&s, &Range::default()).unwrap().unwrap();
-    assert_eq!(page.readings.len(), 6, "closed buckets load again when read");
+    assert_eq!(
+        page.readings.len(),
+        6,
+        "closed buckets load again when read"
+    );
 }
