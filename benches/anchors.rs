@@ -31,9 +31,14 @@
 //!    rate over the last day against the first day's (goal >= 0.9x), and the data directory's
 //!    size and the process's RSS at the last mark against the second (marks at days 7, 14 and
 //!    30; `--quick`: 1, 2 and 3): flat once retention applies (goal <= 1.2x).
+//! 8. One long stream: 100,000 readings of one sensor (one a second, so 28 hour buckets;
+//!    `--quick`: 50,000) ingested over HTTP by 8 keep-alive clients into an `edgesync run`
+//!    process, then read back in pages of 1,000. Peak RSS (VmHWM) through ingest and reads
+//!    against 256 MiB (goal <= 1x); the data directory's bytes per reading against 250 (goal
+//!    <= 1x); the ingest rate of the last tenth against the first tenth's (goal >= 0.8x).
 //!
 //! `--quick` shrinks the workloads (the row names say the sizes) to finish in minutes;
-//! `--days-only` runs row 7 alone.
+//! `--longevity-only` runs rows 7 and 8 alone; `--long N` sets row 8's readings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -711,6 +716,92 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
 }
 
 // ---------------------------------------------------------------------------------------------
+// Row 8: one long stream over HTTP.
+
+/// What row 8 measured.
+struct LongStream {
+    rate_first_tenth: f64,
+    rate_last_tenth: f64,
+    disk_bytes_per_reading: f64,
+    peak_rss_mib: f64,
+}
+
+fn long_stream(readings: u64) -> LongStream {
+    const CLIENTS: u64 = 8;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fleet = fleet(dir.path(), &["long"]);
+    let (proc_, url, _) = start_process(dir.path(), &fleet, "long", false, None);
+    let t0: u64 = 1_700_006_400_000 / 86_400_000 * 86_400_000;
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (next, done, url) = (next.clone(), done.clone(), format!("{url}/v1/ingest"));
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= readings {
+                        return;
+                    }
+                    let body = serde_json::json!({
+                        "doc": "site-a/long-1", "id": format!("r{i:07}"), "ts": t0 + i * 1000,
+                        "fields": {"temp": 20.0 + (i % 100) as f64 / 10.0, "ok": true},
+                    });
+                    let r = agent.post(&url).send_json(body).expect("ingest over HTTP");
+                    assert_eq!(r.status(), 200);
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    // The time each tenth completed.
+    let tenth = readings / 10;
+    let mut marks = vec![Duration::ZERO];
+    while marks.len() <= 10 {
+        if done.load(Ordering::SeqCst) >= tenth * marks.len() as u64 {
+            marks.push(started.elapsed());
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for c in clients {
+        c.join().expect("client");
+    }
+    let rate = |k: usize| tenth as f64 / (marks[k + 1] - marks[k]).as_secs_f64();
+    // Read it all back, page by page.
+    let agent = ureq::agent();
+    let mut after: Option<String> = None;
+    let mut seen = 0u64;
+    loop {
+        let mut u = format!("{url}/v1/docs/site-a/long-1?limit=1000");
+        if let Some(a) = &after {
+            u += &format!("&after={a}");
+        }
+        let page = get_json(&u);
+        seen += page["readings"].as_object().expect("readings").len() as u64;
+        match page["next"].as_str() {
+            Some(c) => after = Some(c.to_string()),
+            None => break,
+        }
+        let _ = &agent;
+    }
+    assert_eq!(seen, readings, "every reading read back once");
+    let peak = vm_hwm_mib(proc_.0.id());
+    drop(proc_);
+    LongStream {
+        rate_first_tenth: rate(0),
+        rate_last_tenth: rate(9),
+        disk_bytes_per_reading: dir_bytes(&dir.path().join("long")) as f64 / readings as f64,
+        peak_rss_mib: peak,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Row 7: retention over simulated days.
 
 /// What row 7 measured: readings/s on the first and the last day, and (day, disk MiB, RSS MiB)
@@ -786,6 +877,7 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
                 node.handle_durable(seq);
             }
             if t % 60 == 59 {
+                node.compact_closed(now, 16).expect("compact");
                 node.evict_closed(now);
                 while node.expire(now).expect("expire") == edgesync_proto::stream::EXPIRE_BATCH_MAX
                 {
@@ -1029,7 +1121,42 @@ fn main() {
         },
     ];
     eprintln!("row 7 done");
-    if args.iter().any(|a| a == "--days-only") {
+    let n8: u64 = args
+        .iter()
+        .position(|a| a == "--long")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 50_000 } else { 100_000 });
+    let l8 = long_stream(n8);
+    let what8 = format!("one stream, {n8} readings at 1/s over HTTP, 8 clients");
+    let rows8 = vec![
+        Row {
+            name: format!(
+                "8. long stream ({what8}): peak RSS through ingest and paged reads vs 256 MiB"
+            ),
+            unit: "MiB",
+            ours: l8.peak_rss_mib,
+            anchor: 256.0,
+            goal: Goal::RatioAtMost(1.0),
+        },
+        Row {
+            name: "8. long stream: data directory bytes per reading vs 250".into(),
+            unit: "bytes",
+            ours: l8.disk_bytes_per_reading,
+            anchor: 250.0,
+            goal: Goal::RatioAtMost(1.0),
+        },
+        Row {
+            name: "8. long stream: ingest rate, last tenth vs first tenth".into(),
+            unit: "readings/s",
+            ours: l8.rate_last_tenth,
+            anchor: l8.rate_first_tenth,
+            goal: Goal::RatioAtLeast(0.8),
+        },
+    ];
+    eprintln!("row 8 done");
+    let rows7: Vec<Row> = rows7.into_iter().chain(rows8).collect();
+    if args.iter().any(|a| a == "--longevity-only") {
         for r in &rows7 {
             println!(
                 "{:<112} {:>10.1} {:>10.1} {:>11} {:>7.3}x {:>7} {}",

@@ -701,3 +701,39 @@ fn closed_buckets_are_unloaded() {
         "closed buckets load again when read"
     );
 }
+
+// No bucket is snapshotted on the write path, whatever the snapshot interval; housekeeping
+// snapshots it once closed, and the bucket loads from that snapshot after a restart.
+#[test]
+fn buckets_are_snapshotted_once_closed_not_while_written() {
+    let small = |c: &mut edgesync_proto::Config| c.snapshot_changes_min = 8;
+    let mut n = open(0, MemStore::new(), 1, small);
+    let s = doc("site-a/temp-1");
+    let b0 = bucket_at("site-a/temp-1", 0);
+    for i in 0..100 {
+        n.ingest(&s, &[reading(&format!("r{i:03}"), i * 1000)], 0)
+            .unwrap();
+    }
+    // A generic document still is, on the write path.
+    for i in 0..10 {
+        n.patch(&doc("app/cfg"), &json!({ "k": i }), 0).unwrap();
+    }
+    persist(&mut n);
+    assert_eq!(n.store().snapshot(&b0).unwrap(), None, "not while written");
+    assert!(n.store().snapshot(&doc("app/cfg")).unwrap().is_some());
+    assert_eq!(n.compact_closed(HOUR / 2, 16).unwrap(), 0, "still open");
+    assert_eq!(n.compact_closed(HOUR + 11 * 60_000, 16).unwrap(), 1);
+    persist(&mut n);
+    let (covers, _) = n
+        .store()
+        .snapshot(&b0)
+        .unwrap()
+        .expect("snapshotted once closed");
+    assert_eq!(covers, 101, "the genesis and 100 changes");
+    assert_eq!(n.compact_closed(HOUR + 11 * 60_000, 16).unwrap(), 0, "once");
+    let cfg = n.config().clone();
+    let mut n = Node::open(n.into_store(), cfg, common::boot(5)).unwrap();
+    let page = n.read_stream(&s, &Range::default()).unwrap().unwrap();
+    assert_eq!(page.readings.len(), 100);
+    n.verify_clock(&b0).unwrap();
+}

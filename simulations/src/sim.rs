@@ -483,6 +483,7 @@ impl Sim {
         let Some(n) = self.nodes[i].node.as_mut() else {
             return;
         };
+        let _ = n.compact_closed(now, 16);
         n.evict_closed(now);
         let max = edgesync_proto::stream::EXPIRE_BATCH_MAX;
         let mut dropped = 0;

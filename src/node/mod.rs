@@ -801,6 +801,9 @@ struct Core {
     expire_at: Option<u64>,
 }
 
+/// Closed buckets snapshotted per housekeeping turn: bounded work off the write path.
+const COMPACT_PER_TURN: usize = 16;
+
 /// How often retention looks for buckets past the horizon and pruning for acknowledged closed
 /// buckets, ms: a bucket is pruned at most this long after its last acknowledgement.
 const EXPIRE_INTERVAL_MS: u64 = 10_000;
@@ -907,6 +910,9 @@ impl Core {
     /// Retention and pruning: drops the buckets past the horizon and prunes the acknowledged
     /// closed ones, a bounded number per turn, and sets when to look again.
     fn expire(&mut self, now: u64) {
+        if let Err(e) = self.node.compact_closed(now, COMPACT_PER_TURN) {
+            tracing::warn!(error = %e, "snapshotting closed buckets failed");
+        }
         self.node.evict_closed(now);
         let dropped = match self.node.expire(now) {
             Ok(n) => n,

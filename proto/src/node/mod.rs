@@ -922,7 +922,10 @@ impl<S: Store> Node<S> {
                 .get(doc)
                 .expect("touched document has metadata")
                 .clone();
+            // A bucket is snapshotted once closed, by housekeeping ([`Node::compact_closed`]),
+            // never on the write path: saving a whole bucket there would cost every ingest.
             if !meta.pruned
+                && crate::stream::Bucket::parse(doc).is_none()
                 && meta.next_order - meta.snapshot_order >= self.cfg.snapshot_changes_min
             {
                 let bytes = self.loaded_doc(doc)?.save();

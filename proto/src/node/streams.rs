@@ -11,6 +11,10 @@ use crate::store::{DocMeta, Store, WriteBatch, WriteOp};
 use crate::stream::{self, Bucket, Page, Range, EXPIRE_BATCH_MAX, TS_LIMIT_MS};
 use crate::vclock::CLOCK_ACTORS_MAX;
 
+/// A closed bucket is snapshotted once it holds at least this many changes after its last
+/// snapshot ([`Node::compact_closed`]); fewer load as fast from the changes themselves.
+pub const COMPACT_CHANGES_MIN: u64 = 64;
+
 /// One document a stream read looks at: a bucket, or a sensor document named like the stream
 /// itself (written before streams were bucketed), which may hold readings of any time.
 enum Part {
@@ -412,6 +416,52 @@ impl<S: Store> Node<S> {
             dirty.contains(d) || Bucket::parse(d).is_none_or(|b| b.end_ms() + grace > now)
         });
         before - self.loaded.len()
+    }
+
+    /// Snapshots closed buckets (their span ended at least
+    /// [`super::Config::prune_grace_ms`] ago) that gained at least [`COMPACT_CHANGES_MIN`]
+    /// changes since their last snapshot, at most `max` per call, in one commit, and unloads
+    /// them. Buckets are never snapshotted on the write path: this runs in housekeeping, a
+    /// bounded number at a time. Returns how many.
+    pub fn compact_closed(&mut self, now_ms: u64, max: usize) -> Result<usize, NodeError> {
+        self.check_writable()?;
+        self.now_ms = self.now_ms.max(now_ms);
+        let (grace, now) = (self.cfg.prune_grace_ms, self.now_ms);
+        let due: Vec<DocId> = self
+            .docs
+            .iter()
+            .filter(|(d, m)| {
+                !m.pruned
+                    && m.next_order - m.snapshot_order >= COMPACT_CHANGES_MIN
+                    && Bucket::parse(d).is_some_and(|b| b.end_ms() + grace <= now)
+            })
+            .map(|(d, _)| d.clone())
+            .take(max)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = WriteBatch::default();
+        for d in &due {
+            let bytes = self.loaded_doc(d)?.save();
+            let meta = self.docs.get_mut(d).expect("listed");
+            meta.snapshot_order = meta.next_order;
+            let meta = meta.clone();
+            batch.push(WriteOp::PutSnapshot {
+                doc: d.clone(),
+                covers_order: meta.next_order,
+                bytes,
+            });
+            batch.push(WriteOp::PutDocMeta {
+                doc: d.clone(),
+                meta,
+            });
+        }
+        self.commit(batch)?;
+        for d in &due {
+            self.loaded.remove(d);
+        }
+        Ok(due.len())
     }
 
     /// Documents loaded in memory now.
