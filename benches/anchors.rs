@@ -92,6 +92,20 @@ impl Row {
             Goal::AtMost(x) => format!("<={x}"),
         }
     }
+    /// One line of the printed table.
+    fn print(&self) {
+        println!(
+            "{:<112} {:>12.1} {:>12.1} {:>11} {:>7.3}x {:>7} {}",
+            self.name,
+            self.ours,
+            self.anchor,
+            self.unit,
+            self.ratio(),
+            self.goal_text(),
+            if self.met() { "met" } else { "MISSED" }
+        );
+    }
+
     fn met(&self) -> bool {
         match self.goal {
             Goal::RatioAtLeast(x) => self.ratio() >= x,
@@ -1157,18 +1171,7 @@ fn main() {
     eprintln!("row 8 done");
     let rows7: Vec<Row> = rows7.into_iter().chain(rows8).collect();
     if args.iter().any(|a| a == "--longevity-only") {
-        for r in &rows7 {
-            println!(
-                "{:<112} {:>10.1} {:>10.1} {:>11} {:>7.3}x {:>7} {}",
-                r.name,
-                r.ours,
-                r.anchor,
-                r.unit,
-                r.ratio(),
-                r.goal_text(),
-                if r.met() { "met" } else { "MISSED" }
-            );
-        }
+        rows7.iter().for_each(Row::print);
         return;
     }
     let mut library_fsync_8 = 0.0;
@@ -1314,18 +1317,7 @@ fn main() {
         "{:<112} {:>12} {:>12} {:>11} {:>8} {:>7}",
         "benchmark", "ours", "anchor", "unit", "ratio", "goal"
     );
-    for r in &rows {
-        println!(
-            "{:<112} {:>12.1} {:>12.1} {:>11} {:>7.3}x {:>7} {}",
-            r.name,
-            r.ours,
-            r.anchor,
-            r.unit,
-            r.ratio(),
-            r.goal_text(),
-            if r.met() { "met" } else { "MISSED" }
-        );
-    }
+    rows.iter().for_each(Row::print);
     if let Some(path) = json_path {
         let out: Vec<serde_json::Value> = rows
             .iter()

@@ -819,6 +819,14 @@ fn six_hundred_restarts_keep_the_actor() {
     );
 }
 
+/// Milliseconds since the Unix epoch, as the nodes' clocks read them.
+fn wall_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// Every reading of a stream by paging `GET /v1/docs/{stream}?…&after=…`, in order, and the
 /// number of pages.
 fn page_all(n: &Node, stream: &str, query: &str) -> (Vec<(i64, String)>, usize) {
@@ -854,10 +862,7 @@ fn streams_page_by_time_and_retention_keeps_what_it_should() {
     let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
     let (cloud, quic) = fast_cloud(dir.path(), &pki);
     const HOUR: i64 = 3_600_000;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = wall_now_ms();
     // Three whole hours, the last ending three hours ago, 40 readings each; then 10 readings
     // in the current hour.
     let base = (now / HOUR - 5) * HOUR;
@@ -1015,10 +1020,7 @@ fn a_gateway_prunes_what_the_cloud_acknowledged() {
         },
     );
     const MINUTE: i64 = 60_000;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = wall_now_ms();
     let first = (now / MINUTE - 5) * MINUTE;
     let stream = "site-a/temp-1";
     for i in 0..30 {
