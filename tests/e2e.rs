@@ -804,19 +804,24 @@ fn six_hundred_restarts_keep_the_actor() {
     }
     assert_eq!(gw.reading_ids(doc).len(), 600);
     gw.terminate();
-    let out = cli_ok(&[
-        "check",
-        "--data-dir",
-        dir.path().join("data/gw-1").to_str().unwrap(),
-        "--name",
-        "gw-1",
-    ]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = check_data_dir(&dir.path().join("data/gw-1"), "gw-1");
     assert_eq!(v["readings"], 600);
     assert_eq!(
         v["actors_max"], 2,
         "the genesis actor and the node's one: {v}"
     );
+}
+
+/// `edgesync check` on a stopped node's data directory, which must pass; its JSON summary.
+fn check_data_dir(data: &Path, name: &str) -> Value {
+    let out = cli_ok(&[
+        "check",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--name",
+        name,
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Milliseconds since the Unix epoch, as the nodes' clocks read them.
@@ -1066,13 +1071,6 @@ fn a_gateway_prunes_what_the_cloud_acknowledged() {
     assert_eq!(status, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("pruned"), "{v}");
     assert!(gw.terminate().success());
-    let out = cli_ok(&[
-        "check",
-        "--data-dir",
-        dir.path().join("data/gw-1").to_str().unwrap(),
-        "--name",
-        "gw-1",
-    ]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = check_data_dir(&dir.path().join("data/gw-1"), "gw-1");
     assert_eq!((&v["docs"], &v["pruned"]), (&json!(3), &json!(3)), "{v}");
 }

@@ -459,14 +459,9 @@ impl Sim {
                     return Err((Checker::Convergence, v));
                 }
             }
-            let horizon = n.horizon_ms();
-            let missing = hub.keys().find(|d| {
-                let kept = match (edgesync_proto::stream::Bucket::parse(d), horizon) {
-                    (Some(b), Some(h)) => b.end_ms() > h,
-                    _ => true,
-                };
-                kept && !state.contains_key(*d)
-            });
+            let missing = hub
+                .keys()
+                .find(|d| !n.past_horizon(d) && !state.contains_key(*d));
             if let Some(d) = missing {
                 let v = format!("{name} keeps {d} by its retention but does not hold it");
                 return Err((Checker::Convergence, v));

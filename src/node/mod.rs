@@ -503,7 +503,7 @@ impl DurableNode {
                     events: core_events,
                     // Housekeeping always runs: closed buckets leave memory even without
                     // retention.
-                    expire_at: Some(0),
+                    housekeep_at: 0,
                 }
                 .run(rx)
             })?;
@@ -798,7 +798,7 @@ struct Core {
     links: BTreeMap<SessionId, OutboundSender>,
     events: broadcast::Sender<DocEvent>,
     /// When housekeeping (unloading closed buckets, retention, pruning) next runs.
-    expire_at: Option<u64>,
+    housekeep_at: u64,
 }
 
 /// Closed buckets snapshotted per housekeeping turn: bounded work off the write path.
@@ -818,23 +818,19 @@ impl Core {
             if self.node.poll_timeout().is_some_and(|at| at <= now) {
                 self.node.handle_timeout(now);
             }
-            if self.expire_at.is_some_and(|at| at <= now) {
-                self.expire(now);
+            if self.housekeep_at <= now {
+                self.housekeep(now);
             }
             self.pump();
             let first = match pending.take() {
                 Some(c) => c,
                 None => {
-                    let wait = match (self.node.poll_timeout(), self.expire_at) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    }
-                    .map(|at| Duration::from_millis(at.saturating_sub(os::now_ms())));
-                    let got = match wait {
-                        Some(w) => rx.recv_timeout(w),
-                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                    };
-                    match got {
+                    let at = self
+                        .node
+                        .poll_timeout()
+                        .map_or(self.housekeep_at, |t| t.min(self.housekeep_at));
+                    let wait = Duration::from_millis(at.saturating_sub(os::now_ms()));
+                    match rx.recv_timeout(wait) {
                         Ok(c) => c,
                         // Due timers fire at the top of the loop.
                         Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -907,9 +903,10 @@ impl Core {
         self.durable(syncer.sync().map_err(Arc::new));
     }
 
-    /// Retention and pruning: drops the buckets past the horizon and prunes the acknowledged
-    /// closed ones, a bounded number per turn, and sets when to look again.
-    fn expire(&mut self, now: u64) {
+    /// Housekeeping: snapshots and unloads closed buckets, drops the buckets past the horizon
+    /// and prunes the acknowledged closed ones, a bounded number per turn, and sets when to
+    /// look again.
+    fn housekeep(&mut self, now: u64) {
         if let Err(e) = self.node.compact_closed(now, COMPACT_PER_TURN) {
             tracing::warn!(error = %e, "snapshotting closed buckets failed");
         }
@@ -941,7 +938,7 @@ impl Core {
         } else {
             now + EXPIRE_INTERVAL_MS
         };
-        self.expire_at = Some(next);
+        self.housekeep_at = next;
     }
 
     fn handle(&mut self, cmd: Cmd) {

@@ -90,7 +90,16 @@ impl<S: Store> Node<S> {
         }
         // Readings per bucket, in input order within each.
         let mut groups: BTreeMap<DocId, Vec<usize>> = BTreeMap::new();
-        let docs: Vec<DocId> = buckets.iter().map(Bucket::doc).collect();
+        // One id per bucket, not per reading (making one formats and validates it).
+        let mut ids: BTreeMap<(u64, u64), DocId> = BTreeMap::new();
+        let docs: Vec<DocId> = buckets
+            .iter()
+            .map(|b| {
+                ids.entry((b.start_ms, b.width_ms))
+                    .or_insert_with(|| b.doc())
+                    .clone()
+            })
+            .collect();
         for (i, d) in docs.iter().enumerate() {
             groups.entry(d.clone()).or_default().push(i);
         }
@@ -174,22 +183,14 @@ impl<S: Store> Node<S> {
     /// The documents of `stream` this node holds, oldest bucket first; a sensor document
     /// named like the stream comes first. Empty for an unknown stream.
     fn stream_parts(&mut self, stream: &DocId) -> Result<Vec<(DocId, Part)>, NodeError> {
-        let lo = stream::bucket_range_start(stream);
-        let hi = stream::bucket_range_end(stream);
         let mut parts = Vec::new();
         if self.docs.contains_key(stream) && self.kind(stream)? == Some(DocKind::Sensor) {
             parts.push((stream.clone(), Part::Whole));
         }
-        let buckets: Vec<(DocId, Bucket)> = self
-            .docs
-            .range::<str, _>((
-                std::ops::Bound::Included(lo.as_str()),
-                std::ops::Bound::Excluded(hi.as_str()),
-            ))
-            .filter_map(|(d, _)| Bucket::parse(d).map(|b| (d.clone(), b)))
-            .filter(|(_, b)| b.stream == *stream)
+        let mut buckets: Vec<(DocId, Bucket)> = self
+            .bucket_docs(stream)
+            .map(|(d, b)| (d.clone(), b))
             .collect();
-        let mut buckets = buckets;
         // Widths may differ between writers: order by span, then id.
         buckets.sort_by(|(da, a), (db, b)| {
             (a.start_ms, a.end_ms(), da).cmp(&(b.start_ms, b.end_ms(), db))
@@ -200,6 +201,12 @@ impl<S: Store> Node<S> {
 
     /// Whether this node holds a bucket of `stream`.
     pub fn has_buckets(&self, stream: &DocId) -> bool {
+        self.bucket_docs(stream).next().is_some()
+    }
+
+    /// The buckets of `stream` this node holds, in document-id order (a range of the document
+    /// map: every bucket id of a stream sorts within it).
+    fn bucket_docs<'a>(&'a self, stream: &'a DocId) -> impl Iterator<Item = (&'a DocId, Bucket)> {
         let lo = stream::bucket_range_start(stream);
         let hi = stream::bucket_range_end(stream);
         self.docs
@@ -207,7 +214,8 @@ impl<S: Store> Node<S> {
                 std::ops::Bound::Included(lo.as_str()),
                 std::ops::Bound::Excluded(hi.as_str()),
             ))
-            .any(|(d, _)| Bucket::parse(d).is_some_and(|b| b.stream == *stream))
+            .filter_map(|(d, _)| Bucket::parse(d).map(|b| (d, b)))
+            .filter(move |(_, b)| b.stream == *stream)
     }
 
     /// Whether `stream` names a stream this node holds readings of (or a sensor document).
@@ -332,14 +340,11 @@ impl<S: Store> Node<S> {
     /// the horizon that is still held (waiting for its upstream acknowledgements) takes
     /// changes as usual, so they are forwarded.
     pub fn is_gone(&self, doc: &DocId) -> bool {
-        match (self.horizon_ms(), Bucket::parse(doc)) {
-            (Some(h), Some(b)) => b.end_ms() <= h && !self.docs.contains_key(doc),
-            _ => false,
-        }
+        self.past_horizon(doc) && !self.docs.contains_key(doc)
     }
 
-    /// Whether `doc`'s bucket is past this node's retention (held or not).
-    fn past_horizon(&self, doc: &DocId) -> bool {
+    /// Whether `doc` is a bucket past this node's retention (held or not).
+    pub fn past_horizon(&self, doc: &DocId) -> bool {
         match (self.horizon_ms(), Bucket::parse(doc)) {
             (Some(h), Some(b)) => b.end_ms() <= h,
             _ => false,
@@ -349,11 +354,18 @@ impl<S: Store> Node<S> {
     /// Whether every upstream peer ([`super::Config::prune_after_ack`]) acknowledged all of
     /// `doc` as held here (true when none is listed).
     fn upstream_acked(&self, doc: &DocId, meta: &DocMeta) -> bool {
-        self.cfg.prune_after_ack.iter().all(|p| {
-            self.peers
-                .get(p)
-                .and_then(|r| r.clocks.get(doc))
-                .is_some_and(|a| meta.clock.le(a))
+        self.upstream_lacking(doc, meta).next().is_none()
+    }
+
+    /// The upstream peers that have not acknowledged all of `doc` (whose metadata is `meta`).
+    fn upstream_lacking<'a>(
+        &'a self,
+        doc: &'a DocId,
+        meta: &'a DocMeta,
+    ) -> impl Iterator<Item = &'a crate::id::NodeName> {
+        self.cfg.prune_after_ack.iter().filter(move |p| {
+            let acked = self.peers.get(*p).and_then(|r| r.clocks.get(doc));
+            !acked.is_some_and(|a| meta.clock.le(a))
         })
     }
 
@@ -412,9 +424,8 @@ impl<S: Store> Node<S> {
         let now = self.now_ms;
         let before = self.loaded.len();
         let dirty = &self.dirty;
-        self.loaded.retain(|d, _| {
-            dirty.contains(d) || Bucket::parse(d).is_none_or(|b| b.end_ms() + grace > now)
-        });
+        self.loaded
+            .retain(|d, _| dirty.contains(d) || !closed(d, grace, now));
         before - self.loaded.len()
     }
 
@@ -433,7 +444,7 @@ impl<S: Store> Node<S> {
             .filter(|(d, m)| {
                 !m.pruned
                     && m.next_order - m.snapshot_order >= COMPACT_CHANGES_MIN
-                    && Bucket::parse(d).is_some_and(|b| b.end_ms() + grace <= now)
+                    && closed(d, grace, now)
             })
             .map(|(d, _)| d.clone())
             .take(max)
@@ -516,21 +527,10 @@ impl<S: Store> Node<S> {
         if self.cfg.prune_after_ack.is_empty() {
             return None;
         }
-        let b = Bucket::parse(doc)?;
-        if b.end_ms() + self.cfg.prune_grace_ms > self.now_ms {
+        if !closed(doc, self.cfg.prune_grace_ms, self.now_ms) {
             return None;
         }
-        Some(
-            self.cfg
-                .prune_after_ack
-                .iter()
-                .filter(|p| {
-                    let acked = self.peers.get(*p).and_then(|r| r.clocks.get(doc));
-                    !acked.is_some_and(|a| meta.clock.le(a))
-                })
-                .cloned()
-                .collect(),
-        )
+        Some(self.upstream_lacking(doc, meta).cloned().collect())
     }
 
     /// What pruning waits for: closed buckets whose content is still held because a listed
@@ -555,6 +555,11 @@ impl<S: Store> Node<S> {
         }
         st
     }
+}
+
+/// Whether `doc` is a bucket closed at `now_ms`: its span ended at least `grace_ms` before.
+fn closed(doc: &DocId, grace_ms: u64, now_ms: u64) -> bool {
+    Bucket::parse(doc).is_some_and(|b| b.end_ms() + grace_ms <= now_ms)
 }
 
 /// What store-and-forward pruning waits for ([`Node::prune_status`]).
