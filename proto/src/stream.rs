@@ -106,7 +106,13 @@ impl Bucket {
         let digits = |s: &str, max: usize| {
             !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
         };
-        if start.len() != START_DIGITS || !digits(start, START_DIGITS) || !digits(width, 8) {
+        // The width without leading zeros: a bucket has exactly one id (`Bucket::doc`), so a
+        // write addressed to a bucket goes to the document that was named.
+        if start.len() != START_DIGITS
+            || !digits(start, START_DIGITS)
+            || !digits(width, 8)
+            || width.starts_with('0')
+        {
             return None;
         }
         let start_ms: u64 = start.parse().ok()?;
@@ -343,8 +349,9 @@ mod tests {
             "site-a/temp-1/_b.0001795708800000.172800000", // wider than a day
             "site-a/temp-1/_b.0001795708800000.",
             "site-a/temp-1/_b.0001795708800000.36x0000",
-            "_b.0000000000000000.1000",        // no stream
-            "a/_b.x/_b.0000000000000000.1000", // bucket segment inside the stream
+            "site-a/temp-1/_b.0001795708800000.03600000", // another id of the same span
+            "_b.0000000000000000.1000",                   // no stream
+            "a/_b.x/_b.0000000000000000.1000",            // bucket segment inside the stream
         ] {
             assert_eq!(Bucket::parse(&doc(bad)), None, "{bad}");
         }
