@@ -240,6 +240,24 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The reading ids of `doc`, asked with the token of the API token test.
+    fn reading_ids_with_token(&self, doc: &str) -> BTreeSet<String> {
+        let (status, v) = raw_with(
+            "GET",
+            &format!("{}/v1/docs/{doc}", self.api),
+            &[("authorization", "Bearer s3cret-token-0123456789")],
+            vec![],
+        );
+        if status == 404 {
+            return BTreeSet::new();
+        }
+        assert_eq!(status, 200, "{v}");
+        v["readings"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn status(&self) -> Value {
         request("GET", &format!("{}/v1/status", self.api), None)
     }
@@ -286,16 +304,16 @@ fn request(method: &str, url: &str, body: Option<Value>) -> Value {
 
 /// Raw bytes to an endpoint: the status and the JSON answer.
 fn raw(method: &str, url: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-    let r = agent()
-        .run(
-            ureq::http::Request::builder()
-                .method(method)
-                .uri(url)
-                .header("content-type", content_type)
-                .body(body)
-                .unwrap(),
-        )
-        .unwrap();
+    raw_with(method, url, &[("content-type", content_type)], body)
+}
+
+/// Raw bytes with these headers: the status and the JSON answer.
+fn raw_with(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = agent().run(req.body(body).unwrap()).unwrap();
     let status = r.status().as_u16();
     let text = r.into_body().read_to_string().unwrap();
     (
@@ -737,6 +755,133 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     assert!(st.success(), "exit status {st}: {}", gw.logs());
     gw.spawn();
     assert!(gw.reading_ids("a").contains("cli-1"));
+}
+
+/// The local API refuses what a web page in the user's browser could send it: JSON under a
+/// content type a browser sends without asking (415), a Host that is not this API's (DNS
+/// rebinding, 421); and with a token file, every request without the token but health and
+/// metrics (401). The CLI sends the token.
+#[test]
+fn the_local_api_refuses_cross_site_requests_and_wants_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
+    let token_file = dir.path().join("api.token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    let extra = format!(
+        "api_token_file = \"{}\"\napi_hosts = [\"gw-1.example\"]\n",
+        token_file.display()
+    );
+    let gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            extra: &extra,
+            ..NodeSpec::named("gw-1")
+        },
+    );
+    let api = gw.api.clone();
+    let ingest = format!("{api}/v1/ingest");
+    let body = br#"{"doc":"a","id":"r-1","ts":1,"fields":{"t":1}}"#.to_vec();
+    let auth = ("authorization", "Bearer s3cret-token-0123456789");
+    let json_ct = ("content-type", "application/json");
+    for (headers, want) in [
+        // No token, a wrong one, a token not given as a bearer token.
+        (vec![json_ct], 401),
+        (
+            vec![json_ct, ("authorization", "Bearer wrong-token-0123456789")],
+            401,
+        ),
+        (
+            vec![json_ct, ("authorization", "s3cret-token-0123456789")],
+            401,
+        ),
+        // Bodies a page may send cross-site without a preflight.
+        (vec![auth, ("content-type", "text/plain")], 415),
+        (
+            vec![auth, ("content-type", "application/x-www-form-urlencoded")],
+            415,
+        ),
+        (
+            vec![auth, ("content-type", "multipart/form-data; boundary=x")],
+            415,
+        ),
+        (vec![auth], 415),
+        // A rebound name.
+        (vec![auth, json_ct, ("host", "evil.example")], 421),
+        (
+            vec![auth, json_ct, ("host", "localhost.evil.example:8401")],
+            421,
+        ),
+    ] {
+        let (status, v) = raw_with("POST", &ingest, &headers, body.clone());
+        assert_eq!(status, want, "{headers:?}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    assert!(
+        gw.reading_ids_with_token("a").is_empty(),
+        "nothing refused was written"
+    );
+    // Accepted: JSON with a charset, under this API's names.
+    for host in ["127.0.0.1", "localhost:1", "GW-1.example:8401"] {
+        let (status, v) = raw_with(
+            "POST",
+            &ingest,
+            &[
+                auth,
+                ("content-type", "application/json; charset=utf-8"),
+                ("host", host),
+            ],
+            body.clone(),
+        );
+        assert_eq!(status, 200, "{host}: {v}");
+    }
+    let (status, v) = raw_with(
+        "PATCH",
+        &format!("{api}/v1/docs/app"),
+        &[auth, ("content-type", "application/merge-patch+json")],
+        br#"{"mode":"eco"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{v}");
+    // Reads need the token too; health and metrics do not.
+    assert_eq!(
+        raw_with("GET", &format!("{api}/v1/status"), &[], vec![]).0,
+        401
+    );
+    assert_eq!(
+        raw_with("GET", &format!("{api}/v1/docs/app"), &[auth], vec![]).0,
+        200
+    );
+    assert_eq!(
+        raw_with("GET", &format!("{api}/healthz"), &[], vec![]).0,
+        200
+    );
+    let (status, _) = raw_with("GET", &format!("{api}/metrics"), &[], vec![]);
+    assert_eq!(status, 200);
+    // The CLI: refused without the token, served with it.
+    let out = cli(&["status", "--api", &api]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+    let tf = token_file.to_str().unwrap();
+    cli_ok(&["status", "--api", &api, "--token-file", tf]);
+    cli_ok(&[
+        "ingest",
+        "--api",
+        &api,
+        "--token-file",
+        tf,
+        "--doc",
+        "a",
+        "--id",
+        "cli-1",
+        "t=2",
+    ]);
+    assert_eq!(
+        gw.reading_ids_with_token("a"),
+        BTreeSet::from(["r-1".to_string(), "cli-1".to_string()])
+    );
 }
 
 /// A configuration with an unknown key, or a second process on the same data directory, is

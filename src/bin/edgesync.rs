@@ -36,6 +36,8 @@ enum Command {
         /// The node's API, e.g. http://127.0.0.1:8401.
         #[arg(long, default_value = "http://127.0.0.1:8401")]
         api: String,
+        #[command(flatten)]
+        token: TokenArg,
         /// Document id.
         #[arg(long)]
         doc: String,
@@ -54,6 +56,8 @@ enum Command {
         /// The node's API.
         #[arg(long, default_value = "http://127.0.0.1:8401")]
         api: String,
+        #[command(flatten)]
+        token: TokenArg,
         /// Document or stream id.
         #[arg(long)]
         doc: String,
@@ -81,6 +85,8 @@ enum Command {
         /// The node's API.
         #[arg(long, default_value = "http://127.0.0.1:8401")]
         api: String,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Verify a data directory: every value's checksum, every document loads, and every
     /// document's vector clock matches the changes it holds. Prints a summary as JSON.
@@ -108,6 +114,29 @@ enum Command {
         #[arg(long, default_value = "fsync")]
         durability: Durability,
     },
+}
+
+/// The API token, for a node whose API requires one.
+#[derive(clap::Args)]
+struct TokenArg {
+    /// A file holding the node's API token (its `api_token_file`); default: the file named by
+    /// EDGESYNC_API_TOKEN_FILE, if set.
+    #[arg(long = "token-file")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArg {
+    fn read(&self) -> anyhow::Result<Option<String>> {
+        let path = match &self.token_file {
+            Some(p) => Some(p.clone()),
+            None => std::env::var_os("EDGESYNC_API_TOKEN_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        };
+        Ok(path
+            .map(|p| edgesync::daemon::guard::read_token(&p))
+            .transpose()?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -210,6 +239,7 @@ fn field_value(v: &str) -> serde_json::Value {
 fn http(
     method: &str,
     url: &str,
+    token: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -217,9 +247,22 @@ fn http(
         .http_status_as_error(false)
         .build()
         .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
     let resp = match (method, body) {
-        ("POST", Some(b)) => agent.post(url).send_json(b),
-        _ => agent.get(url).call(),
+        ("POST", Some(b)) => {
+            let mut r = agent.post(url);
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.send_json(b)
+        }
+        _ => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("authorization", a);
+            }
+            r.call()
+        }
     }
     .map_err(|e| anyhow::anyhow!("cannot reach the node at {url}: {e}"))?;
     let status = resp.status();
@@ -242,8 +285,8 @@ fn endpoint(api: &str, path: &str) -> String {
 }
 
 /// GETs `url` and prints the JSON answer.
-fn print_get(url: &str) -> anyhow::Result<()> {
-    let v = http("GET", url, None)?;
+fn print_get(url: &str, token: &TokenArg) -> anyhow::Result<()> {
+    let v = http("GET", url, token.read()?.as_deref(), None)?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
@@ -264,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ingest {
             api,
+            token,
             doc,
             id,
             ts,
@@ -277,12 +321,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 f.insert(k.to_string(), field_value(v));
             }
             let body = serde_json::json!({"doc": doc, "id": id, "ts": ts, "fields": f});
-            let v = http("POST", &endpoint(&api, "/v1/ingest"), Some(body))?;
+            let token = token.read()?;
+            let v = http(
+                "POST",
+                &endpoint(&api, "/v1/ingest"),
+                token.as_deref(),
+                Some(body),
+            )?;
             println!("{v}");
             Ok(())
         }
         Command::Get {
             api,
+            token,
             doc,
             conflicts,
             from,
@@ -292,7 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             latest,
         } => {
             if latest {
-                return print_get(&endpoint(&api, &format!("/v1/docs/{doc}/latest")));
+                return print_get(&endpoint(&api, &format!("/v1/docs/{doc}/latest")), &token);
             }
             let mut q: Vec<String> = Vec::new();
             if conflicts {
@@ -308,9 +359,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 format!("?{}", q.join("&"))
             };
-            print_get(&endpoint(&api, &format!("/v1/docs/{doc}{q}")))
+            print_get(&endpoint(&api, &format!("/v1/docs/{doc}{q}")), &token)
         }
-        Command::Status { api } => print_get(&endpoint(&api, "/v1/status")),
+        Command::Status { api, token } => print_get(&endpoint(&api, "/v1/status"), &token),
         Command::Check { data_dir, name } => check(data_dir, &name),
         Command::Pki { command } => pki_command(command),
         Command::DebugPanic => {

@@ -12,13 +12,14 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use edgesync_proto::stream::{self, Cursor, Range};
 use edgesync_proto::{DocId, IngestOutcome, NodeError, Reading};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
 
+use super::guard::Guard;
 use crate::error_chain;
 use crate::mesh::Mesh;
 use crate::node::{NodeHandle, ReadError, Stopped, WriteError};
@@ -107,8 +108,8 @@ impl From<BytesRejection> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// The API's routes.
-pub fn router(state: AppState) -> Router {
+/// The API's routes, every request checked by `guard` first ([`super::guard`]).
+pub fn router(state: AppState, guard: Arc<Guard>) -> Router {
     Router::new()
         .route("/v1/ingest", post(ingest))
         .route("/v1/docs", get(docs))
@@ -118,13 +119,16 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(guard, super::guard::check))
         .with_state(state)
 }
 
-/// A router serving only `/metrics`.
-pub fn metrics_router(state: AppState) -> Router {
+/// A router serving only `/metrics` (its requests checked by `guard` too: a rebound name is
+/// refused; no token is needed).
+pub fn metrics_router(state: AppState, guard: Arc<Guard>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
+        .layer(middleware::from_fn_with_state(guard, super::guard::check))
         .with_state(state)
 }
 

@@ -148,6 +148,14 @@ pub struct Config {
     /// A separate listener serving only `/metrics` (the API serves it too).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// A file holding the bearer token every API route but `/healthz` and `/metrics` requires.
+    /// Default: none (no token; fine on a loopback `api`).
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// Host names the API answers to besides IP addresses and `localhost` (requests naming any
+    /// other host get 421: DNS rebinding). Default: none.
+    #[serde(default)]
+    pub api_hosts: Vec<String>,
     /// `fsync` (default) or `wal`.
     #[serde(default = "default_durability")]
     pub durability: String,
@@ -183,6 +191,10 @@ pub struct Settings {
     pub api: SocketAddr,
     /// Metrics-only listener.
     pub metrics: Option<SocketAddr>,
+    /// The API's token file, if any.
+    pub api_token_file: Option<PathBuf>,
+    /// Extra host names the API answers to.
+    pub api_hosts: Vec<String>,
     /// Durability.
     pub durability: Durability,
     /// Log format.
@@ -292,6 +304,9 @@ pub enum SettingsError {
     /// A peer's name is not a valid node name.
     #[error("peers")]
     PeerName(#[source] NameError),
+    /// A name in `api_hosts` is not a host name.
+    #[error("api_hosts: {0:?} is not a host name (letters, digits, '-' and '.', no port)")]
+    ApiHost(String),
     /// A peer is this node.
     #[error("peers: {0} is this node")]
     PeerIsSelf(NodeName),
@@ -322,6 +337,8 @@ impl Settings {
             listen: None,
             api: default_api(),
             metrics: None,
+            api_token_file: None,
+            api_hosts: Vec::new(),
             durability: Durability::Fsync,
             log_format: LogFormat::Auto,
             tls,
@@ -350,7 +367,9 @@ impl Settings {
     /// (data_dir), `METRICS_PORT` (a metrics listener on the API's host), `SYNC_RETRY_BASE_MS`
     /// (sync.retry_base_ms), `EDGESYNC_BUCKET_MINUTES` (streams.bucket_minutes),
     /// `EDGESYNC_KEEP_HOURS` (retention.keep_hours), `EDGESYNC_PRUNE_AFTER_ACK`
-    /// (retention.prune_after_ack, comma-separated), `EDGESYNC_LOG_FORMAT` (log_format).
+    /// (retention.prune_after_ack, comma-separated), `EDGESYNC_API_TOKEN_FILE`
+    /// (api_token_file), `EDGESYNC_API_HOSTS` (api_hosts, comma-separated),
+    /// `EDGESYNC_LOG_FORMAT` (log_format).
     /// `LOG_LEVEL` is read by the
     /// logger.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Settings, ConfigError> {
@@ -429,6 +448,7 @@ impl Settings {
                 rule: "must be at most 10080 (a week)",
             });
         }
+        let api_hosts = check_api_hosts(&cfg.api_hosts)?;
         let join = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -442,6 +462,8 @@ impl Settings {
             listen: cfg.listen,
             api: cfg.api,
             metrics: cfg.metrics,
+            api_token_file: cfg.api_token_file.as_deref().map(join),
+            api_hosts,
             durability,
             log_format: cfg.log_format,
             tls: TlsFiles {
@@ -498,6 +520,17 @@ fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
             .map(String::from)
             .collect();
     }
+    if let Some(v) = env("EDGESYNC_API_TOKEN_FILE").filter(|v| !v.is_empty()) {
+        cfg.api_token_file = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env("EDGESYNC_API_HOSTS") {
+        cfg.api_hosts = v
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(String::from)
+            .collect();
+    }
     if let Some(v) = env("EDGESYNC_LOG_FORMAT").filter(|v| !v.is_empty()) {
         cfg.log_format = match v.as_str() {
             "auto" => LogFormat::Auto,
@@ -507,6 +540,19 @@ fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
         };
     }
     Ok(())
+}
+
+fn check_api_hosts(hosts: &[String]) -> Result<Vec<String>, SettingsError> {
+    for h in hosts {
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            return Err(SettingsError::ApiHost(h.clone()));
+        }
+    }
+    Ok(hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
 }
 
 fn check_sync(s: &SyncSection) -> Result<(), SettingsError> {
@@ -632,6 +678,34 @@ addr = "127.0.0.1:7400"
         let s = parse(GOOD, &env).unwrap();
         assert_eq!(s.prune_after_ack.len(), 2);
         assert_eq!(s.prune_grace_ms, 600_000);
+    }
+
+    // The API's token file is a path like the others; its host names are checked.
+    #[test]
+    fn api_token_and_hosts() {
+        let s = parse(
+            &format!("api_token_file = \"api.token\"\napi_hosts = [\"GW-1.example\"]\n{GOOD}"),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.api_token_file,
+            Some(PathBuf::from("/etc/edgesync/api.token"))
+        );
+        assert_eq!(s.api_hosts, vec!["gw-1.example".to_string()]);
+        let env = |k: &str| match k {
+            "EDGESYNC_API_TOKEN_FILE" => Some("/run/secrets/token".to_string()),
+            "EDGESYNC_API_HOSTS" => Some("a.example, b.example".to_string()),
+            _ => None,
+        };
+        let s = parse(GOOD, &env).unwrap();
+        assert_eq!(s.api_token_file, Some(PathBuf::from("/run/secrets/token")));
+        assert_eq!(s.api_hosts.len(), 2);
+        let err = parse(&format!("api_hosts = [\"a.example:80\"]\n{GOOD}"), &|_| {
+            None
+        })
+        .unwrap_err();
+        assert!(err.contains("api_hosts"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod local;
 
 use std::net::SocketAddr;
@@ -70,6 +71,20 @@ impl Daemon {
     /// Opens the store, loads credentials, binds QUIC and the API, and starts everything.
     pub async fn start(s: Settings) -> anyhow::Result<Daemon> {
         let creds = Credentials::load(&s.tls, &s.name).context("loading TLS credentials")?;
+        let token = s
+            .api_token_file
+            .as_deref()
+            .map(guard::read_token)
+            .transpose()?;
+        if token.is_none() && !s.api.ip().is_loopback() {
+            tracing::warn!(
+                api = %s.api,
+                "THE HTTP API LISTENS ON A NON-LOOPBACK ADDRESS WITHOUT A TOKEN: anyone who \
+                 can reach {} can read and write this node's data; set api_token_file",
+                s.api
+            );
+        }
+        let guard = guard::Guard::new(&s.api_hosts, token);
         let core = s.core_config();
         let bind = s
             .listen
@@ -116,14 +131,19 @@ impl Daemon {
             mesh: mesh.clone(),
             metrics: metrics_handle(),
         };
+        let guard = Arc::new(guard);
         let (stop, stop_rx) = watch::channel(false);
         let mut servers = vec![tokio::spawn(serve(
             api_listener,
-            api::router(state.clone()),
+            api::router(state.clone(), guard.clone()),
             stop_rx.clone(),
         ))];
         if let Some(l) = metrics_listener {
-            servers.push(tokio::spawn(serve(l, api::metrics_router(state), stop_rx)));
+            servers.push(tokio::spawn(serve(
+                l,
+                api::metrics_router(state, guard),
+                stop_rx,
+            )));
         }
         let reloader = creds.spawn_reloader(Duration::from_secs(5));
         tracing::info!(name = %s.name, api = %api_addr, quic = ?quic_addr, peers = s.peers.len(), "node started");
