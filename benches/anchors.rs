@@ -231,8 +231,9 @@ fn raw(durability: Durability, writers: usize, bytes: usize, run: Duration) -> f
 // Fixtures shared by the network rows.
 
 /// A fleet CA and certificates for `names` in `dir/pki`.
+/// Cloud nodes: the default rules let them write the benchmark's documents.
 fn fleet(dir: &Path, names: &[&str]) -> LocalFleet {
-    let nodes: Vec<(&str, Role)> = names.iter().map(|n| (*n, Role::Gateway)).collect();
+    let nodes: Vec<(&str, Role)> = names.iter().map(|n| (*n, Role::Cloud)).collect();
     LocalFleet::create(&dir.join("pki"), &nodes, None).expect("fleet")
 }
 
@@ -252,8 +253,11 @@ fn settings(
     s
 }
 
-fn node(data: &Path, name: &str, durability: Durability) -> DurableNode {
-    let mut opts = NodeOptions::new(Config::new(NodeName::new(name).expect("name")), data);
+/// Node `name` of `fleet` in `data`, without the daemon (signing as the daemon will).
+fn node(fleet: &LocalFleet, data: &Path, name: &str, durability: Durability) -> DurableNode {
+    let mut cfg = Config::new(NodeName::new(name).expect("name"));
+    cfg.trust = fleet.core_trust(name, data).expect("trust");
+    let mut opts = NodeOptions::new(cfg, data);
     opts.durability = durability;
     DurableNode::start(opts).expect("node starts")
 }
@@ -526,14 +530,15 @@ fn reconcile_automerge(
 async fn lockstep(a: &NodeHandle, an: &str, b: &NodeHandle, bn: &str) -> (u64, u64) {
     let (ta, mut ra) = outbound_channel();
     let (tb, mut rb) = outbound_channel();
-    let sa = a
-        .peer_up(NodeName::new(bn).expect("name"), ta)
-        .await
-        .expect("up");
-    let sb = b
-        .peer_up(NodeName::new(an).expect("name"), tb)
-        .await
-        .expect("up");
+    let cloud = |n: &str| {
+        edgesync::proto::Identity::new(
+            NodeName::new(n).expect("name"),
+            edgesync::proto::Role::Cloud,
+            None,
+        )
+    };
+    let sa = a.peer_up(cloud(bn), ta).await.expect("up");
+    let sb = b.peer_up(cloud(an), tb).await.expect("up");
     let (mut bytes, mut flights) = (0u64, 0u64);
     loop {
         // Collect everything both nodes send in answer to the last flight: until two rounds
@@ -595,7 +600,7 @@ fn reconciliation(
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let ids = doc_ids("r3", docs);
     {
-        let n = node(&da, "a", Durability::Wal);
+        let n = node(&fleet, &da, "a", Durability::Wal);
         fill(&n.handle(), &ids, shared, 1, "s");
         n.shutdown();
     }
@@ -612,10 +617,10 @@ fn reconciliation(
     let total_shared: usize = shared_changes.values().map(Vec::len).sum();
     // The partition: 10 documents change on each side, 10 changes each.
     {
-        let n = node(&da, "a", Durability::Wal);
+        let n = node(&fleet, &da, "a", Durability::Wal);
         fill(&n.handle(), &ids[..changed], 10, 1, "pa");
         n.shutdown();
-        let n = node(&db, "b", Durability::Wal);
+        let n = node(&fleet, &db, "b", Durability::Wal);
         fill(&n.handle(), &ids[docs - changed..], 10, 1, "pb");
         n.shutdown();
     }
@@ -647,8 +652,8 @@ fn reconciliation(
     // The same heal in lockstep, for the round trips.
     let lock = {
         let (a, b) = (
-            node(&la, "a", Durability::Wal),
-            node(&lb, "b", Durability::Wal),
+            node(&fleet, &la, "a", Durability::Wal),
+            node(&fleet, &lb, "b", Durability::Wal),
         );
         let r = rt.block_on(lockstep(&a.handle(), "a", &b.handle(), "b"));
         a.shutdown();
@@ -673,7 +678,7 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
     let ds = dir.path().join("src");
     let ids = doc_ids("r4", docs);
     {
-        let n = node(&ds, "src", Durability::Wal);
+        let n = node(&fleet, &ds, "src", Durability::Wal);
         fill(&n.handle(), &ids, changes, 1, "f");
         n.shutdown();
     }
@@ -1012,7 +1017,7 @@ fn memory(docs: usize) -> (f64, f64, f64) {
     let fleet = fleet(dir.path(), &["big", "empty"]);
     let ids = doc_ids("r5", docs);
     {
-        let n = node(&dir.path().join("big"), "big", Durability::Wal);
+        let n = node(&fleet, &dir.path().join("big"), "big", Durability::Wal);
         // 50 readings per document, in 5 changes of 10 (a gateway batching its sensors).
         fill(&n.handle(), &ids, 5, 10, "m");
         n.shutdown();

@@ -24,6 +24,7 @@ fn tls(pki: &std::path::Path, name: &str) -> TlsFiles {
         ca: pki.join("ca.crt"),
         cert: pki.join(format!("{name}.crt")),
         key: pki.join(format!("{name}.key")),
+        crl: Some(pki.join("crl.pem")),
     }
 }
 

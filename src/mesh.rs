@@ -75,6 +75,8 @@ struct Current {
     role: String,
     site: Option<String>,
     conn: quinn::Connection,
+    /// The peer certificate's serial number.
+    serial: Vec<u8>,
     credit: InboundCredit,
 }
 
@@ -177,6 +179,11 @@ impl Mesh {
                 });
             }
         });
+        tasks.spawn(close_revoked(
+            endpoint.clone(),
+            shared.clone(),
+            stop_rx.clone(),
+        ));
         for p in peers {
             let (ep, sh, n, st) = (
                 endpoint.clone(),
@@ -292,10 +299,41 @@ async fn dial_loop(
         }
         match dial(&ep, &peer).await {
             Ok(link) => {
-                shared.dialer(&peer.name, Dialer::handle_connected);
+                // Up, but not yet proven: a peer that refuses this node's certificate after
+                // the handshake (TLS 1.3) ends it at once. Failures reset on its first frame.
+                shared.dialer(&peer.name, Dialer::handle_link_up);
                 run_link(link, node.clone(), shared.clone(), stop.clone()).await;
             }
             Err(e) => dial_failed(&shared, &peer, &e),
+        }
+    }
+}
+
+/// Whenever the revocation list changes, closes the link of every peer whose certificate it
+/// now names (new handshakes are refused by the TLS verifiers themselves).
+async fn close_revoked(ep: Arc<Endpoint>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let creds = ep.credentials().clone();
+    let mut changes = creds.revocation_changes();
+    loop {
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let map = shared.lock();
+        for (peer, entry) in map.iter() {
+            let Some(cur) = &entry.current else { continue };
+            if let Some(e) = creds.revoked(&cur.serial) {
+                let reason = e.reason.map_or("unspecified", |r| r.as_str());
+                tracing::warn!(%peer, reason, "peer certificate revoked; closing its link");
+                metrics::counter!("edgesync_peer_revoked_total", "peer" => peer.to_string())
+                    .increment(1);
+                ep.count_rejection("revoked");
+                close_connection(
+                    &cur.conn,
+                    close::BAD_IDENTITY,
+                    "certificate revoked by the fleet",
+                );
+            }
         }
     }
 }
@@ -365,6 +403,7 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
             role: link.peer.role.to_string(),
             site: link.peer.site.clone(),
             conn: link.conn.clone(),
+            serial: link.serial.clone(),
             credit: credit.clone(),
         });
         entry.connects += 1;
@@ -376,10 +415,11 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
     metrics::counter!("edgesync_connections_total", "peer" => peer.to_string()).increment(1);
     tracing::info!(%peer, remote = %link.remote, dialled = dialled_by_me, "link up");
     let (out_tx, mut out_rx) = outbound_channel();
-    let outcome = match node.peer_up(peer.clone(), out_tx).await {
+    let who = crate::net::authorship::core_identity(&link.peer);
+    let outcome = match node.peer_up(who, out_tx).await {
         Err(e) => {
             link.close(close::SESSION_CLOSED, "node unavailable");
-            format!("node unavailable: {e}")
+            (format!("node unavailable: {e}"), false)
         }
         Ok(sid) => {
             let Link {
@@ -411,10 +451,16 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                 }
             });
             let mut stop = stop;
+            let mut refused = false;
+            let mut proven = false;
             let outcome = loop {
                 tokio::select! {
                     f = rx.next_frame() => match f {
                         Ok(Some(frame)) => {
+                            if !proven {
+                                proven = true;
+                                shared.dialer(&peer, Dialer::handle_connected);
+                            }
                             // While the core is behind, stop reading: QUIC slows the peer.
                             let held = credit.reserve(frame.len()).await;
                             if node.peer_input(sid, frame, Some(held)).is_err() {
@@ -423,6 +469,11 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                         }
                         Ok(None) => break "peer finished the stream".to_string(),
                         Err(e) => {
+                            // The peer refused this node's certificate after the handshake
+                            // completed on this side (TLS 1.3 clients learn it on first use),
+                            // or closed the link over its identity (revoked): a failure, so
+                            // redials back off instead of hammering it.
+                            refused = matches!(e, LinkError::Handshake { .. } | LinkError::BadIdentity(_));
                             if !matches!(e, LinkError::Closed(_) | LinkError::Timeout(_)) {
                                 tracing::warn!(%peer, reason = e.kind(), error = %e, "link failed");
                                 close_connection(&conn, e.close_code(), &e.to_string());
@@ -445,9 +496,10 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
                 writer.abort();
             }
             conn.close(close::SESSION_CLOSED.into(), b"link ended");
-            outcome
+            (outcome, refused)
         }
     };
+    let (outcome, refused) = outcome;
     tracing::info!(%peer, reason = %outcome, "link down");
     {
         let now = shared.now_ms();
@@ -456,7 +508,11 @@ async fn run_link(link: Link, node: NodeHandle, shared: Arc<Shared>, stop: watch
             if e.current.as_ref().is_some_and(|c| c.token == token) {
                 e.current = None;
                 if let Some(d) = e.dialer.as_mut() {
-                    d.handle_link_down(now, os::random_u64());
+                    if refused {
+                        d.handle_failed(now, os::random_u64());
+                    } else {
+                        d.handle_link_down(now, os::random_u64());
+                    }
                 }
             }
             e.last_error = Some(outcome);

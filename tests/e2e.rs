@@ -32,12 +32,22 @@ fn cli_ok(args: &[&str]) -> std::process::Output {
     out
 }
 
-/// A fleet CA and certificates for `nodes` (name, role), made with the CLI.
+/// A fleet CA and certificates for `nodes` (name, role), made with the CLI; gateways and
+/// edge nodes are at site `site-a`.
 fn fleet(dir: &Path, nodes: &[(&str, &str)]) -> PathBuf {
+    let sited: Vec<(&str, &str, Option<&str>)> = nodes
+        .iter()
+        .map(|(n, r)| (*n, *r, (*r != "cloud").then_some("site-a")))
+        .collect();
+    fleet_at(dir, &sited)
+}
+
+/// A fleet CA and certificates for `nodes` (name, role, site), made with the CLI.
+fn fleet_at(dir: &Path, nodes: &[(&str, &str, Option<&str>)]) -> PathBuf {
     let pki = dir.join("pki");
     cli_ok(&["pki", "init", "--dir", pki.to_str().unwrap()]);
-    for (name, role) in nodes {
-        cli_ok(&[
+    for (name, role, site) in nodes {
+        let mut args = vec![
             "pki",
             "issue",
             "--dir",
@@ -46,7 +56,11 @@ fn fleet(dir: &Path, nodes: &[(&str, &str)]) -> PathBuf {
             name,
             "--role",
             role,
-        ]);
+        ];
+        if let Some(site) = site {
+            args.extend(["--site", site]);
+        }
+        cli_ok(&args);
     }
     pki
 }
@@ -460,7 +474,7 @@ fn changes_relay_across_three_hops_and_events_stream() {
         },
     );
     // Subscribe on the cloud before the edge writes.
-    let events_url = format!("{}/v1/docs/apps/settings/events", cloud.api);
+    let events_url = format!("{}/v1/docs/site-a/apps/settings/events", cloud.api);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = agent().get(&events_url).call().unwrap();
@@ -478,10 +492,10 @@ fn changes_relay_across_three_hops_and_events_stream() {
     let (first, _) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(first, "ready");
 
-    edge.ingest("edge-1/vibration", "v-1", 1_700_000_000_000, 0.5);
+    edge.ingest("site-a/edge-1/vibration", "v-1", 1_700_000_000_000, 0.5);
     let (s, v) = try_request(
         "PATCH",
-        &format!("{}/v1/docs/apps/settings", edge.api),
+        &format!("{}/v1/docs/site-a/apps/settings", edge.api),
         Some(json!({"threshold": 4.5, "mode": "eco"})),
     )
     .unwrap();
@@ -489,29 +503,29 @@ fn changes_relay_across_three_hops_and_events_stream() {
     wait_for(
         "the edge's reading on the cloud",
         Duration::from_secs(30),
-        || cloud.reading_ids("edge-1/vibration").contains("v-1"),
+        || cloud.reading_ids("site-a/edge-1/vibration").contains("v-1"),
     );
     wait_for(
         "the edge's settings on the cloud",
         Duration::from_secs(30),
-        || cloud.doc("apps/settings") == Some(json!({"threshold": 4.5, "mode": "eco"})),
+        || cloud.doc("site-a/apps/settings") == Some(json!({"threshold": 4.5, "mode": "eco"})),
     );
     let (name, data) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(name, "change");
     let ev: Value = serde_json::from_str(&data).unwrap();
-    assert_eq!(ev["doc"], "apps/settings");
+    assert_eq!(ev["doc"], "site-a/apps/settings");
     assert_eq!(ev["origin"], "gw-1", "the cloud heard it from the gateway");
 
     // And back: the cloud's edit reaches the edge through the gateway.
     request(
         "PATCH",
-        &format!("{}/v1/docs/apps/settings", cloud.api),
+        &format!("{}/v1/docs/site-a/apps/settings", cloud.api),
         Some(json!({"mode": null, "threshold": 5})),
     );
     wait_for(
         "the cloud's edit on the edge",
         Duration::from_secs(30),
-        || edge.doc("apps/settings") == Some(json!({"threshold": 5})),
+        || edge.doc("site-a/apps/settings") == Some(json!({"threshold": 5})),
     );
     let docs = request("GET", &format!("{}/v1/docs", gw.api), None);
     let names: BTreeSet<&str> = docs["docs"]
@@ -522,9 +536,11 @@ fn changes_relay_across_three_hops_and_events_stream() {
         .collect();
     // The stream is kept as one document per hour of reading time.
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.contains("apps/settings"), "{names:?}");
+    assert!(names.contains("site-a/apps/settings"), "{names:?}");
     assert!(
-        names.iter().any(|n| n.starts_with("edge-1/vibration/_b.")),
+        names
+            .iter()
+            .any(|n| n.starts_with("site-a/edge-1/vibration/_b.")),
         "{names:?}"
     );
     let metrics = agent()
@@ -674,7 +690,7 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         ),
         (
             "PATCH",
-            format!("{api}/v1/docs/app"),
+            format!("{api}/v1/docs/site-a/app"),
             b"{oops".to_vec(),
             400,
         ),
@@ -711,11 +727,11 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         );
     }
     // A reading that conflicts with a stored one of the same id is refused, not merged.
-    gw.ingest("a", "x-1", 1, 1.0);
+    gw.ingest("site-a/a", "x-1", 1, 1.0);
     let (status, v) = try_request(
         "POST",
         &ingest,
-        Some(json!({"doc": "a", "id": "x-1", "ts": 1, "fields": {"temp": 2.0}})),
+        Some(json!({"doc": "site-a/a", "id": "x-1", "ts": 1, "fields": {"temp": 2.0}})),
     )
     .unwrap();
     assert_eq!(status, 409, "{v}");
@@ -723,10 +739,10 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let a = request(
         "POST",
         &ingest,
-        Some(json!({"doc": "a", "fields": {"ok": true}})),
+        Some(json!({"doc": "site-a/a", "fields": {"ok": true}})),
     );
     let id = a["id"].as_str().unwrap().to_string();
-    assert!(gw.reading_ids("a").contains(&id));
+    assert!(gw.reading_ids("site-a/a").contains(&id));
 
     // The CLI: a clear message and a non-zero exit when the node is unreachable.
     let out = cli(&["status", "--api", "http://127.0.0.1:9"]);
@@ -737,14 +753,14 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         "--api",
         &api,
         "--doc",
-        "a",
+        "site-a/a",
         "--id",
         "cli-1",
         "temp=21.5",
         "ok=true",
         "where=hall",
     ]);
-    let v = gw.doc("a").unwrap();
+    let v = gw.doc("site-a/a").unwrap();
     assert_eq!(
         v["readings"]["cli-1"]["fields"],
         json!({"temp": 21.5, "ok": true, "where": "hall"})
@@ -754,7 +770,7 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     let st = gw.terminate();
     assert!(st.success(), "exit status {st}: {}", gw.logs());
     gw.spawn();
-    assert!(gw.reading_ids("a").contains("cli-1"));
+    assert!(gw.reading_ids("site-a/a").contains("cli-1"));
 }
 
 /// The local API refuses what a web page in the user's browser could send it: JSON under a
@@ -781,7 +797,7 @@ fn the_local_api_refuses_cross_site_requests_and_wants_its_token() {
     );
     let api = gw.api.clone();
     let ingest = format!("{api}/v1/ingest");
-    let body = br#"{"doc":"a","id":"r-1","ts":1,"fields":{"t":1}}"#.to_vec();
+    let body = br#"{"doc":"site-a/a","id":"r-1","ts":1,"fields":{"t":1}}"#.to_vec();
     let auth = ("authorization", "Bearer s3cret-token-0123456789");
     let json_ct = ("content-type", "application/json");
     for (headers, want) in [
@@ -818,7 +834,7 @@ fn the_local_api_refuses_cross_site_requests_and_wants_its_token() {
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
     assert!(
-        gw.reading_ids_with_token("a").is_empty(),
+        gw.reading_ids_with_token("site-a/a").is_empty(),
         "nothing refused was written"
     );
     // Accepted: JSON with a charset, under this API's names.
@@ -837,7 +853,7 @@ fn the_local_api_refuses_cross_site_requests_and_wants_its_token() {
     }
     let (status, v) = raw_with(
         "PATCH",
-        &format!("{api}/v1/docs/app"),
+        &format!("{api}/v1/docs/site-a/app"),
         &[auth, ("content-type", "application/merge-patch+json")],
         br#"{"mode":"eco"}"#.to_vec(),
     );
@@ -848,7 +864,7 @@ fn the_local_api_refuses_cross_site_requests_and_wants_its_token() {
         401
     );
     assert_eq!(
-        raw_with("GET", &format!("{api}/v1/docs/app"), &[auth], vec![]).0,
+        raw_with("GET", &format!("{api}/v1/docs/site-a/app"), &[auth], vec![]).0,
         200
     );
     assert_eq!(
@@ -873,14 +889,191 @@ fn the_local_api_refuses_cross_site_requests_and_wants_its_token() {
         "--token-file",
         tf,
         "--doc",
-        "a",
+        "site-a/a",
         "--id",
         "cli-1",
         "t=2",
     ]);
     assert_eq!(
-        gw.reading_ids_with_token("a"),
+        gw.reading_ids_with_token("site-a/a"),
         BTreeSet::from(["r-1".to_string(), "cli-1".to_string()])
+    );
+}
+
+/// `edgesync pki revoke` over real processes: within 10 s the cloud closes the revoked
+/// gateway's link and refuses its handshakes, counted by reason, while the other gateway keeps
+/// syncing; what the revoked gateway writes afterwards never reaches the cloud. `pki show`
+/// reports the revocation.
+#[test]
+fn a_revoked_gateway_is_refused_while_the_others_keep_syncing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(
+        dir.path(),
+        &[("cloud", "cloud"), ("gw-1", "gateway"), ("gw-2", "gateway")],
+    );
+    let (cloud, quic) = fast_cloud(dir.path(), &pki);
+    let gw = |name| {
+        Node::start(
+            dir.path(),
+            &pki,
+            NodeSpec {
+                peers: vec![("cloud", quic)],
+                extra: FAST,
+                ..NodeSpec::named(name)
+            },
+        )
+    };
+    let (gw1, gw2) = (gw("gw-1"), gw("gw-2"));
+    let doc = "site-a/temp";
+    gw1.ingest(doc, "gw1-before", 1, 20.0);
+    gw2.ingest(doc, "gw2-before", 2, 20.0);
+    wait_for(
+        "both gateways' readings on the cloud",
+        Duration::from_secs(20),
+        || cloud.reading_ids(doc).len() == 2,
+    );
+
+    let out = cli_ok(&[
+        "pki",
+        "revoke",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--name",
+        "gw-2",
+        "--reason",
+        "key-compromise",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked gw-2"));
+    let took = wait_for("the cloud to refuse gw-2", Duration::from_secs(10), || {
+        cloud.status()["rejected_connections"]["revoked"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+            && !peer_connected(&gw2, "cloud")
+    });
+    eprintln!("gw-2 refused {} ms after pki revoke", took.as_millis());
+    gw2.ingest(doc, "gw2-after", 3, 21.0);
+    gw1.ingest(doc, "gw1-after", 4, 21.0);
+    wait_for(
+        "gw-1's reading on the cloud",
+        Duration::from_secs(10),
+        || cloud.reading_ids(doc).contains("gw1-after"),
+    );
+    // gw-2 keeps redialling and is refused each time, backing off as from failed dials (a
+    // refusal it learns of after its side of the handshake completed still counts as one).
+    let refusals = || {
+        cloud.status()["rejected_connections"]["revoked"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = refusals();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = refusals() - before;
+    eprintln!("{during} refused redials in 3 s");
+    assert!(during <= 8, "{during} redials in 3 s: no backoff");
+    assert!(!cloud.reading_ids(doc).contains("gw2-after"));
+    assert!(!peer_connected(&gw2, "cloud"));
+    assert!(peer_connected(&gw1, "cloud"));
+    let err = gw2.status()["peers"][0]["last_error"].to_string();
+    assert!(err.contains("revoked"), "gw-2 is told why: {err}");
+    assert!(
+        cloud.logs().contains("revoked"),
+        "the cloud logs the reason"
+    );
+
+    let show = |name: &str| -> Value {
+        let cert = pki.join(format!("{name}.crt"));
+        serde_json::from_slice(&cli_ok(&["pki", "show", cert.to_str().unwrap()]).stdout).unwrap()
+    };
+    assert_eq!(show("gw-2")["revoked"]["reason"], "key-compromise");
+    assert_eq!(show("gw-1")["revoked"], false);
+}
+
+/// Write rules and residency over real processes: a site-b gateway may not write site-a
+/// documents (403, nothing written); with a cloud holding both sites, site-a documents never
+/// reach the site-b gateway, nor site-b's the site-a one, while each gets its own site's and
+/// what the cloud writes for it.
+#[test]
+fn sites_write_their_own_documents_and_only_theirs_travel_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet_at(
+        dir.path(),
+        &[
+            ("cloud", "cloud", None),
+            ("gw-a", "gateway", Some("site-a")),
+            ("gw-b", "gateway", Some("site-b")),
+        ],
+    );
+    let (cloud, quic) = fast_cloud(dir.path(), &pki);
+    let gw = |name| {
+        Node::start(
+            dir.path(),
+            &pki,
+            NodeSpec {
+                peers: vec![("cloud", quic)],
+                extra: FAST,
+                ..NodeSpec::named(name)
+            },
+        )
+    };
+    let (gw_a, gw_b) = (gw("gw-a"), gw("gw-b"));
+    gw_a.ingest("site-a/temp", "a-1", 1, 20.0);
+    gw_b.ingest("site-b/temp", "b-1", 1, 30.0);
+    // A write outside its site: refused with 403 and a JSON error, nothing written.
+    let (status, v) = try_request(
+        "POST",
+        &format!("{}/v1/ingest", gw_b.api),
+        Some(json!({"doc": "site-a/temp", "id": "b-2", "ts": 2, "fields": {"t": 1}})),
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not write site-a"),
+        "{v}"
+    );
+    let (status, _) = try_request(
+        "PATCH",
+        &format!("{}/v1/docs/site-a/config", gw_b.api),
+        Some(json!({"mode": "x"})),
+    )
+    .unwrap();
+    assert_eq!(status, 403);
+    // The cloud writes for site a.
+    request(
+        "PATCH",
+        &format!("{}/v1/docs/site-a/config", cloud.api),
+        Some(json!({"mode": "eco"})),
+    );
+    wait_for(
+        "both sites on the cloud, site a's config on gw-a",
+        Duration::from_secs(20),
+        || {
+            cloud.reading_ids("site-a/temp").contains("a-1")
+                && cloud.reading_ids("site-b/temp").contains("b-1")
+                && gw_a.doc("site-a/config") == Some(json!({"mode": "eco"}))
+        },
+    );
+    // Let the links settle (the cloud has pushed everything it would), then look.
+    std::thread::sleep(Duration::from_secs(2));
+    let names = |n: &Node| -> Vec<String> {
+        request("GET", &format!("{}/v1/docs", n.api), None)["docs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["doc"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (on_a, on_b, on_cloud) = (names(&gw_a), names(&gw_b), names(&cloud));
+    assert!(on_a.iter().all(|d| d.starts_with("site-a/")), "{on_a:?}");
+    assert!(on_b.iter().all(|d| d.starts_with("site-b/")), "{on_b:?}");
+    assert!(on_cloud.iter().any(|d| d.starts_with("site-a/")));
+    assert!(on_cloud.iter().any(|d| d.starts_with("site-b/")));
+    assert!(!cloud.reading_ids("site-a/temp").contains("b-2"));
+    assert!(
+        gw_b.status()["peers"][0]["connected"] == true,
+        "residency is not a refusal: the link stays up"
     );
 }
 

@@ -42,6 +42,7 @@ impl Fleet {
             ca: self.dir.path().join("ca.crt"),
             cert: self.dir.path().join(format!("{n}.crt")),
             key: self.dir.path().join(format!("{n}.key")),
+            crl: Some(self.dir.path().join("crl.pem")),
         }
     }
 
@@ -417,6 +418,76 @@ async fn rotation_without_restart() {
     assert_eq!(round_trip(&client, addr, "cloud").await, second);
 }
 
+/// Revocation, on both sides of the handshake, without a restart: once the list names a
+/// certificate and the credentials reload it, an accepting node refuses that client, a dialling
+/// node refuses that server, each with the reason `revoked`, and others are not affected. A
+/// list the fleet CA did not sign is refused and the one in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_are_refused_on_both_sides() {
+    let fleet = Fleet::new();
+    let cloud_creds = fleet.creds("cloud", Role::Cloud);
+    let server = Arc::new(Endpoint::bind(loopback(), true, cloud_creds.clone(), opts()).unwrap());
+    let addr = server.local_addr().unwrap();
+    let (etx, mut errors) = mpsc::unbounded_channel();
+    echo_server(server.clone(), etx);
+    let gw1 = gateway(&fleet);
+    let gw2_creds = fleet.creds("gw-2", Role::Gateway);
+    let gw2 = Endpoint::bind(loopback(), false, gw2_creds.clone(), opts()).unwrap();
+    round_trip(&gw1, addr, "cloud").await;
+    round_trip(&gw2, addr, "cloud").await;
+    let changes = cloud_creds.revocation_changes();
+
+    // The accepting side: gw-2 revoked, gw-1 still served.
+    edgesync::net::crl::revoke(
+        fleet.dir.path(),
+        &name("gw-2"),
+        edgesync::net::crl::Reason::KeyCompromise,
+    )
+    .unwrap();
+    assert!(
+        cloud_creds.reload_if_changed().unwrap(),
+        "the list changed on disk"
+    );
+    assert!(changes.has_changed().unwrap(), "watchers are told");
+    let e = match gw2.dial(addr, &name("cloud")).await {
+        Ok(mut l) => {
+            // TLS 1.3 clients learn of a refused certificate only on first use.
+            let _ = l.tx.send(&ping("x")).await;
+            l.rx.next_frame().await.expect_err("refused")
+        }
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), "revoked", "{e}");
+    assert_eq!(next_error(&mut errors).await, "revoked");
+    assert_eq!(server.rejections().get("revoked"), Some(&1));
+    round_trip(&gw1, addr, "cloud").await;
+
+    // The dialling side: the cloud's certificate revoked, gw-1 refuses it once it reloads.
+    edgesync::net::crl::revoke(
+        fleet.dir.path(),
+        &name("cloud"),
+        edgesync::net::crl::Reason::Superseded,
+    )
+    .unwrap();
+    round_trip(&gw1, addr, "cloud").await;
+    gw1.credentials().reload().unwrap();
+    let e = gw1.dial(addr, &name("cloud")).await.err().expect("refused");
+    assert_eq!(e.kind(), "revoked", "{e}");
+
+    // A list signed by another CA does not replace the one in force.
+    let rogue = Fleet::new();
+    let crl = fleet.dir.path().join("crl.pem");
+    copy_over(&rogue.dir.path().join("crl.pem"), &crl);
+    let e = gw1.credentials().reload().unwrap_err();
+    assert!(e.to_string().contains("not signed by the fleet CA"), "{e}");
+    let e = gw1
+        .dial(addr, &name("cloud"))
+        .await
+        .err()
+        .expect("still refused");
+    assert_eq!(e.kind(), "revoked", "{e}");
+}
+
 #[test]
 fn credentials_refuse_a_certificate_for_another_name() {
     let fleet = Fleet::new();
@@ -489,15 +560,17 @@ async fn real_cloud(
 ) {
     use edgesync::mesh::{Mesh, RetryPolicy};
     use edgesync::node::{DurableNode, NodeOptions};
-    let mut node_opts = NodeOptions::new(edgesync_proto::Config::new(name("cloud")), data);
+    let creds = fleet.creds("cloud", Role::Cloud);
+    let mut cfg = edgesync_proto::Config::new(name("cloud"));
+    cfg.trust =
+        edgesync::net::authorship::trust(&creds, data, edgesync_proto::Rules::default()).unwrap();
+    let mut node_opts = NodeOptions::new(cfg, data);
     tweak(&mut node_opts);
     let node = tokio::task::spawn_blocking(move || DurableNode::start(node_opts))
         .await
         .unwrap()
         .unwrap();
-    let server = Arc::new(
-        Endpoint::bind(loopback(), true, fleet.creds("cloud", Role::Cloud), opts()).unwrap(),
-    );
+    let server = Arc::new(Endpoint::bind(loopback(), true, creds, opts()).unwrap());
     let addr = server.local_addr().unwrap();
     let mesh = Mesh::start(node.handle(), server, vec![], RetryPolicy::default());
     (node, mesh, addr)
@@ -603,19 +676,40 @@ async fn a_peer_that_never_reads_is_disconnected_at_the_outbound_bound() {
         last: true,
     });
     link.tx.send(&summary.to_frame()).await.unwrap();
-    // Each batch carries one change of each of 100 documents (duplicates after the first): its
-    // Ack lists 100 clocks, a few KB.
+    // Each batch carries one change of each of 100 documents (duplicates after the first),
+    // each signed by gw-1 as its author: its Ack lists 100 clocks, a few KB.
+    let keys = tempfile::tempdir().unwrap();
+    let signer = edgesync::net::authorship::trust(
+        &fleet.creds("gw-1", Role::Gateway),
+        keys.path(),
+        edgesync_proto::Rules::default(),
+    )
+    .unwrap()
+    .signer
+    .unwrap();
+    let na = edgesync_proto::Actor([0x5a; 16]);
+    let statement = Message::Author(edgesync_proto::wire::AuthorStatement(signer.statement(&na)));
+    link.tx.send(&statement.to_frame()).await.unwrap();
     let docs: Vec<DocChanges> = (0..100)
         .map(|i| {
             use automerge::transaction::Transactable;
-            let mut am = automerge::Automerge::new();
+            let doc = edgesync_proto::DocId::new(format!("site-a/flood/doc-{i:03}")).unwrap();
+            let actor = edgesync_proto::id::doc_actor(na, &doc).to_automerge();
+            let mut am = automerge::Automerge::new().with_actor(actor);
             let mut tx = am.transaction();
             tx.put(automerge::ROOT, "k", i as i64).unwrap();
             tx.commit();
-            let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+            let change = am.get_last_local_change().unwrap();
             DocChanges {
-                doc: edgesync_proto::DocId::new(format!("flood/doc-{i:03}")).unwrap(),
-                changes: vec![edgesync_proto::wire::ChangeBytes(change)],
+                doc,
+                signed: vec![edgesync_proto::wire::Signed {
+                    change: 0,
+                    author: 0,
+                    sig: signer.sign(&change.hash().0),
+                }],
+                changes: vec![edgesync_proto::wire::ChangeBytes(
+                    change.raw_bytes().to_vec(),
+                )],
             }
         })
         .collect();

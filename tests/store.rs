@@ -528,6 +528,7 @@ fn the_syncer_counts_commits_durability_and_bytes() {
                 actor_epoch: 1,
                 actor_nonce: [2; 16],
                 running: true,
+                author_key: [0; 32],
             };
             store
                 .commit(WriteBatch {

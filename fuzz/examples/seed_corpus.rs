@@ -75,6 +75,7 @@ fn main() {
                     .iter()
                     .map(|c| ChangeBytes(c.raw_bytes().to_vec()))
                     .collect(),
+                signed: vec![],
             }],
         }),
         Message::Ack(Ack {

@@ -25,6 +25,8 @@ fn change(order: u64, actor: u8, seq: u64) -> StoredChange {
         seq,
         hash: [order as u8 ^ actor; 32],
         bytes: vec![actor; 3 + order as usize],
+        author: (!order.is_multiple_of(3)).then_some(Actor([actor ^ 0x55; 16])),
+        sig: (order % 2 == 1).then(|| vec![order as u8; 64]),
     }
 }
 
@@ -65,6 +67,7 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
         actor_epoch: 3,
         actor_nonce: [5; 16],
         running: true,
+        author_key: [6; 32],
     };
     let dm = DocMeta {
         clock: clock(&[(1, 2)]),
@@ -106,11 +109,17 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
                 doc: doc("a"),
                 clock: clock(&[(1, 2)]),
             },
+            WriteOp::PutAuthor {
+                node_actor: Actor([8; 16]),
+                statement: vec![1, 2, 3],
+            },
         ],
     };
     s.commit(batch).unwrap();
     let check = |s: &S| {
         assert_eq!(s.node_meta().unwrap(), Some(meta.clone()));
+        assert_eq!(s.author(&Actor([8; 16])).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(s.author(&Actor([7; 16])).unwrap(), None);
         assert_eq!(s.docs().unwrap(), vec![(doc("a"), dm.clone())]);
         assert_eq!(s.snapshot(&doc("a")).unwrap(), Some((1, vec![9, 9])));
         assert_eq!(s.change_at(&doc("a"), 1).unwrap(), Some(change(1, 1, 2)));

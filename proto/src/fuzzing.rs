@@ -6,11 +6,25 @@
 use automerge::Change;
 use serde_json::json;
 
+use crate::authz::{Identity, Role, Rules};
 use crate::doc::sensor_genesis;
 use crate::schema;
-use crate::wire::{ChangeBytes, Changes, DocChanges, FrameDecoder, Hello, Message, Summary};
+use crate::trust::keyed::Fleet;
+use crate::vclock::Actor;
+use crate::wire::{
+    AuthorStatement, ChangeBytes, Changes, DocChanges, FrameDecoder, Hello, Message, Signed,
+    Summary,
+};
 use crate::wire::{FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION};
 use crate::{Boot, Config, DocId, MemStore, Node, NodeName, Reading, SessionId};
+
+/// The fleet of the fuzzed node and its peer.
+fn fleet() -> Fleet {
+    Fleet::new([7; 32])
+}
+
+/// The fuzzing peer's node actor.
+const PEER_ACTOR: Actor = Actor([0x42; 16]);
 
 /// Frame and message decoding: the bytes are a stream of frames, pushed in two pieces.
 pub fn decode(data: &[u8]) {
@@ -27,7 +41,9 @@ pub fn decode(data: &[u8]) {
 /// A node holding a sensor and a generic document, with a session from `peer` past Hello and
 /// Summary.
 fn node_with_session(peer: &str) -> (Node<MemStore>, SessionId) {
-    let cfg = Config::new(NodeName::new("fuzzed").expect("valid"));
+    let name = NodeName::new("fuzzed").expect("valid");
+    let mut cfg = Config::new(name.clone());
+    cfg.trust = fleet().trust(Identity::new(name, Role::Cloud, None), Rules::default());
     let boot = Boot {
         nonce: [1; 16],
         new_store_id: [1; 16],
@@ -41,7 +57,7 @@ fn node_with_session(peer: &str) -> (Node<MemStore>, SessionId) {
         .expect("patch");
     settle(&mut node, None);
     let peer = NodeName::new(peer).expect("valid");
-    let sid = node.connect(peer.clone(), 0);
+    let sid = node.connect(Identity::new(peer.clone(), Role::Cloud, None), 0);
     let hello = Message::Hello(Hello {
         magic: MAGIC,
         version_min: PROTOCOL_VERSION,
@@ -117,13 +133,42 @@ pub fn remote_change(data: &[u8]) {
         let _ = schema::check_in_doc(&change, &sensor);
         let _ = schema::check_in_doc(&change, &automerge::Automerge::new());
     }
+    let peer = NodeName::new("gw-fuzz").expect("valid");
+    let signer = fleet()
+        .trust(Identity::new(peer, Role::Cloud, None), Rules::default())
+        .signer
+        .expect("a member");
     for doc in ["site-a/t1", "app/doc"] {
+        let doc = DocId::new(doc).expect("valid");
         let (mut node, sid) = node_with_session("gw-fuzz");
+        // A fleet member's own change: the bytes, when they are a well-formed change, are
+        // written again under the peer's actor for the document and signed, so that what they
+        // do reaches the checks after authorship.
+        let bytes = match Change::try_from(data) {
+            Ok(c)
+                if schema::check_checksum(data, &c).is_ok()
+                    && schema::check_actor_indices(&c).is_ok() =>
+            {
+                let mut e = c.decode();
+                e.actor_id = crate::id::doc_actor(PEER_ACTOR, &doc).to_automerge();
+                e.hash = None;
+                Change::from(e).raw_bytes().to_vec()
+            }
+            _ => data.to_vec(),
+        };
+        let hash = Change::try_from(bytes.as_slice()).map_or([0; 32], |c| c.hash().0);
+        let author = Message::Author(AuthorStatement(signer.statement(&PEER_ACTOR)));
+        node.handle_input(sid, &author.to_frame(), 1);
         let batch = Message::Changes(Changes {
             batch: 0,
             docs: vec![DocChanges {
-                doc: DocId::new(doc).expect("valid"),
-                changes: vec![ChangeBytes(data.to_vec())],
+                doc: doc.clone(),
+                changes: vec![ChangeBytes(bytes)],
+                signed: vec![Signed {
+                    change: 0,
+                    author: 0,
+                    sig: signer.sign(&hash),
+                }],
             }],
         });
         node.handle_input(sid, &batch.to_frame(), 1);

@@ -71,6 +71,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod authz;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod dialer;
@@ -84,9 +85,11 @@ pub mod schema;
 pub mod store;
 pub mod stream;
 mod sync;
+pub mod trust;
 pub mod vclock;
 pub mod wire;
 
+pub use authz::{Identity, Role, Rules};
 pub use dialer::{keep_new_link, Dialer, DialerStatus, RetryPolicy};
 pub use doc::{DocKind, IngestOutcome, PatchError, SensorView, ViewError};
 pub use id::{DocId, NameError, NodeName};
@@ -99,5 +102,6 @@ pub use node::{
 pub use reading::{FieldValue, Reading, ReadingError};
 pub use store::{MemStore, Store, StoreError};
 pub use sync::{SessionId, SessionInfo, SessionStats};
+pub use trust::Trust;
 pub use vclock::{Actor, Causality, VectorClock};
 pub use wire::CloseCode;

@@ -15,7 +15,7 @@ use crate::vclock::{Actor, VectorClock};
 
 /// Version of the logical schema behind this trait (document metadata, change index,
 /// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
-pub const LOGICAL_SCHEMA_VERSION: u32 = 3;
+pub const LOGICAL_SCHEMA_VERSION: u32 = 4;
 
 /// Node-wide metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,10 @@ pub struct NodeMeta {
     /// True from an open until a clean stop is recorded: found true by an open, the previous
     /// run ended without one.
     pub running: bool,
+    /// Fingerprint of the key the current actor epoch signs with ([`crate::trust::Trust::key_id`]):
+    /// an open with another key takes a new epoch, so a node actor is bound to one key for
+    /// ever. Logical schema version 4.
+    pub author_key: [u8; 32],
 }
 
 /// Per-document metadata.
@@ -71,6 +75,13 @@ pub struct StoredChange {
     pub hash: [u8; 32],
     /// The change as Automerge encodes it.
     pub bytes: Vec<u8>,
+    /// The node actor of its author, proven by an authorship statement this node keeps
+    /// ([`Store::author`]); `None` for the genesis change only. Logical schema version 4.
+    pub author: Option<Actor>,
+    /// The author's signature of this change, when it came with one (the last change of its
+    /// actor in a received batch) or this node signed it. Changes without one are proven by a
+    /// later signed change of the same actor they are an ancestor of.
+    pub sig: Option<Vec<u8>>,
 }
 
 /// What a node remembers of one peer: which store it last talked to, and per document the
@@ -144,6 +155,13 @@ pub enum WriteOp {
         doc: DocId,
         /// Every peer this node holds receipts or reported clocks for.
         peers: Vec<NodeName>,
+    },
+    /// Keep an authorship statement (node-wide; never dropped with a document).
+    PutAuthor {
+        /// The node actor it binds.
+        node_actor: Actor,
+        /// The statement as received (or made, for this node's own).
+        statement: Vec<u8>,
     },
     /// Replace a receipt.
     PutReceipt {
@@ -220,6 +238,8 @@ pub trait Store {
     ) -> Result<Vec<(u64, u64, [u8; 32])>, StoreError>;
     /// The change at `order`.
     fn change_at(&self, doc: &DocId, order: u64) -> Result<Option<StoredChange>, StoreError>;
+    /// The authorship statement kept for `node_actor`.
+    fn author(&self, node_actor: &Actor) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies `batch` atomically. Visible to reads at once; durable later, in commit order.
     /// After an error the store is poisoned.
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
@@ -233,6 +253,7 @@ struct MemState {
     changes: BTreeMap<(DocId, u64), StoredChange>,
     index: BTreeMap<(DocId, Actor, u64), (u64, [u8; 32])>,
     peers: BTreeMap<NodeName, PeerReceipts>,
+    authors: BTreeMap<Actor, Vec<u8>>,
 }
 
 impl MemState {
@@ -261,6 +282,12 @@ impl MemState {
                         ..PeerReceipts::default()
                     };
                     self.peers.insert(peer, fresh);
+                }
+                WriteOp::PutAuthor {
+                    node_actor,
+                    statement,
+                } => {
+                    self.authors.insert(node_actor, statement);
                 }
                 WriteOp::PutReceipt { peer, doc, clock } => {
                     self.peers
@@ -428,6 +455,10 @@ impl Store for MemStore {
         Ok(self.visible.changes.get(&(doc.clone(), order)).cloned())
     }
 
+    fn author(&self, node_actor: &Actor) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.visible.authors.get(node_actor).cloned())
+    }
+
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned);
@@ -461,6 +492,8 @@ mod tests {
                 seq,
                 hash: [order as u8; 32],
                 bytes: vec![1, 2],
+                author: Some(Actor([9; 16])),
+                sig: None,
             },
         }
     }

@@ -12,14 +12,37 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::id::{DocId, NodeName};
-use crate::store::{DocMeta, Store, StoreError};
-use crate::vclock::VectorClock;
+use std::sync::Arc;
+
+use crate::authz::Identity;
+use crate::id::{genesis_actor, DocId, NodeName};
+use crate::store::{DocMeta, Store, StoreError, StoredChange};
+use crate::trust::Author;
+use crate::vclock::{Actor, VectorClock};
 use crate::wire::{
-    truncate_utf8, Ack, ChangeBytes, Changes, Close, CloseCode, DecodeError, DocChanges, DocClock,
-    FrameDecoder, Hello, Message, Summary, CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX,
-    FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
+    truncate_utf8, Ack, AuthorStatement, ChangeBytes, Changes, Close, CloseCode, DecodeError,
+    DocChanges, DocClock, FrameDecoder, Hello, Message, Signed, Summary, CHANGES_OVERHEAD_BYTES,
+    CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
 };
+
+/// What building batches needs from the node beyond its store: which stored changes can end
+/// an actor's run in a batch (their authorship can be proven there), their signatures, the
+/// authors' statements, and which documents the peer may hold.
+pub(crate) trait Prover {
+    /// Whether `change` can be the last change of its actor in a batch: it has a stored
+    /// signature, or this node authored it (and signs it when sent), and its author's
+    /// statement is kept.
+    fn sealable(&mut self, change: &StoredChange) -> bool;
+    /// The signature of a sealable change.
+    fn signature(&mut self, change: &StoredChange) -> Option<Vec<u8>>;
+    /// The statement of the author with this node actor.
+    fn statement(&mut self, node_actor: &Actor) -> Option<Vec<u8>>;
+    /// Whether the fleet's rules let `peer` read `doc` (residency).
+    fn may_read(&self, peer: &Identity, doc: &DocId) -> bool;
+}
+
+/// Bytes a signature entry costs in a Changes frame (index, author number, length, signature).
+const SIGNED_COST_BYTES: usize = 96;
 
 /// Identifies one session within a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -140,6 +163,18 @@ pub(crate) struct Released {
 #[derive(Debug)]
 pub(crate) struct Session {
     peer: NodeName,
+    /// The peer's fleet identity, as its certificate says.
+    peer_id: Identity,
+    /// Statements sent to the peer in this session, by node actor: their numbers.
+    authors_out: BTreeMap<Actor, u32>,
+    /// Statements the peer sent in this session, in order (their numbers are the indices),
+    /// verified, with their bytes (kept in the store once a change they prove is).
+    authors_in: Vec<(Arc<Author>, Vec<u8>)>,
+    /// Documents this session cannot send until they change: their last changes are proven
+    /// only by a signed change of the same actor this node has not received yet (it got the
+    /// ancestors first: the signed one waited for a dependency, and its session ended). Its
+    /// sender sends it again, and then the document goes out.
+    unprovable: BTreeSet<DocId>,
     phase: Phase,
     opened_ms: u64,
     decoder: FrameDecoder,
@@ -188,13 +223,17 @@ impl Session {
     /// A session with `peer` whose receipts are `known`; frames up to `frame_bytes_max` are
     /// accepted from it.
     pub(crate) fn new(
-        peer: NodeName,
+        peer_id: Identity,
         now_ms: u64,
         frame_bytes_max: u32,
         known: BTreeMap<DocId, VectorClock>,
     ) -> Session {
         Session {
-            peer,
+            peer: peer_id.name.clone(),
+            peer_id,
+            authors_out: BTreeMap::new(),
+            authors_in: Vec::new(),
+            unprovable: BTreeSet::new(),
             phase: Phase::AwaitHello,
             opened_ms: now_ms,
             decoder: FrameDecoder::new(frame_bytes_max),
@@ -212,6 +251,21 @@ impl Session {
 
     pub(crate) fn peer(&self) -> &NodeName {
         &self.peer
+    }
+
+    /// The peer's fleet identity.
+    pub(crate) fn peer_id(&self) -> &Identity {
+        &self.peer_id
+    }
+
+    /// The statements the peer sent so far, by number.
+    pub(crate) fn authors_in(&self) -> &[(Arc<Author>, Vec<u8>)] {
+        &self.authors_in
+    }
+
+    /// Numbers the peer's next statement.
+    pub(crate) fn add_author_in(&mut self, author: Arc<Author>, statement: Vec<u8>) {
+        self.authors_in.push((author, statement));
     }
 
     pub(crate) fn stats(&self) -> &SessionStats {
@@ -391,6 +445,9 @@ impl Session {
 
     /// `doc` changed locally (or its peer clock did): look at it again when filling the window.
     pub(crate) fn mark_dirty(&mut self, doc: &DocId) {
+        // New changes may end the run it could not prove (a signed change whose ancestors
+        // arrived first).
+        self.unprovable.remove(doc);
         if self.phase == Phase::Live {
             self.queue.insert(doc.clone());
         }
@@ -504,6 +561,7 @@ impl Session {
         &mut self,
         store: &S,
         docs: &BTreeMap<DocId, DocMeta>,
+        prover: &mut dyn Prover,
         limits: &Limits,
         now_ms: u64,
         gate: u64,
@@ -515,7 +573,9 @@ impl Session {
         let budget = limits.batch_bytes_max.min(frame_room) as usize;
         while self.inflight.len() < limits.inflight_batches_max {
             let mut out = BatchBuilder::default();
-            if let Some(reason) = self.fill_batch(store, docs, budget, frame_room, &mut out)? {
+            if let Some(reason) =
+                self.fill_batch(store, docs, prover, budget, frame_room, &mut out)?
+            {
                 return Ok(Some(reason));
             }
             if out.docs.is_empty() {
@@ -528,16 +588,51 @@ impl Session {
                 batch,
                 Inflight {
                     sent_ms: now_ms,
-                    clocks: out.sent,
+                    clocks: std::mem::take(&mut out.sent),
                 },
             );
-            let msg = Message::Changes(Changes {
-                batch,
-                docs: out.docs,
-            });
+            let docs = self.sign_batch(out, prover, gate);
+            let msg = Message::Changes(Changes { batch, docs });
             self.push(gate, &msg);
         }
         Ok(None)
+    }
+
+    /// Adds each section's signatures (one per actor: its last change there), queueing first
+    /// the statements of authors this session has not yet sent.
+    fn sign_batch(
+        &mut self,
+        out: BatchBuilder,
+        prover: &mut dyn Prover,
+        gate: u64,
+    ) -> Vec<DocChanges> {
+        let mut docs = out.docs;
+        for (dc, heads) in docs.iter_mut().zip(out.heads) {
+            for (index, head) in heads.into_values() {
+                let Some(author) = head.author else { continue };
+                let number = match self.authors_out.get(&author) {
+                    Some(n) => *n,
+                    None => {
+                        let Some(statement) = prover.statement(&author) else {
+                            continue;
+                        };
+                        let n = self.authors_out.len() as u32;
+                        self.authors_out.insert(author, n);
+                        self.push(gate, &Message::Author(AuthorStatement(statement)));
+                        n
+                    }
+                };
+                let Some(sig) = prover.signature(&head) else {
+                    continue;
+                };
+                dc.signed.push(Signed {
+                    change: index,
+                    author: number,
+                    sig,
+                });
+            }
+        }
+        docs
     }
 
     /// Picks the next document with changes the peer lacks and positions the cursor on them
@@ -546,6 +641,7 @@ impl Session {
         &mut self,
         store: &S,
         docs: &BTreeMap<DocId, DocMeta>,
+        prover: &dyn Prover,
     ) -> Result<bool, StoreError> {
         while self.cursor.is_none() {
             let Some(doc) = self.queue.pop_first() else {
@@ -554,6 +650,10 @@ impl Session {
             let Some(meta) = docs.get(&doc) else {
                 continue;
             };
+            // Residency: the peer gets, and hears of, only what it may hold.
+            if self.unprovable.contains(&doc) || !prover.may_read(&self.peer_id, &doc) {
+                continue;
+            }
             let have = self.known_with_inflight(&doc);
             let mut orders = Vec::new();
             for (actor, seqs) in have.missing_from(&meta.clock) {
@@ -569,24 +669,43 @@ impl Session {
         Ok(true)
     }
 
-    /// Fills one batch up to `budget` bytes (at least one change).
+    /// Fills one batch up to `budget` bytes (at least one change). A document's changes join
+    /// the batch in runs that end, for every actor in them, on a change whose authorship can
+    /// be proven there ([`Prover::sealable`]); a run may pass `budget` to reach such a change,
+    /// never the frame limit.
     fn fill_batch<S: Store>(
         &mut self,
         store: &S,
         docs: &BTreeMap<DocId, DocMeta>,
+        prover: &mut dyn Prover,
         budget: usize,
         frame_room: u32,
         out: &mut BatchBuilder,
     ) -> Result<Option<String>, StoreError> {
-        while self.advance_cursor(store, docs)? {
+        let genesis = genesis_actor();
+        while self.advance_cursor(store, docs, &*prover)? {
             let (doc, orders) = self.cursor.as_mut().expect("advance_cursor set it");
+            let doc = doc.clone();
+            let mut run: Vec<StoredChange> = Vec::new();
+            let mut run_bytes = 0;
+            let mut unsealed: BTreeSet<Actor> = BTreeSet::new();
             while let Some(&order) = orders.front() {
                 let change = store
-                    .change_at(doc, order)?
+                    .change_at(&doc, order)?
                     .ok_or_else(|| StoreError::Corrupt {
                         table: "changes",
                         key: format!("{doc}@{order}"),
                     })?;
+                if out
+                    .sent
+                    .get(&doc)
+                    .is_some_and(|c| c.get(&change.actor) >= change.seq)
+                {
+                    // Already in this batch: the document was queued again (an Ack) while the
+                    // batch was being filled.
+                    orders.pop_front();
+                    continue;
+                }
                 if change.bytes.len() > frame_room as usize {
                     return Ok(Some(format!(
                         "a change of {} bytes does not fit the peer's frame limit of {}",
@@ -595,11 +714,43 @@ impl Session {
                     )));
                 }
                 let cost = change.bytes.len() + 16 + doc.as_str().len();
-                if out.bytes > 0 && out.bytes + cost > budget {
-                    return Ok(None);
+                let after = out.bytes + run_bytes + cost;
+                if out.bytes + run_bytes > 0 && after > budget {
+                    if run.is_empty() {
+                        return Ok(None);
+                    }
+                    if after + SIGNED_COST_BYTES * unsealed.len() > frame_room as usize {
+                        // The run cannot end on a provable change within one frame: give it
+                        // back and send what is complete.
+                        for c in run.iter().rev() {
+                            orders.push_front(c.order);
+                        }
+                        if out.docs.is_empty() {
+                            self.unprovable.insert(doc.clone());
+                            self.cursor = None;
+                            break;
+                        }
+                        return Ok(None);
+                    }
                 }
                 orders.pop_front();
-                out.add(doc, change.actor, change.seq, change.bytes, cost);
+                if change.actor != genesis {
+                    if prover.sealable(&change) {
+                        unsealed.remove(&change.actor);
+                    } else {
+                        unsealed.insert(change.actor);
+                    }
+                }
+                run_bytes += cost;
+                run.push(change);
+                if unsealed.is_empty() {
+                    out.add_run(&doc, std::mem::take(&mut run), run_bytes);
+                    run_bytes = 0;
+                }
+            }
+            if !run.is_empty() {
+                // The document's last changes cannot be proven here: never sent.
+                self.unprovable.insert(doc.clone());
             }
             self.cursor = None;
         }
@@ -611,32 +762,40 @@ impl Session {
 #[derive(Default)]
 struct BatchBuilder {
     docs: Vec<DocChanges>,
+    /// Per entry of `docs`: the last change of each actor (but the genesis actor) and its index.
+    heads: Vec<BTreeMap<Actor, (u32, StoredChange)>>,
     sent: BTreeMap<DocId, VectorClock>,
     bytes: usize,
     changes: u64,
 }
 
 impl BatchBuilder {
-    fn add(
-        &mut self,
-        doc: &DocId,
-        actor: crate::vclock::Actor,
-        seq: u64,
-        bytes: Vec<u8>,
-        cost: usize,
-    ) {
-        self.bytes += cost;
-        self.changes += 1;
-        self.sent
-            .entry(doc.clone())
-            .or_default()
-            .observe(actor, seq);
-        match self.docs.last_mut() {
-            Some(last) if &last.doc == doc => last.changes.push(ChangeBytes(bytes)),
-            _ => self.docs.push(DocChanges {
+    /// Adds a run of `doc`'s changes that ends, for each of its actors, on a provable change.
+    fn add_run(&mut self, doc: &DocId, run: Vec<StoredChange>, cost: usize) {
+        if self.docs.last().is_none_or(|last| &last.doc != doc) {
+            self.docs.push(DocChanges {
                 doc: doc.clone(),
-                changes: vec![ChangeBytes(bytes)],
-            }),
+                changes: Vec::new(),
+                signed: Vec::new(),
+            });
+            self.heads.push(BTreeMap::new());
+        }
+        let dc = self.docs.last_mut().expect("pushed");
+        let heads = self.heads.last_mut().expect("pushed");
+        let genesis = genesis_actor();
+        let sent = self.sent.entry(doc.clone()).or_default();
+        self.bytes += cost;
+        for mut c in run {
+            self.changes += 1;
+            sent.observe(c.actor, c.seq);
+            let bytes = std::mem::take(&mut c.bytes);
+            if c.actor != genesis {
+                let index = dc.changes.len() as u32;
+                if heads.insert(c.actor, (index, c)).is_none() {
+                    self.bytes += SIGNED_COST_BYTES;
+                }
+            }
+            dc.changes.push(ChangeBytes(bytes));
         }
     }
 }

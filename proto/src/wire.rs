@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::id::{DocId, NodeName};
 use crate::vclock::VectorClock;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 added signed authorship (the `Author`
+/// message, `DocChanges::signed`, the `Unauthorized` and `Forbidden` close codes); a node of
+/// version 2 speaks only version 2, since a version-1 peer's changes carry no authorship.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// First bytes of every Hello.
 pub const MAGIC: [u8; 4] = *b"ESYN";
 /// Bytes of the length prefix.
@@ -39,6 +41,39 @@ pub enum Message {
     Ack(Ack),
     /// The sender ends the session.
     Close(Close),
+    /// An authorship statement the sender's later `Changes` refer to by its number (version 2).
+    Author(AuthorStatement),
+}
+
+/// An authorship statement ([`crate::trust`]), numbered by its order among the session's
+/// `Author` messages from this sender (the first is 0).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthorStatement(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for AuthorStatement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthorStatement({} bytes)", self.0.len())
+    }
+}
+
+/// An author's signature of one change of a [`DocChanges`]: the last change of its actor in
+/// that `DocChanges`. Every other change of the actor there is proven by being one of its
+/// ancestors.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signed {
+    /// Index of the change in `DocChanges::changes`.
+    pub change: u32,
+    /// The number of the sender's `Author` message that proves the change's author.
+    pub author: u32,
+    /// The author's signature of the change's hash.
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+impl std::fmt::Debug for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signed(change {}, author {})", self.change, self.author)
+    }
 }
 
 /// The handshake.
@@ -85,6 +120,8 @@ pub struct DocChanges {
     pub doc: DocId,
     /// Encoded Automerge changes.
     pub changes: Vec<ChangeBytes>,
+    /// Signatures: one per actor of `changes` but the genesis actor (version 2).
+    pub signed: Vec<Signed>,
 }
 
 /// One encoded Automerge change.
@@ -144,6 +181,12 @@ pub enum CloseCode {
     LimitsIncompatible,
     /// The receiver's buffer of changes waiting for dependencies overflowed.
     Overloaded,
+    /// A change whose authorship is not proven: no valid statement, signature or derivation
+    /// (version 2).
+    Unauthorized,
+    /// A change its author's rules do not let it write, or a document the receiver may not
+    /// hold (version 2).
+    Forbidden,
 }
 
 impl CloseCode {
@@ -162,6 +205,8 @@ impl CloseCode {
             CloseCode::StoreFailed => "store-failed",
             CloseCode::LimitsIncompatible => "limits-incompatible",
             CloseCode::Overloaded => "overloaded",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::Forbidden => "forbidden",
         }
     }
 }
@@ -345,10 +390,19 @@ mod tests {
                         .into_iter()
                         .map(|(doc, cs)| DocChanges {
                             doc,
-                            changes: cs.into_iter().map(ChangeBytes).collect()
+                            signed: (0..cs.len() as u32)
+                                .map(|i| Signed {
+                                    change: i,
+                                    author: i / 2,
+                                    sig: vec![i as u8; 64],
+                                })
+                                .collect(),
+                            changes: cs.into_iter().map(ChangeBytes).collect(),
                         })
                         .collect()
                 })),
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|b| Message::Author(AuthorStatement(b))),
             (any::<u64>(), proptest::collection::vec(entry, 0..4)).prop_map(|(batch, clocks)| {
                 Message::Ack(Ack {
                     batch,

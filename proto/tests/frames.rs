@@ -118,7 +118,7 @@ fn node_with(docs: usize, readings: usize) -> Node<MemStore> {
 fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
     let mut node = node_with(800, 3);
     let window = node.config().inflight_batches_max;
-    let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+    let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), 0);
     input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
     let first = receive(&mut node, sid, FRAME_BYTES_MIN);
     let summaries = summaries(first.clone());
@@ -217,7 +217,7 @@ fn a_peer_frame_limit_is_accepted_from_exactly_what_this_node_needs() {
     // 8 KiB changes: the floor is FRAME_BYTES_MIN (16 KiB).
     for (limit, ok) in [(FRAME_BYTES_MIN - 1, false), (FRAME_BYTES_MIN, true)] {
         let mut node = open(0, MemStore::new(), 1, |c| c.change_bytes_max = 8 * 1024);
-        let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+        let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), 0);
         input(&mut node, sid, &hello(limit), 0);
         let code = closed(&mut node);
         assert_eq!(code.is_none(), ok, "limit {limit}: {code:?}");
@@ -230,7 +230,7 @@ fn a_peer_frame_limit_is_accepted_from_exactly_what_this_node_needs() {
     assert!(need < need_16);
     for (limit, ok) in [(need_16 - 1, false), (need_16, true)] {
         let mut node = open(0, MemStore::new(), 1, |c| c.change_bytes_max = 16 * 1024);
-        let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+        let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), 0);
         input(&mut node, sid, &hello(limit), 0);
         let code = closed(&mut node);
         assert_eq!(code.is_none(), ok, "limit {limit}: {code:?}");
@@ -259,7 +259,7 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
         node.config().ack_timeout_ms,
     );
     let opened = 1_000;
-    let sid = node.connect(NodeName::new(PEER).unwrap(), opened);
+    let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), opened);
     times_out_at(&mut node, opened + handshake, "handshake");
     // A closed session takes no more input, and ends once: no second event.
     input(&mut node, sid, &hello(FRAME_BYTES_MIN), opened + handshake);
@@ -271,7 +271,7 @@ fn handshake_and_acknowledgement_timers_fire_exactly_when_due() {
 
     // Time goes on (the node's clock never runs backwards).
     let opened = opened + handshake + 1_000;
-    let sid = node.connect(NodeName::new(PEER).unwrap(), opened);
+    let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), opened);
     input(&mut node, sid, &hello(FRAME_BYTES_MIN), opened);
     let sent_at = opened + 500;
     input(&mut node, sid, &summary_of_nothing(), sent_at);
@@ -299,7 +299,7 @@ fn summary_frames_are_cut_for_the_smallest_limit_and_are_full() {
     })
     .to_frame()
     .len();
-    let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+    let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), 0);
     input(&mut node, sid, &hello(4 * FRAME_BYTES_MIN), 0);
     let frames = summaries(receive(&mut node, sid, FRAME_BYTES_MIN));
     assert!(frames.len() > 1, "{} summary frames", frames.len());
@@ -362,7 +362,7 @@ fn session_counters_add_field_by_field() {
 #[test]
 fn a_document_the_ack_says_is_missing_is_sent_again() {
     let mut node = node_with(3, 2);
-    let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+    let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), 0);
     input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
     let clocks: Vec<_> = receive(&mut node, sid, FRAME_BYTES_MIN)
         .into_iter()
@@ -433,7 +433,7 @@ fn large_changes_fit_the_frame_and_one_larger_than_the_budget_goes_alone() {
                 .unwrap();
         }
         persist(&mut node);
-        let sid = node.connect(NodeName::new(PEER).unwrap(), 0);
+        let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), 0);
         input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
         input(&mut node, sid, &summary_of_nothing(), 0);
         let mut sent = 0;

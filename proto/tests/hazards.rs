@@ -1,7 +1,7 @@
 mod common;
 
-use common::{bucket, bucket_name, doc, name, open, persist, Net};
-use edgesync_proto::wire::{ChangeBytes, Changes, DocChanges, Message, Summary, FRAME_BYTES_MIN};
+use common::{bucket, bucket_name, doc, name, open, persist, Hand, Net};
+use edgesync_proto::wire::{Changes, DocChanges, Message, Summary, FRAME_BYTES_MIN};
 use edgesync_proto::{CloseCode, Event, MemStore, Node, NodeName, Reading, SessionId};
 use serde_json::json;
 
@@ -17,23 +17,19 @@ fn hello_from(node: &str) -> Message {
 fn send_change(
     node: &mut Node<MemStore>,
     sid: SessionId,
+    hand: &mut Hand,
     d: &edgesync_proto::DocId,
     change: Vec<u8>,
 ) {
-    let batch = Message::Changes(Changes {
-        batch: 0,
-        docs: vec![DocChanges {
-            doc: d.clone(),
-            changes: vec![ChangeBytes(change)],
-        }],
-    });
-    node.handle_input(sid, &batch.to_frame(), 0);
+    node.handle_input(sid, &hand.frames(0, &[(d.clone(), vec![change])]), 0);
 }
 
 /// Opens a session on `node` for a peer driven by hand, past Hello and Summary.
-fn hand_session(node: &mut Node<MemStore>, peer: &str) -> SessionId {
-    let sid = node.connect(NodeName::new(peer).unwrap(), 0);
-    node.handle_input(sid, &hello_from(peer).to_frame(), 0);
+fn hand_session(node: &mut Node<MemStore>, hand: &mut Hand) -> SessionId {
+    hand.new_session();
+    let peer = hand.identity.name.as_str().to_string();
+    let sid = node.connect(hand.identity.clone(), 0);
+    node.handle_input(sid, &hello_from(&peer).to_frame(), 0);
     node.handle_input(
         sid,
         &Message::Summary(Summary {
@@ -68,15 +64,8 @@ fn changes_of(node: &mut Node<MemStore>, d: &str) -> Vec<Vec<u8>> {
     .unwrap()
 }
 
-fn changes_frame(batch: u64, d: &str, changes: Vec<Vec<u8>>) -> Vec<u8> {
-    Message::Changes(Changes {
-        batch,
-        docs: vec![DocChanges {
-            doc: doc(d),
-            changes: changes.into_iter().map(ChangeBytes).collect(),
-        }],
-    })
-    .to_frame()
+fn changes_frame(hand: &mut Hand, batch: u64, d: &str, changes: Vec<Vec<u8>>) -> Vec<u8> {
+    hand.frames(batch, &[(doc(d), changes)])
 }
 
 // Hazard 1: two partitioned nodes that both create the same new sensor document keep both
@@ -121,7 +110,7 @@ fn carries_changes(msgs: &[Message]) -> bool {
 fn hazard2_no_actor_sequence_reuse_across_a_crash() {
     let d = bucket("d");
     let mut control = open(0, MemStore::new(), 1, |_| {});
-    let sid = hand_session(&mut control, "n1");
+    let sid = hand_session(&mut control, &mut Hand::new("n1"));
     released(&mut control, sid);
     control.ingest(&d, &[reading("lost", 1)], 0).unwrap();
     persist(&mut control);
@@ -133,7 +122,7 @@ fn hazard2_no_actor_sequence_reuse_across_a_crash() {
     let mut a = open(0, MemStore::new(), 1, |_| {});
     persist(&mut a);
     let first_actor = a.doc_actor(&d);
-    let sid = hand_session(&mut a, "n1");
+    let sid = hand_session(&mut a, &mut Hand::new("n1"));
     released(&mut a, sid);
     a.ingest(&d, &[reading("lost", 1)], 0).unwrap();
     assert!(a.durable_seq() < a.commit_seq(), "not durable yet");
@@ -250,9 +239,11 @@ fn hazard2_equivocation_is_detected() {
     assert_ne!(first, second);
 
     let mut b = open(1, MemStore::new(), 2, |_| {});
-    let sid = hand_session(&mut b, "n0");
-    b.handle_input(sid, &changes_frame(0, "g", first), 0);
-    b.handle_input(sid, &changes_frame(1, "g", second), 0);
+    let mut hand = Hand::new("n0");
+    hand.vouch_for(&author);
+    let sid = hand_session(&mut b, &mut hand);
+    b.handle_input(sid, &changes_frame(&mut hand, 0, "g", first), 0);
+    b.handle_input(sid, &changes_frame(&mut hand, 1, "g", second), 0);
     assert_eq!(closes(&mut b), vec![(sid, Some(CloseCode::Equivocation))]);
     assert_eq!(b.json(&doc("g"), false).unwrap().unwrap(), json!({"x": 1}));
 }
@@ -267,10 +258,12 @@ fn hazard3_causal_gaps_are_buffered_not_counted() {
     }
     let cs = changes_of(&mut author, "g");
     let mut b = open(1, MemStore::new(), 2, |_| {});
-    let sid = hand_session(&mut b, "n0");
+    let mut hand = Hand::new("n0");
+    hand.vouch_for(&author);
+    let sid = hand_session(&mut b, &mut hand);
     b.handle_input(
         sid,
-        &changes_frame(0, "g", vec![cs[2].clone(), cs[1].clone()]),
+        &changes_frame(&mut hand, 0, "g", vec![cs[2].clone(), cs[1].clone()]),
         0,
     );
     assert_eq!(b.pending_changes(), 2);
@@ -278,7 +271,11 @@ fn hazard3_causal_gaps_are_buffered_not_counted() {
         b.clock(&doc("g")).is_none_or(|c| c.is_empty()),
         "gapped changes are not in the clock"
     );
-    b.handle_input(sid, &changes_frame(1, "g", vec![cs[0].clone()]), 0);
+    b.handle_input(
+        sid,
+        &changes_frame(&mut hand, 1, "g", vec![cs[0].clone()]),
+        0,
+    );
     assert_eq!(b.pending_changes(), 0);
     assert_eq!(
         b.clock(&doc("g"))
@@ -289,10 +286,10 @@ fn hazard3_causal_gaps_are_buffered_not_counted() {
     assert_eq!(b.json(&doc("g"), false).unwrap().unwrap(), json!({"k": 2}));
 
     let mut c = open(2, MemStore::new(), 3, |cfg| cfg.pending_changes_max = 1);
-    let sid = hand_session(&mut c, "n0");
+    let sid = hand_session(&mut c, &mut hand);
     c.handle_input(
         sid,
-        &changes_frame(0, "g", vec![cs[2].clone(), cs[1].clone()]),
+        &changes_frame(&mut hand, 0, "g", vec![cs[2].clone(), cs[1].clone()]),
         0,
     );
     assert_eq!(closes(&mut c), vec![(sid, Some(CloseCode::Overloaded))]);
@@ -321,6 +318,8 @@ fn hazard5_hostile_input_ends_only_that_session() {
     corrupt[last] ^= 0xff;
     good_change.extend_from_slice(&[0; 8]);
     let huge = vec![0u8; 1024 * 1024 + 1];
+    let mut hand = Hand::new("x");
+    hand.vouch_for(&author);
 
     let pre_hello: Vec<(&str, Vec<Vec<u8>>, CloseCode)> = vec![
         (
@@ -372,7 +371,7 @@ fn hazard5_hostile_input_ends_only_that_session() {
         ),
     ];
     for (what, frames, code) in pre_hello {
-        let sid = net.nodes[1].connect(NodeName::new("x").unwrap(), 0);
+        let sid = net.nodes[1].connect(common::cloud(&NodeName::new("x").unwrap()), 0);
         for f in frames {
             net.nodes[1].handle_input(sid, &f, 0);
         }
@@ -385,17 +384,17 @@ fn hazard5_hostile_input_ends_only_that_session() {
     let post_hello: Vec<(&str, Vec<u8>, CloseCode)> = vec![
         (
             "corrupt change",
-            changes_frame(0, "g", vec![corrupt]),
+            changes_frame(&mut hand, 0, "g", vec![corrupt]),
             CloseCode::InvalidChange,
         ),
         (
             "trailing bytes",
-            changes_frame(0, "g", vec![good_change]),
+            changes_frame(&mut hand, 0, "g", vec![good_change]),
             CloseCode::InvalidChange,
         ),
         (
             "oversized change",
-            changes_frame(0, "g", vec![huge]),
+            changes_frame(&mut hand, 0, "g", vec![huge]),
             CloseCode::InvalidChange,
         ),
         (
@@ -405,7 +404,7 @@ fn hazard5_hostile_input_ends_only_that_session() {
         ),
     ];
     for (what, frame, code) in post_hello {
-        let sid = hand_session(&mut net.nodes[1], "x");
+        let sid = hand_session(&mut net.nodes[1], &mut hand);
         net.nodes[1].handle_input(sid, &frame, 0);
         let got: Vec<_> = closes(&mut net.nodes[1])
             .into_iter()
@@ -574,8 +573,10 @@ fn changes_received_from_a_peer_count_as_held_by_it() {
 fn a_deeply_nested_remote_change_is_refused() {
     use automerge::transaction::Transactable;
     let mut node = open(0, MemStore::new(), 1, |_| {});
-    let sid = hand_session(&mut node, "gw-9");
-    let mut am = automerge::Automerge::new();
+    let mut hand = Hand::new("gw-9");
+    let sid = hand_session(&mut node, &mut hand);
+    let d = doc("app/deep");
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 0));
     let mut tx = am.transaction();
     let mut obj = automerge::ROOT;
     for _ in 0..100_000 {
@@ -583,8 +584,7 @@ fn a_deeply_nested_remote_change_is_refused() {
     }
     tx.commit();
     let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
-    let d = doc("app/deep");
-    send_change(&mut node, sid, &d, change);
+    send_change(&mut node, sid, &mut hand, &d, change);
     persist(&mut node);
     assert_eq!(node.clock(&d), None, "nothing of it is held");
     let (code, reason) = closed_with(&mut node).expect("the session ends");
@@ -614,8 +614,10 @@ fn a_compressed_change_that_inflates_past_the_limit_is_refused() {
     use automerge::transaction::Transactable;
     let mut node = open(0, MemStore::new(), 1, |_| {});
     let limit = node.config().change_bytes_max as usize;
-    let sid = hand_session(&mut node, "gw-9");
-    let mut am = automerge::Automerge::new();
+    let mut hand = Hand::new("gw-9");
+    let sid = hand_session(&mut node, &mut hand);
+    let d = doc("app/bomb");
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 0));
     let mut tx = am.transaction();
     tx.put(automerge::ROOT, "zeros", "0".repeat(3 * limit))
         .unwrap();
@@ -624,8 +626,7 @@ fn a_compressed_change_that_inflates_past_the_limit_is_refused() {
     let compressed = change.bytes().to_vec();
     assert!(compressed.len() < limit / 10, "{} bytes", compressed.len());
     assert_eq!(compressed[8], 2, "a compressed chunk");
-    let d = doc("app/bomb");
-    send_change(&mut node, sid, &d, compressed);
+    send_change(&mut node, sid, &mut hand, &d, compressed);
     persist(&mut node);
     assert_eq!(node.clock(&d), None, "nothing of it is held");
     let (code, reason) = closed_with(&mut node).expect("the session ends");
@@ -646,7 +647,8 @@ fn a_change_against_the_sensor_schema_is_refused() {
         node.ingest(&d, &[reading("r-1", 1)], 0).unwrap();
         persist(&mut node);
         // The attacker holds the same document and writes against its schema.
-        let mut am = automerge::Automerge::new();
+        let mut hand = Hand::new("gw-9");
+        let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 0));
         am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
             .unwrap();
         let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
@@ -660,8 +662,8 @@ fn a_change_against_the_sensor_schema_is_refused() {
         }
         tx.commit();
         let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
-        let sid = hand_session(&mut node, "gw-9");
-        send_change(&mut node, sid, &d, change);
+        let sid = hand_session(&mut node, &mut hand);
+        send_change(&mut node, sid, &mut hand, &d, change);
         persist(&mut node);
         let (code, reason) = closed_with(&mut node).expect("the session ends");
         assert_eq!(code, Some(CloseCode::InvalidChange), "{attack}: {reason}");
@@ -681,11 +683,12 @@ fn naming_documents_does_not_grow_persisted_peer_state() {
     let mut node = open(0, MemStore::new(), 1, |_| {});
     node.patch(&doc("app/held"), &json!({"a": 1}), 0).unwrap();
     persist(&mut node);
-    let sid = hand_session(&mut node, "gw-9");
+    let sid = hand_session(&mut node, &mut Hand::new("gw-9"));
     let docs: Vec<DocChanges> = (0..2000)
         .map(|i| DocChanges {
             doc: doc(&format!("flood/doc-{i}")),
             changes: vec![],
+            signed: vec![],
         })
         .collect();
     let batch = Message::Changes(Changes { batch: 0, docs });
@@ -718,9 +721,9 @@ fn naming_documents_does_not_grow_persisted_peer_state() {
 
 /// The second change of a fresh document (its first withheld), about `kib` KiB: it waits for
 /// its dependency in the receiver's causal buffer.
-fn orphan_change(i: u64, kib: usize) -> Vec<u8> {
+fn orphan_change(hand: &mut Hand, d: &str, i: u64, kib: usize) -> Vec<u8> {
     use automerge::transaction::Transactable;
-    let mut am = automerge::Automerge::new();
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&doc(d), i));
     let mut tx = am.transaction();
     tx.put(automerge::ROOT, "first", i as i64).unwrap();
     tx.commit();
@@ -758,29 +761,26 @@ fn one_peer_cannot_fill_the_causal_buffer() {
         c.pending_peer_bytes_max = 300 * 1024;
         c.pending_bytes_max = 1024 * 1024;
     });
-    let a = hand_session(&mut node, "gw-8");
+    let mut gw8 = Hand::new("gw-8");
+    let a = hand_session(&mut node, &mut gw8);
     for i in 0..2 {
-        send_change(
-            &mut node,
-            a,
-            &doc(&format!("app/a-{i}")),
-            orphan_change(i, 100),
-        );
+        let d = format!("app/a-{i}");
+        let c = orphan_change(&mut gw8, &d, i, 100);
+        send_change(&mut node, a, &mut gw8, &doc(&d), c);
     }
     persist(&mut node);
     assert_eq!(node.pending_changes(), 2);
     assert_eq!(closed_code(&mut node, a), None, "within its share");
-    send_change(&mut node, a, &doc("app/a-2"), orphan_change(2, 100));
+    let c = orphan_change(&mut gw8, "app/a-2", 2, 100);
+    send_change(&mut node, a, &mut gw8, &doc("app/a-2"), c);
     assert_eq!(closed_code(&mut node, a), Some(CloseCode::Overloaded));
     assert_eq!(node.pending_changes(), 2, "the third was refused");
-    let b = hand_session(&mut node, "gw-7");
+    let mut gw7 = Hand::new("gw-7");
+    let b = hand_session(&mut node, &mut gw7);
     for i in 10..12 {
-        send_change(
-            &mut node,
-            b,
-            &doc(&format!("app/b-{i}")),
-            orphan_change(i, 100),
-        );
+        let d = format!("app/b-{i}");
+        let c = orphan_change(&mut gw7, &d, i, 100);
+        send_change(&mut node, b, &mut gw7, &doc(&d), c);
     }
     persist(&mut node);
     assert_eq!(
@@ -791,12 +791,11 @@ fn one_peer_cannot_fill_the_causal_buffer() {
     assert_eq!(node.pending_changes(), 4);
 }
 
-/// A change of `base`'s document by a fresh actor `k` (an attacker mints actors at will).
-fn change_by_fresh_actor(base: &[automerge::Change], k: u32) -> Vec<u8> {
+/// A change of `base`'s document `d` under the hand's fresh node actor `k` (a member mints node
+/// actors at will, each with a statement it signs).
+fn change_by_fresh_actor(hand: &mut Hand, d: &str, base: &[automerge::Change], k: u32) -> Vec<u8> {
     use automerge::transaction::Transactable;
-    let mut actor = [0xa5u8; 16];
-    actor[..4].copy_from_slice(&k.to_be_bytes());
-    let mut am = automerge::Automerge::new().with_actor(automerge::ActorId::from(&actor[..]));
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&doc(d), u64::from(k)));
     am.apply_changes(base.to_vec()).unwrap();
     let mut tx = am.transaction();
     tx.put(automerge::ROOT, "x", i64::from(k)).unwrap();
@@ -804,15 +803,14 @@ fn change_by_fresh_actor(base: &[automerge::Change], k: u32) -> Vec<u8> {
     am.get_last_local_change().unwrap().raw_bytes().to_vec()
 }
 
-fn send_changes(node: &mut Node<MemStore>, sid: SessionId, d: &str, changes: Vec<Vec<u8>>) {
-    let batch = Message::Changes(Changes {
-        batch: 0,
-        docs: vec![DocChanges {
-            doc: doc(d),
-            changes: changes.into_iter().map(ChangeBytes).collect(),
-        }],
-    });
-    node.handle_input(sid, &batch.to_frame(), 0);
+fn send_changes(
+    node: &mut Node<MemStore>,
+    sid: SessionId,
+    hand: &mut Hand,
+    d: &str,
+    changes: Vec<Vec<u8>>,
+) {
+    node.handle_input(sid, &hand.frames(0, &[(doc(d), changes)]), 0);
     persist(node);
 }
 
@@ -848,17 +846,20 @@ fn one_session_cannot_fill_a_documents_clock() {
         .unwrap()
         .unwrap();
     let quota = node.config().session_doc_actors_max;
-    let flood: Vec<Vec<u8>> = (0..600).map(|k| change_by_fresh_actor(&base, k)).collect();
-    let sid = hand_session(&mut node, "gw-9");
-    send_changes(&mut node, sid, d, flood.clone());
+    let mut gw9 = Hand::new("gw-9");
+    let flood: Vec<Vec<u8>> = (0..600)
+        .map(|k| change_by_fresh_actor(&mut gw9, d, &base, k))
+        .collect();
+    let sid = hand_session(&mut node, &mut gw9);
+    send_changes(&mut node, sid, &mut gw9, d, flood.clone());
     let (limits, codes) = limits_and_closes(&mut node);
     assert_eq!(limits, vec![("gw-9".to_string(), "session_doc_actors")]);
     assert_eq!(codes, vec![CloseCode::Overloaded]);
     assert_eq!(node.clock(&doc(d)).unwrap().len(), 1 + quota);
     node.disconnect(sid);
     // The next session gets the next `quota` actors, no more.
-    let sid = hand_session(&mut node, "gw-9");
-    send_changes(&mut node, sid, d, flood);
+    let sid = hand_session(&mut node, &mut gw9);
+    send_changes(&mut node, sid, &mut gw9, d, flood);
     assert_eq!(limits_and_closes(&mut node).1, vec![CloseCode::Overloaded]);
     assert_eq!(node.clock(&doc(d)).unwrap().len(), 1 + 2 * quota);
     // A restarted node writes under the actor it kept (the clock gains none), and another
@@ -872,13 +873,10 @@ fn one_session_cannot_fill_a_documents_clock() {
         .with_doc(&doc("app/other"), |a| a.get_changes(&[]))
         .unwrap()
         .unwrap();
-    let sid = hand_session(&mut node, "gw-8");
-    send_changes(
-        &mut node,
-        sid,
-        "app/other",
-        vec![change_by_fresh_actor(&other, 1)],
-    );
+    let mut gw8 = Hand::new("gw-8");
+    let sid = hand_session(&mut node, &mut gw8);
+    let c = change_by_fresh_actor(&mut gw8, "app/other", &other, 1);
+    send_changes(&mut node, sid, &mut gw8, "app/other", vec![c]);
     assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
     assert_eq!(node.clock(&doc(d)).unwrap().len(), 1 + 2 * quota);
 }
@@ -889,10 +887,13 @@ fn one_session_cannot_fill_a_documents_clock() {
 fn waiting_changes_leave_with_their_session() {
     let mut node = open(0, MemStore::new(), 1, |_| {});
     let d = "app/orphans";
-    let sid = hand_session(&mut node, "gw-9");
-    let kept = hand_session(&mut node, "gw-8");
-    send_changes(&mut node, sid, d, vec![orphan_change(1, 1)]);
-    send_changes(&mut node, kept, d, vec![orphan_change(2, 1)]);
+    let (mut gw9, mut gw8) = (Hand::new("gw-9"), Hand::new("gw-8"));
+    let sid = hand_session(&mut node, &mut gw9);
+    let kept = hand_session(&mut node, &mut gw8);
+    let c = orphan_change(&mut gw9, d, 1, 1);
+    send_changes(&mut node, sid, &mut gw9, d, vec![c]);
+    let c = orphan_change(&mut gw8, d, 2, 1);
+    send_changes(&mut node, kept, &mut gw8, d, vec![c]);
     assert_eq!(node.pending_changes(), 2);
     node.disconnect(sid);
     assert_eq!(
@@ -953,7 +954,9 @@ fn a_name_used_both_ways_converges_without_refusals() {
 // the chunk's header refuses it.
 #[test]
 fn a_corrupted_change_is_refused() {
-    let (_, good) = author_of_first_reading();
+    let (author, good) = author_of_first_reading();
+    let mut hand = Hand::new("gw-9");
+    hand.vouch_for(&author);
     let corrupted = (8..good.len())
         .map(|at| {
             let mut bad = good.clone();
@@ -963,11 +966,12 @@ fn a_corrupted_change_is_refused() {
         .find(|bad| automerge::Change::try_from(&bad[..]).is_ok())
         .expect("some corruption still parses");
     let mut node = open(0, MemStore::new(), 2, |_| {});
-    let sid = hand_session(&mut node, "gw-9");
+    let sid = hand_session(&mut node, &mut hand);
     let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
     send_changes(
         &mut node,
         sid,
+        &mut hand,
         &bucket_name("site-a/t1"),
         vec![genesis, corrupted],
     );
@@ -985,29 +989,38 @@ fn a_corrupted_change_is_refused() {
 // depend on the genesis alone, so Automerge accepts it there). With one actor per node, the
 // node's own first change in that document then carried the same (actor, seq): an equivocation
 // that cut the node off from the document. Each document has its own actor, so the replay
-// collides with nothing and the node keeps writing.
+// claims an actor its author does not write that document under: refused as unauthorized even
+// when the relay presents the author's statement and signature. The author keeps writing.
 #[test]
 fn a_change_replayed_into_another_document_locks_no_one_out() {
     let (mut author, first) = author_of_first_reading();
     let mut node = open(0, MemStore::new(), 2, |_| {});
-    let sid = hand_session(&mut node, "gw-9");
+    let mut relay = Hand::new("gw-9");
+    relay.vouch_for(&author);
+    let sid = hand_session(&mut node, &mut relay);
     let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
     // The replay: t1's change, offered as a change of t2.
     send_changes(
         &mut node,
         sid,
+        &mut relay,
         &bucket_name("site-a/t2"),
         vec![genesis, first],
     );
-    assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
+    assert_eq!(
+        limits_and_closes(&mut node),
+        (vec![], vec![CloseCode::Unauthorized])
+    );
     // The author now writes t2 itself and syncs with the node: no equivocation.
     author
         .ingest(&bucket("site-a/t2"), &[reading("r-2", 2)], 0)
         .unwrap();
     persist(&mut author);
     let mine = changes_of(&mut author, &bucket_name("site-a/t2"));
-    let sid = hand_session(&mut node, "n1");
-    send_changes(&mut node, sid, &bucket_name("site-a/t2"), mine);
+    let mut n1 = Hand::new("n1");
+    n1.vouch_for(&author);
+    let sid = hand_session(&mut node, &mut n1);
+    send_changes(&mut node, sid, &mut n1, &bucket_name("site-a/t2"), mine);
     assert_eq!(limits_and_closes(&mut node), (vec![], vec![]));
     let view = node.sensor_view(&bucket("site-a/t2")).unwrap().unwrap();
     assert!(
@@ -1045,8 +1058,15 @@ fn a_change_naming_an_unlisted_actor_is_refused() {
     node.ingest(&doc("site-a/t1"), &[reading("r-1", 1)], 0)
         .unwrap();
     persist(&mut node);
-    let sid = hand_session(&mut node, "gw-9");
-    send_changes(&mut node, sid, &bucket_name("site-a/t1"), vec![bytes]);
+    let mut hand = Hand::new("gw-9");
+    let sid = hand_session(&mut node, &mut hand);
+    send_changes(
+        &mut node,
+        sid,
+        &mut hand,
+        &bucket_name("site-a/t1"),
+        vec![bytes],
+    );
     let (code, reason) = closed_with(&mut node).expect("the session ends");
     assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
     assert!(reason.contains("actor"), "{reason}");

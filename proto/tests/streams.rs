@@ -6,10 +6,8 @@ mod common;
 use common::{doc, open, persist, Net};
 use edgesync_proto::store::Store;
 use edgesync_proto::stream::{Bucket, Cursor, Range};
-use edgesync_proto::wire::{ChangeBytes, Changes, DocChanges, Message};
-use edgesync_proto::{
-    CloseCode, DocId, Event, IngestOutcome, MemStore, Node, NodeError, NodeName, Reading,
-};
+use edgesync_proto::wire::Message;
+use edgesync_proto::{CloseCode, DocId, Event, IngestOutcome, MemStore, Node, NodeError, Reading};
 use serde_json::json;
 
 const HOUR: u64 = 3_600_000;
@@ -207,29 +205,24 @@ fn bucket_names_and_spans_are_enforced_on_local_writes() {
     assert_eq!(n.docs().count(), 1, "refused ingests wrote nothing");
 }
 
-/// A hand-driven peer named `peer` offers `changes` of `d` as batch 0; returns how the session
-/// ended, if it did.
+/// A hand-driven peer offers `changes` of `d`, signed as its own, as batch 0; returns how the
+/// session ended, if it did.
 fn offer(
     n: &mut Node<MemStore>,
-    peer: &str,
+    hand: &mut common::Hand,
     d: &DocId,
     changes: Vec<Vec<u8>>,
 ) -> Option<(CloseCode, String)> {
-    let sid = n.connect(NodeName::new(peer).unwrap(), 0);
-    n.handle_input(sid, &common::hello(peer, 4 << 20).to_frame(), 0);
+    let peer = hand.identity.name.as_str().to_string();
+    hand.new_session();
+    let sid = n.connect(hand.identity.clone(), 0);
+    n.handle_input(sid, &common::hello(&peer, 4 << 20).to_frame(), 0);
     let summary = Message::Summary(edgesync_proto::wire::Summary {
         entries: vec![],
         last: true,
     });
     n.handle_input(sid, &summary.to_frame(), 0);
-    let batch = Message::Changes(Changes {
-        batch: 0,
-        docs: vec![DocChanges {
-            doc: d.clone(),
-            changes: changes.into_iter().map(ChangeBytes).collect(),
-        }],
-    });
-    n.handle_input(sid, &batch.to_frame(), 0);
+    n.handle_input(sid, &hand.frames(0, &[(d.clone(), changes)]), 0);
     persist(n);
     std::iter::from_fn(|| n.poll_event()).find_map(|e| match e {
         Event::SessionClosed { code, reason, .. } => Some((code.unwrap(), reason)),
@@ -244,28 +237,35 @@ fn a_remote_change_outside_its_bucket_is_refused() {
     use automerge::transaction::Transactable;
     let genesis = edgesync_proto::doc::sensor_genesis().raw_bytes().to_vec();
     let b = bucket_at("site-a/temp-1", 0);
+    let mut hand = common::Hand::new("gw-9");
     for attack in ["outside", "generic"] {
-        let mut am = automerge::Automerge::new();
-        am.apply_changes([edgesync_proto::doc::sensor_genesis().clone()])
-            .unwrap();
-        let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
-            .unwrap()
-            .unwrap();
-        let mut tx = am.transaction();
-        match attack {
-            "outside" => {
-                tx.put(&map, "late", reading("late", HOUR).encode())
-                    .unwrap();
+        // The peer's change under its own actor for `d`.
+        let mut change_into = |d: &DocId| {
+            let mut am = automerge::Automerge::new().with_actor(hand.actor(d, 0));
+            am.apply_changes([edgesync_proto::doc::sensor_genesis().clone()])
+                .unwrap();
+            let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
+                .unwrap()
+                .unwrap();
+            let mut tx = am.transaction();
+            match attack {
+                "outside" => {
+                    tx.put(&map, "late", reading("late", HOUR).encode())
+                        .unwrap();
+                }
+                _ => {
+                    tx.put(automerge::ROOT, "note", "x").unwrap();
+                }
             }
-            _ => {
-                tx.put(automerge::ROOT, "note", "x").unwrap();
-            }
-        }
-        tx.commit();
-        let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+            tx.commit();
+            am.get_last_local_change().unwrap().raw_bytes().to_vec()
+        };
+        let change = change_into(&b);
+        let other = doc("site-a/temp-1");
+        let change_elsewhere = change_into(&other);
         let mut n = open(0, MemStore::new(), 1, |_| {});
         let (code, reason) =
-            offer(&mut n, "gw-9", &b, vec![genesis.clone(), change]).expect("the session ends");
+            offer(&mut n, &mut hand, &b, vec![genesis.clone(), change]).expect("the session ends");
         assert_eq!(code, CloseCode::InvalidChange, "{attack}: {reason}");
         let want = if attack == "outside" {
             "does not belong in the bucket"
@@ -276,13 +276,12 @@ fn a_remote_change_outside_its_bucket_is_refused() {
         assert_eq!(n.clock(&b).unwrap().len(), 1, "{attack}: the genesis only");
         // The same change into a document that is not a bucket is fine.
         let mut n = open(0, MemStore::new(), 1, |_| {});
-        let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
         assert_eq!(
             offer(
                 &mut n,
-                "gw-9",
-                &doc("site-a/temp-1"),
-                vec![genesis.clone(), change]
+                &mut hand,
+                &other,
+                vec![genesis.clone(), change_elsewhere]
             ),
             None
         );
@@ -358,7 +357,7 @@ fn a_dropped_bucket_is_not_taken_again_and_counts_as_held() {
     let keep = 24 * HOUR;
     let mut net = Net::new(2, |_| {});
     // n1 expires; n0 (the keeper) does not.
-    let mut cfg = edgesync_proto::Config::new(common::name(1));
+    let mut cfg = common::config(1);
     cfg.keep_ms = Some(keep);
     net.nodes[1] = Node::open(MemStore::new(), cfg, common::boot(99)).unwrap();
     let s = doc("site-a/temp-1");
@@ -421,7 +420,7 @@ fn old_buckets_are_answered_as_held_before_they_are_sent() {
         c.batch_bytes_max = 1;
         c.inflight_batches_max = 1;
     });
-    let mut cfg = edgesync_proto::Config::new(common::name(1));
+    let mut cfg = common::config(1);
     cfg.keep_ms = Some(24 * HOUR);
     net.nodes[1] = Node::open(MemStore::new(), cfg, common::boot(99)).unwrap();
     let s = doc("site-a/temp-1");
@@ -491,7 +490,7 @@ fn refusals(net: &Net) -> Vec<String> {
 
 /// Node `i` of `net` reopened with `tweak` on a fresh store (before anything happened).
 fn reconfigure(net: &mut Net, i: usize, tweak: impl Fn(&mut edgesync_proto::Config)) {
-    let mut cfg = edgesync_proto::Config::new(common::name(i));
+    let mut cfg = common::config(i);
     tweak(&mut cfg);
     net.nodes[i] = Node::open(MemStore::new(), cfg, common::boot(50 + i as u64)).unwrap();
 }

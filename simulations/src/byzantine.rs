@@ -13,12 +13,13 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, Change, ObjType, ReadDoc, ROOT};
 use edgesync_proto::doc::{sensor_genesis, READINGS_KEY};
 use edgesync_proto::schema::OBJECT_DEPTH_MAX;
+use edgesync_proto::trust::Signer;
 use edgesync_proto::vclock::CLOCK_ACTORS_MAX;
-use edgesync_proto::wire::{ChangeBytes, Changes, DocChanges, Message};
-use edgesync_proto::{DocId, Reading};
+use edgesync_proto::wire::{AuthorStatement, ChangeBytes, Changes, DocChanges, Message, Signed};
+use edgesync_proto::{Actor, DocId, Reading, Store};
 use rand::RngExt;
 
-use crate::sim::{Ev, Sim};
+use crate::sim::{Ev, Sim, HOSTILE_SITE};
 
 /// Mean time between two attacks of one hostile node.
 const ATTACK_INTERVAL_MS: u64 = 400;
@@ -39,13 +40,15 @@ enum Attack {
     Bomb,
     GenesisActor,
     Forge,
+    ForgeStatement,
+    Trespass,
     ActorFlood,
     DocFlood,
     MissingDeps,
     Deaf,
 }
 
-const ATTACKS: [Attack; 15] = [
+const ATTACKS: [Attack; 17] = [
     Attack::Garbage,
     Attack::DeleteReadings,
     Attack::ReplaceReadings,
@@ -57,6 +60,8 @@ const ATTACKS: [Attack; 15] = [
     Attack::Bomb,
     Attack::GenesisActor,
     Attack::Forge,
+    Attack::ForgeStatement,
+    Attack::Trespass,
     Attack::ActorFlood,
     Attack::DocFlood,
     Attack::MissingDeps,
@@ -124,7 +129,7 @@ impl Sim {
                     .map(|(node, _)| *node)
                     .find(|node| *node != i)
                     .expect("two ends");
-                self.hostile_changes(i, attack, victim)
+                self.hostile_changes(i, conn, attack, victim)
             }
         };
         self.log(
@@ -181,62 +186,56 @@ impl Sim {
         f
     }
 
-    /// A fresh actor nobody else uses.
-    fn fresh_actor(&mut self) -> ActorId {
-        let bytes: [u8; 16] = self.rng.random();
-        ActorId::from(&bytes[..])
+    /// Hostile node `i`'s `k`-th node actor: a fleet member may take as many as it likes, each
+    /// with a statement it signs.
+    fn hostile_actor(&self, i: usize, k: u64) -> Actor {
+        let mut h = blake3::Hasher::new_derive_key("edgesync-sim hostile node actor");
+        h.update(self.nodes[i].name.as_str().as_bytes());
+        h.update(&k.to_be_bytes());
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        Actor(a)
     }
 
-    /// Changes frames carrying the attack's changes, built on a document the node holds.
-    fn hostile_changes(&mut self, i: usize, attack: Attack, victim: usize) -> Vec<Vec<u8>> {
-        let Some((doc, am)) = self.pick_doc(i, attack) else {
-            return Vec::new();
-        };
-        let mut am = am.with_actor(self.fresh_actor());
-        let changes: Vec<(DocId, Vec<u8>)> = match attack {
-            Attack::ActorFlood => {
-                let n = self.plan.knobs.core.session_doc_actors_max + 4;
-                (0..n)
-                    .map(|k| {
-                        let mut fork = am.fork().with_actor(self.fresh_actor());
-                        let c = edit(&mut fork, |tx| put_root(tx, "flood", k as i64));
-                        (doc.clone(), c)
-                    })
-                    .collect()
-            }
-            Attack::DocFlood => {
-                let n = self.plan.knobs.core.session_docs_max + 4;
-                let tag: u32 = self.rng.random();
-                (0..n)
-                    .map(|k| {
-                        let mut fresh = Automerge::new().with_actor(self.fresh_actor());
-                        let c = edit(&mut fresh, |tx| put_root(tx, "flood", k as i64));
-                        let d = DocId::new(format!("flood/{tag:08x}/{k}")).expect("valid");
-                        (d, c)
-                    })
-                    .collect()
-            }
-            Attack::MissingDeps => (0..self.rng.random_range(1..=64usize))
-                .map(|k| {
-                    let mut fork = am.fork().with_actor(self.fresh_actor());
-                    edit(&mut fork, |tx| put_root(tx, "first", k as i64));
-                    (doc.clone(), edit(&mut fork, |tx| put_root(tx, "orphan", 1)))
-                })
-                .collect(),
-            Attack::Forge => self.forge(i, victim, &doc).into_iter().collect(),
-            _ => vec![(
-                doc.clone(),
-                schema_breaker(&mut am, attack, self.rng.random()),
-            )],
-        };
-        changes_frames(changes)
+    /// The Automerge actor of hostile node `i`'s `k`-th node actor in `doc`.
+    fn hostile_doc_actor(&self, i: usize, k: u64, doc: &DocId) -> ActorId {
+        edgesync_proto::id::doc_actor(self.hostile_actor(i, k), doc).to_automerge()
     }
 
-    /// A document of node `i` to attack: a sensor document for the attacks on readings, any
-    /// document otherwise.
-    fn pick_doc(&mut self, i: usize, attack: Attack) -> Option<(DocId, Automerge)> {
-        let n = self.nodes[i].node.as_mut()?;
-        let docs: Vec<DocId> = n.docs().map(|(d, _)| d.clone()).collect();
+    /// Hostile node `i`'s signer (it holds a valid fleet identity).
+    fn hostile_signer(&self, i: usize) -> std::sync::Arc<dyn Signer> {
+        crate::sim::fleet()
+            .trust(self.nodes[i].identity.clone(), crate::sim::rules())
+            .signer
+            .expect("a member")
+    }
+
+    /// A fresh node actor number for hostile node `i`.
+    fn fresh_k(&mut self) -> u64 {
+        self.rng.random_range(0..1u64 << 40)
+    }
+
+    /// Changes frames carrying the attack's changes on connection `conn`.
+    fn hostile_changes(
+        &mut self,
+        i: usize,
+        conn: u64,
+        attack: Attack,
+        victim: usize,
+    ) -> Vec<Vec<u8>> {
+        match attack {
+            Attack::Forge | Attack::ForgeStatement => {
+                let Some(doc) = self.pick_doc(i, false).map(|(d, _)| d) else {
+                    return Vec::new();
+                };
+                return self.forge(i, conn, victim, &doc, attack == Attack::ForgeStatement);
+            }
+            Attack::Trespass => return self.trespass(i, conn),
+            _ => {}
+        }
+        // Everything else is written under the hostile node's own node actors, into its own
+        // documents (the only ones the rules let it write), so that each attack reaches the
+        // check it is aimed at.
         let sensor_only = matches!(
             attack,
             Attack::DeleteReadings
@@ -246,6 +245,106 @@ impl Sim {
                 | Attack::NonCanonicalReading
                 | Attack::MixedReadings
         );
+        let Some((doc, am)) = self.own_doc(i, sensor_only) else {
+            return Vec::new();
+        };
+        let k = self.fresh_k();
+        let mut am = am.with_actor(self.hostile_doc_actor(i, k, &doc));
+        let changes: Vec<(DocId, Vec<u8>)> = match attack {
+            Attack::ActorFlood => {
+                let n = self.plan.knobs.core.session_doc_actors_max + 4;
+                (0..n)
+                    .map(|j| {
+                        let a = self.hostile_doc_actor(i, k + 1 + j as u64, &doc);
+                        let mut fork = am.fork().with_actor(a);
+                        let c = edit(&mut fork, |tx| put_root(tx, "flood", j as i64));
+                        (doc.clone(), c)
+                    })
+                    .collect()
+            }
+            Attack::DocFlood => {
+                let n = self.plan.knobs.core.session_docs_max + 4;
+                let tag: u32 = self.rng.random();
+                (0..n)
+                    .map(|j| {
+                        let d = DocId::new(format!("{HOSTILE_SITE}/flood/{tag:08x}/{j}"))
+                            .expect("valid");
+                        let mut fresh =
+                            Automerge::new().with_actor(self.hostile_doc_actor(i, k, &d));
+                        let c = edit(&mut fresh, |tx| put_root(tx, "flood", j as i64));
+                        (d, c)
+                    })
+                    .collect()
+            }
+            Attack::MissingDeps => (0..self.rng.random_range(1..=64usize))
+                .map(|j| {
+                    let a = self.hostile_doc_actor(i, k + 1 + j as u64, &doc);
+                    let mut fork = am.fork().with_actor(a);
+                    edit(&mut fork, |tx| put_root(tx, "first", j as i64));
+                    (doc.clone(), edit(&mut fork, |tx| put_root(tx, "orphan", 1)))
+                })
+                .collect(),
+            _ => vec![(
+                doc.clone(),
+                schema_breaker(&mut am, attack, self.rng.random()),
+            )],
+        };
+        let signer = self.hostile_signer(i);
+        let authors: Vec<(Actor, Vec<u8>)> =
+            (k..=k + 1 + self.plan.knobs.core.session_doc_actors_max as u64 + 64)
+                .map(|j| {
+                    let na = self.hostile_actor(i, j);
+                    (na, signer.statement(&na))
+                })
+                .collect();
+        self.signed_frames(i, conn, changes, &authors, &*signer, false)
+    }
+
+    /// A document of hostile node `i`'s own site (a sensor document when `sensor`), made by an
+    /// ingest on its own core if it has none yet.
+    fn own_doc(&mut self, i: usize, sensor: bool) -> Option<(DocId, Automerge)> {
+        let now = self.node_now(i);
+        let stream = DocId::new(format!(
+            "{HOSTILE_SITE}/s-{}",
+            self.rng.random_range(0..4u32)
+        ))
+        .expect("valid");
+        let generic = DocId::new(format!(
+            "{HOSTILE_SITE}/g-{}",
+            self.rng.random_range(0..4u32)
+        ))
+        .expect("valid");
+        let as_sensor = sensor || self.rng.random_bool(0.5);
+        let n = self.nodes[i].node.as_mut()?;
+        let doc = if as_sensor {
+            let r =
+                Reading::from_json(format!("h-{now}"), now as i64, &serde_json::json!({"v": 1}))
+                    .expect("valid");
+            n.ingest(&stream, &[r], now)
+                .ok()
+                .and_then(|mut out| out.docs.pop())
+        } else {
+            n.patch(&generic, &serde_json::json!({"h": now}), now)
+                .ok()
+                .map(|_| generic)
+        };
+        let am = doc
+            .as_ref()
+            .and_then(|d| n.with_doc(d, |a| a.fork()).ok().flatten());
+        // The write goes through the node's bookkeeping like any other call, refused or not
+        // (a failed write poisons the node, and the supervisor restarts it).
+        self.after_call(i);
+        Some((doc?, am?))
+    }
+
+    /// A document of node `i` it holds from its peers, with its state.
+    fn pick_doc(&mut self, i: usize, sensor_only: bool) -> Option<(DocId, Automerge)> {
+        let n = self.nodes[i].node.as_mut()?;
+        let docs: Vec<DocId> = n
+            .docs()
+            .map(|(d, _)| d.clone())
+            .filter(|d| !d.as_str().starts_with(HOSTILE_SITE))
+            .collect();
         let candidates: Vec<(DocId, Automerge)> = docs
             .into_iter()
             .filter_map(|d| {
@@ -261,36 +360,191 @@ impl Sim {
         candidates.into_iter().nth(k)
     }
 
-    /// A change under another node's actor at a sequence number the victim peer already
-    /// holds (it acknowledged it): an equivocation the victim must refuse. Forging a sequence
-    /// number the victim has not seen yet cannot be told from the real change without signed
-    /// authorship; that attack belongs to the authorship work, not to this simulation.
-    fn forge(&mut self, i: usize, victim: usize, doc: &DocId) -> Option<(DocId, Vec<u8>)> {
+    /// A change under another node's actor (one the victim peer already holds changes of):
+    /// presented with the hostile node's own statement and signature, or (`with_statement`)
+    /// with the real author's statement, which the hostile node keeps as any relay does, and
+    /// a signature it made itself. Both must be refused as unauthorized.
+    fn forge(
+        &mut self,
+        i: usize,
+        conn: u64,
+        victim: usize,
+        doc: &DocId,
+        with_statement: bool,
+    ) -> Vec<Vec<u8>> {
         let peer = self.peer_names[victim].clone();
-        let n = self.nodes[i].node.as_mut()?;
-        let own = n.doc_actor(doc).to_automerge();
-        let changes = n.with_doc(doc, |a| a.get_changes(&[])).ok().flatten()?;
-        let held = n.receipts(&peer).and_then(|r| r.clocks.get(doc)).cloned()?;
-        let acked = |c: &Change| {
-            edgesync_proto::Actor::from_automerge(c.actor_id())
-                .is_some_and(|a| held.get(&a) >= c.seq())
+        let k = self.fresh_k();
+        let own_na = self.hostile_actor(i, k);
+        let signer = self.hostile_signer(i);
+        let Some(n) = self.nodes[i].node.as_mut() else {
+            return Vec::new();
         };
+        let Some(changes) = n.with_doc(doc, |a| a.get_changes(&[])).ok().flatten() else {
+            return Vec::new();
+        };
+        let held = n.receipts(&peer).and_then(|r| r.clocks.get(doc)).cloned();
         let genesis = sensor_genesis().actor_id().clone();
         let victims: Vec<&Change> = changes
             .iter()
-            .filter(|c| *c.actor_id() != own && *c.actor_id() != genesis && acked(c))
+            .filter(|c| *c.actor_id() != genesis)
             .collect();
         if victims.is_empty() {
-            return None;
+            return Vec::new();
         }
         let real = victims[self.rng.random_range(0..victims.len())];
-        let base = n
+        let Some(base) = n
             .with_doc(doc, |a| a.fork_at(real.deps()).ok())
             .ok()
-            .flatten()??;
+            .flatten()
+            .flatten()
+        else {
+            return Vec::new();
+        };
+        // At a sequence number the victim holds (an equivocation), or one past the actor's last
+        // (a new change in another's name).
+        let seq_held = held.is_some_and(|h| {
+            edgesync_proto::Actor::from_automerge(real.actor_id())
+                .is_some_and(|a| h.get(&a) >= real.seq())
+        });
         let mut fork = base.with_actor(real.actor_id().clone());
         let c = edit(&mut fork, |tx| put_root(tx, "forged", real.seq() as i64));
-        Some((doc.clone(), c))
+        let statement = if with_statement {
+            let Some(author) =
+                edgesync_proto::Actor::from_automerge(real.actor_id()).and_then(|a| {
+                    let order = n.store().change_index(doc, &a, 1..=1).ok()?.first()?.1;
+                    n.store().change_at(doc, order).ok()??.author
+                })
+            else {
+                return Vec::new();
+            };
+            match n.store().author(&author) {
+                Ok(Some(st)) => (author, st),
+                _ => return Vec::new(),
+            }
+        } else {
+            (own_na, signer.statement(&own_na))
+        };
+        self.log(
+            Some(i),
+            format_args!(
+                "forging {} (seq held by the victim: {seq_held})",
+                real.actor_id()
+            ),
+        );
+        // The signature is the hostile node's own, whatever statement it names.
+        self.signed_frames(
+            i,
+            conn,
+            vec![(doc.clone(), c)],
+            &[statement],
+            &*signer,
+            true,
+        )
+    }
+
+    /// Writes under the hostile node's own actor into documents its rules do not let it write:
+    /// one it may read (`site-0/..`, `app/..`) and one it may not even hold (`site-1/..`).
+    fn trespass(&mut self, i: usize, conn: u64) -> Vec<Vec<u8>> {
+        let k = self.fresh_k();
+        let signer = self.hostile_signer(i);
+        let na = self.hostile_actor(i, k);
+        let target = match self.pick_doc(i, false) {
+            Some((d, am)) if self.rng.random_bool(0.5) => Some((d, am)),
+            _ => None,
+        };
+        let (doc, am) = match target {
+            Some(t) => t,
+            None => {
+                let d = DocId::new(format!("site-1/sensor-{}", self.rng.random_range(0..8u32)))
+                    .expect("valid");
+                (d, Automerge::new())
+            }
+        };
+        let mut am = am.with_actor(self.hostile_doc_actor(i, k, &doc));
+        let c = edit(&mut am, |tx| put_root(tx, "trespass", k as i64));
+        self.signed_frames(
+            i,
+            conn,
+            vec![(doc, c)],
+            &[(na, signer.statement(&na))],
+            &*signer,
+            false,
+        )
+    }
+
+    /// Frames presenting `changes` as hostile node `i` would on `conn`: an Author message for
+    /// each of `authors` (numbered after the Author frames the connection already carried
+    /// from it), then Changes frames with a signature (by `signer`) for every change whose
+    /// actor one of them derives, or, to `forge`, for every change as by the first author.
+    fn signed_frames(
+        &mut self,
+        i: usize,
+        conn: u64,
+        changes: Vec<(DocId, Vec<u8>)>,
+        authors: &[(Actor, Vec<u8>)],
+        signer: &dyn Signer,
+        forge: bool,
+    ) -> Vec<Vec<u8>> {
+        let changes: Vec<(DocId, Vec<u8>)> =
+            changes.into_iter().filter(|(_, c)| !c.is_empty()).collect();
+        let parsed: Vec<Option<Change>> = changes
+            .iter()
+            .map(|(_, c)| Change::try_from(c.as_slice()).ok())
+            .collect();
+        let derives = |na: &Actor, d: &DocId, ch: &Change| {
+            edgesync_proto::Actor::from_automerge(ch.actor_id())
+                == Some(edgesync_proto::id::doc_actor(*na, d))
+        };
+        let mut frames = Vec::new();
+        let mut numbers: Vec<(Actor, u32)> = Vec::new();
+        let base = self.net.authors_sent(conn, i);
+        for (j, (na, statement)) in authors.iter().enumerate() {
+            let used = (forge && j == 0)
+                || changes
+                    .iter()
+                    .zip(&parsed)
+                    .any(|((d, _), ch)| ch.as_ref().is_some_and(|ch| derives(na, d, ch)));
+            if !used {
+                continue;
+            }
+            numbers.push((*na, base + numbers.len() as u32));
+            frames.push(Message::Author(AuthorStatement(statement.clone())).to_frame());
+        }
+        // Each change with its parse (`None`: bytes that are no change, sent unsigned).
+        type Parsed = ((DocId, Vec<u8>), Option<Change>);
+        let pairs: Vec<Parsed> = changes.into_iter().zip(parsed).collect();
+        for (k, chunk) in pairs.chunks(CHANGES_PER_FRAME).enumerate() {
+            let mut docs: Vec<DocChanges> = Vec::new();
+            for ((doc, bytes), ch) in chunk {
+                if docs.last().is_none_or(|dc| dc.doc != *doc) {
+                    docs.push(DocChanges {
+                        doc: doc.clone(),
+                        changes: Vec::new(),
+                        signed: Vec::new(),
+                    });
+                }
+                let dc = docs.last_mut().expect("pushed");
+                let index = dc.changes.len() as u32;
+                dc.changes.push(ChangeBytes(bytes.clone()));
+                let Some(ch) = ch else { continue };
+                let author = if forge {
+                    numbers.first()
+                } else {
+                    numbers.iter().find(|(na, _)| derives(na, doc, ch))
+                };
+                if let Some((_, number)) = author {
+                    dc.signed.push(Signed {
+                        change: index,
+                        author: *number,
+                        sig: signer.sign(&ch.hash().0),
+                    });
+                }
+            }
+            // Batch numbers far from the hostile node's own, so its core ignores the Acks.
+            let batch = (1 << 40) + k as u64;
+            frames.push(Message::Changes(Changes { batch, docs }).to_frame());
+        }
+        frames
     }
 }
 
@@ -364,31 +618,6 @@ fn schema_breaker(am: &mut Automerge, attack: Attack, salt: u32) -> Vec<u8> {
         }
         _ => Vec::new(),
     }
-}
-
-/// Changes frames of at most [`CHANGES_PER_FRAME`] changes each, grouped by document.
-fn changes_frames(changes: Vec<(DocId, Vec<u8>)>) -> Vec<Vec<u8>> {
-    let changes: Vec<(DocId, Vec<u8>)> =
-        changes.into_iter().filter(|(_, c)| !c.is_empty()).collect();
-    changes
-        .chunks(CHANGES_PER_FRAME)
-        .enumerate()
-        .map(|(k, chunk)| {
-            let mut docs: Vec<DocChanges> = Vec::new();
-            for (doc, bytes) in chunk {
-                match docs.last_mut() {
-                    Some(dc) if dc.doc == *doc => dc.changes.push(ChangeBytes(bytes.clone())),
-                    _ => docs.push(DocChanges {
-                        doc: doc.clone(),
-                        changes: vec![ChangeBytes(bytes.clone())],
-                    }),
-                }
-            }
-            // Batch numbers far from the hostile node's own, so its core ignores the Acks.
-            let batch = (1 << 40) + k as u64;
-            Message::Changes(Changes { batch, docs }).to_frame()
-        })
-        .collect()
 }
 
 /// What the checkers require of an honest node at every durable point: within its limits.

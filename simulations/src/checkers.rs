@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use edgesync_proto::stream::Bucket;
 use edgesync_proto::wire::{DocClock, Message};
-use edgesync_proto::{Actor, Boot, DocId, MemStore, Node, Reading, SensorView, VectorClock};
+use edgesync_proto::{Actor, Boot, DocId, MemStore, Node, Reading, SensorView, Store, VectorClock};
 
 use crate::sim::Sim;
 use crate::workload::{sensor_doc, SENSOR_DOCS};
@@ -46,6 +46,11 @@ pub(crate) enum Checker {
     /// A bucket a node dropped for its age never comes back to it (from a peer, or durably),
     /// and a pruned bucket never gets its content back.
     Resurrection,
+    /// No honest node holds a change whose proven author may not write its document, or whose
+    /// actor is not that author's for it (forgeries and trespasses never land).
+    Authorship,
+    /// No node, hostile ones included, holds a document the rules do not let it read.
+    Residency,
 }
 
 impl Checker {
@@ -63,6 +68,8 @@ impl Checker {
             Checker::FinalDurability => "final-durability",
             Checker::Limits => "limits",
             Checker::Resurrection => "resurrection",
+            Checker::Authorship => "authorship",
+            Checker::Residency => "residency",
         }
     }
 }
@@ -401,11 +408,23 @@ impl Sim {
         if self.plan.days > 0 {
             return self.check_final_days();
         }
+        self.check_trust()?;
         let mut reference: Option<(String, DocStates)> = None;
         let honest = self.plan.nodes - self.plan.byzantine;
+        let rules = crate::sim::rules();
+        let identities: Vec<edgesync_proto::Identity> = (0..honest)
+            .map(|i| self.nodes[i].identity.clone())
+            .collect();
         for i in 0..honest {
             let name = self.nodes[i].name.to_string();
-            let state = self.doc_states(i).map_err(|v| (Checker::Clock, v))?;
+            let mut state = self.doc_states(i).map_err(|v| (Checker::Clock, v))?;
+            // Honest nodes converge on what they may all hold (the cloud also holds what the
+            // hostile nodes wrote for themselves).
+            state.retain(|d, _| {
+                identities
+                    .iter()
+                    .all(|who| rules.allows(who, d, edgesync_proto::authz::Access::Read))
+            });
             let Some((rname, rstate)) = &reference else {
                 reference = Some((name, state));
                 continue;
@@ -436,6 +455,7 @@ impl Sim {
     /// bucket the cloud holds within a gateway's retention is on that gateway; and every
     /// acknowledged reading is on every node that keeps its bucket unpruned.
     fn check_final_days(&mut self) -> Result<(), (Checker, String)> {
+        self.check_trust()?;
         let hub = self.doc_states(0).map_err(|v| (Checker::Clock, v))?;
         for i in 1..self.plan.nodes {
             let name = self.nodes[i].name.to_string();
@@ -472,6 +492,64 @@ impl Sim {
                 .map_err(|v| (Checker::FinalDurability, v))?;
             self.check_reopens_equal(i)
                 .map_err(|v| (Checker::Reopen, v))?;
+        }
+        Ok(())
+    }
+
+    /// Residency on every node, and the authorship of every change an honest node holds: its
+    /// author's statement is kept, verifies, names a node whose rules let it write the
+    /// document, and the change's actor is that author's for the document.
+    fn check_trust(&mut self) -> Result<(), (Checker, String)> {
+        use edgesync_proto::authz::Access;
+        use edgesync_proto::trust::Authority;
+        let rules = crate::sim::rules();
+        let fleet = crate::sim::fleet();
+        let genesis = edgesync_proto::id::genesis_actor();
+        for (i, sn) in self.nodes.iter().enumerate() {
+            let Some(n) = &sn.node else { continue };
+            for (doc, _) in n.docs() {
+                if !rules.allows(&sn.identity, doc, Access::Read) {
+                    let v = format!("{} holds {doc}, which it may not read", sn.identity);
+                    return Err((Checker::Residency, v));
+                }
+                if self.is_byzantine(i) {
+                    continue;
+                }
+                let changes = n
+                    .store()
+                    .changes_from(doc, 0, usize::MAX)
+                    .map_err(|e| (Checker::Authorship, e.to_string()))?;
+                for c in changes {
+                    let bad = |why: String| {
+                        Err((
+                            Checker::Authorship,
+                            format!(
+                                "{} holds change {}:{} of {doc}: {why}",
+                                sn.name, c.actor, c.seq
+                            ),
+                        ))
+                    };
+                    let Some(na) = c.author else {
+                        if c.actor != genesis {
+                            return bad("no author".into());
+                        }
+                        continue;
+                    };
+                    let Ok(Some(st)) = n.store().author(&na) else {
+                        return bad(format!("no statement for author {na}"));
+                    };
+                    let author = match fleet.authority().verify_statement(&st) {
+                        Ok(a) => a,
+                        Err(e) => return bad(format!("its statement does not verify: {e}")),
+                    };
+                    if edgesync_proto::id::doc_actor(na, doc) != c.actor {
+                        return bad(format!("not an actor of {}", author.identity));
+                    }
+                    if !rules.allows(&author.identity, doc, Access::Write) {
+                        return bad(format!("{} may not write it", author.identity));
+                    }
+                }
+            }
         }
         Ok(())
     }

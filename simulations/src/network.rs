@@ -40,9 +40,17 @@ pub(crate) struct Network {
     /// Nodes cut off for good (hostile nodes once the faults stop); no partition's end
     /// reconnects them.
     pub(crate) cut: BTreeSet<usize>,
+    /// Author frames sent per (connection, sender): a hostile node numbers the statements it
+    /// slips into a session after those its own core sent.
+    author_frames: BTreeMap<(u64, usize), u32>,
 }
 
 impl Network {
+    /// Author frames `from` sent on `conn` so far.
+    pub(crate) fn authors_sent(&self, conn: u64, from: usize) -> u32 {
+        self.author_frames.get(&(conn, from)).copied().unwrap_or(0)
+    }
+
     pub(crate) fn new(plan: &Plan, rng: &mut Xoshiro256PlusPlus) -> Network {
         let k = &plan.knobs;
         let policy = RetryPolicy {
@@ -66,6 +74,7 @@ impl Network {
             blocked: BTreeMap::new(),
             in_flight: 0,
             cut: BTreeSet::new(),
+            author_frames: BTreeMap::new(),
         }
     }
 
@@ -103,6 +112,10 @@ impl Sim {
         let to = 1 - from;
         let (a, b) = (c.ends[from].0, c.ends[to].0);
         self.report.frames_sent += 1;
+        // Variant 5 of the message enum, right after the length prefix: an Author frame.
+        if frame.get(4) == Some(&5) {
+            *self.net.author_frames.entry((conn, from_node)).or_default() += 1;
+        }
         let k = &self.plan.knobs;
         let (loss, dup, reorder) = if self.faults_on {
             (k.loss, k.dup, k.reorder)
@@ -166,7 +179,10 @@ impl Sim {
         }
         let conn = self.net.next_conn;
         self.net.next_conn += 1;
-        let (na, nb) = (self.nodes[a].name.clone(), self.nodes[b].name.clone());
+        let (na, nb) = (
+            self.nodes[a].identity.clone(),
+            self.nodes[b].identity.clone(),
+        );
         let (ta, tb) = (self.node_now(a), self.node_now(b));
         let sa = self.nodes[a].node.as_mut().expect("up").connect(nb, ta);
         let sb = self.nodes[b].node.as_mut().expect("up").connect(na, tb);

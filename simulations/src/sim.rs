@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use edgesync_proto::authz::{Identity, Pattern, Role, Rule, Rules};
+use edgesync_proto::trust::keyed::Fleet;
 use edgesync_proto::{
     Config, DocId, Event, MemStore, Node, NodeName, Origin, SessionId, VectorClock,
 };
@@ -110,6 +112,8 @@ pub(crate) enum Ev {
 /// One simulated node: the real core over a crashable in-memory store.
 pub(crate) struct SimNode {
     pub(crate) name: NodeName,
+    /// Its fleet identity (what its certificate would say).
+    pub(crate) identity: Identity,
     /// The running core; `None` while crashed.
     pub(crate) node: Option<Node<MemStore>>,
     /// The store while the node is down.
@@ -578,6 +582,51 @@ impl Sim {
     }
 }
 
+/// The simulated fleet: its members share a secret ([`Fleet`]); a hostile node is a member too
+/// (a stolen or broken device keeps its certificate).
+pub(crate) fn fleet() -> Fleet {
+    Fleet::new(*blake3::hash(b"edgesync-sim fleet").as_bytes())
+}
+
+/// The site of the hostile nodes' certificates.
+pub(crate) const HOSTILE_SITE: &str = "hostile";
+
+/// Node `i`'s identity: node 0 is the cloud; the honest gateways share site `sim`; hostile
+/// nodes are gateways of site [`HOSTILE_SITE`].
+fn identity_of(plan: &Plan, i: usize, name: &NodeName) -> Identity {
+    if i == 0 {
+        Identity::new(name.clone(), Role::Cloud, None)
+    } else if i >= plan.nodes - plan.byzantine {
+        Identity::new(name.clone(), Role::Gateway, Some(HOSTILE_SITE))
+    } else {
+        Identity::new(name.clone(), Role::Gateway, Some("sim"))
+    }
+}
+
+/// The simulated fleet's rules. The cloud writes and reads everything; the honest gateways
+/// write and read what the workload uses (`site-0/..`, `site-1/..`, `app/..`); a hostile
+/// gateway writes only `hostile/..` and reads `site-0/..` and `app/..` (so it holds material
+/// to attack with) but never `site-1/..`: residency keeps that from it.
+pub(crate) fn rules() -> Rules {
+    let p = |s: &str| Pattern::parse(s).expect("a valid pattern");
+    let rule = |role, site: Option<&str>, docs: &str, read, write| Rule {
+        role: Some(role),
+        site: site.map(str::to_string),
+        docs: p(docs),
+        read,
+        write,
+    };
+    Rules(vec![
+        rule(Role::Cloud, None, "**", true, true),
+        rule(Role::Gateway, Some("sim"), "site-0/**", true, true),
+        rule(Role::Gateway, Some("sim"), "site-1/**", true, true),
+        rule(Role::Gateway, Some("sim"), "app/**", true, true),
+        rule(Role::Gateway, Some(HOSTILE_SITE), "site-0/**", true, false),
+        rule(Role::Gateway, Some(HOSTILE_SITE), "app/**", true, false),
+        rule(Role::Gateway, Some(HOSTILE_SITE), "{site}/**", true, true),
+    ])
+}
+
 /// Node `i` of the plan: its name, configuration from the knobs, and wall-clock skew.
 fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
     let k = &plan.knobs;
@@ -588,8 +637,10 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
     })
     .expect("valid");
     let (keep_ms, prunes) = plan.retention[i];
+    let identity = identity_of(plan, i, &name);
     let cfg = Config {
         name: name.clone(),
+        trust: fleet().trust(identity.clone(), rules()),
         frame_bytes_max: k.frame_bytes_max[i],
         danger_canary: plan.canary,
         keep_ms,
@@ -608,6 +659,7 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
     };
     SimNode {
         name,
+        identity,
         node: None,
         store: Some(MemStore::new()),
         cfg,

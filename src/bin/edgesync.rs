@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgesync::daemon::config::LogFormat;
 use edgesync::daemon::Settings;
+use edgesync::net::crl;
 use edgesync::net::pki::{self, Role};
 use edgesync::node::{DurableNode, NodeOptions};
 use edgesync::store::{Durability, RocksStore};
@@ -141,7 +142,8 @@ impl TokenArg {
 
 #[derive(Subcommand)]
 enum PkiCommand {
-    /// Create a fleet CA: DIR/ca.crt and DIR/ca.key (mode 0600). Refuses to overwrite one.
+    /// Create a fleet CA: DIR/ca.crt, DIR/ca.key (mode 0600) and an empty revocation list
+    /// DIR/crl.pem. Refuses to overwrite one.
     Init {
         /// Directory for the CA.
         #[arg(long)]
@@ -168,10 +170,32 @@ enum PkiCommand {
         #[arg(long, default_value_t = pki::NODE_VALID_DAYS)]
         valid_days: u32,
     },
-    /// Print a certificate's name, role, site, issuer and validity as JSON.
+    /// Add a node's current certificate to the fleet's revocation list DIR/crl.pem (signed by
+    /// DIR/ca.*). Nodes that name the list in `[tls] crl` pick it up within 5 s (or on SIGHUP):
+    /// they refuse the certificate at the handshake and close its established links.
+    Revoke {
+        /// Directory holding the CA and the node's certificate.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node name: its current certificate DIR/NAME.crt is revoked.
+        #[arg(long)]
+        name: String,
+        /// Why.
+        #[arg(long, value_enum, default_value = "unspecified")]
+        reason: edgesync::net::crl::Reason,
+    },
+    /// Print a certificate's name, role, site, issuer, validity, serial number and revocation
+    /// as JSON.
     Show {
         /// A PEM certificate file.
         file: PathBuf,
+        /// The revocation list to look it up in (default: crl.pem beside the certificate, if
+        /// there is one), checked against --ca.
+        #[arg(long)]
+        crl: Option<PathBuf>,
+        /// The fleet CA certificate that signed the list (default: ca.crt beside the list).
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -382,7 +406,12 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
     match cmd {
         PkiCommand::Init { dir, valid_days } => {
             let (crt, key) = pki::init(&dir, valid_days)?;
-            println!("created {} and {}", crt.display(), key.display());
+            println!(
+                "created {}, {} and an empty revocation list {}",
+                crt.display(),
+                key.display(),
+                crl::crl_path(&dir).display()
+            );
         }
         PkiCommand::Issue {
             dir,
@@ -392,16 +421,72 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
             valid_days,
         } => {
             let name = NodeName::new(name).context("invalid node name")?;
+            if role != Role::Cloud && site.is_none() {
+                eprintln!(
+                    "note: a {} without a site may write nothing under the default rules (they let gateways and edge nodes write their site's documents); give --site",
+                    role.as_str()
+                );
+            }
             let spec = pki::NodeSpec::new(name, role, site, valid_days)?;
             let (crt, key) = pki::issue(&dir, &spec)?;
             println!("issued {} and {}", crt.display(), key.display());
         }
-        PkiCommand::Show { file } => {
+        PkiCommand::Revoke { dir, name, reason } => {
+            let name = NodeName::new(name).context("invalid node name")?;
+            let r = crl::revoke(&dir, &name, reason)?;
+            if r.added {
+                println!(
+                    "revoked {name} (serial {}, {}) in {}",
+                    r.serial,
+                    reason.as_str(),
+                    r.path.display()
+                );
+            } else {
+                println!(
+                    "{name}'s certificate (serial {}) was already revoked in {}",
+                    r.serial,
+                    r.path.display()
+                );
+            }
+        }
+        PkiCommand::Show {
+            file,
+            crl: list,
+            ca,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let der = pki::pem_to_der(&text, &file.display().to_string())?;
             let info = pki::cert_info(&der).with_context(|| file.display().to_string())?;
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            let serial = crl::serial_of(&der)?;
+            let mut v = serde_json::to_value(&info)?;
+            v["serial"] = serde_json::json!(crl::hex(&serial));
+            let beside = file
+                .parent()
+                .map(|d| d.join(crl::CRL_FILE))
+                .filter(|p| p.exists());
+            v["revoked"] = match list.or(beside) {
+                None => serde_json::Value::Null,
+                Some(path) => {
+                    let ca = ca.unwrap_or_else(|| {
+                        path.parent()
+                            .unwrap_or(std::path::Path::new("."))
+                            .join("ca.crt")
+                    });
+                    let list = crl::load_file(&path, &ca)?;
+                    match list.find(&serial) {
+                        None => serde_json::json!(false),
+                        Some(e) => serde_json::json!({
+                            "at": e.revoked_at
+                                .format(&time::format_description::well_known::Rfc3339)
+                                .unwrap_or_default(),
+                            "reason": e.reason.map(|r| r.as_str()),
+                            "list": path.display().to_string(),
+                        }),
+                    }
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
     }
     Ok(())

@@ -68,6 +68,7 @@ fn core_status(e: &NodeError) -> StatusCode {
         | NodeError::TooFarAhead { .. }
         | NodeError::Expired { .. }
         | NodeError::Pruned { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        NodeError::Forbidden { .. } => StatusCode::FORBIDDEN,
         NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }

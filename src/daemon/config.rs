@@ -89,6 +89,34 @@ impl SyncSection {
     }
 }
 
+/// Read or read and write, in a `[[rules]]` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleAccess {
+    /// Receive and hold the documents.
+    Read,
+    /// Also author changes to them.
+    ReadWrite,
+}
+
+/// A `[[rules]]` entry: nodes of `role` (any when absent) at `site` (any when absent) may read,
+/// or read and write, the documents `docs` matches.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// `cloud`, `gateway` or `edge`; absent: every role.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// A site; absent: every site (and nodes without one).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// A document-id pattern: segments, `*` (one segment), `{site}`, `{name}`, and a last
+    /// `**` (one or more segments).
+    pub docs: String,
+    /// `read` or `read-write`.
+    pub access: RuleAccess,
+}
+
 /// The `[streams]` section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,6 +204,10 @@ pub struct Config {
     /// How long readings are kept.
     #[serde(default)]
     pub retention: RetentionSection,
+    /// Who may write and read which documents; absent: the defaults (cloud nodes everything,
+    /// gateways and edge nodes their site's documents). The same on every node of a fleet.
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
 }
 
 /// The configuration, checked and with environment overrides applied.
@@ -215,6 +247,8 @@ pub struct Settings {
     pub prune_after_ack: Vec<NodeName>,
     /// How long after its end a bucket is closed, ms.
     pub prune_grace_ms: u64,
+    /// The fleet's rules.
+    pub rules: edgesync_proto::Rules,
 }
 
 /// A configuration file could not be used.
@@ -304,6 +338,14 @@ pub enum SettingsError {
     /// A peer's name is not a valid node name.
     #[error("peers")]
     PeerName(#[source] NameError),
+    /// A `[[rules]]` entry does not parse.
+    #[error("rules[{index}]: {why}")]
+    Rule {
+        /// Its position (0-based).
+        index: usize,
+        /// Why.
+        why: String,
+    },
     /// A name in `api_hosts` is not a host name.
     #[error("api_hosts: {0:?} is not a host name (letters, digits, '-' and '.', no port)")]
     ApiHost(String),
@@ -349,6 +391,7 @@ impl Settings {
             keep_ms: None,
             prune_after_ack: Vec::new(),
             prune_grace_ms: 600_000,
+            rules: edgesync_proto::Rules::default(),
         }
     }
 
@@ -360,6 +403,7 @@ impl Settings {
         c.keep_ms = self.keep_ms;
         c.prune_after_ack = self.prune_after_ack.clone();
         c.prune_grace_ms = self.prune_grace_ms;
+        c.trust.rules = self.rules.clone();
         c
     }
 
@@ -449,6 +493,7 @@ impl Settings {
             });
         }
         let api_hosts = check_api_hosts(&cfg.api_hosts)?;
+        let rules = check_rules(&cfg.rules)?;
         let join = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -470,6 +515,7 @@ impl Settings {
                 ca: join(&cfg.tls.ca),
                 cert: join(&cfg.tls.cert),
                 key: join(&cfg.tls.key),
+                crl: cfg.tls.crl.as_deref().map(join),
             },
             peers,
             retry: s.retry(),
@@ -478,6 +524,7 @@ impl Settings {
             keep_ms,
             prune_after_ack,
             prune_grace_ms: cfg.retention.prune_grace_minutes * 60_000,
+            rules,
         })
     }
 }
@@ -540,6 +587,37 @@ fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
         };
     }
     Ok(())
+}
+
+fn check_rules(entries: &[RuleEntry]) -> Result<edgesync_proto::Rules, SettingsError> {
+    use edgesync_proto::authz::{Pattern, Rule};
+    if entries.is_empty() {
+        return Ok(edgesync_proto::Rules::default());
+    }
+    let mut rules = Vec::new();
+    for (index, e) in entries.iter().enumerate() {
+        let bad = |why: String| SettingsError::Rule { index, why };
+        let role = e
+            .role
+            .as_deref()
+            .map(|r| {
+                edgesync_proto::Role::parse(r)
+                    .ok_or_else(|| bad(format!("role {r:?} is not cloud, gateway or edge")))
+            })
+            .transpose()?;
+        if let Some(site) = &e.site {
+            crate::net::pki::validate_site(site).map_err(|err| bad(err.to_string()))?;
+        }
+        let docs = Pattern::parse(&e.docs).map_err(|err| bad(err.to_string()))?;
+        rules.push(Rule {
+            role,
+            site: e.site.clone(),
+            docs,
+            read: true,
+            write: e.access == RuleAccess::ReadWrite,
+        });
+    }
+    Ok(edgesync_proto::Rules(rules))
 }
 
 fn check_api_hosts(hosts: &[String]) -> Result<Vec<String>, SettingsError> {

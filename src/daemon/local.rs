@@ -72,6 +72,9 @@ impl LocalFleet {
             tls.cert.display(),
             tls.key.display()
         );
+        if let Some(crl) = &tls.crl {
+            cfg += &format!("crl = \"{}\"\n", crl.display());
+        }
         for (n, a) in peers {
             cfg += &format!("[[peers]]\nname = \"{n}\"\naddr = \"{a}\"\n");
         }
@@ -89,7 +92,20 @@ impl LocalFleet {
             ca: self.pki_dir.join("ca.crt"),
             cert: self.pki_dir.join(format!("{name}.crt")),
             key: self.pki_dir.join(format!("{name}.key")),
+            crl: Some(self.pki_dir.join(crate::net::crl::CRL_FILE)).filter(|p| p.exists()),
         }
+    }
+
+    /// The core's trust for node `name` whose data is in `data_dir` (its certificate, and the
+    /// authoring key there), under the default rules: for a node run without the daemon that
+    /// must sync what it writes later.
+    pub fn core_trust(&self, name: &str, data_dir: &Path) -> anyhow::Result<edgesync_proto::Trust> {
+        let creds = crate::net::Credentials::load(&self.tls(name), &NodeName::new(name)?)?;
+        Ok(crate::net::authorship::trust(
+            &creds,
+            data_dir,
+            edgesync_proto::Rules::default(),
+        )?)
     }
 
     /// Defaults for node `name` with its data in `data_dir`: the API on a free loopback port,

@@ -115,6 +115,9 @@ impl Daemon {
             .as_ref()
             .map(tokio::net::TcpListener::local_addr)
             .transpose()?;
+        let mut core = core;
+        core.trust = crate::net::authorship::trust(&creds, &s.data_dir, s.rules.clone())
+            .context("loading the authoring key")?;
         let mut opts = NodeOptions::new(core, &s.data_dir);
         opts.durability = s.durability;
         let node = tokio::task::spawn_blocking(move || DurableNode::start(opts))

@@ -12,6 +12,8 @@
 //! (the mesh then closes the connection with [`close::MALFORMED`]). QUIC flow control provides
 //! backpressure in both directions, so no buffer here grows without bound.
 
+pub mod authorship;
+pub mod crl;
 pub mod pki;
 pub mod tls;
 
@@ -112,7 +114,9 @@ pub mod close {
                 | CloseCode::Timeout
                 | CloseCode::StoreFailed
                 | CloseCode::LimitsIncompatible
-                | CloseCode::Overloaded,
+                | CloseCode::Overloaded
+                | CloseCode::Unauthorized
+                | CloseCode::Forbidden,
             )
             | None => SESSION_CLOSED,
         }
@@ -139,6 +143,8 @@ pub enum TlsFailure {
     UnknownIssuer,
     /// The certificate is expired or not yet valid.
     Expired,
+    /// The certificate is on the fleet's revocation list.
+    Revoked,
     /// The server's certificate is not valid for the peer name dialled.
     NameMismatch,
     /// Another certificate problem.
@@ -156,6 +162,7 @@ impl TlsFailure {
             TlsFailure::NoClientCertificate => "no-client-cert",
             TlsFailure::UnknownIssuer => "unknown-issuer",
             TlsFailure::Expired => "expired",
+            TlsFailure::Revoked => "revoked",
             TlsFailure::NameMismatch => "name-mismatch",
             TlsFailure::BadCertificate => "bad-cert",
             TlsFailure::Alpn => "alpn",
@@ -168,6 +175,7 @@ impl TlsFailure {
         match (alert, rejected) {
             (_, Some(Rejected::Name)) => TlsFailure::NameMismatch,
             (_, Some(Rejected::Expired)) | (45, _) => TlsFailure::Expired,
+            (_, Some(Rejected::Revoked)) | (44, _) => TlsFailure::Revoked,
             (_, Some(Rejected::Issuer)) | (48 | 51, _) => TlsFailure::UnknownIssuer,
             (116, _) => TlsFailure::NoClientCertificate,
             (42..=46, _) => TlsFailure::BadCertificate,
@@ -183,6 +191,7 @@ impl std::fmt::Display for TlsFailure {
             TlsFailure::NoClientCertificate => "peer presented no client certificate",
             TlsFailure::UnknownIssuer => "certificate not issued by the fleet CA",
             TlsFailure::Expired => "certificate expired or not yet valid",
+            TlsFailure::Revoked => "certificate revoked by the fleet",
             TlsFailure::NameMismatch => "server certificate not valid for the name dialled",
             TlsFailure::BadCertificate => "certificate refused",
             TlsFailure::Alpn => "no common application protocol (edgesync/1)",
@@ -326,7 +335,7 @@ pub enum ClosedError {
 
 impl LinkError {
     /// A stable short name: `no-client-cert`, `unknown-issuer`, `expired`, `name-mismatch`,
-    /// `bad-cert`, `alpn`, `tls`, `bad-identity`, `frame-too-large`, `malformed`, `timeout`,
+    /// `revoked`, `bad-cert`, `alpn`, `tls`, `bad-identity`, `frame-too-large`, `malformed`, `timeout`,
     /// `closed`, `dial`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -434,6 +443,8 @@ pub struct Endpoint {
 pub struct Link {
     /// Who the peer is (from its verified certificate).
     pub peer: PeerIdentity,
+    /// The serial number of the peer's certificate (to close the link if it is revoked).
+    pub serial: Vec<u8>,
     /// The peer's address.
     pub remote: SocketAddr,
     /// True when this node dialled.
@@ -620,7 +631,7 @@ impl Endpoint {
             }
             Ok(Ok(c)) => c,
         };
-        let id = self.identify(&conn)?;
+        let (id, serial) = self.identify(&conn)?;
         if &id.name != peer {
             conn.close(close::BAD_IDENTITY.into(), b"unexpected name");
             return Err(LinkError::WrongPeer {
@@ -629,7 +640,7 @@ impl Endpoint {
             });
         }
         let (send, recv) = conn.open_bi().await?;
-        Ok(self.link(conn, id, true, send, recv))
+        Ok(self.link(conn, (id, serial), true, send, recv))
     }
 
     /// Waits for the next incoming connection; `None` once the endpoint is closed.
@@ -643,12 +654,7 @@ impl Endpoint {
         let remote = incoming.remote_address();
         let r = self.establish_inner(incoming).await;
         if let Err(e) = &r {
-            *self
-                .rejected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(e.kind())
-                .or_default() += 1;
+            self.count_rejection(e.kind());
             tracing::warn!(%remote, reason = e.kind(), error = %e, "inbound connection rejected");
         }
         r
@@ -659,7 +665,7 @@ impl Endpoint {
         let conn = tokio::time::timeout(wait, async { incoming.accept()?.await })
             .await
             .map_err(|_| LinkError::Timeout(TimeoutKind::Handshake))??;
-        let id = self.identify(&conn)?;
+        let (id, serial) = self.identify(&conn)?;
         if &id.name == self.creds.name() {
             conn.close(
                 close::BAD_IDENTITY.into(),
@@ -674,10 +680,10 @@ impl Endpoint {
                 return Err(LinkError::Timeout(TimeoutKind::PeerStream));
             }
         };
-        Ok(self.link(conn, id, false, send, recv))
+        Ok(self.link(conn, (id, serial), false, send, recv))
     }
 
-    fn identify(&self, conn: &quinn::Connection) -> Result<PeerIdentity, LinkError> {
+    fn identify(&self, conn: &quinn::Connection) -> Result<(PeerIdentity, Vec<u8>), LinkError> {
         let certs = conn
             .peer_identity()
             .and_then(|i| {
@@ -688,22 +694,36 @@ impl Endpoint {
         let leaf = certs
             .first()
             .ok_or(LinkError::BadIdentity(UnusableIdentity::NoCertificate))?;
-        pki::identity(leaf).map_err(|e| {
+        let id = pki::identity(leaf).map_err(|e| {
             conn.close(close::BAD_IDENTITY.into(), b"not a node certificate");
             LinkError::BadIdentity(UnusableIdentity::NotANode(e))
-        })
+        })?;
+        // The certificate parsed just above, so its serial number does too.
+        let serial = crl::serial_of(leaf).unwrap_or_default();
+        Ok((id, serial))
+    }
+
+    /// Counts an inbound connection refused, or an established one closed, for `kind`.
+    pub fn count_rejection(&self, kind: &'static str) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
     }
 
     fn link(
         &self,
         conn: quinn::Connection,
-        peer: PeerIdentity,
+        (peer, serial): (PeerIdentity, Vec<u8>),
         dialled: bool,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) -> Link {
         Link {
             peer,
+            serial,
             remote: conn.remote_address(),
             dialled,
             conn,

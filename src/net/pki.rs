@@ -339,7 +339,7 @@ pub fn node_paths(dir: &Path, name: &NodeName) -> (PathBuf, PathBuf) {
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename), with `mode`, so that a
 /// node watching the file never reads half of it.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!(
         "{}.tmp",
@@ -357,10 +357,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// `pki init`: creates `ca.crt` and `ca.key` (mode 0600) in `dir`; refuses if either exists.
+/// `pki init`: creates `ca.crt`, `ca.key` (mode 0600) and an empty revocation list `crl.pem`
+/// signed by the new CA in `dir`; refuses if the CA or a list exists.
 pub fn init(dir: &Path, valid_days: u32) -> Result<(PathBuf, PathBuf), PkiError> {
     let (crt, key) = ca_paths(dir);
-    for p in [&crt, &key] {
+    for p in [&crt, &key, &super::crl::crl_path(dir)] {
         if p.exists() {
             return Err(PkiError::Exists(p.clone()));
         }
@@ -370,6 +371,13 @@ pub fn init(dir: &Path, valid_days: u32) -> Result<(PathBuf, PathBuf), PkiError>
     let ca = make_ca(nb, na)?;
     write_atomic(&key, ca.key.as_bytes(), 0o600)?;
     write_atomic(&crt, ca.cert.as_bytes(), 0o644)?;
+    super::crl::store(
+        dir,
+        &super::crl::Crl {
+            number: 1,
+            entries: Vec::new(),
+        },
+    )?;
     Ok((crt, key))
 }
 

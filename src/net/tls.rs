@@ -23,6 +23,12 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
+use rustls::pki_types::CertificateRevocationListDer;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName};
+use tokio::sync::watch;
+
+use super::crl::{self, Crl};
 use super::pki::{self, PeerIdentity};
 
 /// The application protocol negotiated by every edgesync connection.
@@ -38,6 +44,11 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This node's private key (PEM, PKCS#8).
     pub key: PathBuf,
+    /// The fleet's certificate revocation list (PEM, signed by the fleet CA), if any. Reloaded
+    /// like the certificate; revoked certificates are refused at the handshake on both sides
+    /// and established connections of a newly revoked peer are closed.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 /// Loading or using TLS material failed.
@@ -114,10 +125,31 @@ fn bad(path: &Path, detail: impl Into<String>) -> TlsError {
 type Stamp = Vec<Option<[u8; 32]>>;
 
 fn stamp(files: &TlsFiles) -> Stamp {
-    [&files.cert, &files.key]
+    [Some(&files.cert), Some(&files.key), files.crl.as_ref()]
         .iter()
+        .flatten()
         .map(|p| read(p).ok().map(|bytes| *blake3::hash(&bytes).as_bytes()))
         .collect()
+}
+
+/// The revocation list in force: parsed (for lookups) and as DER (for the verifiers).
+#[derive(Debug, Default)]
+struct Revocations {
+    list: Crl,
+    der: Vec<CertificateRevocationListDer<'static>>,
+}
+
+fn load_crl(files: &TlsFiles, ca_der: &[u8]) -> Result<Revocations, TlsError> {
+    let Some(path) = &files.crl else {
+        return Ok(Revocations::default());
+    };
+    let pem = read(path)?;
+    let list = crl::parse(&pem, ca_der, &path.display().to_string())
+        .map_err(|e| bad(path, e.to_string()))?;
+    let der = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(path, format!("not a PEM revocation list: {e}")))?;
+    Ok(Revocations { list, der })
 }
 
 /// This node's TLS credentials: the fleet roots and the current certificate and key, which
@@ -131,6 +163,13 @@ pub struct Credentials {
     current: RwLock<Arc<CertifiedKey>>,
     identity: RwLock<PeerIdentity>,
     stamp: Mutex<Stamp>,
+    ca_der: Vec<u8>,
+    revocations: RwLock<Arc<Revocations>>,
+    /// The client-certificate verifier in force, rebuilt when the revocation list changes.
+    client_verifier: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Raised whenever the revocation list changes (a connection watcher closes the links of
+    /// peers it now names).
+    crl_changed: watch::Sender<u64>,
 }
 
 impl Credentials {
@@ -151,8 +190,15 @@ impl Credentials {
             return Err(bad(&files.ca, "no certificate in file"));
         }
         let roots = Arc::new(roots);
+        let ca_der = CertificateDer::pem_slice_iter(&ca_pem)
+            .next()
+            .and_then(Result::ok)
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
         let stamp_now = stamp(files);
         let (key, id) = load_key(files, name, &roots, &provider)?;
+        let revocations = Arc::new(load_crl(files, &ca_der)?);
+        let client_verifier = client_verifier(&roots, &provider, &revocations)?;
         Ok(Arc::new(Credentials {
             name: name.clone(),
             files: files.clone(),
@@ -161,7 +207,28 @@ impl Credentials {
             current: RwLock::new(key),
             identity: RwLock::new(id),
             stamp: Mutex::new(stamp_now),
+            ca_der,
+            revocations: RwLock::new(revocations),
+            client_verifier: RwLock::new(client_verifier),
+            crl_changed: watch::channel(0).0,
         }))
+    }
+
+    fn revocations(&self) -> Arc<Revocations> {
+        self.revocations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The revocation entry of a certificate (by serial number), if the list in force names it.
+    pub fn revoked(&self, serial: &[u8]) -> Option<crl::Entry> {
+        self.revocations().list.find(serial).cloned()
+    }
+
+    /// A receiver that sees a new value whenever the revocation list in force changes.
+    pub fn revocation_changes(&self) -> watch::Receiver<u64> {
+        self.crl_changed.subscribe()
     }
 
     /// The node's name.
@@ -175,6 +242,16 @@ impl Credentials {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The files it loads.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The fleet CA certificate (DER).
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca_der
     }
 
     /// The current certificate (DER).
@@ -194,10 +271,23 @@ impl Credentials {
     pub fn reload(&self) -> Result<(), TlsError> {
         let s = stamp(&self.files);
         let (key, id) = load_key(&self.files, &self.name, &self.roots, &self.provider)?;
+        let revocations = Arc::new(load_crl(&self.files, &self.ca_der)?);
+        let verifier = client_verifier(&self.roots, &self.provider, &revocations)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) = id;
         *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        let changed = self.revocations().list != revocations.list;
+        *self
+            .client_verifier
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = verifier;
+        let (number, revoked) = (revocations.list.number, revocations.list.entries.len());
+        *self.revocations.write().unwrap_or_else(|p| p.into_inner()) = revocations;
         tracing::info!(cert = %self.files.cert.display(), "certificate reloaded");
+        if changed {
+            tracing::warn!(number, revoked, "certificate revocation list changed");
+            self.crl_changed.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
@@ -249,10 +339,16 @@ impl Credentials {
         self: &Arc<Self>,
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<quinn::ServerConfig, TlsError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let hints = self
+            .client_verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .root_hint_subjects()
+            .to_vec();
+        let verifier = Arc::new(CurrentClientVerifier {
+            creds: self.clone(),
+            hints,
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -283,10 +379,18 @@ impl Credentials {
         self: &Arc<Self>,
         transport: Arc<quinn::TransportConfig>,
     ) -> Result<(quinn::ClientConfig, RejectedSlot), TlsError> {
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let revocations = self.revocations();
+        let mut builder =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone());
+        if !revocations.der.is_empty() {
+            builder = builder
+                .with_crls(revocations.der.iter().cloned())
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
+        }
+        let inner = builder
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
         let slot = RejectedSlot::default();
         let verifier = Arc::new(RecordingVerifier {
             inner,
@@ -319,6 +423,80 @@ impl Credentials {
     }
 }
 
+/// A client-certificate verifier for the fleet CA and the revocation list in force. Expiry of
+/// the list is not enforced: a fleet cut off from its operator for longer must keep working.
+fn client_verifier(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    revocations: &Revocations,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+    if !revocations.der.is_empty() {
+        builder = builder
+            .with_crls(revocations.der.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    builder.build().map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// The server side's client verifier: whatever [`Credentials`] holds now, so a reloaded
+/// revocation list applies to the next handshake without rebinding the endpoint.
+#[derive(Debug)]
+struct CurrentClientVerifier {
+    creds: Arc<Credentials>,
+    /// The CA subjects (they never change; the list does).
+    hints: Vec<DistinguishedName>,
+}
+
+impl CurrentClientVerifier {
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.creds
+            .client_verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ClientCertVerifier for CurrentClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
 fn quic_client(
     cfg: rustls::ClientConfig,
     transport: Arc<quinn::TransportConfig>,
@@ -339,6 +517,8 @@ pub(crate) enum Rejected {
     Expired,
     /// Not chaining to the fleet CA, or a signature that does not verify.
     Issuer,
+    /// On the fleet's revocation list.
+    Revoked,
     /// Anything else.
     Other,
 }
@@ -353,6 +533,7 @@ impl Rejected {
             | E::NotValidYet
             | E::NotValidYetContext { .. } => Rejected::Expired,
             E::UnknownIssuer | E::BadSignature => Rejected::Issuer,
+            E::Revoked => Rejected::Revoked,
             _ => Rejected::Other,
         }
     }
@@ -524,6 +705,7 @@ mod tests {
             ca: dir.path().join("ca.crt"),
             cert: dir.path().join("n.crt"),
             key: dir.path().join("n.key"),
+            crl: None,
         };
         fs::write(&files.cert, b"certificate one").unwrap();
         fs::write(&files.key, b"key").unwrap();

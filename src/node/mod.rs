@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use edgesync_proto::stream::{Page, Range, EXPIRE_BATCH_MAX};
 use edgesync_proto::{
-    Boot, CloseCode, Config, DocId, Event, IngestOutcome, Node, NodeError, NodeName, Origin,
-    Reading, SessionId, SessionStats, StoreError,
+    Boot, CloseCode, Config, DocId, Event, Identity, IngestOutcome, Node, NodeError, NodeName,
+    Origin, Reading, SessionId, SessionStats, StoreError,
 };
 use serde_json::Value as Json;
 use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -380,7 +380,7 @@ enum Cmd {
         reply: Reply<Option<Option<Reading>>, ReadError>,
     },
     PeerUp {
-        peer: NodeName,
+        peer: Identity,
         out: OutboundSender,
         reply: Reply<SessionId, SessionError>,
     },
@@ -690,11 +690,11 @@ impl NodeHandle {
         self.events.subscribe()
     }
 
-    /// A link to `peer` (authenticated by the transport) is up: starts a session whose frames
-    /// go to `out`.
+    /// A link to `peer` (authenticated by the transport: its certificate's name, role and
+    /// site) is up: starts a session whose frames go to `out`.
     pub async fn peer_up(
         &self,
-        peer: NodeName,
+        peer: Identity,
         out: OutboundSender,
     ) -> Result<SessionId, SessionError> {
         self.call_async(|reply| Cmd::PeerUp { peer, out, reply })
@@ -1241,7 +1241,14 @@ mod tests {
             .unwrap();
         let (out, mut rx) = outbound_channel();
         let silent = rt
-            .block_on(h.peer_up(NodeName::new("n2").unwrap(), out))
+            .block_on(h.peer_up(
+                Identity::new(
+                    NodeName::new("n2").unwrap(),
+                    edgesync_proto::Role::Cloud,
+                    None,
+                ),
+                out,
+            ))
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flood: Vec<_> = (0..2)

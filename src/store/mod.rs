@@ -387,6 +387,18 @@ struct NodeMetaV1 {
     incarnation: u64,
 }
 
+/// Node metadata as logical schema versions 2 and 3 wrote it (before `author_key`).
+#[derive(serde::Deserialize)]
+struct NodeMetaV3 {
+    schema_version: u32,
+    name: edgesync_proto::NodeName,
+    store_id: [u8; 16],
+    incarnation: u64,
+    actor_epoch: u64,
+    actor_nonce: [u8; 16],
+    running: bool,
+}
+
 /// Document metadata as logical schema versions 1 and 2 wrote it.
 #[derive(serde::Deserialize)]
 struct DocMetaV2 {
@@ -402,8 +414,21 @@ impl Store for RocksStore {
         };
         // Every version starts with the fields of version 1 (postcard reads a prefix).
         let v1: NodeMetaV1 = open_postcard(CF_META, KEY_NODE, &v)?;
-        if v1.schema_version >= 2 {
+        if v1.schema_version >= 4 {
             return open_postcard(CF_META, KEY_NODE, &v).map(Some);
+        }
+        if v1.schema_version >= 2 {
+            let m: NodeMetaV3 = open_postcard(CF_META, KEY_NODE, &v)?;
+            return Ok(Some(NodeMeta {
+                schema_version: m.schema_version,
+                name: m.name,
+                store_id: m.store_id,
+                incarnation: m.incarnation,
+                actor_epoch: m.actor_epoch,
+                actor_nonce: m.actor_nonce,
+                running: m.running,
+                author_key: [0; 32],
+            }));
         }
         // Version 1 had no kept actor: epoch 0 makes the next open take one.
         Ok(Some(NodeMeta {
@@ -414,6 +439,7 @@ impl Store for RocksStore {
             actor_epoch: 0,
             actor_nonce: [0; 16],
             running: true,
+            author_key: [0; 32],
         }))
     }
 
@@ -523,6 +549,13 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn author(&self, node_actor: &edgesync_proto::Actor) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get(CF_AUTHORS, &node_actor.0)? {
+            None => Ok(None),
+            Some(v) => open_value(CF_AUTHORS, &node_actor.0, &v).map(|p| Some(p.to_vec())),
+        }
+    }
+
     fn change_at(&self, doc: &DocId, order: u64) -> Result<Option<StoredChange>, StoreError> {
         let key = change_key(doc, order);
         self.get(CF_CHANGES, &key)?
@@ -575,6 +608,13 @@ impl Store for RocksStore {
                     wb.delete_range_cf(self.cf(CF_RECEIPTS), &k, &prefix_end(&k));
                     let v = seal(CF_PEERS, &k, store_id.to_vec());
                     wb.put_cf(self.cf(CF_PEERS), &k, v);
+                }
+                WriteOp::PutAuthor {
+                    node_actor,
+                    statement,
+                } => {
+                    let v = seal(CF_AUTHORS, &node_actor.0, statement);
+                    wb.put_cf(self.cf(CF_AUTHORS), node_actor.0, v);
                 }
                 WriteOp::PutReceipt { peer, doc, clock } => {
                     let k = receipt_key(&peer, &doc, RECEIPT_ACKED);

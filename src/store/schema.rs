@@ -58,9 +58,11 @@ pub const CF_SNAPSHOTS: &str = "snapshots.v1";
 pub const CF_PEERS: &str = "peers.v1";
 /// Receipts and reported clocks.
 pub const CF_RECEIPTS: &str = "receipts.v1";
+/// Authorship statements by node actor (logical schema 4; created in older stores on open).
+pub const CF_AUTHORS: &str = "authors.v1";
 
 /// Every column family of this schema version.
-pub const COLUMN_FAMILIES: [&str; 7] = [
+pub const COLUMN_FAMILIES: [&str; 8] = [
     CF_META,
     CF_DOCS,
     CF_CHANGES,
@@ -68,6 +70,7 @@ pub const COLUMN_FAMILIES: [&str; 7] = [
     CF_SNAPSHOTS,
     CF_PEERS,
     CF_RECEIPTS,
+    CF_AUTHORS,
 ];
 
 /// Key of the schema version in [`CF_META`].

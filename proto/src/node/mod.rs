@@ -3,6 +3,7 @@
 //! sessions (`crate::sync`) is in `peering.rs`. The dependency runs one way: the node drives
 //! sessions, sessions know nothing of the node.
 
+mod authorship;
 mod peering;
 mod remote;
 mod streams;
@@ -10,10 +11,12 @@ mod streams;
 pub use streams::PruneStatus;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use automerge::{Automerge, Change, ChangeHash};
 use serde_json::Value as Json;
 
+use crate::authz::Access;
 use crate::doc::{self, DocKind, IngestOutcome, PatchError, SensorView};
 use crate::id::{derive_actor, DocId, NodeName};
 use crate::reading::{Reading, ReadingError};
@@ -22,6 +25,7 @@ use crate::store::{
     LOGICAL_SCHEMA_VERSION,
 };
 use crate::sync::{Session, SessionId, SessionStats};
+use crate::trust::{Author, Trust};
 use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
 use crate::wire::{
     CloseCode, DocClock, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN,
@@ -117,6 +121,14 @@ pub struct Config {
     /// A bucket is closed, and may be pruned, this long after its span ended. Default 10
     /// minutes: readings that late still land in it here.
     pub prune_grace_ms: u64,
+    /// Who this node is, how it signs, whom it believes, and the fleet's rules. Default
+    /// [`Trust::local`]: no fleet identity, so local writes only and nothing synced.
+    pub trust: Trust,
+    /// Authorship statements a session may introduce (the `Author` messages it numbers; each
+    /// at most [`crate::trust::STATEMENT_BYTES_MAX`], kept for the session). Default 1,024:
+    /// a site's writers with their epochs many times over; a relay carrying more authors
+    /// goes on in the next session, as with the other session limits.
+    pub session_authors_max: usize,
     /// A planted bug for checker tests (feature `testing` only).
     #[cfg(feature = "testing")]
     pub danger_canary: Canary,
@@ -159,6 +171,8 @@ impl Config {
             keep_ms: None,
             prune_after_ack: Vec::new(),
             prune_grace_ms: 600_000,
+            trust: Trust::local(),
+            session_authors_max: 1024,
             #[cfg(feature = "testing")]
             danger_canary: Canary::None,
         }
@@ -223,6 +237,9 @@ impl Config {
         if self.keep_ms == Some(0) {
             return Err("keep_ms must be positive".into());
         }
+        if self.session_authors_max == 0 {
+            return Err("session_authors_max must be positive".into());
+        }
         Ok(())
     }
 }
@@ -252,6 +269,15 @@ pub enum OpenError {
         found: u32,
         /// Supported by this build.
         supported: u32,
+    },
+    /// The store holds documents written before signed authorship (logical schema 4): their
+    /// changes carry no authorship any peer accepts.
+    #[error(
+        "store has schema version {found} and holds documents written before signed authorship; their changes cannot be synced: move the data directory away and start empty (peers send everything again)"
+    )]
+    BeforeAuthorship {
+        /// In the store.
+        found: u32,
     },
     /// The store belongs to another node.
     #[error("store belongs to node {stored}, not {configured}")]
@@ -364,6 +390,14 @@ pub enum NodeError {
     Pruned {
         /// The bucket.
         doc: DocId,
+    },
+    /// The fleet's rules do not let this node write the document.
+    #[error("{node} may not write {doc} under the fleet's rules")]
+    Forbidden {
+        /// The document.
+        doc: DocId,
+        /// This node's identity, printed.
+        node: String,
     },
     /// A stored document failed to load.
     #[error("document {doc} failed to load: {reason}")]
@@ -501,6 +535,28 @@ pub struct Node<S: Store> {
     dirty: BTreeSet<DocId>,
     /// Whether the previous run recorded a clean stop.
     last_stop_clean: bool,
+    /// Verified authors by node actor: a cache of what the store's statements prove, at most
+    /// [`AUTHORS_CACHED_MAX`] entries (cleared when full; the store keeps every statement).
+    authors: BTreeMap<Actor, Arc<Author>>,
+}
+
+/// Verified authors kept in memory.
+const AUTHORS_CACHED_MAX: usize = 4096;
+
+/// Who wrote a change being recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum By {
+    /// The shared genesis of a sensor document (no author).
+    Genesis,
+    /// This node, under its current node actor (signed when sent).
+    Local,
+    /// A proven remote author, with its signature if the change came with one.
+    Remote {
+        /// The author's node actor.
+        author: Actor,
+        /// Its signature.
+        sig: Option<Vec<u8>>,
+    },
 }
 
 impl<S: Store> Node<S> {
@@ -523,12 +579,18 @@ impl<S: Store> Node<S> {
                 actor_epoch: 1,
                 actor_nonce: boot.nonce,
                 running: true,
+                author_key: cfg.trust.key_id(),
             },
             Some(m) => {
                 if m.schema_version > LOGICAL_SCHEMA_VERSION {
                     return Err(OpenError::NewerSchema {
                         found: m.schema_version,
                         supported: LOGICAL_SCHEMA_VERSION,
+                    });
+                }
+                if m.schema_version < 4 && !store.docs()?.is_empty() {
+                    return Err(OpenError::BeforeAuthorship {
+                        found: m.schema_version,
                     });
                 }
                 if m.name != cfg.name {
@@ -538,22 +600,41 @@ impl<S: Store> Node<S> {
                     });
                 }
                 last_stop_clean = !m.running;
-                // Epoch 0: a store from before stable actors, whose actor cannot be rebuilt.
-                let new_actor = m.actor_epoch == 0 || (m.running && !cfg.keep_actor_after_crash);
+                // Epoch 0: a store from before stable actors, whose actor cannot be rebuilt. A
+                // new signing key: a node actor stays bound to the key its statement names.
+                // (An open without a signer, such as `edgesync check`, authors nothing to sync
+                // and keeps the binding it found.)
+                let signs = cfg.trust.signer.is_some();
+                let key = if signs {
+                    cfg.trust.key_id()
+                } else {
+                    m.author_key
+                };
+                let new_actor = m.actor_epoch == 0
+                    || (m.running && !cfg.keep_actor_after_crash)
+                    || m.author_key != key;
                 NodeMeta {
                     schema_version: LOGICAL_SCHEMA_VERSION,
                     incarnation: m.incarnation + 1,
                     actor_epoch: m.actor_epoch + u64::from(new_actor),
                     actor_nonce: if new_actor { boot.nonce } else { m.actor_nonce },
                     running: true,
+                    author_key: key,
                     ..m
                 }
             }
         };
-        store.commit(WriteBatch {
-            ops: vec![WriteOp::PutNodeMeta(meta.clone())],
-        })?;
         let actor = derive_actor(&cfg.name, meta.actor_epoch, &meta.actor_nonce);
+        let mut ops = vec![WriteOp::PutNodeMeta(meta.clone())];
+        // This node's own statement, kept like any other author's so that its changes go out
+        // with it.
+        if let Some(signer) = &cfg.trust.signer {
+            ops.push(WriteOp::PutAuthor {
+                node_actor: actor,
+                statement: signer.statement(&actor),
+            });
+        }
+        store.commit(WriteBatch { ops })?;
         let docs = store.docs()?.into_iter().collect();
         let peers = store.peers()?.into_iter().collect();
         Ok(Node {
@@ -576,6 +657,7 @@ impl<S: Store> Node<S> {
             poisoned: false,
             dirty: BTreeSet::new(),
             last_stop_clean,
+            authors: BTreeMap::new(),
         })
     }
 
@@ -800,6 +882,20 @@ impl<S: Store> Node<S> {
         Ok(())
     }
 
+    /// Refuses a local write the fleet's rules do not allow this node (a node without a fleet
+    /// identity writes anything: it syncs nothing).
+    fn check_may_write(&self, doc: &DocId) -> Result<(), NodeError> {
+        match self.cfg.trust.identity() {
+            Some(me) if !self.cfg.trust.rules.allows(me, doc, Access::Write) => {
+                Err(NodeError::Forbidden {
+                    doc: doc.clone(),
+                    node: me.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_writable(&self) -> Result<(), NodeError> {
         if self.poisoned {
             Err(NodeError::Poisoned)
@@ -881,8 +977,14 @@ impl<S: Store> Node<S> {
         batch: &mut WriteBatch,
         doc: &DocId,
         change: &Change,
-        local: bool,
+        by: By,
     ) -> Result<(), NodeError> {
+        let local = by == By::Local;
+        let (author, sig) = match by {
+            By::Genesis => (None, None),
+            By::Local => (Some(self.actor), None),
+            By::Remote { author, sig } => (Some(author), sig),
+        };
         let actor =
             Actor::from_automerge(change.actor_id()).expect("recorded changes have 16-byte actors");
         let meta = self.docs.entry(doc.clone()).or_default();
@@ -907,6 +1009,8 @@ impl<S: Store> Node<S> {
                 seq: change.seq(),
                 hash: change.hash().0,
                 bytes: change.raw_bytes().to_vec(),
+                author,
+                sig,
             },
         });
         self.dirty.insert(doc.clone());
@@ -1020,7 +1124,7 @@ impl<S: Store> Node<S> {
                     used: self.use_tick,
                 },
             );
-            self.record_change(batch, doc, &genesis, false)?;
+            self.record_change(batch, doc, &genesis, By::Genesis)?;
         }
         let Some(map) = doc::readings_obj(self.loaded_doc(doc)?) else {
             return Err(NodeError::NoReadingsMap { doc: doc.clone() });
@@ -1048,7 +1152,7 @@ impl<S: Store> Node<S> {
                     .loaded_doc(doc)?
                     .get_last_local_change()
                     .expect("committed");
-                self.record_change(batch, doc, &change, true)?;
+                self.record_change(batch, doc, &change, By::Local)?;
             }
             start = end;
         }
@@ -1059,6 +1163,7 @@ impl<S: Store> Node<S> {
     /// one change.
     pub fn patch(&mut self, doc: &DocId, patch: &Json, now_ms: u64) -> Result<Patched, NodeError> {
         self.check_writable()?;
+        self.check_may_write(doc)?;
         self.now_ms = self.now_ms.max(now_ms);
         doc::validate_patch(patch)?;
         if crate::stream::is_bucket_like(doc) {
@@ -1111,7 +1216,7 @@ impl<S: Store> Node<S> {
             });
         }
         let mut batch = WriteBatch::default();
-        self.record_change(&mut batch, doc, &change, true)?;
+        self.record_change(&mut batch, doc, &change, By::Local)?;
         let seq = self.commit(batch)?;
         self.announce(Origin::Local);
         self.pump_all();

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use super::authorship::NodeProver;
 use super::remote::{Applied, ApplyError};
 use super::{Event, Node, Origin};
+use crate::authz::Identity;
 use crate::id::{DocId, NodeName};
 use crate::store::{PeerReceipts, Store, WriteBatch, WriteOp};
 use crate::sync::{Limits, Refusal, Session, SessionId, SessionInfo, SessionStats};
@@ -24,13 +26,15 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Starts a session with `peer`, whose identity the transport has verified. Hello and
-    /// Summary frames are queued at once; fetch them with [`Node::poll_transmit`].
-    pub fn connect(&mut self, peer: NodeName, now_ms: u64) -> SessionId {
+    /// Starts a session with `peer`, whose identity the transport has verified (its name,
+    /// role and site decide what it may hold). Hello and Summary frames are queued at once;
+    /// fetch them with [`Node::poll_transmit`].
+    pub fn connect(&mut self, peer: Identity, now_ms: u64) -> SessionId {
         self.now_ms = self.now_ms.max(now_ms);
         let sid = SessionId(self.next_session);
         self.next_session += 1;
-        let receipts = self.peers.get(&peer).cloned().unwrap_or_default();
+        let receipts = self.peers.get(&peer.name).cloned().unwrap_or_default();
+        let entries = self.summary_entries(Some(&receipts), &peer);
         let mut s = Session::new(
             peer,
             now_ms,
@@ -47,19 +51,20 @@ impl<S: Store> Node<S> {
             frame_bytes_max: self.cfg.frame_bytes_max,
         };
         s.queue_hello(self.commit_seq, hello);
-        let entries = self.summary_entries(Some(&receipts));
         self.send_summary(&mut s, entries);
         self.sessions.insert(sid, s);
         sid
     }
 
     /// Clocks of the documents whose clock differs from what the peer was last told (all
-    /// documents with `None`).
-    fn summary_entries(&self, receipts: Option<&PeerReceipts>) -> Vec<DocClock> {
+    /// documents with `None`), of those the peer may hold (residency: a peer never hears of
+    /// a document it may not read).
+    fn summary_entries(&self, receipts: Option<&PeerReceipts>, peer: &Identity) -> Vec<DocClock> {
         self.docs
             .iter()
             .filter(|(doc, meta)| {
                 receipts.is_none_or(|r| r.reported.get(*doc) != Some(&meta.clock))
+                    && self.peer_may_read(peer, doc)
             })
             .map(|(doc, meta)| DocClock {
                 doc: doc.clone(),
@@ -149,6 +154,7 @@ impl<S: Store> Node<S> {
                 self.close_session(sid, CloseCode::Unexpected, "message before hello")
             }
             Message::Summary(sm) => self.on_summary(sid, sm),
+            Message::Author(st) => self.on_author(sid, st),
             Message::Changes(c) => self.on_changes(sid, c),
             Message::Ack(a) => self.on_ack(sid, a),
         }
@@ -196,7 +202,8 @@ impl<S: Store> Node<S> {
             return;
         }
         if recorded.is_some() {
-            let entries = self.summary_entries(None);
+            let who = self.sessions[&sid].peer_id().clone();
+            let entries = self.summary_entries(None, &who);
             let mut s = self.sessions.remove(&sid).expect("session exists");
             s.forget_known();
             self.send_summary(&mut s, entries);
@@ -281,9 +288,38 @@ impl<S: Store> Node<S> {
                 continue;
             }
             received.entry(dc.doc.clone()).or_default();
+            // Parsed first, all of the section: who wrote each change is proven from the
+            // section as a whole. What parses before a change that does not is still offered.
+            let mut parsed = Vec::with_capacity(dc.changes.len());
             for ch in &dc.changes {
+                match self.parse_remote(&ch.0) {
+                    Ok(c) => parsed.push(c),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            // Signatures of changes that did not parse prove nothing; the parse failure is what
+            // the session ends with.
+            let signed: Vec<_> = dc
+                .signed
+                .iter()
+                .filter(|s| (s.change as usize) < parsed.len())
+                .cloned()
+                .collect();
+            let bys = match self.prove(sid, &dc.doc, &parsed, &signed) {
+                Ok(b) => b,
+                Err(e) => {
+                    stats.changes_received += dc.changes.len() as u64;
+                    failure = failure.or(Some(e));
+                    break 'docs;
+                }
+            };
+            self.keep_authors(sid, &mut batch, &bys);
+            for (ch, by) in parsed.into_iter().zip(bys) {
                 stats.changes_received += 1;
-                match self.apply_remote(&mut batch, &dc.doc, &ch.0, sid, &peer) {
+                match self.apply_remote(&mut batch, &dc.doc, ch, by, sid, &peer) {
                     Ok((applied, actor, seq)) => {
                         // The sender holds (actor, 1..=seq): it holds this change, causally closed.
                         received
@@ -301,6 +337,9 @@ impl<S: Store> Node<S> {
                         break 'docs;
                     }
                 }
+            }
+            if failure.is_some() {
+                break;
             }
         }
         // The sender holds what it sent, durably (frames leave only once durable): that is a
@@ -370,9 +409,15 @@ impl<S: Store> Node<S> {
         let limits = self.limits();
         for sid in ids {
             let s = self.sessions.get_mut(&sid).expect("listed above");
+            let mut prover = NodeProver {
+                store: &self.store,
+                trust: &self.cfg.trust,
+                cache: &mut self.authors,
+            };
             let filled = s.fill_window(
                 &self.store,
                 &self.docs,
+                &mut prover,
                 &limits,
                 self.now_ms,
                 self.commit_seq,

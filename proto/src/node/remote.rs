@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use automerge::Change;
 
-use super::{planted, Config, Node, NodeError};
+use super::{planted, By, Config, Node, NodeError};
 use crate::id::{DocId, NodeName};
 use crate::schema::{self, Refusal};
 use crate::store::{Store, WriteBatch};
@@ -36,6 +36,10 @@ pub(crate) enum ApplyError {
     Equivocation { actor: Actor, seq: u64 },
     #[error("limit reached: {limit} ({max})")]
     Overloaded { limit: &'static str, max: usize },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Node(#[from] NodeError),
 }
@@ -46,6 +50,8 @@ impl ApplyError {
             ApplyError::Invalid(_) => CloseCode::InvalidChange,
             ApplyError::Equivocation { .. } => CloseCode::Equivocation,
             ApplyError::Overloaded { .. } => CloseCode::Overloaded,
+            ApplyError::Unauthorized(_) => CloseCode::Unauthorized,
+            ApplyError::Forbidden(_) => CloseCode::Forbidden,
             ApplyError::Node(_) => CloseCode::StoreFailed,
         }
     }
@@ -89,9 +95,10 @@ fn inflated_len(bytes: &[u8], max: usize) -> usize {
     }
 }
 
-/// A buffered change and who sent it.
+/// A buffered change, its proven author, and who sent it.
 struct Waiting {
     change: Change,
+    by: By,
     peer: NodeName,
     bytes: usize,
 }
@@ -158,6 +165,7 @@ impl CausalBuffer {
         doc: &DocId,
         key: (Actor, u64),
         change: Change,
+        by: By,
         peer: &NodeName,
         cfg: &Config,
     ) -> Result<(), ApplyError> {
@@ -181,6 +189,7 @@ impl CausalBuffer {
         *self.by_peer.entry(peer.clone()).or_default() += bytes;
         let waiting = Waiting {
             change,
+            by,
             peer: peer.clone(),
             bytes,
         };
@@ -198,8 +207,8 @@ impl CausalBuffer {
             .unwrap_or_default()
     }
 
-    fn get(&self, doc: &DocId, key: &(Actor, u64)) -> Option<&Change> {
-        self.docs.get(doc)?.get(key).map(|w| &w.change)
+    fn get(&self, doc: &DocId, key: &(Actor, u64)) -> Option<(&Change, &By)> {
+        self.docs.get(doc)?.get(key).map(|w| (&w.change, &w.by))
     }
 
     fn remove(&mut self, doc: &DocId, key: &(Actor, u64)) {
@@ -222,16 +231,9 @@ impl CausalBuffer {
 }
 
 impl<S: Store> Node<S> {
-    /// Offers one remote change: parsed and hash-checked by Automerge, applied if causally
-    /// ready, ignored if held, buffered (bounded) if its dependencies are missing.
-    pub(crate) fn apply_remote(
-        &mut self,
-        batch: &mut WriteBatch,
-        doc: &DocId,
-        bytes: &[u8],
-        sid: SessionId,
-        peer: &NodeName,
-    ) -> Result<(Applied, Actor, u64), ApplyError> {
+    /// Parses one remote change: within the size limit as sent and inflated, an Automerge
+    /// change chunk whose checksum is its hash, a 16-byte actor, a sequence number.
+    pub(crate) fn parse_remote(&self, bytes: &[u8]) -> Result<Change, ApplyError> {
         let max = self.cfg.change_bytes_max as usize;
         let len = inflated_len(bytes, max);
         if len > max {
@@ -245,10 +247,27 @@ impl<S: Store> Node<S> {
         if len > max {
             return Err(Refusal::TooLarge { len, max }.into());
         }
-        let actor = Actor::from_automerge(change.actor_id()).ok_or(Refusal::ActorLength)?;
+        Actor::from_automerge(change.actor_id()).ok_or(Refusal::ActorLength)?;
         if change.seq() == 0 {
             return Err(Refusal::SeqZero.into());
         }
+        // Before anything reads its operations (expanding such a change panics Automerge).
+        schema::check_actor_indices(&change)?;
+        Ok(change)
+    }
+
+    /// Offers one parsed remote change whose author `by` proved: applied if causally ready,
+    /// ignored if held, buffered (bounded) if its dependencies are missing.
+    pub(crate) fn apply_remote(
+        &mut self,
+        batch: &mut WriteBatch,
+        doc: &DocId,
+        change: Change,
+        by: By,
+        sid: SessionId,
+        peer: &NodeName,
+    ) -> Result<(Applied, Actor, u64), ApplyError> {
+        let actor = Actor::from_automerge(change.actor_id()).ok_or(Refusal::ActorLength)?;
         if self.is_gone(doc) {
             return Ok((Applied::Gone, actor, change.seq()));
         }
@@ -286,7 +305,7 @@ impl<S: Store> Node<S> {
             // that needs the document is checked when the change becomes ready.
             schema::check_shape_in(&change, bucket.as_ref())?;
             self.pending
-                .insert(doc, (actor, seq), change, peer, &self.cfg)?;
+                .insert(doc, (actor, seq), change, by, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
         if pruned {
@@ -296,9 +315,9 @@ impl<S: Store> Node<S> {
         } else {
             schema::check_in(&change, self.loaded_doc(doc)?, bucket.as_ref())?;
         }
-        self.apply_ready(batch, doc, change, sid)?;
+        self.apply_ready(batch, doc, change, by, sid)?;
         let mut drained = 0;
-        while let Some(next) = self.take_ready_pending(doc)? {
+        while let Some((next, next_by)) = self.take_ready_pending(doc)? {
             // A buffered change the schema refuses now is dropped (its sender's session may be
             // over) and the drain goes on. A limit ends this session: everything still waiting
             // is resent by its sender, since none of it was acknowledged.
@@ -309,7 +328,7 @@ impl<S: Store> Node<S> {
             };
             match checked
                 .map_err(ApplyError::from)
-                .and_then(|()| self.apply_ready(batch, doc, next, sid))
+                .and_then(|()| self.apply_ready(batch, doc, next, next_by, sid))
             {
                 Ok(()) => drained += 1,
                 Err(ApplyError::Invalid(_)) => {}
@@ -337,7 +356,7 @@ impl<S: Store> Node<S> {
             .all(|d| am.get_change_meta_by_hash(d).is_some()))
     }
 
-    fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<Change>, NodeError> {
+    fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<(Change, By)>, NodeError> {
         for key in self.pending.keys(doc) {
             let held = self.clock(doc).map(|c| c.get(&key.0)).unwrap_or(0);
             if key.1 <= held {
@@ -346,10 +365,11 @@ impl<S: Store> Node<S> {
                 self.pending.remove(doc, &key);
                 continue;
             }
-            let change = self.pending.get(doc, &key).expect("listed").clone();
+            let (change, by) = self.pending.get(doc, &key).expect("listed");
+            let (change, by) = (change.clone(), by.clone());
             if self.is_ready(doc, &change)? {
                 self.pending.remove(doc, &key);
-                return Ok(Some(change));
+                return Ok(Some((change, by)));
             }
         }
         Ok(None)
@@ -362,6 +382,7 @@ impl<S: Store> Node<S> {
         batch: &mut WriteBatch,
         doc: &DocId,
         change: Change,
+        by: By,
         sid: SessionId,
     ) -> Result<(), ApplyError> {
         let admitted = self.admit(doc, &change, sid)?;
@@ -375,7 +396,7 @@ impl<S: Store> Node<S> {
                 return Err(Refusal::NotApplied.into());
             }
         }
-        self.record_change(batch, doc, &change, false)?;
+        self.record_change(batch, doc, &change, by)?;
         if let Admitted::NewActor { new_doc } = admitted {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 let q = s.introduced();

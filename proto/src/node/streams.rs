@@ -154,6 +154,7 @@ impl<S: Store> Node<S> {
     /// Checks that readings can be written into the sensor document `doc` (new, or a sensor
     /// document with its readings map and room for this node's actor).
     fn check_sensor_target(&mut self, doc: &DocId) -> Result<(), NodeError> {
+        self.check_may_write(doc)?;
         let Some(meta) = self.docs.get(doc) else {
             return Ok(());
         };

@@ -3,8 +3,203 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use edgesync_proto::wire::{Hello, Message, MAGIC, PROTOCOL_VERSION};
-use edgesync_proto::{Boot, Config, DocId, Event, MemStore, Node, NodeName, SessionId};
+use std::sync::Arc;
+
+use edgesync_proto::authz::{Identity, Role, Rules};
+use edgesync_proto::trust::{keyed::Fleet, Signer};
+use edgesync_proto::wire::{
+    AuthorStatement, ChangeBytes, Changes, DocChanges, Hello, Message, Signed, MAGIC,
+    PROTOCOL_VERSION,
+};
+use edgesync_proto::{Actor, Boot, Config, DocId, Event, MemStore, Node, NodeName, SessionId};
+
+/// The test fleet: every node shares its secret ([`Fleet`]).
+pub fn fleet() -> Fleet {
+    Fleet::new([1; 32])
+}
+
+/// A cloud node's identity (the default rules let it write and read everything).
+pub fn cloud(n: &NodeName) -> Identity {
+    Identity::new(n.clone(), Role::Cloud, None)
+}
+
+/// A peer driven by hand: a fleet member (cloud, or `identity`) that signs its own changes,
+/// and can relay other members' changes with their statements.
+pub struct Hand {
+    pub identity: Identity,
+    signer: Arc<dyn Signer>,
+    /// Node actors it can prove changes of: (node actor, that author's signer).
+    authors: Vec<(Actor, Arc<dyn Signer>)>,
+    /// Statements sent in the current session, by node actor: their numbers.
+    sent: BTreeMap<Actor, u32>,
+}
+
+impl Hand {
+    /// A cloud member named `name`.
+    pub fn new(name: &str) -> Hand {
+        Hand::with(cloud(&NodeName::new(name).unwrap()))
+    }
+
+    /// A member with this identity.
+    pub fn with(identity: Identity) -> Hand {
+        let signer = fleet()
+            .trust(identity.clone(), Rules::default())
+            .signer
+            .unwrap();
+        let mut h = Hand {
+            identity,
+            signer,
+            authors: Vec::new(),
+            sent: BTreeMap::new(),
+        };
+        for k in 0..4 {
+            let na = h.node_actor(k);
+            h.authors.push((na, h.signer.clone()));
+        }
+        h
+    }
+
+    /// Its `k`-th node actor (a member may take as many as it likes, each with a statement).
+    pub fn node_actor(&self, k: u64) -> Actor {
+        let mut h = blake3::Hasher::new();
+        h.update(self.identity.name.as_str().as_bytes());
+        h.update(&k.to_be_bytes());
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        Actor(a)
+    }
+
+    /// The Automerge actor of its `k`-th node actor for `doc`.
+    pub fn actor(&mut self, doc: &DocId, k: u64) -> automerge::ActorId {
+        let na = self.node_actor(k);
+        if !self.authors.iter().any(|(a, _)| *a == na) {
+            self.authors.push((na, self.signer.clone()));
+        }
+        edgesync_proto::id::doc_actor(na, doc).to_automerge()
+    }
+
+    /// Lets it relay (prove) the changes `node` authors, as any relay holding the node's
+    /// statement and signatures can.
+    pub fn vouch_for(&mut self, node: &Node<MemStore>) {
+        let signer = fleet()
+            .trust(cloud(node.name()), Rules::default())
+            .signer
+            .unwrap();
+        self.authors.push((node.actor(), signer));
+    }
+
+    /// A new session: statements are sent again.
+    pub fn new_session(&mut self) {
+        self.sent.clear();
+    }
+
+    /// Its signer.
+    pub fn signer(&self) -> Arc<dyn Signer> {
+        self.signer.clone()
+    }
+
+    /// Frames of batch `batch`: the given statements (numbered from `first_number`, what this
+    /// session has sent so far), then `changes` of `doc` with exactly the signatures `signed`
+    /// lists: (index of the change, author number, signer).
+    pub fn raw_frames(
+        statements: &[Vec<u8>],
+        batch: u64,
+        doc: &DocId,
+        changes: &[Vec<u8>],
+        signed: &[(usize, u32, &dyn Signer)],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for st in statements {
+            out.extend(Message::Author(AuthorStatement(st.clone())).to_frame());
+        }
+        let signed = signed
+            .iter()
+            .map(|(i, author, signer)| {
+                let hash = automerge::Change::try_from(changes[*i].as_slice())
+                    .unwrap()
+                    .hash()
+                    .0;
+                Signed {
+                    change: *i as u32,
+                    author: *author,
+                    sig: signer.sign(&hash),
+                }
+            })
+            .collect();
+        out.extend(
+            Message::Changes(Changes {
+                batch,
+                docs: vec![DocChanges {
+                    doc: doc.clone(),
+                    changes: changes.iter().cloned().map(ChangeBytes).collect(),
+                    signed,
+                }],
+            })
+            .to_frame(),
+        );
+        out
+    }
+
+    /// The frames of Changes batch `batch` with `docs`: first the statements of authors this
+    /// session has not sent, then the batch, each actor's last change in each section signed
+    /// (an actor none of its authors derives goes unsigned).
+    pub fn frames(&mut self, batch: u64, docs: &[(DocId, Vec<Vec<u8>>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut sections = Vec::new();
+        for (doc, changes) in docs {
+            // Every change it can prove is signed (the protocol asks for each actor's last one
+            // at least; more is allowed, and lets tests send sections in any order).
+            // (actor, (index, hash)) of every change that parses.
+            type Entry = (Vec<u8>, (usize, [u8; 32]));
+            let mut all: Vec<Entry> = Vec::new();
+            for (i, c) in changes.iter().enumerate() {
+                if let Ok(ch) = automerge::Change::try_from(c.as_slice()) {
+                    all.push((ch.actor_id().to_bytes().to_vec(), (i, ch.hash().0)));
+                }
+            }
+            let mut signed = Vec::new();
+            for (actor, (i, hash)) in all {
+                let Some((na, signer)) = self
+                    .authors
+                    .iter()
+                    .find(|(na, _)| edgesync_proto::id::doc_actor(*na, doc).0[..] == actor[..])
+                    .cloned()
+                else {
+                    continue;
+                };
+                let number = match self.sent.get(&na) {
+                    Some(n) => *n,
+                    None => {
+                        let n = self.sent.len() as u32;
+                        self.sent.insert(na, n);
+                        out.extend(
+                            Message::Author(AuthorStatement(signer.statement(&na))).to_frame(),
+                        );
+                        n
+                    }
+                };
+                signed.push(Signed {
+                    change: i as u32,
+                    author: number,
+                    sig: signer.sign(&hash),
+                });
+            }
+            sections.push(DocChanges {
+                doc: doc.clone(),
+                changes: changes.iter().cloned().map(ChangeBytes).collect(),
+                signed,
+            });
+        }
+        out.extend(
+            Message::Changes(Changes {
+                batch,
+                docs: sections,
+            })
+            .to_frame(),
+        );
+        out
+    }
+}
 
 pub fn name(i: usize) -> NodeName {
     NodeName::new(format!("n{i}")).unwrap()
@@ -19,8 +214,15 @@ pub fn boot(seed: u64) -> Boot {
     }
 }
 
-pub fn open(i: usize, store: MemStore, seed: u64, tweak: impl Fn(&mut Config)) -> Node<MemStore> {
+/// Node `i`'s defaults, as a cloud member of the test fleet.
+pub fn config(i: usize) -> Config {
     let mut cfg = Config::new(name(i));
+    cfg.trust = fleet().trust(cloud(&name(i)), Rules::default());
+    cfg
+}
+
+pub fn open(i: usize, store: MemStore, seed: u64, tweak: impl Fn(&mut Config)) -> Node<MemStore> {
+    let mut cfg = config(i);
     tweak(&mut cfg);
     Node::open(store, cfg, boot(seed)).unwrap()
 }
@@ -69,17 +271,39 @@ pub struct Link {
 
 pub struct Net {
     pub nodes: Vec<Node<MemStore>>,
+    /// Each node's identity (what its peers are told it is).
+    pub ids: Vec<Identity>,
     pub links: BTreeMap<(usize, usize), Link>,
     pub closed: Vec<(usize, Event)>,
 }
 
 impl Net {
+    /// Nodes with these identities (and the default rules).
+    pub fn with_identities(ids: Vec<Identity>) -> Net {
+        let nodes = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut cfg = Config::new(id.name.clone());
+                cfg.trust = fleet().trust(id.clone(), Rules::default());
+                Node::open(MemStore::new(), cfg, boot(i as u64 + 1)).unwrap()
+            })
+            .collect();
+        Net {
+            nodes,
+            ids,
+            links: BTreeMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
     pub fn new(n: usize, tweak: impl Fn(&mut Config) + Copy) -> Net {
         let nodes = (0..n)
             .map(|i| open(i, MemStore::new(), i as u64 + 1, tweak))
             .collect();
         Net {
             nodes,
+            ids: (0..n).map(|i| cloud(&name(i))).collect(),
             links: BTreeMap::new(),
             closed: Vec::new(),
         }
@@ -90,8 +314,8 @@ impl Net {
         if self.links.contains_key(&(a, b)) {
             return;
         }
-        let sa = self.nodes[a].connect(name(b), 0);
-        let sb = self.nodes[b].connect(name(a), 0);
+        let sa = self.nodes[a].connect(self.ids[b].clone(), 0);
+        let sb = self.nodes[b].connect(self.ids[a].clone(), 0);
         self.links.insert(
             (a, b),
             Link {

@@ -1,0 +1,337 @@
+//! Signed authorship on both sides of a session ([`crate::trust`]): proving this node's and
+//! relayed changes when sending, and checking who wrote every received change, against the
+//! fleet's rules, before anything of it is applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use automerge::Change;
+
+use super::remote::ApplyError;
+use super::{By, Event, Node, AUTHORS_CACHED_MAX};
+use crate::authz::{Access, Identity};
+use crate::id::{doc_actor, DocId};
+use crate::schema;
+use crate::store::{Store, StoreError, StoredChange, WriteBatch, WriteOp};
+use crate::sync::{Prover, SessionId};
+use crate::trust::{Author, Trust, STATEMENT_BYTES_MAX};
+use crate::vclock::Actor;
+use crate::wire::{AuthorStatement, CloseCode, Signed};
+
+/// The verified author with node actor `na`: from the cache, or from the statement the store
+/// keeps (verified again and cached). `None` when the store keeps none or it does not verify.
+fn lookup<S: Store>(
+    store: &S,
+    trust: &Trust,
+    cache: &mut BTreeMap<Actor, Arc<Author>>,
+    na: &Actor,
+) -> Result<Option<Arc<Author>>, StoreError> {
+    if let Some(a) = cache.get(na) {
+        return Ok(Some(a.clone()));
+    }
+    let Some(authority) = &trust.authority else {
+        return Ok(None);
+    };
+    let Some(statement) = store.author(na)? else {
+        return Ok(None);
+    };
+    let Ok(author) = authority.verify_statement(&statement) else {
+        return Ok(None);
+    };
+    if author.node_actor != *na {
+        return Ok(None);
+    }
+    let author = Arc::new(author);
+    remember(cache, author.clone());
+    Ok(Some(author))
+}
+
+fn remember(cache: &mut BTreeMap<Actor, Arc<Author>>, author: Arc<Author>) {
+    if cache.len() >= AUTHORS_CACHED_MAX {
+        cache.clear();
+    }
+    cache.insert(author.node_actor, author);
+}
+
+/// The node's side of [`Prover`] for one session's batches.
+pub(super) struct NodeProver<'a, S: Store> {
+    pub(super) store: &'a S,
+    pub(super) trust: &'a Trust,
+    pub(super) cache: &'a mut BTreeMap<Actor, Arc<Author>>,
+}
+
+impl<S: Store> NodeProver<'_, S> {
+    fn author(&mut self, na: &Actor) -> Option<Arc<Author>> {
+        lookup(self.store, self.trust, self.cache, na)
+            .ok()
+            .flatten()
+    }
+
+    /// Whether this node signs for `author` (its key is this node's).
+    fn is_mine(&self, author: &Author) -> bool {
+        self.trust
+            .signer
+            .as_ref()
+            .is_some_and(|s| s.key() == author.key)
+    }
+}
+
+impl<S: Store> Prover for NodeProver<'_, S> {
+    fn sealable(&mut self, change: &StoredChange) -> bool {
+        let Some(na) = change.author else {
+            return false;
+        };
+        let Some(author) = self.author(&na) else {
+            return false;
+        };
+        change.sig.is_some() || self.is_mine(&author)
+    }
+
+    fn signature(&mut self, change: &StoredChange) -> Option<Vec<u8>> {
+        if let Some(sig) = &change.sig {
+            return Some(sig.clone());
+        }
+        let author = self.author(&change.author?)?;
+        if !self.is_mine(&author) {
+            return None;
+        }
+        Some(self.trust.signer.as_ref()?.sign(&change.hash))
+    }
+
+    fn statement(&mut self, node_actor: &Actor) -> Option<Vec<u8>> {
+        self.store.author(node_actor).ok().flatten()
+    }
+
+    fn may_read(&self, peer: &Identity, doc: &DocId) -> bool {
+        self.trust.rules.allows(peer, doc, Access::Read)
+    }
+}
+
+impl<S: Store> Node<S> {
+    /// Whether the fleet's rules let `peer` hold `doc`.
+    pub(super) fn peer_may_read(&self, peer: &Identity, doc: &DocId) -> bool {
+        self.cfg.trust.rules.allows(peer, doc, Access::Read)
+    }
+
+    /// Whether this node may hold `doc` (a node without a fleet identity holds anything).
+    pub(super) fn may_hold(&self, doc: &DocId) -> bool {
+        self.cfg
+            .trust
+            .identity()
+            .is_none_or(|me| self.cfg.trust.rules.allows(me, doc, Access::Read))
+    }
+
+    /// An `Author` message: verified, numbered in the session, or the session ends.
+    pub(super) fn on_author(&mut self, sid: SessionId, st: AuthorStatement) {
+        let peer = self.sessions[&sid].peer().clone();
+        let refuse = |why: String| (CloseCode::Unauthorized, why);
+        let verdict: Result<(Arc<Author>, Vec<u8>), (CloseCode, String)> = (|| {
+            let Some(authority) = self.cfg.trust.authority.clone() else {
+                return Err(refuse(
+                    "this node has no fleet identity and accepts no changes".into(),
+                ));
+            };
+            if st.0.len() > STATEMENT_BYTES_MAX {
+                return Err(refuse(format!(
+                    "authorship statement of {} bytes (at most {STATEMENT_BYTES_MAX})",
+                    st.0.len()
+                )));
+            }
+            let max = self.cfg.session_authors_max;
+            if self.sessions[&sid].authors_in().len() >= max {
+                self.events.push_back(Event::LimitExceeded {
+                    peer: peer.clone(),
+                    limit: "session_authors",
+                });
+                return Err((
+                    CloseCode::Overloaded,
+                    format!("limit reached: session_authors ({max})"),
+                ));
+            }
+            let author = authority
+                .verify_statement(&st.0)
+                .map_err(|e| refuse(format!("an authorship statement does not verify: {e}")))?;
+            let na = author.node_actor;
+            let known = self.authors.contains_key(&na)
+                || self
+                    .store
+                    .author(&na)
+                    .map_err(|e| (CloseCode::StoreFailed, e.to_string()))?
+                    .is_some();
+            if author.revoked && !known {
+                return Err(refuse(format!(
+                    "the certificate of {} is revoked, and its actor {na} was not known here before",
+                    author.identity
+                )));
+            }
+            Ok((Arc::new(author), st.0))
+        })();
+        match verdict {
+            Ok((author, statement)) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.add_author_in(author, statement);
+                }
+            }
+            Err((code, reason)) => self.close_session(sid, code, &reason),
+        }
+    }
+
+    /// Keeps (in `batch`, and in the cache) the statements behind `bys` this node did not
+    /// keep yet: a statement is stored only once a change it proves is, so statements a peer
+    /// merely sends grow nothing.
+    pub(super) fn keep_authors(&mut self, sid: SessionId, batch: &mut WriteBatch, bys: &[By]) {
+        for b in bys {
+            let By::Remote { author, .. } = b else {
+                continue;
+            };
+            if self.authors.contains_key(author) {
+                continue;
+            }
+            let Some((a, statement)) = self.sessions[&sid]
+                .authors_in()
+                .iter()
+                .find(|(a, _)| a.node_actor == *author)
+                .cloned()
+            else {
+                continue;
+            };
+            if !matches!(self.store.author(author), Ok(Some(_))) {
+                batch.push(WriteOp::PutAuthor {
+                    node_actor: *author,
+                    statement,
+                });
+            }
+            remember(&mut self.authors, a);
+        }
+    }
+
+    /// Who wrote each of `changes` (one section of a Changes message for `doc`), from the
+    /// section's signatures: every change but the genesis must be, or be an ancestor within
+    /// the section of, a change of the same actor its author signed; the actor must be the
+    /// author's for `doc`; the author's rules must let it write `doc`; and this node must be
+    /// allowed to hold `doc`.
+    pub(super) fn prove(
+        &mut self,
+        sid: SessionId,
+        doc: &DocId,
+        changes: &[Change],
+        signed: &[Signed],
+    ) -> Result<Vec<By>, ApplyError> {
+        let peer = self.sessions[&sid].peer().clone();
+        if !self.may_hold(doc) {
+            return Err(ApplyError::Forbidden(format!(
+                "{peer} sent {doc}, which this node may not hold under the fleet's rules"
+            )));
+        }
+        let Some(authority) = self.cfg.trust.authority.clone() else {
+            return Err(ApplyError::Unauthorized(
+                "this node has no fleet identity and accepts no changes".into(),
+            ));
+        };
+        // A change sent twice in one section is proven once: its copies share its author.
+        let mut index: HashMap<automerge::ChangeHash, usize> = HashMap::new();
+        for (i, c) in changes.iter().enumerate() {
+            index.entry(c.hash()).or_insert(i);
+        }
+        let mut by: Vec<Option<By>> = vec![None; changes.len()];
+        for s in signed {
+            let i = s.change as usize;
+            let Some(c) = changes.get(i) else {
+                return Err(ApplyError::Unauthorized(format!(
+                    "a signature names change {i} of {} in {doc}",
+                    changes.len()
+                )));
+            };
+            let actor =
+                Actor::from_automerge(c.actor_id()).expect("parsed changes have 16-byte actors");
+            let Some(author) = self.sessions[&sid]
+                .authors_in()
+                .get(s.author as usize)
+                .map(|(a, _)| a.clone())
+            else {
+                return Err(ApplyError::Unauthorized(format!(
+                    "change {actor}:{} of {doc} names author {}, which {peer} has not sent",
+                    c.seq(),
+                    s.author
+                )));
+            };
+            if schema::is_genesis(c) || doc_actor(author.node_actor, doc) != actor {
+                return Err(ApplyError::Unauthorized(format!(
+                    "change {actor}:{} of {doc}, relayed by {peer}, claims {} as its author, whose actor for {doc} it is not",
+                    c.seq(),
+                    author.identity
+                )));
+            }
+            if !authority.verify_change(&author, &c.hash().0, &s.sig) {
+                return Err(ApplyError::Unauthorized(format!(
+                    "the signature of change {actor}:{} of {doc}, relayed by {peer}, is not {}'s",
+                    c.seq(),
+                    author.identity
+                )));
+            }
+            if !self
+                .cfg
+                .trust
+                .rules
+                .allows(&author.identity, doc, Access::Write)
+            {
+                return Err(ApplyError::Forbidden(format!(
+                    "{} may not write {doc} under the fleet's rules (change {actor}:{} relayed by {peer})",
+                    author.identity,
+                    c.seq()
+                )));
+            }
+            // Every change of this actor this one descends from (within the section) is the
+            // author's too: a change's hash covers its dependencies' hashes.
+            let mut stack = vec![i];
+            let mut seen = vec![false; changes.len()];
+            while let Some(k) = stack.pop() {
+                if std::mem::replace(&mut seen[k], true) {
+                    continue;
+                }
+                let ck = &changes[k];
+                if k == i
+                    || (by[k].is_none() && Actor::from_automerge(ck.actor_id()) == Some(actor))
+                {
+                    by[k] = Some(By::Remote {
+                        author: author.node_actor,
+                        sig: (k == i).then(|| s.sig.clone()),
+                    });
+                }
+                stack.extend(ck.deps().iter().filter_map(|d| index.get(d).copied()));
+            }
+        }
+        let proven: HashMap<automerge::ChangeHash, Actor> = changes
+            .iter()
+            .zip(&by)
+            .filter_map(|(c, b)| match b {
+                Some(By::Remote { author, .. }) => Some((c.hash(), *author)),
+                _ => None,
+            })
+            .collect();
+        for (c, b) in changes.iter().zip(by.iter_mut()) {
+            if b.is_none() {
+                if let Some(author) = proven.get(&c.hash()) {
+                    *b = Some(By::Remote {
+                        author: *author,
+                        sig: None,
+                    });
+                }
+            }
+        }
+        changes
+            .iter()
+            .zip(by)
+            .map(|(c, b)| match b {
+                Some(b) => Ok(b),
+                None if schema::is_genesis(c) => Ok(By::Genesis),
+                None => Err(ApplyError::Unauthorized(format!(
+                    "no signature proves who wrote change {}:{} of {doc}, relayed by {peer}",
+                    Actor::from_automerge(c.actor_id())
+                        .map_or_else(|| "?".to_string(), |a| a.to_string()),
+                    c.seq()
+                ))),
+            })
+            .collect()
+    }
+}
