@@ -647,6 +647,13 @@ async fn a_real_node_survives_hostile_frames_and_close_reasons() {
         other => panic!("expected an application close, got {other:?}"),
     }
     link_down(&mesh, "gw-1", 3).await;
+    // Counted by close code (what `/v1/status` and the metric show).
+    let status = node.handle().status_async(vec![]).await.unwrap();
+    assert_eq!(
+        status.refused_sessions.get("malformed"),
+        Some(&1),
+        "{status:?}"
+    );
 
     // The node still serves: a new session gets its Hello.
     let link = still_serves(&peer, addr).await;

@@ -359,6 +359,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
         "sessions": s.sessions,
         "totals": s.totals,
         "pruning": s.pruning,
+        "refused_sessions": s.refused_sessions,
         "rejected_connections": st.mesh.endpoint().rejections(),
     })))
 }

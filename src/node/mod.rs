@@ -344,6 +344,9 @@ pub struct NodeStatus {
     pub totals: SessionStats,
     /// Store-and-forward pruning: what waits for which peer, and how many buckets are pruned.
     pub pruning: edgesync_proto::PruneStatus,
+    /// Sessions this node ended because of what a peer sent, since start, by close code
+    /// (`unauthorized`, `forbidden`, `invalid-change`, `overloaded`, ...).
+    pub refused_sessions: BTreeMap<String, u64>,
 }
 
 type IngestReply = Reply<Vec<IngestOutcome>, WriteError>;
@@ -504,6 +507,7 @@ impl DurableNode {
                     // Housekeeping always runs: closed buckets leave memory even without
                     // retention.
                     housekeep_at: 0,
+                    refused: BTreeMap::new(),
                 }
                 .run(rx)
             })?;
@@ -799,6 +803,8 @@ struct Core {
     events: broadcast::Sender<DocEvent>,
     /// When housekeeping (unloading closed buckets, retention, pruning) next runs.
     housekeep_at: u64,
+    /// Sessions this node ended on a peer's input, by close code: at most one entry per code.
+    refused: BTreeMap<&'static str, u64>,
 }
 
 /// Closed buckets snapshotted per housekeeping turn: bounded work off the write path.
@@ -1045,6 +1051,11 @@ impl Core {
                 .collect(),
             totals,
             pruning: self.node.prune_status(),
+            refused_sessions: self
+                .refused
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
         }
     }
 
@@ -1101,6 +1112,11 @@ impl Core {
                         }
                     }
                     let code_name = code.map_or("transport-lost", CloseCode::name);
+                    if let Some(c) = code.filter(|c| !by_peer && *c != CloseCode::Shutdown) {
+                        *self.refused.entry(c.name()).or_default() += 1;
+                        metrics::counter!("edgesync_sessions_refused_total", "code" => c.name())
+                            .increment(1);
+                    }
                     if code.is_some_and(|c| c != CloseCode::Shutdown) {
                         tracing::warn!(%peer, session = session.0, by_peer, code = code_name, %reason, "session closed");
                     } else {
