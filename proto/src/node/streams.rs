@@ -63,7 +63,13 @@ impl<S: Store> Node<S> {
             }
             None => {
                 stream::check_stream(target)?;
-                if self.docs.contains_key(target) && self.kind(target)? == Some(DocKind::Generic) {
+                // A name that is a generic document here and not yet a stream. Once a bucket
+                // of it exists the name is a stream (a peer's generic document of that name,
+                // hostile or not, does not stop the stream's ingest: found by fuzzing).
+                if self.docs.contains_key(target)
+                    && !self.has_buckets(target)
+                    && self.kind(target)? == Some(DocKind::Generic)
+                {
                     return Err(NodeError::KindMismatch {
                         doc: target.clone(),
                         actual: DocKind::Generic,
