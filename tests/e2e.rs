@@ -98,6 +98,19 @@ fn fast_cloud(dir: &Path, pki: &Path) -> (Node, SocketAddr) {
     (cloud, quic)
 }
 
+/// A node `name` dialling the cloud at `quic`, with short timeouts.
+fn fast_gateway(dir: &Path, pki: &Path, name: &str, quic: SocketAddr) -> Node {
+    Node::start(
+        dir,
+        pki,
+        NodeSpec {
+            peers: vec![("cloud", quic)],
+            extra: FAST,
+            ..NodeSpec::named(name)
+        },
+    )
+}
+
 /// A running `edgesync run` process.
 struct Node {
     name: String,
@@ -912,17 +925,7 @@ fn a_revoked_gateway_is_refused_while_the_others_keep_syncing() {
         &[("cloud", "cloud"), ("gw-1", "gateway"), ("gw-2", "gateway")],
     );
     let (cloud, quic) = fast_cloud(dir.path(), &pki);
-    let gw = |name| {
-        Node::start(
-            dir.path(),
-            &pki,
-            NodeSpec {
-                peers: vec![("cloud", quic)],
-                extra: FAST,
-                ..NodeSpec::named(name)
-            },
-        )
-    };
+    let gw = |name| fast_gateway(dir.path(), &pki, name, quic);
     let (gw1, gw2) = (gw("gw-1"), gw("gw-2"));
     let doc = "site-a/temp";
     gw1.ingest(doc, "gw1-before", 1, 20.0);
@@ -1004,17 +1007,7 @@ fn sites_write_their_own_documents_and_only_theirs_travel_to_them() {
         ],
     );
     let (cloud, quic) = fast_cloud(dir.path(), &pki);
-    let gw = |name| {
-        Node::start(
-            dir.path(),
-            &pki,
-            NodeSpec {
-                peers: vec![("cloud", quic)],
-                extra: FAST,
-                ..NodeSpec::named(name)
-            },
-        )
-    };
+    let gw = |name| fast_gateway(dir.path(), &pki, name, quic);
     let (gw_a, gw_b) = (gw("gw-a"), gw("gw-b"));
     gw_a.ingest("site-a/temp", "a-1", 1, 20.0);
     gw_b.ingest("site-b/temp", "b-1", 1, 30.0);

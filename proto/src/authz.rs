@@ -34,12 +34,21 @@ impl Role {
 
     /// Parses `cloud`, `gateway` or `edge`.
     pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "cloud" => Role::Cloud,
-            "gateway" => Role::Gateway,
-            "edge" => Role::Edge,
-            _ => return None,
-        })
+        s.parse().ok()
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "cloud" => Ok(Role::Cloud),
+            "gateway" => Ok(Role::Gateway),
+            "edge" => Ok(Role::Edge),
+            _ => Err(format!(
+                "unknown role {s:?}; expected cloud, gateway or edge"
+            )),
+        }
     }
 }
 

@@ -23,13 +23,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use edgesync_proto::authz::{Identity, Role as CoreRole, Rules};
+use edgesync_proto::authz::{Identity, Rules};
 use edgesync_proto::trust::{Author, Authority, Signer, Trust, STATEMENT_BYTES_MAX};
 use edgesync_proto::Actor;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
-use super::pki::{self, Role};
+use super::pki;
 use super::tls::Credentials;
 
 /// The authoring key's file in a data directory.
@@ -78,17 +78,9 @@ pub enum AuthorshipError {
     },
 }
 
-fn core_role(r: Role) -> CoreRole {
-    match r {
-        Role::Cloud => CoreRole::Cloud,
-        Role::Gateway => CoreRole::Gateway,
-        Role::Edge => CoreRole::Edge,
-    }
-}
-
 /// The core's identity of a peer the transport authenticated.
 pub fn core_identity(id: &pki::PeerIdentity) -> Identity {
-    Identity::new(id.name.clone(), core_role(id.role), id.site.as_deref())
+    Identity::new(id.name.clone(), id.role, id.site.as_deref())
 }
 
 /// Loads the authoring key of `data_dir`, making one (mode 0600) if there is none.
@@ -287,7 +279,7 @@ pub fn trust(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::pki::NodeSpec;
+    use crate::net::pki::{NodeSpec, Role};
     use crate::net::TlsFiles;
     use edgesync_proto::NodeName;
 
@@ -326,7 +318,7 @@ mod tests {
         let author = authority.verify_statement(&st).unwrap();
         assert_eq!(author.node_actor, na);
         assert_eq!(author.identity.name.as_str(), "gw-1");
-        assert_eq!(author.identity.role, CoreRole::Gateway);
+        assert_eq!(author.identity.role, Role::Gateway);
         assert_eq!(author.identity.site.as_deref(), Some("site-a"));
         assert!(!author.revoked);
         let sig = signer.sign(&[3; 32]);

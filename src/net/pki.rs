@@ -18,7 +18,6 @@ use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use edgesync_proto::NodeName;
 use rcgen::{
@@ -38,47 +37,8 @@ pub const BACKDATE: Duration = Duration::hours(1);
 /// Longest site name, bytes.
 pub const SITE_BYTES_MAX: usize = 64;
 
-/// What a node is in the fleet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// The cloud node.
-    Cloud,
-    /// A gateway.
-    Gateway,
-    /// An edge node (sensor side).
-    Edge,
-}
-
-impl Role {
-    /// The role as written in certificates and configs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Cloud => "cloud",
-            Role::Gateway => "gateway",
-            Role::Edge => "edge",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "cloud" => Ok(Role::Cloud),
-            "gateway" => Ok(Role::Gateway),
-            "edge" => Ok(Role::Edge),
-            _ => Err(format!(
-                "unknown role {s:?}; expected cloud, gateway or edge"
-            )),
-        }
-    }
-}
+/// What a node is in the fleet (the core's role: rules are written in it).
+pub use edgesync_proto::authz::Role;
 
 /// Who a peer is, as read from its verified certificate. The rest of the node knows a peer
 /// only by this.
