@@ -49,8 +49,9 @@ async fn wait_same(a: &NodeHandle, b: &NodeHandle, doc: &DocId) -> anyhow::Resul
 fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let readings = DocId::new("kiosk-7/door")?;
-    let settings = DocId::new("kiosk-7/settings")?;
+    // Under the site its certificate will name: the fleet's rules let it write there.
+    let readings = DocId::new("shop-1/kiosk-7/door")?;
+    let settings = DocId::new("shop-1/kiosk-7/settings")?;
 
     // 1. Offline: just the durable node.
     let name = NodeName::new("kiosk-7")?;
@@ -97,10 +98,17 @@ fn main() -> anyhow::Result<()> {
     // 3. Online: a fleet CA, certificates, and two full nodes over QUIC.
     let pki_dir = dir.path().join("pki");
     pki::init(&pki_dir, 1)?;
-    for n in ["kiosk-7", "office"] {
+    // The kiosk a gateway of its shop, the office a cloud node (it holds every shop's data).
+    // The kiosk's first start with its certificate adopts what it wrote before: its own
+    // changes, signed from now on.
+    let nodes = [
+        ("kiosk-7", Role::Gateway, Some("shop-1")),
+        ("office", Role::Cloud, None),
+    ];
+    for (n, role, site) in nodes {
         pki::issue(
             &pki_dir,
-            &NodeSpec::new(NodeName::new(n)?, Role::Gateway, None, 1)?,
+            &NodeSpec::new(NodeName::new(n)?, role, site.map(String::from), 1)?,
         )?;
     }
     let rt = tokio::runtime::Runtime::new()?;

@@ -382,3 +382,46 @@ fn a_revoked_author_is_refused_where_it_was_not_known() {
     assert_eq!(fresh.clock(&d), None);
     let _: Option<DocId> = None;
 }
+
+// A node that writes before it has a fleet identity (offline, not provisioned yet) adopts those
+// writes at its first start with one: same actor, its statement proves them, and they sync.
+// A later start with another key takes a new actor (a node actor keeps one statement).
+#[test]
+fn writes_made_before_provisioning_sync_once_provisioned() {
+    let name = nm("kiosk");
+    let boot = |b: u8| Boot {
+        nonce: [b; 16],
+        new_store_id: [b; 16],
+    };
+    let d = doc("site-a/kiosk/settings");
+    let mut bare = Node::open(MemStore::new(), Config::new(name.clone()), boot(1)).unwrap();
+    bare.patch(&d, &json!({"mode": "offline"}), 0).unwrap();
+    persist(&mut bare);
+    bare.record_clean_stop().unwrap();
+    persist(&mut bare);
+    let first = bare.actor();
+    let id = Identity::new(name.clone(), Role::Gateway, Some("site-a"));
+    let mut cfg = Config::new(name.clone());
+    cfg.trust = common::fleet().trust(id.clone(), Rules::default());
+    let kiosk = Node::open(bare.into_store(), cfg, boot(2)).unwrap();
+    assert_eq!(kiosk.actor(), first, "the unsigned actor is adopted");
+    let mut net = Net::with_identities(vec![common::cloud(&nm("cloud")), id.clone()]);
+    net.nodes[1] = kiosk;
+    net.connect(0, 1);
+    net.settle();
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert_eq!(
+        net.nodes[0].json(&d, false).unwrap(),
+        Some(json!({"mode": "offline"}))
+    );
+    // Another key: another actor.
+    let store = std::mem::replace(
+        &mut net.nodes[1],
+        Node::open(MemStore::new(), Config::new(nm("x")), boot(9)).unwrap(),
+    )
+    .into_store();
+    let mut cfg = Config::new(name.clone());
+    cfg.trust = Fleet::new([2; 32]).trust(id, Rules::default());
+    let rekeyed = Node::open(store, cfg, boot(3)).unwrap();
+    assert_ne!(rekeyed.actor(), first, "a new key takes a new actor");
+}

@@ -100,7 +100,8 @@ pub async fn run() -> anyhow::Result<()> {
         ("gw-1", Role::Gateway),
         ("gw-2", Role::Gateway),
     ];
-    let fleet = LocalFleet::create(&dir.join("pki"), &nodes, Some("demo"))?;
+    // One site: the gateways write (and every node holds) its documents.
+    let fleet = LocalFleet::create(&dir.join("pki"), &nodes, Some("site-a"))?;
     println!(
         "fleet CA and certificates for cloud, gw-1, gw-2 in {}",
         fleet.pki_dir().display()
@@ -121,8 +122,8 @@ pub async fn run() -> anyhow::Result<()> {
     let (c, g1, g2) = (cloud.handle(), gw1.handle(), gw2.handle());
     let t0 = 1_700_000_000_000i64;
     for i in 0..10 {
-        for (node, site, base) in [(&g1, "a", 20.0), (&g2, "b", 18.0)] {
-            let (doc, id) = (format!("site-{site}/temp-1"), format!("{site}-{i}"));
+        for (node, sensor, base) in [(&g1, 1, 20.0), (&g2, 2, 18.0)] {
+            let (doc, id) = (format!("site-a/temp-{sensor}"), format!("s{sensor}-{i}"));
             ingest(node, &doc, &id, t0 + i, base + i as f64 / 10.0).await?;
         }
     }

@@ -602,17 +602,19 @@ impl<S: Store> Node<S> {
                 last_stop_clean = !m.running;
                 // Epoch 0: a store from before stable actors, whose actor cannot be rebuilt. A
                 // new signing key: a node actor stays bound to the key its statement names.
-                // (An open without a signer, such as `edgesync check`, authors nothing to sync
-                // and keeps the binding it found.)
+                // An open without a signer (`edgesync check`, a node not provisioned yet) keeps
+                // the binding it found. The first open with a signer adopts the actor that wrote
+                // without one (those are this node's own changes: its statement proves them);
+                // only a change from one key to another takes a new epoch.
                 let signs = cfg.trust.signer.is_some();
                 let key = if signs {
                     cfg.trust.key_id()
                 } else {
                     m.author_key
                 };
-                let new_actor = m.actor_epoch == 0
-                    || (m.running && !cfg.keep_actor_after_crash)
-                    || m.author_key != key;
+                let rebound = m.author_key != key && m.author_key != [0; 32];
+                let new_actor =
+                    m.actor_epoch == 0 || (m.running && !cfg.keep_actor_after_crash) || rebound;
                 NodeMeta {
                     schema_version: LOGICAL_SCHEMA_VERSION,
                     incarnation: m.incarnation + 1,
