@@ -26,16 +26,26 @@
 //!
 //! # Example: two replicas synchronised by hand
 //!
+//! Each node needs a fleet identity to sync ([`Config::trust`]: who it is, how it signs, whom
+//! it believes; see [`trust`]). The shell makes it from certificates; this example uses the
+//! shared-secret fleet of the `testing` feature.
+//!
 //! ```
-//! use edgesync_proto::{Boot, Config, DocId, MemStore, Node, NodeName, Reading, SessionId};
+//! # #[cfg(feature = "testing")] fn main() {
+//! use edgesync_proto::trust::keyed::Fleet;
+//! use edgesync_proto::{Boot, Config, DocId, Identity, MemStore, Node, NodeName, Reading, Role, Rules, SessionId};
 //! use serde_json::json;
 //!
+//! let fleet = Fleet::new([7; 32]);
+//! let gw_id = Identity::new(NodeName::new("gw-1").unwrap(), Role::Gateway, Some("site-a"));
+//! let cloud_id = Identity::new(NodeName::new("cloud").unwrap(), Role::Cloud, None);
 //! let boot = |n: u8| Boot { nonce: [n; 16], new_store_id: [n; 16] };
-//! let open = |name: &str, n: u8| {
-//!     let cfg = Config::new(NodeName::new(name).unwrap());
+//! let open = |id: &Identity, n: u8| {
+//!     let mut cfg = Config::new(id.name.clone());
+//!     cfg.trust = fleet.trust(id.clone(), Rules::default());
 //!     Node::open(MemStore::new(), cfg, boot(n)).unwrap()
 //! };
-//! let (mut gw, mut cloud) = (open("gw-1", 1), open("cloud", 2));
+//! let (mut gw, mut cloud) = (open(&gw_id, 1), open(&cloud_id, 2));
 //! let doc = DocId::new("site-a/sensor-1").unwrap();
 //!
 //! // Ingest while offline; acknowledge once durable.
@@ -47,8 +57,8 @@
 //! assert!(gw.durable_seq() >= ingested.durable_at);
 //!
 //! // Connect (the transport authenticated each side) and pump frames until both are idle.
-//! let a = gw.connect(NodeName::new("cloud").unwrap(), 0);
-//! let b = cloud.connect(NodeName::new("gw-1").unwrap(), 0);
+//! let a = gw.connect(cloud_id.clone(), 0);
+//! let b = cloud.connect(gw_id.clone(), 0);
 //! fn flush(from: &mut Node<MemStore>, out: SessionId, to: &mut Node<MemStore>, inp: SessionId) -> bool {
 //!     from.store_mut().sync();
 //!     from.handle_durable(from.commit_seq());
@@ -68,6 +78,8 @@
 //! let view = cloud.sensor_view(&doc).unwrap().unwrap();
 //! assert_eq!(view.latest().unwrap().id, "r-1");
 //! assert_eq!(gw.peer_unacked(&NodeName::new("cloud").unwrap()), 0, "the cloud acknowledged all");
+//! # }
+//! # #[cfg(not(feature = "testing"))] fn main() {}
 //! ```
 #![warn(missing_docs)]
 
