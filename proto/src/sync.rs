@@ -173,7 +173,8 @@ pub(crate) struct Session {
     /// Documents this session cannot send until they change: their last changes are proven
     /// only by a signed change of the same actor this node has not received yet (it got the
     /// ancestors first: the signed one waited for a dependency, and its session ended). Its
-    /// sender sends it again, and then the document goes out.
+    /// sender sends it again, and then the document goes out. At most one entry per document
+    /// this node holds; an entry leaves when its document changes.
     unprovable: BTreeSet<DocId>,
     phase: Phase,
     opened_ms: u64,
