@@ -123,7 +123,7 @@ pub fn session(data: &[u8]) {
 /// Remote change validation: the bytes as a change, checked alone and against both kinds of
 /// document, then sent in a Changes frame (into a sensor document and a generic one).
 pub fn remote_change(data: &[u8]) {
-    if let Ok(change) = Change::try_from(data) {
+    if let Ok(change) = crate::chunk::parse(data, usize::MAX) {
         let _ = schema::check_checksum(data, &change);
         let _ = schema::check_shape(&change);
         let mut sensor = automerge::Automerge::new();
@@ -144,11 +144,8 @@ pub fn remote_change(data: &[u8]) {
         // A fleet member's own change: the bytes, when they are a well-formed change, are
         // written again under the peer's actor for the document and signed, so that what they
         // do reaches the checks after authorship.
-        let bytes = match Change::try_from(data) {
-            Ok(c)
-                if schema::check_checksum(data, &c).is_ok()
-                    && schema::check_actor_indices(&c).is_ok() =>
-            {
+        let bytes = match crate::chunk::parse(data, usize::MAX) {
+            Ok(c) if schema::check_checksum(data, &c).is_ok() => {
                 let mut e = c.decode();
                 e.actor_id = crate::id::doc_actor(PEER_ACTOR, &doc).to_automerge();
                 e.hash = None;
@@ -156,7 +153,7 @@ pub fn remote_change(data: &[u8]) {
             }
             _ => data.to_vec(),
         };
-        let hash = Change::try_from(bytes.as_slice()).map_or([0; 32], |c| c.hash().0);
+        let hash = crate::chunk::parse(&bytes, usize::MAX).map_or([0; 32], |c| c.hash().0);
         let author = Message::Author(AuthorStatement(signer.statement(&PEER_ACTOR)));
         node.handle_input(sid, &author.to_frame(), 1);
         let batch = Message::Changes(Changes {

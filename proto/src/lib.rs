@@ -84,6 +84,7 @@
 #![warn(missing_docs)]
 
 pub mod authz;
+pub mod chunk;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod dialer;

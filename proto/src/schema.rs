@@ -66,10 +66,14 @@ pub enum Refusal {
     /// The actor is not 16 bytes.
     #[error("change actor is not 16 bytes")]
     ActorLength,
-    /// An operation names an actor past the change's actor table, or the operation columns do
-    /// not decode (Automerge's parser lets both through, and expanding such a change panics).
+    /// An operation names an actor past the change's actor table (Automerge's parser lets it
+    /// through, and expanding such a change panics).
     #[error("change operations name an actor the change does not list")]
     ActorIndex,
+    /// An operation names an object, key or predecessor whose counter is past `u32::MAX`
+    /// (Automerge's parser panics on such a change).
+    #[error("change operations name an operation counter past 32 bits")]
+    CounterRange,
     /// Sequence number 0.
     #[error("change has sequence number 0")]
     SeqZero,
@@ -197,7 +201,7 @@ fn expand(change: &Change) -> Result<Option<Vec<Op>>, Refusal> {
     if is_genesis(change) {
         return Ok(None);
     }
-    check_actor_indices(change)?;
+    crate::chunk::check_parsed(change)?;
     Ok(Some(change.decode().operations))
 }
 
@@ -304,128 +308,6 @@ fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refu
         }
     }
     Ok(())
-}
-
-/// Every actor index in the change's actor columns (object, key and predecessor actors) is
-/// within its actor table (the author and `other_actor_ids`). Read from the chunk's columns
-/// (format: the Automerge binary format's change chunk) before anything expands the change.
-pub fn check_actor_indices(change: &Change) -> Result<(), Refusal> {
-    let actors = 1 + change.other_actor_ids().len() as u64;
-    match columns::max_actor_index(change.raw_bytes()) {
-        Some(max) if max.is_none_or(|m| m < actors) => Ok(()),
-        _ => Err(Refusal::ActorIndex),
-    }
-}
-
-/// A reader of the change chunk's layout, just far enough to find its actor columns.
-mod columns {
-    /// Column type of actor indices (the low three bits of a column spec).
-    const ACTOR: u64 = 1;
-    /// Bit of a column spec marking a deflated column (never in a change Automerge writes).
-    const DEFLATE: u64 = 8;
-
-    pub(super) struct Reader<'a>(pub(super) &'a [u8]);
-
-    impl<'a> Reader<'a> {
-        fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {
-            let n = usize::try_from(n).ok()?;
-            let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
-            self.0 = rest;
-            Some(head)
-        }
-
-        /// A LEB128 number's bits, how many bits it had, and its last byte.
-        fn leb(&mut self) -> Option<(u64, u32, u8)> {
-            let mut v: u64 = 0;
-            for i in 0..10u32 {
-                let b = *self.bytes(1)?.first()?;
-                v |= u64::from(b & 0x7f).checked_shl(7 * i)?;
-                if b & 0x80 == 0 {
-                    return Some((v, 7 * (i + 1), b));
-                }
-            }
-            None
-        }
-
-        pub(super) fn uleb(&mut self) -> Option<u64> {
-            self.leb().map(|(v, _, _)| v)
-        }
-
-        pub(super) fn sleb(&mut self) -> Option<i64> {
-            let (v, bits, last) = self.leb()?;
-            let v = v as i64;
-            // Sign-extend from the last byte's sign bit.
-            Some(if bits < 64 && last & 0x40 != 0 {
-                v | (-1i64 << bits)
-            } else {
-                v
-            })
-        }
-
-        fn skip_prefixed(&mut self) -> Option<()> {
-            let n = self.uleb()?;
-            self.bytes(n).map(|_| ())
-        }
-    }
-
-    /// The largest index in any actor column (`Some(None)` when there is none), or `None` if
-    /// the chunk's layout does not read.
-    pub(super) fn max_actor_index(raw: &[u8]) -> Option<Option<u64>> {
-        let mut r = Reader(raw);
-        r.bytes(4 + 4 + 1)?; // magic, checksum, chunk type
-        let len = r.uleb()?;
-        let mut r = Reader(r.bytes(len)?);
-        let deps = r.uleb()?;
-        r.bytes(deps.checked_mul(32)?)?;
-        r.skip_prefixed()?; // actor
-        r.uleb()?; // seq
-        r.uleb()?; // start op
-        r.sleb()?; // time
-        r.skip_prefixed()?; // message
-        for _ in 0..r.uleb()? {
-            r.skip_prefixed()?; // other actors
-        }
-        let count = r.uleb()?;
-        let mut specs = Vec::new();
-        for _ in 0..count.min(1024) {
-            specs.push((r.uleb()?, r.uleb()?));
-        }
-        if specs.len() as u64 != count {
-            return None;
-        }
-        let mut max = None;
-        for (spec, len) in specs {
-            let data = r.bytes(len)?;
-            if spec & 7 != ACTOR {
-                continue;
-            }
-            if spec & DEFLATE != 0 {
-                return None;
-            }
-            max = max.max(rle_max(data)?);
-        }
-        Some(max)
-    }
-
-    /// The largest value of a run-length encoded column of unsigned integers.
-    fn rle_max(data: &[u8]) -> Option<Option<u64>> {
-        let mut r = Reader(data);
-        let mut max = None;
-        while !r.0.is_empty() {
-            match r.sleb()? {
-                0 => {
-                    r.uleb()?; // a run of nulls
-                }
-                n if n > 0 => max = max.max(Some(r.uleb()?)),
-                n => {
-                    for _ in 0..n.unsigned_abs() {
-                        max = max.max(Some(r.uleb()?));
-                    }
-                }
-            }
-        }
-        Some(max)
-    }
 }
 
 /// Depth of an existing object of `doc` (its number of ancestors), `None` if it does not exist.
@@ -627,43 +509,5 @@ mod tests {
             check_in_doc(&c, &Automerge::new()),
             Err(Refusal::UnknownObject)
         );
-    }
-
-    fn uleb_bytes(mut v: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn sleb_bytes(mut v: i64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    proptest::proptest! {
-        // The column reader decodes LEB128 as the format encodes it (signed run lengths
-        // included), so honest changes are never misread.
-        #[test]
-        fn leb128_round_trips(u in proptest::prelude::any::<u64>(), i in proptest::prelude::any::<i64>()) {
-            let ub = uleb_bytes(u);
-            proptest::prop_assert_eq!(columns::Reader(&ub).uleb(), Some(u));
-            let sb = sleb_bytes(i);
-            proptest::prop_assert_eq!(columns::Reader(&sb).sleb(), Some(i));
-        }
     }
 }

@@ -958,7 +958,11 @@ impl<S: Store> Node<S> {
             from = last.order + 1;
             let changes = chunk
                 .iter()
-                .map(|c| Change::try_from(&c.bytes[..]).map_err(|e| load_err(e.to_string())))
+                // Parsed as remote bytes are: a store is input too, and a corrupted change
+                // must be a load error, not a panic.
+                .map(|c| {
+                    crate::chunk::parse(&c.bytes, usize::MAX).map_err(|e| load_err(e.to_string()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             am.apply_changes(changes)
                 .map_err(|e| load_err(e.to_string()))?;
