@@ -654,6 +654,129 @@ fn sigkill_mid_ingest_loses_no_acknowledged_reading() {
     ]);
 }
 
+/// `POST /v1/ingest` takes a batch (a JSON array, or NDJSON): one answer per reading, in
+/// order, once everything is durable; a bad reading gets its own error and does not stop the
+/// others; more than the batch limit is a 400.
+#[test]
+fn batched_ingest_answers_each_reading_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
+    let gw = Node::start(dir.path(), &pki, NodeSpec::named("gw-1"));
+    let ingest = format!("{}/v1/ingest", gw.api);
+    gw.ingest("site-a/t1", "held", 1, 1.0);
+    let reading = |doc: &str, id: &str, ts: i64| json!({"doc": doc, "id": id, "ts": ts, "fields": {"temp": 2.5}});
+    let batch = json!([
+        reading("site-a/t1", "b-1", 10),
+        reading("site-a/t2", "b-2", 11),
+        {"doc": "site-a/t1", "fields": {"temp": [1]}},
+        reading("site-a/t1", "b-3", 12),
+        {"doc": "site-a/t1", "id": "held", "ts": 1, "fields": {"temp": 1.0}},
+        {"doc": "site-a/t1", "id": "held", "ts": 1, "fields": {"temp": 9.0}},
+        reading("site-b/t1", "b-4", 13),
+        reading("site-a/t2", "b-5", 14),
+        "not a reading",
+        reading("site-a/t5", "f-1", 30),
+        reading("site-a/t5", "far", edgesync_proto::stream::TS_LIMIT_MS),
+        reading("site-a/t5", "f-2", 31),
+    ]);
+    let (status, v) = raw(
+        "POST",
+        &ingest,
+        "application/json",
+        batch.to_string().into_bytes(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let results = v["results"].as_array().expect("results");
+    let ids: Vec<Option<&str>> = results.iter().map(|r| r["id"].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            Some("b-1"),
+            Some("b-2"),
+            None,
+            Some("b-3"),
+            Some("held"),
+            Some("held"),
+            Some("b-4"),
+            Some("b-5"),
+            None,
+            Some("f-1"),
+            Some("far"),
+            Some("f-2")
+        ]
+    );
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap_or(200))
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 400, 200, 200, 409, 403, 200, 400, 200, 422, 200],
+        "{v}"
+    );
+    assert_eq!(results[0]["duplicate"], json!(false));
+    assert_eq!(results[4]["duplicate"], json!(true));
+    assert!(results[2]["error"].as_str().is_some_and(|e| !e.is_empty()));
+    // Answered once durable: every accepted reading is there.
+    let t1 = gw.reading_ids("site-a/t1");
+    for id in ["held", "b-1", "b-3"] {
+        assert!(t1.contains(id), "{id} in {t1:?}");
+    }
+    assert_eq!(
+        gw.reading_ids("site-a/t2"),
+        ["b-2", "b-5"].map(String::from).into()
+    );
+    // A document whose readings the core refuses together: each is tried alone.
+    assert_eq!(
+        gw.reading_ids("site-a/t5"),
+        ["f-1", "f-2"].map(String::from).into()
+    );
+
+    // NDJSON: one reading per line, blank lines skipped; a malformed line refuses the request.
+    let lines = format!(
+        "{}\n\n{}\n",
+        reading("site-a/t3", "n-1", 20),
+        reading("site-a/t3", "n-2", 21)
+    );
+    let (status, v) = raw("POST", &ingest, "application/x-ndjson", lines.into_bytes());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        gw.reading_ids("site-a/t3"),
+        ["n-1", "n-2"].map(String::from).into()
+    );
+    let (status, v) = raw(
+        "POST",
+        &ingest,
+        "application/x-ndjson",
+        b"{\"doc\":\n".to_vec(),
+    );
+    assert_eq!(status, 400, "{v}");
+    // NDJSON elsewhere is still refused.
+    let (status, _) = raw(
+        "PATCH",
+        &format!("{}/v1/docs/site-a/app", gw.api),
+        "application/x-ndjson",
+        b"{}".to_vec(),
+    );
+    assert_eq!(status, 415);
+
+    // Bounded: past the batch limit the whole request is refused; an empty batch is fine.
+    let many: Vec<Value> = (0..1001)
+        .map(|i| reading("site-a/t4", &format!("m-{i}"), i))
+        .collect();
+    let (status, v) = raw(
+        "POST",
+        &ingest,
+        "application/json",
+        Value::Array(many).to_string().into_bytes(),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(gw.reading_ids("site-a/t4").is_empty());
+    let (status, v) = raw("POST", &ingest, "application/json", b"[]".to_vec());
+    assert_eq!((status, v), (200, json!({"results": []})));
+}
+
 /// Hostile input to every endpoint gets a 4xx with a JSON error, and the node keeps serving;
 /// SIGTERM stops it cleanly and the store reopens.
 #[test]
@@ -674,7 +797,7 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     // Ingest bodies refused with 400.
     let bad_ingests: [&[u8]; 11] = [
         b"{not json",
-        b"[1,2]",
+        b"42",
         br#"{"fields":{"t":1}}"#,
         br#"{"doc":"../etc","fields":{"t":1}}"#,
         br#"{"doc":"a//b","fields":{"t":1}}"#,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -146,12 +146,14 @@ fn fresh_id(node: &str) -> String {
     format!("{node}-{}-{:016x}", os::now_ms(), os::random_u64())
 }
 
-async fn ingest(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let started = Instant::now();
-    let v = parse_body(body)?;
+/// Most readings in one batched ingest request (a JSON array or NDJSON lines).
+pub const INGEST_BATCH_MAX: usize = 1000;
+
+/// One reading of an ingest request, parsed: its document, id and reading.
+fn parse_reading(st: &AppState, v: &Value) -> Result<(DocId, Reading), ApiError> {
     let obj = v
         .as_object()
-        .ok_or_else(|| bad("body must be a JSON object"))?;
+        .ok_or_else(|| bad("a reading must be a JSON object"))?;
     for k in obj.keys() {
         if !matches!(k.as_str(), "doc" | "id" | "ts" | "fields") {
             return Err(bad(format!(
@@ -178,11 +180,14 @@ async fn ingest(State(st): State<AppState>, body: Result<Bytes, BytesRejection>)
     let fields = obj
         .get("fields")
         .ok_or_else(|| bad("\"fields\" (an object) is required"))?;
-    let reading = Reading::from_json(id.clone(), ts, fields).map_err(|e| bad(e.to_string()))?;
-    let out = st.node.ingest_async(doc.clone(), vec![reading]).await?;
-    metrics::counter!("edgesync_ingest_readings_total").increment(1);
-    metrics::histogram!("edgesync_ingest_seconds").record(started.elapsed().as_secs_f64());
-    let duplicate = match out.first() {
+    let reading = Reading::from_json(id, ts, fields).map_err(|e| bad(e.to_string()))?;
+    Ok((doc, reading))
+}
+
+/// The answer for one reading the core took: `{"doc", "id", "duplicate"}`, or 409 for an id
+/// already held with other content.
+fn ingest_answer(doc: &DocId, id: &str, out: Option<&IngestOutcome>) -> Result<Value, ApiError> {
+    let duplicate = match out {
         Some(IngestOutcome::Inserted) => false,
         Some(IngestOutcome::Duplicate) => true,
         Some(IngestOutcome::Conflict) => {
@@ -198,9 +203,162 @@ async fn ingest(State(st): State<AppState>, body: Result<Bytes, BytesRejection>)
             ))
         }
     };
-    Ok(Json(
-        json!({"doc": doc.as_str(), "id": id, "duplicate": duplicate}),
-    ))
+    Ok(json!({"doc": doc.as_str(), "id": id, "duplicate": duplicate}))
+}
+
+/// What an ingest request holds: one reading (a JSON object), or a batch (a JSON array, or
+/// `application/x-ndjson`: one JSON object per line).
+enum IngestBody {
+    One(Value),
+    Batch(Vec<Value>),
+}
+
+fn ingest_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<IngestBody, ApiError> {
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(super::guard::is_ndjson);
+    if !ndjson {
+        return match parse_body(body)? {
+            Value::Array(items) => Ok(IngestBody::Batch(items)),
+            v @ Value::Object(_) => Ok(IngestBody::One(v)),
+            _ => Err(bad(
+                "body must be a JSON object (one reading) or an array of readings",
+            )),
+        };
+    }
+    let body = body?;
+    let mut items = Vec::new();
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if items.len() == INGEST_BATCH_MAX {
+            return Err(too_many());
+        }
+        items.push(
+            serde_json::from_slice(line)
+                .map_err(|e| bad(format!("malformed JSON on line {}: {e}", n + 1)))?,
+        );
+    }
+    Ok(IngestBody::Batch(items))
+}
+
+fn too_many() -> ApiError {
+    bad(format!("a batch holds at most {INGEST_BATCH_MAX} readings"))
+}
+
+async fn ingest(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let started = Instant::now();
+    let items = match ingest_body(&headers, body)? {
+        IngestBody::One(v) => {
+            let (doc, reading) = parse_reading(&st, &v)?;
+            let id = reading.id.clone();
+            let out = st.node.ingest_async(doc.clone(), vec![reading]).await?;
+            metrics::counter!("edgesync_ingest_readings_total").increment(1);
+            metrics::histogram!("edgesync_ingest_seconds").record(started.elapsed().as_secs_f64());
+            return ingest_answer(&doc, &id, out.first()).map(Json);
+        }
+        IngestBody::Batch(items) => items,
+    };
+    if items.len() > INGEST_BATCH_MAX {
+        return Err(too_many());
+    }
+    let n = items.len();
+    let results = ingest_batch(&st, items).await;
+    metrics::counter!("edgesync_ingest_readings_total").increment(n as u64);
+    metrics::histogram!("edgesync_ingest_seconds").record(started.elapsed().as_secs_f64());
+    Ok(Json(json!({ "results": results })))
+}
+
+/// A per-reading error inside a batch's answer.
+fn item_error(e: ApiError, doc: Option<&DocId>, id: Option<&str>) -> Value {
+    let mut v = json!({"status": e.0.as_u16(), "error": e.1});
+    if let Some(doc) = doc {
+        v["doc"] = json!(doc.as_str());
+    }
+    if let Some(id) = id {
+        v["id"] = json!(id);
+    }
+    v
+}
+
+/// Ingests a batch: readings of one document go to the core together (one commit, one
+/// fsync shared with every other document's), all documents at once; answered, in order,
+/// once everything is durable. A document whose readings the core refuses together (one of
+/// them expired, say) has them ingested one by one, so that each reading gets its own answer.
+async fn ingest_batch(st: &AppState, items: Vec<Value>) -> Vec<Value> {
+    let mut results: Vec<Option<Value>> = vec![None; items.len()];
+    let mut groups: std::collections::BTreeMap<DocId, Vec<(usize, Reading)>> = Default::default();
+    for (i, v) in items.iter().enumerate() {
+        match parse_reading(st, v) {
+            Ok((doc, r)) => groups.entry(doc).or_default().push((i, r)),
+            Err(e) => results[i] = Some(item_error(e, None, v.get("id").and_then(Value::as_str))),
+        }
+    }
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|(doc, part)| {
+            let node = st.node.clone();
+            tokio::spawn(async move {
+                let readings: Vec<Reading> = part.iter().map(|(_, r)| r.clone()).collect();
+                let together = node.ingest_async(doc.clone(), readings).await;
+                let outs: Vec<(usize, Value)> = match together {
+                    Ok(out) => part
+                        .iter()
+                        .zip(out.iter().map(Some).chain(std::iter::repeat(None)))
+                        .map(|((i, r), o)| {
+                            let v = ingest_answer(&doc, &r.id, o)
+                                .unwrap_or_else(|e| item_error(e, Some(&doc), Some(&r.id)));
+                            (*i, v)
+                        })
+                        .collect(),
+                    Err(e) if part.len() == 1 => {
+                        let (i, r) = &part[0];
+                        vec![(*i, item_error(e.into(), Some(&doc), Some(&r.id)))]
+                    }
+                    Err(_) => {
+                        let mut outs = Vec::new();
+                        for (i, r) in &part {
+                            let v = match node.ingest_async(doc.clone(), vec![r.clone()]).await {
+                                Ok(out) => ingest_answer(&doc, &r.id, out.first()),
+                                Err(e) => Err(e.into()),
+                            };
+                            outs.push((
+                                *i,
+                                v.unwrap_or_else(|e| item_error(e, Some(&doc), Some(&r.id))),
+                            ));
+                        }
+                        outs
+                    }
+                };
+                outs
+            })
+        })
+        .collect();
+    for t in tasks {
+        match t.await {
+            Ok(outs) => {
+                for (i, v) in outs {
+                    results[i] = Some(v);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "an ingest task failed"),
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| json!({"status": 500, "error": "the reading was not processed"}))
+        })
+        .collect()
 }
 
 #[derive(serde::Deserialize)]

@@ -6,7 +6,8 @@
 //! 2. when an API token is set, `Authorization: Bearer <token>` (every route but `/healthz` and
 //!    `/metrics`); else 401;
 //! 3. a request with a body (POST, PUT, PATCH) declares a JSON content type: `application/json`
-//!    (any parameters, e.g. a charset), or `application/merge-patch+json` on PATCH; else 415.
+//!    (any parameters, e.g. a charset), `application/merge-patch+json` on PATCH, or
+//!    `application/x-ndjson` on `POST /v1/ingest`; else 415.
 //!    A browser sends `text/plain`, form types or no type at all without asking the server
 //!    first (a CORS "simple request"), so a JSON body under any of them is refused.
 
@@ -148,14 +149,23 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn is_json(content_type: &str, merge_patch: bool) -> bool {
-    let essence = content_type
+fn essence(content_type: &str) -> String {
+    content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+fn is_json(content_type: &str, merge_patch: bool) -> bool {
+    let essence = essence(content_type);
     essence == "application/json" || (merge_patch && essence == "application/merge-patch+json")
+}
+
+/// Whether a content type is newline-delimited JSON (taken by `POST /v1/ingest` only).
+pub(super) fn is_ndjson(content_type: &str) -> bool {
+    essence(content_type) == "application/x-ndjson"
 }
 
 fn refuse(status: StatusCode, msg: String) -> Response {
@@ -197,11 +207,15 @@ pub async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
             .get(header::CONTENT_TYPE)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        if !is_json(ct, *method == Method::PATCH) {
+        let ndjson_ok = *method == Method::POST && req.uri().path() == "/v1/ingest";
+        let accepted = is_json(ct, *method == Method::PATCH) || (ndjson_ok && is_ndjson(ct));
+        if !accepted {
             metrics::counter!("edgesync_api_refused_total", "reason" => "content-type")
                 .increment(1);
             let want = if *method == Method::PATCH {
                 "application/json or application/merge-patch+json"
+            } else if ndjson_ok {
+                "application/json or application/x-ndjson"
             } else {
                 "application/json"
             };
@@ -275,6 +289,8 @@ mod tests {
         assert!(is_json("Application/JSON; charset=utf-8", false));
         assert!(!is_json("application/merge-patch+json", false));
         assert!(is_json("application/merge-patch+json", true));
+        assert!(is_ndjson("application/x-ndjson; charset=utf-8"));
+        assert!(!is_ndjson("application/json"));
         for bad in [
             "text/plain",
             "",
