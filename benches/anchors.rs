@@ -421,7 +421,10 @@ fn http_ingest(rt: &tokio::runtime::Runtime, writers: usize, batch: u64, run: Du
                 if batch > 1 {
                     let v: serde_json::Value = r.body_mut().read_json().expect("JSON");
                     let results = v["results"].as_array().expect("results");
-                    assert!(results.len() as u64 == batch && results.iter().all(|r| r["status"].is_null()));
+                    assert!(
+                        results.len() as u64 == batch
+                            && results.iter().all(|r| r["status"].is_null())
+                    );
                 }
             }
         },

@@ -44,6 +44,19 @@ pub(crate) trait Prover {
 /// Bytes a signature entry costs in a Changes frame (index, author number, length, signature).
 const SIGNED_COST_BYTES: usize = 96;
 
+/// Bytes of one actor's changes in a section after which a change of it is signed even where
+/// it is not the actor's last there. A receiver can cut a run only at a signed change, and its
+/// peers' frame limits may be smaller than the sender's (down to `FRAME_BYTES_MIN`): with a
+/// signature at least every `SEAL_BYTES` (plus one change), every relay can forward what it
+/// received through any frame limit, and passes the same density on.
+const SEAL_BYTES: usize = 4 * 1024;
+
+/// What a change costs in a batch: its bytes, its framing, and the signatures it can add by the
+/// density rule (at most one per `SEAL_BYTES / 2` of an actor's changes).
+fn batch_cost(change_len: usize, doc: &DocId) -> usize {
+    change_len + 16 + doc.as_str().len() + (2 * change_len * SIGNED_COST_BYTES).div_ceil(SEAL_BYTES)
+}
+
 /// Identifies one session within a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u64);
@@ -599,8 +612,9 @@ impl Session {
         Ok(None)
     }
 
-    /// Adds each section's signatures (one per actor: its last change there), queueing first
-    /// the statements of authors this session has not yet sent.
+    /// Adds each section's signatures (per actor: its last change there, and the changes the
+    /// density rule chose, [`Seals`]), queueing first the statements of authors this session
+    /// has not yet sent.
     fn sign_batch(
         &mut self,
         out: BatchBuilder,
@@ -608,8 +622,12 @@ impl Session {
         gate: u64,
     ) -> Vec<DocChanges> {
         let mut docs = out.docs;
-        for (dc, heads) in docs.iter_mut().zip(out.heads) {
-            for (index, head) in heads.into_values() {
+        for ((dc, heads), seals) in docs.iter_mut().zip(out.heads).zip(out.seals) {
+            let mut to_sign: BTreeMap<u32, StoredChange> = heads.into_values().collect();
+            for s in seals.into_values() {
+                to_sign.extend(s.chosen);
+            }
+            for (index, head) in to_sign {
                 let Some(author) = head.author else { continue };
                 let number = match self.authors_out.get(&author) {
                     Some(n) => *n,
@@ -687,7 +705,7 @@ impl Session {
         while self.advance_cursor(store, docs, &*prover)? {
             let (doc, orders) = self.cursor.as_mut().expect("advance_cursor set it");
             let doc = doc.clone();
-            let mut run: Vec<StoredChange> = Vec::new();
+            let mut run: Vec<(StoredChange, bool)> = Vec::new();
             let mut run_bytes = 0;
             let mut unsealed: BTreeSet<Actor> = BTreeSet::new();
             while let Some(&order) = orders.front() {
@@ -714,7 +732,7 @@ impl Session {
                         self.send_frame_max
                     )));
                 }
-                let cost = change.bytes.len() + 16 + doc.as_str().len();
+                let cost = batch_cost(change.bytes.len(), &doc);
                 let after = out.bytes + run_bytes + cost;
                 if out.bytes + run_bytes > 0 && after > budget {
                     if run.is_empty() {
@@ -723,7 +741,7 @@ impl Session {
                     if after + SIGNED_COST_BYTES * unsealed.len() > frame_room as usize {
                         // The run cannot end on a provable change within one frame: give it
                         // back and send what is complete.
-                        for c in run.iter().rev() {
+                        for (c, _) in run.iter().rev() {
                             orders.push_front(c.order);
                         }
                         if out.docs.is_empty() {
@@ -735,15 +753,16 @@ impl Session {
                     }
                 }
                 orders.pop_front();
+                let sealable = change.actor != genesis && prover.sealable(&change);
                 if change.actor != genesis {
-                    if prover.sealable(&change) {
+                    if sealable {
                         unsealed.remove(&change.actor);
                     } else {
                         unsealed.insert(change.actor);
                     }
                 }
                 run_bytes += cost;
-                run.push(change);
+                run.push((change, sealable));
                 if unsealed.is_empty() {
                     out.add_run(&doc, std::mem::take(&mut run), run_bytes);
                     run_bytes = 0;
@@ -765,14 +784,50 @@ struct BatchBuilder {
     docs: Vec<DocChanges>,
     /// Per entry of `docs`: the last change of each actor (but the genesis actor) and its index.
     heads: Vec<BTreeMap<Actor, (u32, StoredChange)>>,
+    /// Per entry of `docs`: where each actor's other signatures go.
+    seals: Vec<BTreeMap<Actor, Seals>>,
     sent: BTreeMap<DocId, VectorClock>,
     bytes: usize,
     changes: u64,
 }
 
+/// One actor's signatures in a section besides its last change: the last sealable change
+/// before its changes since the previous signature pass `SEAL_BYTES`, once they are at least
+/// half of it (so at most one signature per `SEAL_BYTES / 2`). A receiver stores each
+/// signature, so what it can forward has the same density.
+#[derive(Default)]
+struct Seals {
+    /// The chosen changes: (index in the section, change without its bytes).
+    chosen: Vec<(u32, StoredChange)>,
+    /// Bytes of the actor's changes since its last chosen change.
+    since: usize,
+    /// The last sealable change since then, and `since` just after it.
+    candidate: Option<(u32, StoredChange, usize)>,
+}
+
+impl Seals {
+    fn add(&mut self, index: u32, change: &StoredChange, len: usize, sealable: bool) {
+        if self.since + len > SEAL_BYTES {
+            if let Some((i, c, at)) = self.candidate.take() {
+                if at >= SEAL_BYTES / 2 {
+                    self.chosen.push((i, c));
+                    self.since -= at;
+                } else {
+                    self.candidate = Some((i, c, at));
+                }
+            }
+        }
+        self.since += len;
+        if sealable {
+            self.candidate = Some((index, change.clone(), self.since));
+        }
+    }
+}
+
 impl BatchBuilder {
     /// Adds a run of `doc`'s changes that ends, for each of its actors, on a provable change.
-    fn add_run(&mut self, doc: &DocId, run: Vec<StoredChange>, cost: usize) {
+    /// `run` holds each change with whether it is sealable here.
+    fn add_run(&mut self, doc: &DocId, run: Vec<(StoredChange, bool)>, cost: usize) {
         if self.docs.last().is_none_or(|last| &last.doc != doc) {
             self.docs.push(DocChanges {
                 doc: doc.clone(),
@@ -780,18 +835,24 @@ impl BatchBuilder {
                 signed: Vec::new(),
             });
             self.heads.push(BTreeMap::new());
+            self.seals.push(BTreeMap::new());
         }
         let dc = self.docs.last_mut().expect("pushed");
         let heads = self.heads.last_mut().expect("pushed");
+        let seals = self.seals.last_mut().expect("pushed");
         let genesis = genesis_actor();
         let sent = self.sent.entry(doc.clone()).or_default();
         self.bytes += cost;
-        for mut c in run {
+        for (mut c, sealable) in run {
             self.changes += 1;
             sent.observe(c.actor, c.seq);
             let bytes = std::mem::take(&mut c.bytes);
             if c.actor != genesis {
                 let index = dc.changes.len() as u32;
+                seals
+                    .entry(c.actor)
+                    .or_default()
+                    .add(index, &c, bytes.len(), sealable);
                 if heads.insert(c.actor, (index, c)).is_none() {
                     self.bytes += SIGNED_COST_BYTES;
                 }

@@ -234,6 +234,8 @@ impl<S: Store> Node<S> {
             index.entry(c.hash()).or_insert(i);
         }
         let mut by: Vec<Option<By>> = vec![None; changes.len()];
+        // (actor, change) pairs walked: bounded by the section's changes times its actors.
+        let mut seen: std::collections::HashSet<(Actor, usize)> = std::collections::HashSet::new();
         for s in signed {
             let i = s.change as usize;
             let Some(c) = changes.get(i) else {
@@ -281,21 +283,23 @@ impl<S: Store> Node<S> {
                     c.seq()
                 )));
             }
+            by[i] = Some(By::Remote {
+                author: author.node_actor,
+                sig: Some(s.sig.clone()),
+            });
             // Every change of this actor this one descends from (within the section) is the
-            // author's too: a change's hash covers its dependencies' hashes.
+            // author's too: a change's hash covers its dependencies' hashes. A change another
+            // signature of this actor reached was walked below already.
             let mut stack = vec![i];
-            let mut seen = vec![false; changes.len()];
             while let Some(k) = stack.pop() {
-                if std::mem::replace(&mut seen[k], true) {
+                if !seen.insert((actor, k)) {
                     continue;
                 }
                 let ck = &changes[k];
-                if k == i
-                    || (by[k].is_none() && Actor::from_automerge(ck.actor_id()) == Some(actor))
-                {
+                if by[k].is_none() && Actor::from_automerge(ck.actor_id()) == Some(actor) {
                     by[k] = Some(By::Remote {
                         author: author.node_actor,
-                        sig: (k == i).then(|| s.sig.clone()),
+                        sig: None,
                     });
                 }
                 stack.extend(ck.deps().iter().filter_map(|d| index.get(d).copied()));
