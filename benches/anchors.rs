@@ -18,6 +18,8 @@
 //!    (b) fresh sync states on the same changes. Goal: <= 0.5x (a). Round trips: one-way
 //!    flights / 2, counted by running the same two stores in lockstep (every frame in flight
 //!    delivered at once) and Automerge's protocol the same way; goal: at most 2 in total.
+//!    Scaling: the same heal's bytes with 10,000 documents held against 1,000 (20 changed in
+//!    both; `--quick` keeps the counts with one shared change each). Goal: <= 1.2x.
 //! 4. Full sync to an empty peer over QUIC into RocksDB (fsync), changes/s, against Automerge
 //!    alone parsing and applying the same change bytes in memory. Goal: >= 0.5x.
 //! 5. Memory: peak RSS (VmHWM) of an `edgesync run` process holding sensor documents after
@@ -39,7 +41,7 @@
 //!    <= 1x); the ingest rate of the last tenth against the first tenth's (goal >= 0.8x).
 //!
 //! `--quick` shrinks the workloads (the row names say the sizes) to finish in minutes;
-//! `--longevity-only` runs rows 7 and 8 alone; `--long N` sets row 8's readings.
+//! `--longevity-only` runs rows 7 and 8 alone; `--scaling-only` the scaling row of row 3; `--long N` sets row 8's readings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -686,6 +688,60 @@ fn reconciliation(
     }
 }
 
+/// Bytes of the heal after a partition over QUIC: `docs` documents with `shared` changes each
+/// held by both sides, then `changed` documents changed on each side (10 changes each).
+fn heal_bytes(rt: &tokio::runtime::Runtime, docs: usize, shared: usize, changed: usize) -> u64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fleet = fleet(dir.path(), &["a", "b"]);
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let ids = doc_ids("r3s", docs);
+    {
+        let n = node(&fleet, &da, "a", Durability::Wal);
+        fill(&n.handle(), &ids, shared, 1, "s");
+        n.shutdown();
+    }
+    rt.block_on(async {
+        let (a, b) = start_pair(&fleet, &da, &db).await;
+        wait_synced(&a.handle(), &b.handle(), "b", 0).await;
+        b.shutdown().await;
+        a.shutdown().await;
+    });
+    {
+        let n = node(&fleet, &da, "a", Durability::Wal);
+        fill(&n.handle(), &ids[..changed], 10, 1, "pa");
+        n.shutdown();
+        let n = node(&fleet, &db, "b", Durability::Wal);
+        fill(&n.handle(), &ids[docs - changed..], 10, 1, "pb");
+        n.shutdown();
+    }
+    rt.block_on(async {
+        let (a, b) = start_pair(&fleet, &da, &db).await;
+        let bytes = wait_synced(&a.handle(), &b.handle(), "b", (changed * 10) as u64).await;
+        b.shutdown().await;
+        a.shutdown().await;
+        bytes
+    })
+}
+
+/// Scaling: what a heal costs follows what changed, not what is held.
+fn scaling_row(rt: &tokio::runtime::Runtime, quick: bool, reps: usize) -> Row {
+    let shared = if quick { 1 } else { 5 };
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    for _ in 0..reps.min(3) {
+        small.push(heal_bytes(rt, 1_000, shared, 10) as f64);
+        large.push(heal_bytes(rt, 10_000, shared, 10) as f64);
+    }
+    Row {
+        name: format!(
+            "3. scaling: reconciliation bytes, 10,000 docs vs 1,000 docs ({shared} shared changes each, 10+10 docs changed)"
+        ),
+        unit: "bytes",
+        ours: median(large),
+        anchor: median(small),
+        goal: Goal::RatioAtMost(1.2),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row 4: full sync to an empty peer.
 
@@ -1105,6 +1161,10 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut rows = Vec::new();
+    if args.iter().any(|a| a == "--scaling-only") {
+        scaling_row(&rt, quick, reps).print();
+        return;
+    }
     // Row 7 runs first, in a fresh process, so that its RSS is its own.
     let (days7, keep7, marks7): (u64, u64, &[u64]) = if quick {
         (3, 24, &[1, 2, 3])
@@ -1298,6 +1358,9 @@ fn main() {
         "row 3 done (initial sync of the shared history: {:.0} changes/s)",
         r3.initial_sync_changes_per_s
     );
+
+    rows.push(scaling_row(&rt, quick, reps));
+    eprintln!("row 3 scaling done");
 
     let (docs4, changes4) = if quick { (20, 500) } else { (100, 1000) };
     let (ours4, anchor4) = full_sync(&rt, docs4, changes4, 3);
