@@ -654,6 +654,89 @@ fn sigkill_mid_ingest_loses_no_acknowledged_reading() {
     ]);
 }
 
+/// A container needs no configuration file: `edgesync config check` validates the environment
+/// alone and prints the effective settings, refuses a bad value with exit status 1, and
+/// `edgesync run` serves from the same environment.
+#[test]
+fn a_node_runs_from_the_environment_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
+    let file = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    let data = dir.path().join("data").to_str().unwrap().to_string();
+    let env: Vec<(&str, String)> = vec![
+        ("EDGESYNC_NAME", "gw-1".into()),
+        ("EDGESYNC_DATA_DIR", data),
+        ("EDGESYNC_TLS_CA", file("ca.crt")),
+        ("EDGESYNC_TLS_CERT", file("gw-1.crt")),
+        ("EDGESYNC_TLS_KEY", file("gw-1.key")),
+        ("EDGESYNC_TLS_CRL", file("crl.pem")),
+        ("EDGESYNC_API", "127.0.0.1:0".into()),
+        (
+            "EDGESYNC_PEERS",
+            "gw-1=127.0.0.1:1, cloud=127.0.0.1:9".into(),
+        ),
+        ("EDGESYNC_KEEP_HOURS", "48".into()),
+    ];
+    let command = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(args).env_remove("EDGESYNC_CONFIG");
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c
+    };
+    let out = command(&["config", "check"], &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON settings");
+    assert_eq!(v["name"], "gw-1");
+    assert_eq!(v["retention"]["keep_hours"], 48);
+    assert_eq!(
+        v["peers"],
+        json!([{"name": "cloud", "addr": "127.0.0.1:9"}])
+    );
+    let out = command(
+        &["config", "check"],
+        &[("EDGESYNC_DURABILITY", "sometimes")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("durability"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = command(&["config", "check"], &[("EDGESYNC_NAME", "")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EDGESYNC_NAME"));
+
+    // `run` from the same environment serves.
+    let mut child = command(&["run"], &[("EDGESYNC_PEERS", "")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let api = format!("http://{}", ready["api"].as_str().unwrap());
+    let health = try_request("GET", &format!("{api}/healthz"), None).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(health.0, 200, "{health:?}");
+}
+
 /// `POST /v1/ingest` takes a batch (a JSON array, or NDJSON): one answer per reading, in
 /// order, once everything is durable; a bad reading gets its own error and does not stop the
 /// others; more than the batch limit is a 400.

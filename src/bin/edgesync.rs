@@ -25,9 +25,15 @@ struct Cli {
 enum Command {
     /// Run a node until SIGTERM or SIGINT.
     Run {
-        /// The node's TOML configuration.
-        #[arg(long)]
-        config: PathBuf,
+        /// The node's TOML configuration; without one every required setting comes from the
+        /// environment (EDGESYNC_NAME, EDGESYNC_DATA_DIR, EDGESYNC_TLS_CA, ..._CERT, ..._KEY).
+        #[arg(long, env = "EDGESYNC_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The configuration: check it without starting a node.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// A cloud and two gateways on loopback in this process: ingest, cut a gateway's uplink,
     /// ingest on both sides, heal, and show convergence.
@@ -115,6 +121,28 @@ enum Command {
         #[arg(long, default_value = "fsync")]
         durability: Durability,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration with the environment's overrides applied, and print the
+    /// effective settings as JSON; exit 1 with the reason if they are invalid.
+    Check {
+        /// The TOML configuration; without one, the environment alone.
+        #[arg(long, env = "EDGESYNC_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Settings from `config` (if any) and the process environment.
+fn settings(config: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    let env = |k: &str| std::env::var(k).ok();
+    Ok(match config {
+        Some(path) => Settings::load(path, &env)?,
+        None => Settings::from_env(&env).map_err(|e| {
+            anyhow::Error::new(e).context("no --config given; settings from the environment")
+        })?,
+    })
 }
 
 /// The API token, for a node whose API requires one.
@@ -318,7 +346,7 @@ fn print_get(url: &str, token: &TokenArg) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
-            let settings = Settings::load(&config, &|k| std::env::var(k).ok())?;
+            let settings = settings(config.as_deref())?;
             init_logs(settings.log_format, "info");
             exit_on_panic();
             runtime()?.block_on(edgesync::daemon::run(settings))
@@ -388,6 +416,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { api, token } => print_get(&endpoint(&api, "/v1/status"), &token),
         Command::Check { data_dir, name } => check(data_dir, &name),
         Command::Pki { command } => pki_command(command),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let s = settings(config.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&s.to_json())?);
+            Ok(())
+        }
         Command::DebugPanic => {
             exit_on_panic();
             let _ = std::thread::spawn(|| panic!("planted panic"));

@@ -159,13 +159,16 @@ fn default_durability() -> String {
     "fsync".into()
 }
 
-/// The configuration file.
+/// The configuration file. `name`, `data_dir` and `[tls]` are required, in the file or from
+/// the environment ([`ENV_VARS`]); with all of them in the environment no file is needed.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The node's name; must equal the name in its certificate.
+    #[serde(default)]
     pub name: String,
     /// Data directory (RocksDB).
+    #[serde(default)]
     pub data_dir: PathBuf,
     /// QUIC listen address; absent for a node that only dials out.
     #[serde(default)]
@@ -191,6 +194,7 @@ pub struct Config {
     #[serde(default)]
     pub log_format: LogFormat,
     /// TLS material.
+    #[serde(default)]
     pub tls: TlsFiles,
     /// Peers to dial.
     #[serde(default)]
@@ -208,6 +212,29 @@ pub struct Config {
     /// gateways and edge nodes their site's documents). The same on every node of a fleet.
     #[serde(default)]
     pub rules: Vec<RuleEntry>,
+}
+
+impl Default for Config {
+    /// The configuration of an empty file (which lacks the required settings).
+    fn default() -> Config {
+        Config {
+            name: String::new(),
+            data_dir: PathBuf::new(),
+            listen: None,
+            api: default_api(),
+            metrics: None,
+            api_token_file: None,
+            api_hosts: Vec::new(),
+            durability: default_durability(),
+            log_format: LogFormat::Auto,
+            tls: TlsFiles::default(),
+            peers: Vec::new(),
+            sync: SyncSection::default(),
+            streams: StreamsSection::default(),
+            retention: RetentionSection::default(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// The configuration, checked and with environment overrides applied.
@@ -355,6 +382,14 @@ pub enum SettingsError {
     /// A peer is listed twice.
     #[error("peers: {0} listed twice")]
     PeerTwice(NodeName),
+    /// A required setting is in neither the file nor the environment.
+    #[error("{key} is required (in the configuration file, or {var})")]
+    Missing {
+        /// The key.
+        key: &'static str,
+        /// Its environment variable.
+        var: &'static str,
+    },
     /// A peer's address lacks a port.
     #[error("peers: {peer}: address {addr:?} needs host:port")]
     PeerAddress {
@@ -367,6 +402,87 @@ pub enum SettingsError {
 
 /// The environment variables read, for overrides (name, value).
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Every environment override: (variable, the configuration key it sets, its format). An
+/// override replaces the file's value; an empty variable is ignored (but for the lists, where
+/// it empties the list). The README's table lists the same (a test checks).
+pub const ENV_VARS: &[(&str, &str, &str)] = &[
+    ("EDGESYNC_NAME", "name", "a node name"),
+    ("EDGESYNC_DATA_DIR", "data_dir", "a path"),
+    (
+        "EDGE_STORAGE_DIR",
+        "data_dir",
+        "a path (the seed's name; EDGESYNC_DATA_DIR wins)",
+    ),
+    ("EDGESYNC_LISTEN", "listen", "host:port, or `none`"),
+    ("EDGESYNC_API", "api", "host:port"),
+    ("EDGESYNC_METRICS", "metrics", "host:port, or `none`"),
+    (
+        "METRICS_PORT",
+        "metrics",
+        "a port, on the API's host (the seed's name)",
+    ),
+    ("EDGESYNC_API_TOKEN_FILE", "api_token_file", "a path"),
+    (
+        "EDGESYNC_API_HOSTS",
+        "api_hosts",
+        "host names, comma-separated",
+    ),
+    ("EDGESYNC_DURABILITY", "durability", "`fsync` or `wal`"),
+    (
+        "EDGESYNC_LOG_FORMAT",
+        "log_format",
+        "`auto`, `human` or `json`",
+    ),
+    ("EDGESYNC_TLS_CA", "tls.ca", "a path"),
+    ("EDGESYNC_TLS_CERT", "tls.cert", "a path"),
+    ("EDGESYNC_TLS_KEY", "tls.key", "a path"),
+    ("EDGESYNC_TLS_CRL", "tls.crl", "a path, or `none`"),
+    (
+        "EDGESYNC_PEERS",
+        "peers",
+        "`name=host:port`, comma-separated (this node's own entry is skipped)",
+    ),
+    ("EDGESYNC_RETRY_BASE_MS", "sync.retry_base_ms", "ms"),
+    (
+        "SYNC_RETRY_BASE_MS",
+        "sync.retry_base_ms",
+        "ms (the seed's name; EDGESYNC_RETRY_BASE_MS wins)",
+    ),
+    ("EDGESYNC_RETRY_CAP_MS", "sync.retry_cap_ms", "ms"),
+    (
+        "EDGESYNC_BREAKER_FAILURES",
+        "sync.breaker_failures",
+        "a count",
+    ),
+    ("EDGESYNC_KEEP_ALIVE_MS", "sync.keep_alive_ms", "ms"),
+    ("EDGESYNC_IDLE_TIMEOUT_MS", "sync.idle_timeout_ms", "ms"),
+    (
+        "EDGESYNC_BUCKET_MINUTES",
+        "streams.bucket_minutes",
+        "minutes",
+    ),
+    (
+        "EDGESYNC_KEEP_HOURS",
+        "retention.keep_hours",
+        "hours, or `none`",
+    ),
+    (
+        "EDGESYNC_PRUNE_AFTER_ACK",
+        "retention.prune_after_ack",
+        "node names, comma-separated",
+    ),
+    (
+        "EDGESYNC_PRUNE_GRACE_MINUTES",
+        "retention.prune_grace_minutes",
+        "minutes",
+    ),
+    (
+        "EDGESYNC_RULES",
+        "rules",
+        "a JSON array of rule objects (`role`, `site`, `docs`, `access`)",
+    ),
+];
 
 impl Settings {
     /// Settings for embedding: the configuration file's defaults (API on `127.0.0.1:8401`, no
@@ -407,15 +523,8 @@ impl Settings {
         c
     }
 
-    /// Reads and checks `path`, then applies overrides from `env`: `EDGE_STORAGE_DIR`
-    /// (data_dir), `METRICS_PORT` (a metrics listener on the API's host), `SYNC_RETRY_BASE_MS`
-    /// (sync.retry_base_ms), `EDGESYNC_BUCKET_MINUTES` (streams.bucket_minutes),
-    /// `EDGESYNC_KEEP_HOURS` (retention.keep_hours), `EDGESYNC_PRUNE_AFTER_ACK`
-    /// (retention.prune_after_ack, comma-separated), `EDGESYNC_API_TOKEN_FILE`
-    /// (api_token_file), `EDGESYNC_API_HOSTS` (api_hosts, comma-separated),
-    /// `EDGESYNC_LOG_FORMAT` (log_format).
-    /// `LOG_LEVEL` is read by the
-    /// logger.
+    /// Reads and checks `path`, then applies the overrides of [`ENV_VARS`] from `env`.
+    /// `LOG_LEVEL` is read by the logger.
     pub fn load(path: &Path, env: Env<'_>) -> Result<Settings, ConfigError> {
         let path_buf = || path.to_path_buf();
         let read = |source| ConfigError::Read {
@@ -438,6 +547,62 @@ impl Settings {
         })
     }
 
+    /// Settings from the environment alone ([`ENV_VARS`]; a container without a configuration
+    /// file): the defaults of an empty file with the overrides applied; relative paths are
+    /// relative to the working directory.
+    pub fn from_env(env: Env<'_>) -> Result<Settings, SettingsError> {
+        Settings::from_config(Config::default(), Path::new("."), env)
+    }
+
+    /// The effective settings as JSON (what `edgesync config check` prints).
+    pub fn to_json(&self) -> serde_json::Value {
+        let path = |p: &Path| p.display().to_string();
+        serde_json::json!({
+            "name": self.name.as_str(),
+            "data_dir": path(&self.data_dir),
+            "listen": self.listen.map(|a| a.to_string()),
+            "api": self.api.to_string(),
+            "metrics": self.metrics.map(|a| a.to_string()),
+            "api_token_file": self.api_token_file.as_deref().map(path),
+            "api_hosts": self.api_hosts,
+            "durability": match self.durability {
+                Durability::Fsync => "fsync",
+                Durability::Wal => "wal",
+            },
+            "log_format": match self.log_format {
+                LogFormat::Auto => "auto",
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            },
+            "tls": {
+                "ca": path(&self.tls.ca),
+                "cert": path(&self.tls.cert),
+                "key": path(&self.tls.key),
+                "crl": self.tls.crl.as_deref().map(path),
+            },
+            "peers": self.peers.iter().map(|p| serde_json::json!({"name": p.name.as_str(), "addr": p.addr})).collect::<Vec<_>>(),
+            "sync": {
+                "retry_base_ms": self.retry.base_ms,
+                "retry_cap_ms": self.retry.cap_ms,
+                "breaker_failures": self.retry.breaker_failures,
+                "keep_alive_ms": self.net.keep_alive.as_millis() as u64,
+                "idle_timeout_ms": self.net.idle_timeout.as_millis() as u64,
+            },
+            "streams": {"bucket_minutes": self.bucket_ms / 60_000},
+            "retention": {
+                "keep_hours": self.keep_ms.map(|ms| ms / 3_600_000),
+                "prune_after_ack": self.prune_after_ack.iter().map(NodeName::as_str).collect::<Vec<_>>(),
+                "prune_grace_minutes": self.prune_grace_ms / 60_000,
+            },
+            "rules": self.rules.0.iter().map(|r| serde_json::json!({
+                "role": r.role.map(|x| x.to_string()),
+                "site": r.site,
+                "docs": r.docs.to_string(),
+                "access": if r.write { "read-write" } else { "read" },
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     /// Checks a parsed configuration; relative paths are joined to `base`.
     pub fn from_config(
         mut cfg: Config,
@@ -445,6 +610,32 @@ impl Settings {
         env: Env<'_>,
     ) -> Result<Settings, SettingsError> {
         apply_env(&mut cfg, env)?;
+        let required = [
+            (cfg.name.is_empty(), "name", "EDGESYNC_NAME"),
+            (
+                cfg.data_dir.as_os_str().is_empty(),
+                "data_dir",
+                "EDGESYNC_DATA_DIR",
+            ),
+            (
+                cfg.tls.ca.as_os_str().is_empty(),
+                "tls.ca",
+                "EDGESYNC_TLS_CA",
+            ),
+            (
+                cfg.tls.cert.as_os_str().is_empty(),
+                "tls.cert",
+                "EDGESYNC_TLS_CERT",
+            ),
+            (
+                cfg.tls.key.as_os_str().is_empty(),
+                "tls.key",
+                "EDGESYNC_TLS_KEY",
+            ),
+        ];
+        if let Some((_, key, var)) = required.into_iter().find(|r| r.0) {
+            return Err(SettingsError::Missing { key, var });
+        }
         let name = NodeName::new(cfg.name.clone()).map_err(SettingsError::Name)?;
         let durability: Durability = cfg.durability.parse().map_err(SettingsError::Durability)?;
         let s = &cfg.sync;
@@ -529,62 +720,165 @@ impl Settings {
     }
 }
 
-/// Applies the environment overrides to `cfg`.
+/// Applies the environment overrides ([`ENV_VARS`]) to `cfg`.
 fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
     let bad = |var, value: String, expected| SettingsError::Env {
         var,
         value,
         expected,
     };
-    if let Some(d) = env("EDGE_STORAGE_DIR").filter(|d| !d.is_empty()) {
-        cfg.data_dir = PathBuf::from(d);
-    }
-    if let Some(v) = env("SYNC_RETRY_BASE_MS").filter(|v| !v.is_empty()) {
-        cfg.sync.retry_base_ms = v
-            .parse()
-            .map_err(|_| bad("SYNC_RETRY_BASE_MS", v, "a number of ms"))?;
-    }
-    if let Some(v) = env("METRICS_PORT").filter(|v| !v.is_empty()) {
-        let port: u16 = v.parse().map_err(|_| bad("METRICS_PORT", v, "a port"))?;
-        cfg.metrics = Some(SocketAddr::new(cfg.api.ip(), port));
-    }
-    if let Some(v) = env("EDGESYNC_BUCKET_MINUTES").filter(|v| !v.is_empty()) {
-        cfg.streams.bucket_minutes = v
-            .parse()
-            .map_err(|_| bad("EDGESYNC_BUCKET_MINUTES", v, "a number of minutes"))?;
-    }
-    if let Some(v) = env("EDGESYNC_KEEP_HOURS").filter(|v| !v.is_empty()) {
-        cfg.retention.keep_hours = Some(
-            v.parse()
-                .map_err(|_| bad("EDGESYNC_KEEP_HOURS", v, "a number of hours"))?,
-        );
-    }
-    if let Some(v) = env("EDGESYNC_PRUNE_AFTER_ACK") {
-        cfg.retention.prune_after_ack = v
-            .split(',')
+    // A set, non-empty variable.
+    let get = |var: &str| {
+        env(var)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_string())
+    };
+    let list = |v: String| -> Vec<String> {
+        v.split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(String::from)
-            .collect();
+            .collect()
+    };
+    fn num<T: std::str::FromStr>(
+        get: &dyn Fn(&str) -> Option<String>,
+        var: &'static str,
+        expected: &'static str,
+    ) -> Result<Option<T>, SettingsError> {
+        get(var)
+            .map(|v| {
+                v.parse().map_err(|_| SettingsError::Env {
+                    var,
+                    value: v,
+                    expected,
+                })
+            })
+            .transpose()
     }
-    if let Some(v) = env("EDGESYNC_API_TOKEN_FILE").filter(|v| !v.is_empty()) {
+    let addr = |var: &'static str| -> Result<Option<Option<SocketAddr>>, SettingsError> {
+        get(var)
+            .map(|v| {
+                if v == "none" {
+                    Ok(None)
+                } else {
+                    v.parse()
+                        .map(Some)
+                        .map_err(|_| bad(var, v, "host:port (an IP address and a port) or none"))
+                }
+            })
+            .transpose()
+    };
+    if let Some(v) = get("EDGESYNC_NAME") {
+        cfg.name = v;
+    }
+    if let Some(d) = get("EDGESYNC_DATA_DIR").or_else(|| get("EDGE_STORAGE_DIR")) {
+        cfg.data_dir = PathBuf::from(d);
+    }
+    if let Some(a) = addr("EDGESYNC_LISTEN")? {
+        cfg.listen = a;
+    }
+    if let Some(a) = addr("EDGESYNC_API")? {
+        cfg.api = a.ok_or_else(|| bad("EDGESYNC_API", "none".into(), "host:port"))?;
+    }
+    if let Some(a) = addr("EDGESYNC_METRICS")? {
+        cfg.metrics = a;
+    } else if let Some(port) = num::<u16>(&get, "METRICS_PORT", "a port")? {
+        cfg.metrics = Some(SocketAddr::new(cfg.api.ip(), port));
+    }
+    if let Some(v) = get("EDGESYNC_API_TOKEN_FILE") {
         cfg.api_token_file = Some(PathBuf::from(v));
     }
     if let Some(v) = env("EDGESYNC_API_HOSTS") {
-        cfg.api_hosts = v
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(String::from)
-            .collect();
+        cfg.api_hosts = list(v);
     }
-    if let Some(v) = env("EDGESYNC_LOG_FORMAT").filter(|v| !v.is_empty()) {
+    if let Some(v) = get("EDGESYNC_DURABILITY") {
+        cfg.durability = v;
+    }
+    if let Some(v) = get("EDGESYNC_LOG_FORMAT") {
         cfg.log_format = match v.as_str() {
             "auto" => LogFormat::Auto,
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
             _ => return Err(bad("EDGESYNC_LOG_FORMAT", v, "auto, human or json")),
         };
+    }
+    if let Some(v) = get("EDGESYNC_TLS_CA") {
+        cfg.tls.ca = PathBuf::from(v);
+    }
+    if let Some(v) = get("EDGESYNC_TLS_CERT") {
+        cfg.tls.cert = PathBuf::from(v);
+    }
+    if let Some(v) = get("EDGESYNC_TLS_KEY") {
+        cfg.tls.key = PathBuf::from(v);
+    }
+    if let Some(v) = get("EDGESYNC_TLS_CRL") {
+        cfg.tls.crl = (v != "none").then(|| PathBuf::from(v));
+    }
+    if let Some(v) = env("EDGESYNC_PEERS") {
+        let mut peers = Vec::new();
+        for entry in list(v) {
+            let Some((name, addr)) = entry.split_once('=') else {
+                return Err(bad(
+                    "EDGESYNC_PEERS",
+                    entry,
+                    "name=host:port entries, comma-separated",
+                ));
+            };
+            // One list serves every replica of a StatefulSet: each skips its own entry.
+            if name.trim() == cfg.name {
+                continue;
+            }
+            peers.push(PeerEntry {
+                name: name.trim().to_string(),
+                addr: addr.trim().to_string(),
+            });
+        }
+        cfg.peers = peers;
+    }
+    if let Some(v) = num(&get, "EDGESYNC_RETRY_BASE_MS", "a number of ms")? {
+        cfg.sync.retry_base_ms = v;
+    } else if let Some(v) = num(&get, "SYNC_RETRY_BASE_MS", "a number of ms")? {
+        cfg.sync.retry_base_ms = v;
+    }
+    if let Some(v) = num(&get, "EDGESYNC_RETRY_CAP_MS", "a number of ms")? {
+        cfg.sync.retry_cap_ms = v;
+    }
+    if let Some(v) = num(&get, "EDGESYNC_BREAKER_FAILURES", "a count")? {
+        cfg.sync.breaker_failures = v;
+    }
+    if let Some(v) = num(&get, "EDGESYNC_KEEP_ALIVE_MS", "a number of ms")? {
+        cfg.sync.keep_alive_ms = v;
+    }
+    if let Some(v) = num(&get, "EDGESYNC_IDLE_TIMEOUT_MS", "a number of ms")? {
+        cfg.sync.idle_timeout_ms = v;
+    }
+    if let Some(v) = num(&get, "EDGESYNC_BUCKET_MINUTES", "a number of minutes")? {
+        cfg.streams.bucket_minutes = v;
+    }
+    if let Some(v) = get("EDGESYNC_KEEP_HOURS") {
+        cfg.retention.keep_hours = if v == "none" {
+            None
+        } else {
+            Some(
+                v.parse()
+                    .map_err(|_| bad("EDGESYNC_KEEP_HOURS", v, "a number of hours or none"))?,
+            )
+        };
+    }
+    if let Some(v) = env("EDGESYNC_PRUNE_AFTER_ACK") {
+        cfg.retention.prune_after_ack = list(v);
+    }
+    if let Some(v) = num(&get, "EDGESYNC_PRUNE_GRACE_MINUTES", "a number of minutes")? {
+        cfg.retention.prune_grace_minutes = v;
+    }
+    if let Some(v) = get("EDGESYNC_RULES") {
+        cfg.rules = serde_json::from_str(&v).map_err(|_| {
+            bad(
+                "EDGESYNC_RULES",
+                v,
+                "a JSON array of {\"role\", \"site\", \"docs\", \"access\"} objects",
+            )
+        })?;
     }
     Ok(())
 }
@@ -864,5 +1158,124 @@ addr = "127.0.0.1:7400"
         })
         .unwrap_err();
         assert!(e.contains("EDGESYNC_KEEP_HOURS"), "{e}");
+    }
+
+    // The README's table of overrides is ENV_VARS, row for row.
+    #[test]
+    fn the_readme_lists_every_override() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<(String, String)> = readme
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let var = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                let key = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+                (var.chars().all(|c| c.is_ascii_uppercase() || c == '_') && var.contains('_'))
+                    .then(|| (var.to_string(), key.to_string()))
+            })
+            .collect();
+        let want: Vec<(String, String)> = ENV_VARS
+            .iter()
+            .map(|(v, k, _)| (v.to_string(), k.to_string()))
+            .collect();
+        assert_eq!(rows, want);
+    }
+
+    // Every override changes the settings (each set alone to a value unlike the default), and
+    // every configuration key has one.
+    #[test]
+    fn every_override_applies() {
+        let value = |var: &str| -> &str {
+            match var {
+                "EDGESYNC_NAME" => "gw-9",
+                "EDGESYNC_DATA_DIR" | "EDGE_STORAGE_DIR" => "/srv/data",
+                "EDGESYNC_LISTEN" => "127.0.0.1:7999",
+                "EDGESYNC_API" => "127.0.0.1:8999",
+                "EDGESYNC_METRICS" => "127.0.0.1:9999",
+                "METRICS_PORT" => "9100",
+                "EDGESYNC_API_TOKEN_FILE" => "/run/token",
+                "EDGESYNC_API_HOSTS" => "a.example,b.example",
+                "EDGESYNC_DURABILITY" => "wal",
+                "EDGESYNC_LOG_FORMAT" => "json",
+                "EDGESYNC_TLS_CA" | "EDGESYNC_TLS_CERT" | "EDGESYNC_TLS_KEY" => "/tls/x.pem",
+                "EDGESYNC_TLS_CRL" => "none",
+                "EDGESYNC_PEERS" => "cloud=10.0.0.1:7400,cloud-2=10.0.0.2:7400",
+                "EDGESYNC_RETRY_BASE_MS" | "SYNC_RETRY_BASE_MS" => "250",
+                "EDGESYNC_RETRY_CAP_MS" => "4000",
+                "EDGESYNC_BREAKER_FAILURES" => "9",
+                "EDGESYNC_KEEP_ALIVE_MS" => "2000",
+                "EDGESYNC_IDLE_TIMEOUT_MS" => "9000",
+                "EDGESYNC_BUCKET_MINUTES" => "15",
+                "EDGESYNC_KEEP_HOURS" => "48",
+                "EDGESYNC_PRUNE_AFTER_ACK" => "cloud",
+                "EDGESYNC_PRUNE_GRACE_MINUTES" => "30",
+                "EDGESYNC_RULES" => {
+                    r#"[{"role": "gateway", "docs": "shared/**", "access": "read"}]"#
+                }
+                v => panic!("no test value for {v}"),
+            }
+        };
+        // The example with a revocation list, so that `none` changes something.
+        let file = GOOD.replace(
+            "key = \"pki/gw-1.key\"\n",
+            "key = \"pki/gw-1.key\"\ncrl = \"pki/crl.pem\"\n",
+        );
+        let base = parse(&file, &|_| None).unwrap().to_json();
+        let mut keys_seen = std::collections::BTreeSet::new();
+        for (var, key, _) in ENV_VARS {
+            let env = |k: &str| (k == *var).then(|| value(var).to_string());
+            let got = parse(&file, &env)
+                .unwrap_or_else(|e| panic!("{var}: {e}"))
+                .to_json();
+            assert_ne!(got, base, "{var} changed nothing");
+            keys_seen.insert(key.split('.').next().unwrap().to_string());
+        }
+        // Every top-level key of the configuration is reachable from the environment.
+        let top: std::collections::BTreeSet<String> =
+            base.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys_seen, top);
+    }
+
+    // A container may have no file: the environment alone, with the required settings named.
+    #[test]
+    fn settings_from_the_environment_alone() {
+        let vars = [
+            ("EDGESYNC_NAME", "gw-1"),
+            ("EDGESYNC_DATA_DIR", "/data"),
+            ("EDGESYNC_TLS_CA", "/tls/ca.crt"),
+            ("EDGESYNC_TLS_CERT", "/tls/node.crt"),
+            ("EDGESYNC_TLS_KEY", "/tls/node.key"),
+            (
+                "EDGESYNC_PEERS",
+                "gw-1=gw-1.site:7400, cloud-0=cloud-0.cloud:7400, cloud-1=cloud-1.cloud:7400",
+            ),
+        ];
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(v, _)| *v == k)
+                .map(|(_, x)| x.to_string())
+        };
+        let s = Settings::from_env(&env).unwrap();
+        assert_eq!(s.name.as_str(), "gw-1");
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.peers[1].addr, "cloud-1.cloud:7400");
+        for (missing, key) in [
+            ("EDGESYNC_NAME", "name"),
+            ("EDGESYNC_DATA_DIR", "data_dir"),
+            ("EDGESYNC_TLS_KEY", "tls.key"),
+        ] {
+            let env = |k: &str| if k == missing { None } else { env(k) };
+            let e = Settings::from_env(&env).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(missing), "{e}");
+        }
+        let env2 = |k: &str| {
+            if k == "EDGESYNC_PEERS" {
+                Some("cloud-0".to_string())
+            } else {
+                env(k)
+            }
+        };
+        let e = Settings::from_env(&env2).unwrap_err().to_string();
+        assert!(e.contains("EDGESYNC_PEERS"), "{e}");
     }
 }

@@ -35,7 +35,7 @@ use super::pki::{self, PeerIdentity};
 pub const ALPN: &[u8] = b"edgesync/1";
 
 /// Where a node's TLS material lives.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The fleet CA certificate (PEM).
