@@ -1611,3 +1611,139 @@ fn a_gateway_prunes_what_the_cloud_acknowledged() {
     let v = check_data_dir(&dir.path().join("data/gw-1"), "gw-1");
     assert_eq!((&v["docs"], &v["pruned"]), (&json!(3), &json!(3)), "{v}");
 }
+
+/// `name`'s entry in `node`'s peer status.
+fn peer_status(node: &Node, name: &str) -> Value {
+    node.status()["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Polls `ok` every 20 ms until it holds or `limit` passes; how long it took, or `None`.
+fn within(limit: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The replicated cloud tier: two cloud nodes meshed, a gateway dialling both, ingest running
+/// at the gateway. One cloud node is killed (SIGKILL) and restarted at its address. Its peers'
+/// links to the dead process are reset at once (a QUIC stateless reset derived from the key
+/// kept in its data directory; the idle timeout here is 30 s, so nothing else would notice in
+/// time), the gateway redials it, every acknowledged reading ends on both cloud nodes, and the
+/// restarted one holds everything acknowledged before its restart within 5 s.
+#[test]
+fn a_restarted_cloud_node_is_redialled_at_once_and_catches_up() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(
+        dir.path(),
+        &[
+            ("cloud-0", "cloud"),
+            ("cloud-1", "cloud"),
+            ("gw-1", "gateway"),
+        ],
+    );
+    const SLOW_IDLE: &str = "[sync]\nretry_base_ms = 200\nretry_cap_ms = 2000\nkeep_alive_ms = 500\nidle_timeout_ms = 30000\n";
+    let c0 = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            listen: true,
+            extra: SLOW_IDLE,
+            ..NodeSpec::named("cloud-0")
+        },
+    );
+    let q0 = c0.quic.unwrap();
+    let mut c1 = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            listen: true,
+            peers: vec![("cloud-0", q0)],
+            extra: SLOW_IDLE,
+            ..NodeSpec::named("cloud-1")
+        },
+    );
+    let q1 = c1.quic.unwrap();
+    // A restart binds the same address.
+    let cfg = std::fs::read_to_string(&c1.config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{q1}\""));
+    std::fs::write(&c1.config, cfg).unwrap();
+    let gw = Node::start(
+        dir.path(),
+        &pki,
+        NodeSpec {
+            peers: vec![("cloud-0", q0), ("cloud-1", q1)],
+            extra: SLOW_IDLE,
+            ..NodeSpec::named("gw-1")
+        },
+    );
+    let linked = |n: &str| peer_status(&gw, n)["connected"] == true;
+    assert!(
+        within(Duration::from_secs(10), || linked("cloud-0")
+            && linked("cloud-1"))
+        .is_some(),
+        "the gateway links to both cloud nodes"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        let url = format!("{}/v1/ingest", gw.api);
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let id = format!("r{i:05}");
+                let body = json!({"doc": "site-a/t", "id": id, "ts": i, "fields": {"temp": 20.5}});
+                if let Ok((200, _)) = try_request("POST", &url, Some(body)) {
+                    acked.lock().unwrap().push(id);
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let mut child = c1.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let connects = peer_status(&gw, "cloud-1")["connects"].as_u64().unwrap();
+    c1.spawn();
+    let before: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    assert!(!before.is_empty());
+    let redial = within(Duration::from_secs(10), || {
+        peer_status(&gw, "cloud-1")["connects"].as_u64() > Some(connects) && linked("cloud-1")
+    });
+    let caught_up = within(Duration::from_secs(10), || {
+        before.is_subset(&c1.reading_ids("site-a/t"))
+    });
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let all: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    let everywhere = within(Duration::from_secs(10), || {
+        c0.reading_ids("site-a/t").is_superset(&all) && c1.reading_ids("site-a/t").is_superset(&all)
+    });
+    eprintln!(
+        "redialled after {redial:?}; caught up after {caught_up:?}; {} readings acknowledged",
+        all.len()
+    );
+    let redial = redial.expect("the gateway redials the restarted node before the idle timeout");
+    assert!(redial < Duration::from_secs(5), "{redial:?}");
+    let caught_up = caught_up.expect("the restarted node catches up");
+    assert!(caught_up < Duration::from_secs(5), "{caught_up:?}");
+    assert!(
+        everywhere.is_some(),
+        "every acknowledged reading on both cloud nodes"
+    );
+}

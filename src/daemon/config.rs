@@ -52,9 +52,9 @@ pub struct SyncSection {
     pub retry_cap_ms: u64,
     /// Consecutive failed dials that open a peer's circuit breaker. Default 5.
     pub breaker_failures: u32,
-    /// QUIC keep-alive interval, ms. Default 5000.
+    /// QUIC keep-alive interval, ms. Default 2000.
     pub keep_alive_ms: u64,
-    /// QUIC idle timeout, ms. Default 30000.
+    /// QUIC idle timeout, ms. Default 10000: a dead peer is noticed within it.
     pub idle_timeout_ms: u64,
 }
 
@@ -65,8 +65,8 @@ impl Default for SyncSection {
             retry_base_ms: retry.base_ms,
             retry_cap_ms: retry.cap_ms,
             breaker_failures: retry.breaker_failures,
-            keep_alive_ms: 5_000,
-            idle_timeout_ms: 30_000,
+            keep_alive_ms: 2_000,
+            idle_timeout_ms: 10_000,
         }
     }
 }
@@ -1203,7 +1203,7 @@ addr = "127.0.0.1:7400"
                 "EDGESYNC_RETRY_BASE_MS" | "SYNC_RETRY_BASE_MS" => "250",
                 "EDGESYNC_RETRY_CAP_MS" => "4000",
                 "EDGESYNC_BREAKER_FAILURES" => "9",
-                "EDGESYNC_KEEP_ALIVE_MS" => "2000",
+                "EDGESYNC_KEEP_ALIVE_MS" => "1500",
                 "EDGESYNC_IDLE_TIMEOUT_MS" => "9000",
                 "EDGESYNC_BUCKET_MINUTES" => "15",
                 "EDGESYNC_KEEP_HOURS" => "48",

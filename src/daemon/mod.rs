@@ -94,7 +94,13 @@ impl Daemon {
                 bind,
                 s.listen.is_some(),
                 creds.clone(),
-                s.net.clone().with_core(&core),
+                crate::net::NetOptions {
+                    reset_key: Some(
+                        crate::net::reset_key(&s.data_dir)
+                            .context("loading the QUIC stateless-reset key")?,
+                    ),
+                    ..s.net.clone().with_core(&core)
+                },
             )
             .context("binding QUIC")?,
         );

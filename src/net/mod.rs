@@ -33,11 +33,19 @@ pub use tls::{Credentials, TlsError, TlsFiles, ALPN};
 /// ([`NetOptions::for_core`]): one value each, whoever enforces it.
 #[derive(Clone, Debug)]
 pub struct NetOptions {
-    /// QUIC keep-alive interval: keeps NAT bindings and idle links alive. Default 5 s.
+    /// QUIC keep-alive interval: keeps NAT bindings and idle links alive, and probes the
+    /// peer. Default 2 s.
     pub keep_alive: Duration,
-    /// A connection with nothing received for this long is dead. Default 30 s: long enough to
-    /// ride out a flaky uplink's short drops, short enough to notice a cut and redial.
+    /// A connection with nothing received for this long is dead. Default 10 s: a dead peer is
+    /// noticed within it (a restarted one at once, by a stateless reset: `reset_key`), and an
+    /// uplink's drops shorter than it pass unnoticed.
     pub idle_timeout: Duration,
+    /// The secret QUIC stateless resets are derived from. Kept across restarts (the daemon
+    /// keeps it in `RESET_KEY_FILE` of its data directory), a restarted node answers its
+    /// peers' packets on their old connections with resets they accept, so they drop those
+    /// connections and redial at once instead of waiting for the idle timeout. `None`: a
+    /// random secret for this process.
+    pub reset_key: Option<[u8; 32]>,
     /// Longest wait for the TLS handshake and the peer's stream: the core's
     /// `handshake_timeout_ms`.
     pub handshake_timeout: Duration,
@@ -45,15 +53,70 @@ pub struct NetOptions {
     pub frame_bytes_max: u32,
 }
 
+/// Random 8-byte QUIC connection ids that any process of this node accepts as its own, so that
+/// it answers a packet of a connection it does not know (its predecessor's) with a stateless
+/// reset. The reset's token is keyed with [`NetOptions::reset_key`], so only that connection's
+/// peer takes it.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; 8];
+        // A failing system RNG leaves zeros: a connection id needs to be unique, not secret.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The file in a data directory holding the QUIC stateless-reset secret ([`NetOptions::reset_key`]).
+pub const RESET_KEY_FILE: &str = "quic-reset.key";
+
+/// The stateless-reset secret kept in `data_dir`, made (32 random bytes, mode 0600) if there is
+/// none or it is not 32 bytes.
+pub fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(RESET_KEY_FILE);
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(key);
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    let tmp = path.with_extension("key.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(key)
+}
+
 impl NetOptions {
     /// Default keep-alive and idle timeout, with the frame limit and handshake timeout of the
     /// core configuration `core`.
     pub fn for_core(core: &CoreConfig) -> NetOptions {
         NetOptions {
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_millis(core.handshake_timeout_ms),
             frame_bytes_max: core.frame_bytes_max,
+            reset_key: None,
         }
     }
 
@@ -562,11 +625,28 @@ impl Endpoint {
         t.max_concurrent_uni_streams(0u32.into());
         let transport = Arc::new(t);
         let bind = |source| EndpointError::Bind { addr, source };
-        let mut ep = if listen {
-            quinn::Endpoint::server(creds.server_config(transport.clone())?, addr).map_err(bind)?
-        } else {
-            quinn::Endpoint::client(addr).map_err(bind)?
+        let config = match &opts.reset_key {
+            Some(key) => {
+                let mut c = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    key,
+                )));
+                // quinn's default connection ids carry a signature keyed per process, so a
+                // restarted process would take its predecessor's ids for forgeries and drop
+                // their packets instead of resetting them.
+                c.cid_generator(|| Box::new(RandomCids));
+                c
+            }
+            None => quinn::EndpointConfig::default(),
         };
+        let server = if listen {
+            Some(creds.server_config(transport.clone())?)
+        } else {
+            None
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+        let mut ep = quinn::Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
+            .map_err(bind)?;
         ep.set_default_client_config(creds.client_config(transport.clone())?);
         Ok(Endpoint {
             ep,
@@ -751,5 +831,31 @@ impl Endpoint {
     /// Waits until every connection's close has been sent (after [`Endpoint::close`]).
     pub async fn wait_idle(&self) {
         self.ep.wait_idle().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    // The stateless-reset secret is made once, private, and the same on every later start.
+    #[test]
+    fn the_reset_key_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let k1 = reset_key(&data).unwrap();
+        let mode = std::fs::metadata(data.join(RESET_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(reset_key(&data).unwrap(), k1);
+        assert_ne!(k1, [0; 32]);
+        // A damaged file is replaced.
+        std::fs::write(data.join(RESET_KEY_FILE), b"short").unwrap();
+        let k2 = reset_key(&data).unwrap();
+        assert_ne!(k2, k1);
+        assert_eq!(reset_key(&data).unwrap(), k2);
     }
 }
