@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full test suite: formatting, lints, dependency direction, simulator swarms (200 fixed
+# The full test suite: formatting, lints, dependency direction, the deployment files, simulator swarms (200 fixed
 # seeds, 500 with a hostile node, a fresh range of each), the canaries, the example and the
 # demo, every crate's tests (unit, property, integration, simulator, doc, fuzz regressions),
 # then each fuzz target briefly when a nightly toolchain is present.
@@ -24,6 +24,8 @@ if grep -F 'edgesync-proto feature "testing"' <<<"$tree"; then
   echo "the edgesync daemon is built with the core's testing feature" >&2
   exit 1
 fi
+# The deployment files: manifests, Secrets, embedded configurations, Dockerfile, dashboard.
+scripts/check-deploy.sh
 cargo build --release --locked -p edgesync-sim
 sim="$CARGO_TARGET_DIR/release/edgesync-sim"
 "$sim" swarm --seeds 1..201

@@ -732,9 +732,13 @@ fn a_node_runs_from_the_environment_alone() {
     let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
     let api = format!("http://{}", ready["api"].as_str().unwrap());
     let health = try_request("GET", &format!("{api}/healthz"), None).unwrap();
+    // The container health check.
+    let check = cli(&["health", "--api", &api]);
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(health.0, 200, "{health:?}");
+    assert!(check.status.success(), "{check:?}");
+    assert!(!cli(&["health", "--api", &api]).status.success());
 }
 
 /// `POST /v1/ingest` takes a batch (a JSON array, or NDJSON): one answer per reading, in

@@ -95,6 +95,17 @@ enum Command {
         #[command(flatten)]
         token: TokenArg,
     },
+    /// Exit 0 if the node's `/healthz` answers healthy, 1 otherwise (a container health check;
+    /// no token needed).
+    Health {
+        /// The node's API.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8401",
+            env = "EDGESYNC_HEALTH_URL"
+        )]
+        api: String,
+    },
     /// Verify a data directory: every value's checksum, every document loads, and every
     /// document's vector clock matches the changes it holds. Prints a summary as JSON.
     Check {
@@ -416,6 +427,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { api, token } => print_get(&endpoint(&api, "/v1/status"), &token),
         Command::Check { data_dir, name } => check(data_dir, &name),
         Command::Pki { command } => pki_command(command),
+        Command::Health { api } => {
+            let v = http("GET", &endpoint(&api, "/healthz"), None, None)?;
+            println!("{v}");
+            Ok(())
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {
