@@ -615,10 +615,72 @@ fn reconciliation(
     shared: usize,
     changed: usize,
 ) -> Result3 {
+    let p = partition(rt, "r3", docs, shared, changed);
+    let (dir, fleet) = (&p.dir, &p.fleet);
+    let (da, db) = (p.da.as_path(), p.db.as_path());
+    let (initial, shared_changes) = (p.initial, &p.shared_changes);
+    let total_shared: usize = shared_changes.values().map(Vec::len).sum();
+    let extra = |d: &Path| -> BTreeMap<DocId, Vec<Vec<u8>>> {
+        stored_changes(d)
+            .into_iter()
+            .filter_map(|(doc, cs)| {
+                let before: BTreeSet<&Vec<u8>> = shared_changes.get(&doc)?.iter().collect();
+                let new: Vec<Vec<u8>> =
+                    cs.iter().filter(|c| !before.contains(c)).cloned().collect();
+                (!new.is_empty()).then_some((doc, new))
+            })
+            .collect()
+    };
+    let (extra_a, extra_b) = (extra(da), extra(db));
+    assert_eq!(extra_a.len(), changed);
+    assert_eq!(extra_b.len(), changed);
+    let (la, lb) = (dir.path().join("a2"), dir.path().join("b2"));
+    copy_dir(da, &la);
+    copy_dir(db, &lb);
+    let quic_bytes = heal(rt, &p, changed);
+    // The same heal in lockstep, for the round trips.
+    let lock = {
+        let (a, b) = (
+            node(fleet, &la, "a", Durability::Wal),
+            node(fleet, &lb, "b", Durability::Wal),
+        );
+        let r = rt.block_on(lockstep(&a.handle(), "a", &b.handle(), "b"));
+        a.shutdown();
+        b.shutdown();
+        r
+    };
+    Result3 {
+        quic_bytes,
+        lockstep: lock,
+        anchor: reconcile_automerge(shared_changes, &extra_a, &extra_b),
+        initial_sync_changes_per_s: total_shared as f64 / initial.as_secs_f64(),
+    }
+}
+
+/// Two nodes after a partition: `docs` documents with `shared` changes each held by both sides
+/// (synced over QUIC), then `changed` documents changed on each side (10 changes each).
+struct Partitioned {
+    dir: tempfile::TempDir,
+    fleet: LocalFleet,
+    da: std::path::PathBuf,
+    db: std::path::PathBuf,
+    /// How long the shared history took to reach b.
+    initial: Duration,
+    /// a's changes per document after the shared history.
+    shared_changes: BTreeMap<DocId, Vec<Vec<u8>>>,
+}
+
+fn partition(
+    rt: &tokio::runtime::Runtime,
+    tag: &str,
+    docs: usize,
+    shared: usize,
+    changed: usize,
+) -> Partitioned {
     let dir = tempfile::tempdir().expect("temp dir");
     let fleet = fleet(dir.path(), &["a", "b"]);
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let ids = doc_ids("r3", docs);
+    let ids = doc_ids(tag, docs);
     {
         let n = node(&fleet, &da, "a", Durability::Wal);
         fill(&n.handle(), &ids, shared, 1, "s");
@@ -634,8 +696,7 @@ fn reconciliation(
     });
     let initial = started.elapsed();
     let shared_changes = stored_changes(&da);
-    let total_shared: usize = shared_changes.values().map(Vec::len).sum();
-    // The partition: 10 documents change on each side, 10 changes each.
+    // The partition: `changed` documents change on each side, 10 changes each.
     {
         let n = node(&fleet, &da, "a", Durability::Wal);
         fill(&n.handle(), &ids[..changed], 10, 1, "pa");
@@ -644,83 +705,30 @@ fn reconciliation(
         fill(&n.handle(), &ids[docs - changed..], 10, 1, "pb");
         n.shutdown();
     }
-    let extra = |d: &Path| -> BTreeMap<DocId, Vec<Vec<u8>>> {
-        stored_changes(d)
-            .into_iter()
-            .filter_map(|(doc, cs)| {
-                let before: BTreeSet<&Vec<u8>> = shared_changes.get(&doc)?.iter().collect();
-                let new: Vec<Vec<u8>> =
-                    cs.iter().filter(|c| !before.contains(c)).cloned().collect();
-                (!new.is_empty()).then_some((doc, new))
-            })
-            .collect()
-    };
-    let (extra_a, extra_b) = (extra(&da), extra(&db));
-    assert_eq!(extra_a.len(), changed);
-    assert_eq!(extra_b.len(), changed);
-    let (la, lb) = (dir.path().join("a2"), dir.path().join("b2"));
-    copy_dir(&da, &la);
-    copy_dir(&db, &lb);
-    // The heal, over QUIC.
-    let quic_bytes = rt.block_on(async {
-        let (a, b) = start_pair(&fleet, &da, &db).await;
-        let bytes = wait_synced(&a.handle(), &b.handle(), "b", (changed * 10) as u64).await;
-        b.shutdown().await;
-        a.shutdown().await;
-        bytes
-    });
-    // The same heal in lockstep, for the round trips.
-    let lock = {
-        let (a, b) = (
-            node(&fleet, &la, "a", Durability::Wal),
-            node(&fleet, &lb, "b", Durability::Wal),
-        );
-        let r = rt.block_on(lockstep(&a.handle(), "a", &b.handle(), "b"));
-        a.shutdown();
-        b.shutdown();
-        r
-    };
-    Result3 {
-        quic_bytes,
-        lockstep: lock,
-        anchor: reconcile_automerge(&shared_changes, &extra_a, &extra_b),
-        initial_sync_changes_per_s: total_shared as f64 / initial.as_secs_f64(),
+    Partitioned {
+        dir,
+        fleet,
+        da,
+        db,
+        initial,
+        shared_changes,
     }
 }
 
-/// Bytes of the heal after a partition over QUIC: `docs` documents with `shared` changes each
-/// held by both sides, then `changed` documents changed on each side (10 changes each).
-fn heal_bytes(rt: &tokio::runtime::Runtime, docs: usize, shared: usize, changed: usize) -> u64 {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let fleet = fleet(dir.path(), &["a", "b"]);
-    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-    let ids = doc_ids("r3s", docs);
-    {
-        let n = node(&fleet, &da, "a", Durability::Wal);
-        fill(&n.handle(), &ids, shared, 1, "s");
-        n.shutdown();
-    }
+/// The heal after [`partition`], over QUIC: the session's bytes.
+fn heal(rt: &tokio::runtime::Runtime, p: &Partitioned, changed: usize) -> u64 {
     rt.block_on(async {
-        let (a, b) = start_pair(&fleet, &da, &db).await;
-        wait_synced(&a.handle(), &b.handle(), "b", 0).await;
-        b.shutdown().await;
-        a.shutdown().await;
-    });
-    {
-        let n = node(&fleet, &da, "a", Durability::Wal);
-        fill(&n.handle(), &ids[..changed], 10, 1, "pa");
-        n.shutdown();
-        let n = node(&fleet, &db, "b", Durability::Wal);
-        fill(&n.handle(), &ids[docs - changed..], 10, 1, "pb");
-        n.shutdown();
-    }
-    rt.block_on(async {
-        let (a, b) = start_pair(&fleet, &da, &db).await;
+        let (a, b) = start_pair(&p.fleet, &p.da, &p.db).await;
         let bytes = wait_synced(&a.handle(), &b.handle(), "b", (changed * 10) as u64).await;
         b.shutdown().await;
         a.shutdown().await;
         bytes
     })
+}
+
+/// Bytes of the heal after a fresh [`partition`].
+fn heal_bytes(rt: &tokio::runtime::Runtime, docs: usize, shared: usize, changed: usize) -> u64 {
+    heal(rt, &partition(rt, "r3s", docs, shared, changed), changed)
 }
 
 /// Scaling: what a heal costs follows what changed, not what is held.

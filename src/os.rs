@@ -1,5 +1,5 @@
-//! What the shell takes from the operating system, in one place: wall-clock time and
-//! randomness. The core never reads either; the shell passes them in (`now_ms` arguments,
+//! What the shell takes from the operating system, in one place: wall-clock time,
+//! randomness, and files only the owner may read. The core never reads either; the shell passes them in (`now_ms` arguments,
 //! `Boot`, dialer draws).
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +30,23 @@ pub fn random_u64() -> u64 {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
     }
+}
+
+/// Writes `bytes` to `path` readable by the owner alone (mode 0600), atomically: a temporary
+/// file beside it, synced, then renamed over it.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -85,8 +85,6 @@ pub fn core_identity(id: &pki::PeerIdentity) -> Identity {
 
 /// Loads the authoring key of `data_dir`, making one (mode 0600) if there is none.
 fn authoring_key(data_dir: &Path) -> Result<Ed25519KeyPair, AuthorshipError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(AUTHOR_KEY_FILE);
     let io = |source| AuthorshipError::Io {
         path: path.clone(),
@@ -102,17 +100,7 @@ fn authoring_key(data_dir: &Path) -> Result<Ed25519KeyPair, AuthorshipError> {
             std::fs::create_dir_all(data_dir).map_err(io)?;
             let rng = ring::rand::SystemRandom::new();
             let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| bad(e.to_string()))?;
-            let tmp = path.with_extension("key.tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(der.as_ref()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            crate::os::write_private(&path, der.as_ref()).map_err(io)?;
             Ed25519KeyPair::from_pkcs8(der.as_ref()).map_err(|e| bad(e.to_string()))
         }
         Err(e) => Err(io(e)),

@@ -82,8 +82,6 @@ pub const RESET_KEY_FILE: &str = "quic-reset.key";
 /// The stateless-reset secret kept in `data_dir`, made (32 random bytes, mode 0600) if there is
 /// none or it is not 32 bytes.
 pub fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(RESET_KEY_FILE);
     if let Ok(bytes) = std::fs::read(&path) {
         if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
@@ -91,19 +89,8 @@ pub fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
         }
     }
     std::fs::create_dir_all(data_dir)?;
-    let mut key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-        .map_err(|_| std::io::Error::other("no randomness"))?;
-    let tmp = path.with_extension("key.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    let key = crate::os::random_bytes::<32>().map_err(|e| std::io::Error::other(e.to_string()))?;
+    crate::os::write_private(&path, &key)?;
     Ok(key)
 }
 
