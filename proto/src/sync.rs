@@ -21,8 +21,9 @@ use crate::trust::Author;
 use crate::vclock::{Actor, VectorClock};
 use crate::wire::{
     truncate_utf8, Ack, AuthorStatement, ChangeBytes, Changes, Close, CloseCode, DecodeError,
-    DocChanges, DocClock, FrameDecoder, Hello, Message, Signed, Summary, CHANGES_OVERHEAD_BYTES,
-    CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
+    DocChanges, DocClock, FrameDecoder, Hello, Message, Signed, Summary, CAP_DEFLATE,
+    CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC,
+    PROTOCOL_VERSION,
 };
 
 /// What building batches needs from the node beyond its store: which stored changes can end
@@ -193,6 +194,8 @@ pub(crate) struct Session {
     opened_ms: u64,
     decoder: FrameDecoder,
     send_frame_max: u32,
+    /// The peer's Hello has [`CAP_DEFLATE`]: large Summary, Changes and Ack frames go deflated.
+    peer_deflates: bool,
     outbox: VecDeque<Outgoing>,
     /// Best lower bound of the peer's durable clock per document.
     known: BTreeMap<DocId, VectorClock>,
@@ -252,6 +255,7 @@ impl Session {
             opened_ms: now_ms,
             decoder: FrameDecoder::new(frame_bytes_max),
             send_frame_max: FRAME_BYTES_MIN,
+            peer_deflates: false,
             outbox: VecDeque::new(),
             known,
             inflight: BTreeMap::new(),
@@ -332,11 +336,21 @@ impl Session {
     }
 
     fn push(&mut self, gate: u64, msg: &Message) {
+        let frame = self.frame(msg);
         self.outbox.push_back(Outgoing {
             gate,
-            frame: msg.to_frame(),
+            frame,
             acked: None,
         });
+    }
+
+    /// `msg`'s frame: deflated where the peer takes that and it is smaller.
+    fn frame(&self, msg: &Message) -> Vec<u8> {
+        if self.peer_deflates {
+            msg.to_frame_deflated()
+        } else {
+            msg.to_frame()
+        }
     }
 
     /// Queues this node's Hello.
@@ -366,7 +380,7 @@ impl Session {
                 clocks,
                 last,
             });
-            let frame = msg.to_frame();
+            let frame = self.frame(&msg);
             // The clocks move on with the frame, to be reported when it is released.
             let Message::Ack(ack) = msg else {
                 unreachable!("built as an Ack above")
@@ -432,6 +446,7 @@ impl Session {
             return Err(Refusal::new(CloseCode::LimitsIncompatible, reason));
         }
         self.send_frame_max = h.frame_bytes_max.min(FRAME_BYTES_LIMIT);
+        self.peer_deflates = h.capabilities & CAP_DEFLATE != 0;
         self.phase = Phase::AwaitSummary;
         Ok(())
     }

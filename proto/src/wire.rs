@@ -43,6 +43,26 @@ pub enum Message {
     Close(Close),
     /// An authorship statement the sender's later `Changes` refer to by its number (version 2).
     Author(AuthorStatement),
+    /// Another message (`Summary`, `Changes` or `Ack`), its payload deflated (RFC 1951). Sent
+    /// only to a peer whose Hello has [`CAP_DEFLATE`]; inflated at most to the receiver's frame
+    /// limit.
+    Deflated(DeflatedPayload),
+}
+
+/// Hello capability bit: the sender accepts [`Message::Deflated`].
+pub const CAP_DEFLATE: u64 = 1;
+
+/// Smallest payload worth deflating, bytes.
+pub const DEFLATE_MIN_BYTES: usize = 512;
+
+/// A deflated message payload.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeflatedPayload(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for DeflatedPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeflatedPayload({} bytes)", self.0.len())
+    }
 }
 
 /// An authorship statement ([`crate::trust`]), numbered by its order among the session's
@@ -265,6 +285,60 @@ impl Message {
         out
     }
 
+    /// The frame of this message, deflated when that is smaller and the message may be
+    /// ([`Message::Deflated`]: a `Summary`, `Changes` or `Ack` of at least
+    /// [`DEFLATE_MIN_BYTES`]); else [`Message::to_frame`].
+    pub fn to_frame_deflated(&self) -> Vec<u8> {
+        let plain = self.to_frame();
+        let payload = &plain[FRAME_HEADER_BYTES..];
+        if !matches!(
+            self,
+            Message::Summary(_) | Message::Changes(_) | Message::Ack(_)
+        ) || payload.len() < DEFLATE_MIN_BYTES
+        {
+            return plain;
+        }
+        use std::io::Write;
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        // Writing into a Vec cannot fail.
+        let packed = z
+            .write_all(payload)
+            .and_then(|()| z.finish())
+            .expect("deflate into memory");
+        let framed = Message::Deflated(DeflatedPayload(packed)).to_frame();
+        if framed.len() < plain.len() {
+            framed
+        } else {
+            plain
+        }
+    }
+
+    /// Decodes one payload (without the length prefix), inflating a [`Message::Deflated`] to
+    /// at most `max` bytes: what it holds must be a `Summary`, `Changes` or `Ack`.
+    pub fn from_payload_inflated(payload: &[u8], max: u32) -> Result<Message, DecodeError> {
+        let Message::Deflated(d) = Message::from_payload(payload)? else {
+            return Message::from_payload(payload);
+        };
+        use std::io::Read;
+        let mut inner = Vec::new();
+        flate2::bufread::DeflateDecoder::new(&d.0[..])
+            .take(u64::from(max) + 1)
+            .read_to_end(&mut inner)
+            .map_err(|e| DecodeError::Malformed(format!("deflated message: {e}")))?;
+        if inner.len() > max as usize {
+            return Err(DecodeError::FrameTooLarge {
+                len: u32::try_from(inner.len()).unwrap_or(u32::MAX),
+                max,
+            });
+        }
+        match Message::from_payload(&inner)? {
+            m @ (Message::Summary(_) | Message::Changes(_) | Message::Ack(_)) => Ok(m),
+            _ => Err(DecodeError::Malformed(
+                "a deflated message must be a Summary, Changes or Ack".into(),
+            )),
+        }
+    }
+
     /// Decodes one payload (without the length prefix).
     pub fn from_payload(payload: &[u8]) -> Result<Message, DecodeError> {
         let (msg, rest): (Message, &[u8]) = postcard::take_from_bytes(payload)
@@ -329,7 +403,7 @@ impl FrameDecoder {
         if self.buf.len() < end {
             return Ok(None);
         }
-        let result = Message::from_payload(&self.buf[FRAME_HEADER_BYTES..end]);
+        let result = Message::from_payload_inflated(&self.buf[FRAME_HEADER_BYTES..end], self.max);
         self.buf.drain(..end);
         if result.is_err() {
             self.failed = true;
@@ -515,5 +589,93 @@ mod tests {
         assert_eq!(f[4], 0, "Hello is variant 0");
         assert_eq!(&f[5..9], b"ESYN");
         assert_eq!(&f[9..11], &[1, 1], "version_min and version_max as varints");
+    }
+
+    fn big_changes() -> Message {
+        Message::Changes(Changes {
+            batch: 7,
+            docs: vec![DocChanges {
+                doc: DocId::new("site-a/t").unwrap(),
+                changes: (0..40)
+                    .map(|i| {
+                        ChangeBytes(
+                            format!("change {i} of a sensor reading, repeated").into_bytes(),
+                        )
+                    })
+                    .collect(),
+                signed: vec![],
+            }],
+        })
+    }
+
+    fn decode_all(frames: &[u8], max: u32) -> Result<Vec<Message>, DecodeError> {
+        let mut d = FrameDecoder::new(max);
+        d.push(frames);
+        let mut out = Vec::new();
+        while let Some(m) = d.next_message()? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    // A large Changes frame goes deflated, smaller, and decodes to the same message; small ones
+    // and every other kind stay as they are.
+    #[test]
+    fn deflated_frames_round_trip() {
+        let m = big_changes();
+        let plain = m.to_frame();
+        let packed = m.to_frame_deflated();
+        assert!(
+            packed.len() < plain.len() / 2,
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
+        assert_eq!(packed[FRAME_HEADER_BYTES], 6, "variant 6: Deflated");
+        assert_eq!(decode_all(&packed, FRAME_BYTES_MIN).unwrap(), vec![m]);
+        let h = hello();
+        assert_eq!(h.to_frame_deflated(), h.to_frame());
+        let small = Message::Ack(Ack {
+            batch: 1,
+            clocks: vec![],
+            last: true,
+        });
+        assert_eq!(small.to_frame_deflated(), small.to_frame());
+    }
+
+    // Inflation stops at the frame limit: a small frame that inflates past it is refused
+    // without being inflated whole; a deflated Hello or a deflated Deflated is refused.
+    #[test]
+    fn deflated_frames_are_bounded_and_hold_only_data() {
+        use std::io::Write;
+        let deflate = |payload: &[u8]| {
+            let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            z.write_all(payload).unwrap();
+            Message::Deflated(DeflatedPayload(z.finish().unwrap())).to_frame()
+        };
+        // 1 MiB of zeros inside a frame of about a kilobyte.
+        let bomb = deflate(&vec![0u8; 1 << 20]);
+        assert!(bomb.len() < 4096);
+        assert!(matches!(
+            decode_all(&bomb, FRAME_BYTES_MIN),
+            Err(DecodeError::FrameTooLarge { max, .. }) if max == FRAME_BYTES_MIN
+        ));
+        let hello = hello().to_frame();
+        assert!(matches!(
+            decode_all(&deflate(&hello[FRAME_HEADER_BYTES..]), FRAME_BYTES_MIN),
+            Err(DecodeError::Malformed(_))
+        ));
+        let nested = big_changes().to_frame_deflated();
+        assert!(matches!(
+            decode_all(&deflate(&nested[FRAME_HEADER_BYTES..]), FRAME_BYTES_MIN),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_all(
+                &Message::Deflated(DeflatedPayload(vec![1, 2, 3])).to_frame(),
+                FRAME_BYTES_MIN
+            ),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }

@@ -175,7 +175,9 @@ impl Sim {
         if self.is_byzantine(i) || frame.len() < 4 {
             return;
         }
-        let Ok(Message::Changes(c)) = Message::from_payload(&frame[4..]) else {
+        let Ok(Message::Changes(c)) =
+            Message::from_payload_inflated(&frame[4..], edgesync_proto::wire::FRAME_BYTES_LIMIT)
+        else {
             return;
         };
         let sn = &self.nodes[i];

@@ -47,7 +47,7 @@ impl<S: Store> Node<S> {
             version_max: PROTOCOL_VERSION,
             node: self.cfg.name.clone(),
             store_id: self.meta.store_id,
-            capabilities: 0,
+            capabilities: crate::wire::CAP_DEFLATE,
             frame_bytes_max: self.cfg.frame_bytes_max,
         };
         s.queue_hello(self.commit_seq, hello);
@@ -157,6 +157,11 @@ impl<S: Store> Node<S> {
             Message::Author(st) => self.on_author(sid, st),
             Message::Changes(c) => self.on_changes(sid, c),
             Message::Ack(a) => self.on_ack(sid, a),
+            // The frame decoder inflates what it receives and refuses a deflated message
+            // inside one: this does not come from a decoder.
+            Message::Deflated(_) => {
+                self.close_session(sid, CloseCode::Malformed, "a deflated message not inflated")
+            }
         }
     }
 
