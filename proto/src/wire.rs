@@ -316,8 +316,9 @@ impl Message {
     /// Decodes one payload (without the length prefix), inflating a [`Message::Deflated`] to
     /// at most `max` bytes: what it holds must be a `Summary`, `Changes` or `Ack`.
     pub fn from_payload_inflated(payload: &[u8], max: u32) -> Result<Message, DecodeError> {
-        let Message::Deflated(d) = Message::from_payload(payload)? else {
-            return Message::from_payload(payload);
+        let d = match Message::from_payload(payload)? {
+            Message::Deflated(d) => d,
+            plain => return Ok(plain),
         };
         use std::io::Read;
         let mut inner = Vec::new();
