@@ -1,6 +1,6 @@
-//! What the shell takes from the operating system, in one place: wall-clock time,
-//! randomness, and files only the owner may read. The core never reads either; the shell passes them in (`now_ms` arguments,
-//! `Boot`, dialer draws).
+//! What the shell takes from the operating system, in one place: wall-clock time, randomness
+//! (the core reads neither; the shell passes them in: `now_ms` arguments, `Boot`, dialer
+//! draws), and atomic file writes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,17 +32,20 @@ pub fn random_u64() -> u64 {
     }
 }
 
-/// Writes `bytes` to `path` readable by the owner alone (mode 0600), atomically: a temporary
-/// file beside it, synced, then renamed over it.
-pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` with `mode`, atomically: a temporary file beside it
+/// (`NAME.EXT.tmp`), synced, then renamed over it, so that a reader never sees half of it.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

@@ -14,13 +14,13 @@ use automerge::Change;
 use crate::schema::Refusal;
 
 /// First bytes of every Automerge chunk.
-pub(crate) const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// Magic, checksum, chunk type.
 const HEADER: usize = 4 + 4 + 1;
 /// Chunk type of a change.
 const CHANGE: u8 = 1;
 /// Chunk type of a deflate-compressed change.
-pub(crate) const COMPRESSED: u8 = 2;
+const COMPRESSED: u8 = 2;
 
 /// Column type of actor indices (the low three bits of a column specification).
 const ACTOR: u64 = 1;

@@ -100,7 +100,7 @@ fn authoring_key(data_dir: &Path) -> Result<Ed25519KeyPair, AuthorshipError> {
             std::fs::create_dir_all(data_dir).map_err(io)?;
             let rng = ring::rand::SystemRandom::new();
             let der = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| bad(e.to_string()))?;
-            crate::os::write_private(&path, der.as_ref()).map_err(io)?;
+            crate::os::write_atomic(&path, der.as_ref(), 0o600).map_err(io)?;
             Ed25519KeyPair::from_pkcs8(der.as_ref()).map_err(|e| bad(e.to_string()))
         }
         Err(e) => Err(io(e)),

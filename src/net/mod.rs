@@ -61,10 +61,9 @@ struct RandomCids;
 
 impl quinn::ConnectionIdGenerator for RandomCids {
     fn generate_cid(&mut self) -> quinn::ConnectionId {
-        let mut id = [0u8; 8];
-        // A failing system RNG leaves zeros: a connection id needs to be unique, not secret.
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
-        quinn::ConnectionId::new(&id)
+        // The operating system's randomness (it never fails on Linux once booted); zeros
+        // otherwise: a connection id needs to be unique, not secret.
+        quinn::ConnectionId::new(&crate::os::random_bytes::<8>().unwrap_or_default())
     }
 
     fn cid_len(&self) -> usize {
@@ -90,7 +89,7 @@ pub fn reset_key(data_dir: &std::path::Path) -> std::io::Result<[u8; 32]> {
     }
     std::fs::create_dir_all(data_dir)?;
     let key = crate::os::random_bytes::<32>().map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::os::write_private(&path, &key)?;
+    crate::os::write_atomic(&path, &key, 0o600)?;
     Ok(key)
 }
 

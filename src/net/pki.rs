@@ -16,7 +16,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use edgesync_proto::NodeName;
@@ -297,24 +296,10 @@ pub fn node_paths(dir: &Path, name: &NodeName) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename), with `mode`, so that a
+/// Writes `bytes` to `path` atomically with `mode` ([`crate::os::write_atomic`]), so that a
 /// node watching the file never reads half of it.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))
+    crate::os::write_atomic(path, bytes, mode).map_err(io(path))
 }
 
 /// `pki init`: creates `ca.crt`, `ca.key` (mode 0600) and an empty revocation list `crl.pem`
