@@ -45,17 +45,19 @@ pub(crate) trait Prover {
 /// Bytes a signature entry costs in a Changes frame (index, author number, length, signature).
 const SIGNED_COST_BYTES: usize = 96;
 
-/// Bytes of one actor's changes in a section after which a change of it is signed even where
-/// it is not the actor's last there. A receiver can cut a run only at a signed change, and its
-/// peers' frame limits may be smaller than the sender's (down to `FRAME_BYTES_MIN`): with a
-/// signature at least every `SEAL_BYTES` (plus one change), every relay can forward what it
-/// received through any frame limit, and passes the same density on.
+/// Section bytes after which a sender cuts: it signs, at the last point before them where it
+/// can, every actor's last change so far (a cut point). A receiver can cut a section only
+/// where every actor in it ends on a signed change, and its peers' frame limits may be
+/// smaller than the sender's (down to `FRAME_BYTES_MIN`): with a cut point at least every
+/// `SEAL_BYTES` of changes (plus one change), every relay can forward what it received
+/// through any frame limit, and its own cut points keep that density (the received cut
+/// points are points it can cut at).
 const SEAL_BYTES: usize = 4 * 1024;
 
-/// What a change costs in a batch: its bytes, its framing, and the signatures it can add by the
-/// density rule (at most one per `SEAL_BYTES / 2` of an actor's changes).
+/// What a change costs in a batch: its bytes and its framing. Signatures are counted as the
+/// batch is built ([`BatchBuilder::add_run`], [`BatchBuilder::run_cost`]).
 fn batch_cost(change_len: usize, doc: &DocId) -> usize {
-    change_len + 16 + doc.as_str().len() + (2 * change_len * SIGNED_COST_BYTES).div_ceil(SEAL_BYTES)
+    change_len + 16 + doc.as_str().len()
 }
 
 /// Identifies one session within a node.
@@ -627,8 +629,8 @@ impl Session {
         Ok(None)
     }
 
-    /// Adds each section's signatures (per actor: its last change there, and the changes the
-    /// density rule chose, [`Seals`]), queueing first the statements of authors this session
+    /// Adds each section's signatures (per actor: its last change there, and its last change
+    /// before each cut point, [`Cuts`]), queueing first the statements of authors this session
     /// has not yet sent.
     fn sign_batch(
         &mut self,
@@ -637,11 +639,9 @@ impl Session {
         gate: u64,
     ) -> Vec<DocChanges> {
         let mut docs = out.docs;
-        for ((dc, heads), seals) in docs.iter_mut().zip(out.heads).zip(out.seals) {
+        for ((dc, heads), cuts) in docs.iter_mut().zip(out.heads).zip(out.cuts) {
             let mut to_sign: BTreeMap<u32, StoredChange> = heads.into_values().collect();
-            for s in seals.into_values() {
-                to_sign.extend(s.chosen);
-            }
+            to_sign.extend(cuts.chosen);
             for (index, head) in to_sign {
                 let Some(author) = head.author else { continue };
                 let number = match self.authors_out.get(&author) {
@@ -720,7 +720,7 @@ impl Session {
         while self.advance_cursor(store, docs, &*prover)? {
             let (doc, orders) = self.cursor.as_mut().expect("advance_cursor set it");
             let doc = doc.clone();
-            let mut run: Vec<(StoredChange, bool)> = Vec::new();
+            let mut run: Vec<StoredChange> = Vec::new();
             let mut run_bytes = 0;
             let mut unsealed: BTreeSet<Actor> = BTreeSet::new();
             while let Some(&order) = orders.front() {
@@ -748,15 +748,17 @@ impl Session {
                     )));
                 }
                 let cost = batch_cost(change.bytes.len(), &doc);
-                let after = out.bytes + run_bytes + cost;
-                if out.bytes + run_bytes > 0 && after > budget {
+                let soft = out.bytes + run_bytes + cost > budget;
+                let hard = out.bytes + out.run_cost(&doc, &run, run_bytes, &change, cost)
+                    > frame_room as usize;
+                if out.bytes + run_bytes > 0 && (soft || hard) {
                     if run.is_empty() {
                         return Ok(None);
                     }
-                    if after + SIGNED_COST_BYTES * unsealed.len() > frame_room as usize {
+                    if hard {
                         // The run cannot end on a provable change within one frame: give it
                         // back and send what is complete.
-                        for (c, _) in run.iter().rev() {
+                        for c in run.iter().rev() {
                             orders.push_front(c.order);
                         }
                         if out.docs.is_empty() {
@@ -777,7 +779,7 @@ impl Session {
                     }
                 }
                 run_bytes += cost;
-                run.push((change, sealable));
+                run.push(change);
                 if unsealed.is_empty() {
                     out.add_run(&doc, std::mem::take(&mut run), run_bytes);
                     run_bytes = 0;
@@ -799,50 +801,114 @@ struct BatchBuilder {
     docs: Vec<DocChanges>,
     /// Per entry of `docs`: the last change of each actor (but the genesis actor) and its index.
     heads: Vec<BTreeMap<Actor, (u32, StoredChange)>>,
-    /// Per entry of `docs`: where each actor's other signatures go.
-    seals: Vec<BTreeMap<Actor, Seals>>,
+    /// Per entry of `docs`: its cut points' signatures.
+    cuts: Vec<Cuts>,
     sent: BTreeMap<DocId, VectorClock>,
+    /// Bytes the batch's frame will take, signatures included (an upper bound).
     bytes: usize,
     changes: u64,
 }
 
-/// One actor's signatures in a section besides its last change: the last sealable change
-/// before its changes since the previous signature pass `SEAL_BYTES`, once they are at least
-/// half of it (so at most one signature per `SEAL_BYTES / 2`). A receiver stores each
-/// signature, so what it can forward has the same density.
+/// The cut points of one section: at the last run boundary before the section's changes since
+/// the previous cut point pass `SEAL_BYTES`, every actor whose last change so far is not
+/// signed yet is signed there. A run boundary is a point where every actor's last change is
+/// sealable, so a cut is always possible there; taking the last one before the bound keeps
+/// two consecutive gaps above `SEAL_BYTES` (at most two cuts per `SEAL_BYTES`), and each cut
+/// signs only actors that wrote since the previous one. A receiver stores each signature, so
+/// the points it can cut at are as dense.
 #[derive(Default)]
-struct Seals {
-    /// The chosen changes: (index in the section, change without its bytes).
-    chosen: Vec<(u32, StoredChange)>,
-    /// Bytes of the actor's changes since its last chosen change.
+struct Cuts {
+    /// The changes signed at cut points: (index in the section, change without its bytes).
+    chosen: BTreeMap<u32, StoredChange>,
+    /// Per actor: its last change since the previous cut point (not signed by a cut yet).
+    pending: BTreeMap<Actor, (u32, StoredChange)>,
+    /// Change bytes since the previous cut point.
     since: usize,
-    /// The last sealable change since then, and `since` just after it.
-    candidate: Option<(u32, StoredChange, usize)>,
+    /// The last run boundary since then: the changes a cut there signs, and `since` there.
+    candidate: Option<(Vec<(u32, StoredChange)>, usize)>,
 }
 
-impl Seals {
-    fn add(&mut self, index: u32, change: &StoredChange, len: usize, sealable: bool) {
-        if self.since + len > SEAL_BYTES {
-            if let Some((i, c, at)) = self.candidate.take() {
-                if at >= SEAL_BYTES / 2 {
-                    self.chosen.push((i, c));
-                    self.since -= at;
-                } else {
-                    self.candidate = Some((i, c, at));
-                }
+impl Cuts {
+    /// Whether adding `len` bytes of changes cuts at the candidate first, and what that costs.
+    fn cut_cost(&self, len: usize) -> usize {
+        match &self.candidate {
+            Some((sign, _)) if self.since + len > SEAL_BYTES => SIGNED_COST_BYTES * sign.len(),
+            _ => 0,
+        }
+    }
+
+    /// Cuts at the candidate if `len` more bytes would pass `SEAL_BYTES`: returns the bytes the
+    /// signatures add.
+    fn before_run(&mut self, len: usize) -> usize {
+        let cost = self.cut_cost(len);
+        if cost == 0 {
+            return 0;
+        }
+        let (sign, at) = self.candidate.take().expect("cut_cost saw it");
+        for (i, c) in sign {
+            if self.pending.get(&c.actor).is_some_and(|(j, _)| *j == i) {
+                self.pending.remove(&c.actor);
             }
+            self.chosen.insert(i, c);
         }
+        self.since -= at;
+        cost
+    }
+
+    fn add(&mut self, index: u32, change: &StoredChange, len: usize) {
         self.since += len;
-        if sealable {
-            self.candidate = Some((index, change.clone(), self.since));
-        }
+        self.pending.insert(change.actor, (index, change.clone()));
+    }
+
+    /// The end of a run: a point the section can be cut at.
+    fn end_run(&mut self) {
+        self.candidate = (!self.pending.is_empty()).then(|| {
+            let sign = self.pending.values().cloned().collect();
+            (sign, self.since)
+        });
     }
 }
 
 impl BatchBuilder {
+    /// What adding `run` (of `run_bytes` as [`batch_cost`] counts them) and then `next` (of
+    /// `next_cost`) to `doc`'s section adds to the batch's bytes at most, signatures included:
+    /// one per actor new to the section, and those of a cut point the run passes.
+    fn run_cost(
+        &self,
+        doc: &DocId,
+        run: &[StoredChange],
+        run_bytes: usize,
+        next: &StoredChange,
+        next_cost: usize,
+    ) -> usize {
+        let genesis = genesis_actor();
+        let section = self
+            .docs
+            .last()
+            .filter(|last| &last.doc == doc)
+            .map(|_| self.docs.len() - 1);
+        let actors: BTreeSet<Actor> = run
+            .iter()
+            .map(|c| c.actor)
+            .chain(std::iter::once(next.actor))
+            .filter(|a| *a != genesis)
+            .collect();
+        let raw = run.iter().map(|c| c.bytes.len()).sum::<usize>() + next.bytes.len();
+        let (new_actors, cut) = match section {
+            Some(k) => (
+                actors
+                    .iter()
+                    .filter(|a| !self.heads[k].contains_key(a))
+                    .count(),
+                self.cuts[k].cut_cost(raw),
+            ),
+            None => (actors.len(), 0),
+        };
+        run_bytes + next_cost + SIGNED_COST_BYTES * new_actors + cut
+    }
+
     /// Adds a run of `doc`'s changes that ends, for each of its actors, on a provable change.
-    /// `run` holds each change with whether it is sealable here.
-    fn add_run(&mut self, doc: &DocId, run: Vec<(StoredChange, bool)>, cost: usize) {
+    fn add_run(&mut self, doc: &DocId, run: Vec<StoredChange>, cost: usize) {
         if self.docs.last().is_none_or(|last| &last.doc != doc) {
             self.docs.push(DocChanges {
                 doc: doc.clone(),
@@ -850,29 +916,32 @@ impl BatchBuilder {
                 signed: Vec::new(),
             });
             self.heads.push(BTreeMap::new());
-            self.seals.push(BTreeMap::new());
+            self.cuts.push(Cuts::default());
         }
         let dc = self.docs.last_mut().expect("pushed");
         let heads = self.heads.last_mut().expect("pushed");
-        let seals = self.seals.last_mut().expect("pushed");
+        let cuts = self.cuts.last_mut().expect("pushed");
         let genesis = genesis_actor();
         let sent = self.sent.entry(doc.clone()).or_default();
-        self.bytes += cost;
-        for (mut c, sealable) in run {
+        let raw: usize = run
+            .iter()
+            .filter(|c| c.actor != genesis)
+            .map(|c| c.bytes.len())
+            .sum();
+        self.bytes += cost + cuts.before_run(raw);
+        for mut c in run {
             self.changes += 1;
             sent.observe(c.actor, c.seq);
             let bytes = std::mem::take(&mut c.bytes);
             if c.actor != genesis {
                 let index = dc.changes.len() as u32;
-                seals
-                    .entry(c.actor)
-                    .or_default()
-                    .add(index, &c, bytes.len(), sealable);
+                cuts.add(index, &c, bytes.len());
                 if heads.insert(c.actor, (index, c)).is_none() {
                     self.bytes += SIGNED_COST_BYTES;
                 }
             }
             dc.changes.push(ChangeBytes(bytes));
         }
+        cuts.end_run();
     }
 }
