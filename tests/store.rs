@@ -474,11 +474,9 @@ fn a_store_from_before_kept_actors_takes_one_and_keeps_it() {
             .unwrap();
     }
     let open = |b: u8, durability: Durability| {
-        let mut cfg = config();
-        cfg.keep_actor_after_crash = durability == Durability::Fsync;
         Node::open(
             RocksStore::open(dir.path(), durability).unwrap(),
-            cfg,
+            config(),
             boot(b),
         )
         .unwrap()
@@ -500,16 +498,13 @@ fn a_store_from_before_kept_actors_takes_one_and_keeps_it() {
     assert_eq!(n.actor(), first, "kept across an unclean stop with fsync");
     drop(n);
     let n = open(5, Durability::Wal);
-    assert_ne!(
-        n.actor(),
-        first,
-        "a new actor after an unclean stop with wal"
-    );
-    assert_eq!(n.meta().actor_epoch, 2);
+    assert_eq!(n.actor(), first, "kept across an unclean stop with wal");
+    assert_eq!(n.meta().actor_epoch, 1);
 }
 
 // The syncer's counters, which /v1/status and the metrics show: commits made, commits durable
-// (with `fsync` only once synced; with `wal` at once), bytes written, and health.
+// (fsynced, in both modes: with `wal` only the answer to a client comes before), bytes written,
+// and health.
 #[test]
 fn the_syncer_counts_commits_durability_and_bytes() {
     use edgesync_proto::store::{NodeMeta, WriteBatch, WriteOp};
@@ -537,12 +532,7 @@ fn the_syncer_counts_commits_durability_and_bytes() {
                 .unwrap();
         }
         assert_eq!(syncer.commits(), 3);
-        let before_sync = if durability == Durability::Fsync {
-            0
-        } else {
-            3
-        };
-        assert_eq!(syncer.durable(), before_sync, "{durability:?}");
+        assert_eq!(syncer.durable(), 0, "{durability:?}");
         assert_eq!(syncer.sync().unwrap(), 3);
         assert_eq!(syncer.durable(), 3);
         assert!(

@@ -8,7 +8,10 @@
 //!   an fsync runs are covered by the next one, so concurrent writers share fsyncs (group commit)
 //!   and durable throughput grows with concurrency.
 //!
-//! A request is answered only when everything it wrote is durable. [`NodeHandle`] is cheap to
+//! A request is answered only when everything it wrote is durable: fsynced, or with
+//! [`Durability::Wal`] written to the WAL. Peers hear of a commit only once it is fsynced, in
+//! both modes (frames wait for the syncer), so a power cut never takes back anything a peer
+//! has, and the node keeps its actor across crashes. [`NodeHandle`] is cheap to
 //! clone and can be used from any thread; each call has a blocking form and an `_async` form.
 //!
 //! Peers: the transport (see [`crate::mesh`]) reports an authenticated link with
@@ -456,13 +459,9 @@ impl DurableNode {
             nonce: random16()?,
             new_store_id: random16()?,
         };
-        let mut config = opts.config.clone();
-        if opts.durability == Durability::Wal {
-            // A commit reported durable is only written: a power cut may lose changes that
-            // already left, so an unclean stop must end this actor (hazard 2).
-            config.keep_actor_after_crash = false;
-        }
-        let node = Node::open(store, config, boot)?;
+        // Frames leave only once fsynced in both modes: a change a power cut takes back never
+        // left, so its sequence number is safely taken again and the actor is kept (hazard 2).
+        let node = Node::open(store, opts.config.clone(), boot)?;
         assert_eq!(
             node.commit_seq(),
             syncer.commits(),
@@ -1063,12 +1062,7 @@ impl Core {
     /// events, and end the links of closed sessions.
     fn pump(&mut self) {
         if self.node.commit_seq() > self.node.durable_seq() {
-            if self.opts.durability == Durability::Wal {
-                let r = self.node.store().syncer().sync().map_err(Arc::new);
-                self.durable(r);
-            } else {
-                let _ = self.kick.send(());
-            }
+            let _ = self.kick.send(());
         }
         let sids: Vec<SessionId> = self.links.keys().copied().collect();
         for sid in sids {
@@ -1198,12 +1192,17 @@ impl Core {
         self.release();
     }
 
-    /// Answers, in commit order, every waiting request whose commit is durable.
+    /// Answers, in commit order, every waiting request whose commit is durable (with
+    /// [`Durability::Wal`]: written, which every commit the core made is).
     fn release(&mut self) {
+        let answerable = match self.opts.durability {
+            Durability::Fsync => self.node.durable_seq(),
+            Durability::Wal => self.node.commit_seq(),
+        };
         while self
             .waiting
             .front()
-            .is_some_and(|(at, _)| *at <= self.node.durable_seq())
+            .is_some_and(|(at, _)| *at <= answerable)
         {
             let (_, w) = self.waiting.pop_front().expect("checked");
             w.finish(None);

@@ -3,8 +3,10 @@
 //! Every commit of the core is one RocksDB `WriteBatch`, written to the WAL without waiting for
 //! the disk. Durability is then a separate, shared step ([`Syncer::sync`]): one WAL fsync makes
 //! every commit before it durable, so concurrent writers share one fsync (group commit) instead
-//! of paying one each. With [`Durability::Wal`] the WAL write alone counts as durable: it
-//! survives a process crash but not a power cut. The on-disk layout is in [`schema`].
+//! of paying one each. [`Syncer::durable`] counts fsynced commits in both modes; with
+//! [`Durability::Wal`] the node answers its clients once the WAL is written (that survives a
+//! process crash but not a power cut), and still sends nothing to peers before the fsync. The
+//! on-disk layout is in [`schema`].
 
 pub mod schema;
 
@@ -20,13 +22,16 @@ use rocksdb::{
 
 use schema::*;
 
-/// When a commit counts as durable.
+/// When a write is answered. Peers hear of a commit (changes, acknowledgements) only once it is
+/// fsynced, in both modes: so nothing a power cut takes back ever left the node, and the node
+/// keeps its actor across crashes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
     /// After the WAL is fsynced: survives power loss. The default.
     #[default]
     Fsync,
-    /// After the WAL write: survives a process crash, not a power cut.
+    /// After the WAL write: survives a process crash, not a power cut (a power cut may lose
+    /// answered writes, never ones a peer has).
     Wal,
 }
 
@@ -107,7 +112,6 @@ pub struct RocksStore {
 pub struct Syncer {
     db: Arc<DB>,
     shared: Arc<Shared>,
-    durability: Durability,
 }
 
 impl Syncer {
@@ -126,12 +130,10 @@ impl Syncer {
         if target <= self.shared.durable.load(Ordering::SeqCst) {
             return Ok(target);
         }
-        if self.durability == Durability::Fsync {
-            if let Err(e) = self.db.flush_wal(true) {
-                self.shared.poisoned.store(true, Ordering::SeqCst);
-                tracing::error!(error = %e, "wal fsync failed; store poisoned");
-                return Err(StoreError::Backend(Box::new(e)));
-            }
+        if let Err(e) = self.db.flush_wal(true) {
+            self.shared.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "wal fsync failed; store poisoned");
+            return Err(StoreError::Backend(Box::new(e)));
         }
         self.shared.durable.store(target, Ordering::SeqCst);
         Ok(target)
@@ -308,7 +310,6 @@ impl RocksStore {
         Syncer {
             db: self.db.clone(),
             shared: self.shared.clone(),
-            durability: self.durability,
         }
     }
 
@@ -659,10 +660,7 @@ impl Store for RocksStore {
             return Err(backend(e));
         }
         self.shared.bytes.fetch_add(size, Ordering::SeqCst);
-        let n = self.shared.commits.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.durability == Durability::Wal {
-            self.shared.durable.fetch_max(n, Ordering::SeqCst);
-        }
+        self.shared.commits.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
