@@ -6,6 +6,7 @@
 //! its HTTP API, metrics and demo ([`daemon`]). The `edgesync` binary is the CLI.
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod daemon;
 pub mod mesh;
 pub mod net;

@@ -1751,3 +1751,146 @@ fn a_restarted_cloud_node_is_redialled_at_once_and_catches_up() {
         "every acknowledged reading on both cloud nodes"
     );
 }
+
+// A gateway restored from a backup taken before it wrote more: its peers' receipts say it
+// holds what it lost, and its next writes would take sequence numbers that already left. The
+// backup is marked, so the first start on it takes a new store id (the cloud sends it
+// everything it lacks) and a new actor epoch (what it writes next reaches the cloud).
+#[test]
+fn a_gateway_restored_from_an_older_backup_gets_everything_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let (cloud, quic) = fast_cloud(dir.path(), &pki);
+    let mut gw = fast_gateway(dir.path(), &pki, "gw-1", quic);
+    let doc = "site-a/line-1/temp";
+    let t0 = 1_700_000_000_000i64;
+    let mut expected = BTreeSet::new();
+    let ingest = |gw: &Node, expected: &mut BTreeSet<String>, id: String, i: i64| {
+        assert_eq!(gw.ingest(doc, &id, t0 + i, 20.0)["duplicate"], false);
+        expected.insert(id);
+    };
+    for i in 0..10 {
+        ingest(&gw, &mut expected, format!("before-{i}"), i);
+    }
+    wait_for(
+        "the first readings on the cloud",
+        Duration::from_secs(30),
+        || cloud.reading_ids(doc).len() == 10,
+    );
+    assert!(gw.terminate().success());
+    let data = dir.path().join("data/gw-1");
+    let backup = dir.path().join("backup-gw-1");
+    let out = cli_ok(&[
+        "backup",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--to",
+        backup.to_str().unwrap(),
+    ]);
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["key_files"], json!(["author.key", "quic-reset.key"]));
+    // A backup is never written over, and a directory that is not one is never restored.
+    assert!(!cli(&[
+        "backup",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--to",
+        backup.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let not_a_backup = cli(&[
+        "restore",
+        "--from",
+        data.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("elsewhere").to_str().unwrap(),
+    ]);
+    assert!(!not_a_backup.status.success());
+    assert!(String::from_utf8_lossy(&not_a_backup.stderr).contains("not an edgesync backup"));
+    assert!(
+        !dir.path().join("elsewhere").exists(),
+        "nothing half-restored is left"
+    );
+
+    gw.spawn();
+    for i in 0..20 {
+        ingest(&gw, &mut expected, format!("after-{i}"), 100 + i);
+    }
+    wait_for(
+        "the later readings on the cloud",
+        Duration::from_secs(30),
+        || cloud.reading_ids(doc).len() == 30,
+    );
+    assert!(gw.terminate().success());
+
+    // The disk dies; the backup comes back.
+    std::fs::remove_dir_all(&data).unwrap();
+    cli_ok(&[
+        "restore",
+        "--from",
+        backup.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    gw.spawn();
+    let took = wait_for(
+        "the restored gateway to hold every reading",
+        Duration::from_secs(30),
+        || gw.reading_ids(doc) == expected,
+    );
+    eprintln!(
+        "restored gateway caught up {} ms after its start",
+        took.as_millis()
+    );
+    assert!(gw.logs().contains("restored backup"), "{}", gw.logs());
+    for i in 0..5 {
+        ingest(&gw, &mut expected, format!("restored-{i}"), 200 + i);
+    }
+    wait_for(
+        "the restored gateway's new readings on the cloud",
+        Duration::from_secs(30),
+        || cloud.reading_ids(doc) == expected,
+    );
+    assert_eq!(expected.len(), 35);
+    assert_eq!(gw.doc(doc), cloud.doc(doc));
+    // Started again, it is no longer a copy: same store, same actor.
+    assert!(gw.terminate().success());
+    let first = check_data_dir(&data, "gw-1");
+    gw.spawn();
+    ingest(&gw, &mut expected, "again".into(), 300);
+    assert!(gw.terminate().success());
+    let again = check_data_dir(&data, "gw-1");
+    assert_eq!(first["store_id"], again["store_id"], "{first} {again}");
+    assert_eq!(
+        again["actors_max"], 3,
+        "genesis, the first actor and the restored one: {again}"
+    );
+}
+
+// With `wal` durability a node answers at the write but sends nothing before the fsync, so a
+// crash takes back nothing a peer holds and the node keeps its actor across kills.
+#[test]
+fn wal_nodes_keep_their_actor_across_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
+    let spec = NodeSpec {
+        extra: "durability = \"wal\"\n",
+        ..NodeSpec::named("gw-1")
+    };
+    let mut gw = Node::start(dir.path(), &pki, spec);
+    let doc = "site-a/t1";
+    for i in 0..20 {
+        let r = gw.ingest(doc, &format!("r{i}"), 1_700_000_000_000 + i, 20.0);
+        assert_eq!(r["duplicate"], false, "start {i}: {r}");
+        gw.kill9();
+        gw.spawn();
+    }
+    assert_eq!(gw.reading_ids(doc).len(), 20);
+    gw.terminate();
+    let v = check_data_dir(&dir.path().join("data/gw-1"), "gw-1");
+    assert_eq!(
+        v["actors_max"], 2,
+        "the genesis actor and the node's one: {v}"
+    );
+}

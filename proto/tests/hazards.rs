@@ -1071,3 +1071,70 @@ fn a_change_naming_an_unlisted_actor_is_refused() {
     assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
     assert!(reason.contains("actor"), "{reason}");
 }
+
+// A restored copy of a store (a backup taken before the node wrote more, or a cloned disk
+// image) keeps its store id, so its peers' receipts say it holds what it lost since the copy,
+// and its next writes would take sequence numbers that already left under its actor. Renewed
+// (a new store id and actor epoch), it gets everything back from its peers, and its new writes
+// reach them without an equivocation.
+#[test]
+fn a_restored_copy_gets_everything_back_and_writes_under_a_new_actor() {
+    for renew in [true, false] {
+        let mut net = Net::new(2, |_| {});
+        let d = doc("site/s1");
+        for i in 0..5 {
+            net.nodes[0]
+                .ingest(&d, &[reading(&format!("r{i}"), i)], 0)
+                .unwrap();
+        }
+        net.connect(0, 1);
+        net.settle();
+        net.disconnect(0, 1);
+        persist(&mut net.nodes[0]);
+        let backup = net.nodes[0].store().clone();
+        for i in 5..10 {
+            net.nodes[0]
+                .ingest(&d, &[reading(&format!("r{i}"), i)], 0)
+                .unwrap();
+        }
+        net.connect(0, 1);
+        net.settle();
+        net.disconnect(0, 1);
+        let old_actor = net.nodes[0].doc_actor(&d);
+        // The disk dies; the copy comes back.
+        net.nodes[0] = open(0, backup, 7, |_| {});
+        if renew {
+            net.nodes[0].renew_store(&common::boot(8)).unwrap();
+            assert_ne!(net.nodes[0].doc_actor(&d), old_actor);
+        }
+        net.connect(0, 1);
+        net.settle();
+        let held = |n: &mut Node<MemStore>| {
+            let v = n.sensor_view(&d).unwrap().unwrap();
+            v.readings.keys().cloned().collect::<Vec<_>>()
+        };
+        let all: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+        if !renew {
+            assert_ne!(
+                held(&mut net.nodes[0]),
+                all,
+                "without renewal the copy stays behind"
+            );
+            continue;
+        }
+        assert_eq!(held(&mut net.nodes[0]), all);
+        net.nodes[0].ingest(&d, &[reading("r10", 10)], 0).unwrap();
+        net.settle();
+        let refused: Vec<_> = net
+            .closed
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::SessionClosed { code: Some(_), .. }))
+            .collect();
+        assert!(refused.is_empty(), "{refused:?}");
+        let mut more = all.clone();
+        more.push("r10".into());
+        more.sort();
+        assert_eq!(held(&mut net.nodes[1]), more);
+        assert_eq!(net.nodes[0].clock(&d), net.nodes[1].clock(&d));
+    }
+}

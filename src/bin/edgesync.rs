@@ -116,6 +116,28 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Back up a stopped node's data directory into a new directory: a consistent copy of the
+    /// store with the node's key files, marked so that a node started on it (or on any copy
+    /// of it) takes a new store id and actor epoch and gets from its peers everything it
+    /// lacks. Prints what it wrote as JSON.
+    Backup {
+        /// The node's data directory (the node must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup's directory; must not exist (on the same filesystem, table files are
+        /// hard links).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup made by `edgesync backup` into a new data directory.
+    Restore {
+        /// The backup's directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to create; must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// The fleet PKI: a fleet CA and node certificates.
     Pki {
         #[command(subcommand)]
@@ -426,6 +448,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { api, token } => print_get(&endpoint(&api, "/v1/status"), &token),
         Command::Check { data_dir, name } => check(data_dir, &name),
+        Command::Backup { data_dir, to } => {
+            let b = edgesync::backup::backup(&data_dir, &to)?;
+            println!("{}", serde_json::to_string_pretty(&b)?);
+            Ok(())
+        }
+        Command::Restore { from, data_dir } => {
+            let at = edgesync::backup::restore(&from, &data_dir)?;
+            println!(
+                "restored the backup of {at} (ms since the Unix epoch) into {}; the node's next start takes a new store id and actor epoch",
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::Pki { command } => pki_command(command),
         Command::Health { api } => {
             let v = http("GET", &endpoint(&api, "/healthz"), None, None)?;
@@ -546,6 +581,7 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
 fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
     let name = NodeName::new(name).context("invalid node name")?;
     let store = RocksStore::open(&data_dir, Durability::Fsync)?;
+    let copy_of = store.copy_mark().context("reading the copy mark")?;
     // Random like every open's: an open that takes a new actor epoch (a store from before
     // epochs) takes this nonce with it, and a fixed one would give every such check one actor.
     let random =
@@ -579,9 +615,21 @@ fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
         let durable = node.store().syncer().sync().context("syncing the store")?;
         anyhow::ensure!(durable >= seq, "the clean stop was not made durable");
     }
+    let meta = node.meta();
+    let store_id: String = meta.store_id.iter().map(|b| format!("{b:02x}")).collect();
     println!(
         "{}",
-        serde_json::json!({"ok": true, "docs": docs.len(), "pruned": node.prune_status().pruned, "readings": readings, "actors_max": actors_max})
+        serde_json::json!({
+            "ok": true,
+            "docs": docs.len(),
+            "pruned": node.prune_status().pruned,
+            "readings": readings,
+            "actors_max": actors_max,
+            "store_id": store_id,
+            "actor_epoch": meta.actor_epoch,
+            // A backup not started on yet: the time it was taken.
+            "backup_ms": copy_of,
+        })
     );
     Ok(())
 }

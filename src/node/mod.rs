@@ -156,6 +156,9 @@ pub enum StartError {
     /// The core refused the store or configuration.
     #[error(transparent)]
     Core(#[from] edgesync_proto::OpenError),
+    /// The store's copy mark could not be read or renewed.
+    #[error("cannot renew the identity of a restored data directory")]
+    Renew(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// No randomness for the boot nonce.
     #[error("no operating system randomness")]
     Random(#[source] getrandom::Error),
@@ -453,6 +456,9 @@ impl DurableNode {
     /// Opens the store and starts the core and syncer threads.
     pub fn start(opts: NodeOptions) -> Result<DurableNode, StartError> {
         let store = RocksStore::open(&opts.data_dir, opts.durability)?;
+        let copied = store
+            .copy_mark()
+            .map_err(|e| StartError::Renew(Box::new(e)))?;
         let syncer = store.syncer();
         let health = store.health();
         let boot = Boot {
@@ -461,7 +467,23 @@ impl DurableNode {
         };
         // Frames leave only once fsynced in both modes: a change a power cut takes back never
         // left, so its sequence number is safely taken again and the actor is kept (hazard 2).
-        let node = Node::open(store, opts.config.clone(), boot)?;
+        let mut node = Node::open(store, opts.config.clone(), boot)?;
+        if let Some(at) = copied {
+            // A backup: its peers saw this store go further than the copy.
+            let renewal = Boot {
+                nonce: random16()?,
+                new_store_id: random16()?,
+            };
+            node.renew_store(&renewal)
+                .map_err(|e| StartError::Renew(Box::new(e)))?;
+            node.store()
+                .clear_copy_mark()
+                .map_err(|e| StartError::Renew(Box::new(e)))?;
+            tracing::warn!(
+                backup_ms = at,
+                "this data directory is a restored backup: the node takes a new store id and actor epoch, and its peers send it everything it lacks"
+            );
+        }
         assert_eq!(
             node.commit_seq(),
             syncer.commits(),

@@ -305,6 +305,51 @@ impl RocksStore {
         })
     }
 
+    /// Writes a consistent copy of this store into `out` (which must not exist; on the same
+    /// filesystem its table files are hard links) and marks the copy as one: a node that
+    /// starts on it, or on any copy of it, renews the store's identity first
+    /// ([`edgesync_proto::Node::renew_store`]), since its peers have seen this store go
+    /// further. Only the database: the caller copies the directory's other files.
+    pub fn backup(&self, out: &Path, now_ms: u64) -> Result<(), StoreError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(backend)?;
+        cp.create_checkpoint(out).map_err(backend)?;
+        let copy = RocksStore::open(out, Durability::Fsync)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        let mark = seal(CF_META, KEY_COPY, now_ms.to_be_bytes().to_vec());
+        copy.db
+            .put_cf_opt(copy.cf(CF_META), KEY_COPY, mark, &w)
+            .map_err(backend)
+    }
+
+    /// When this store is a marked copy ([`RocksStore::backup`]): the backup's time.
+    pub fn copy_mark(&self) -> Result<Option<u64>, StoreError> {
+        let Some(v) = self
+            .db
+            .get_cf(self.cf(CF_META), KEY_COPY)
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let payload = open_value(CF_META, KEY_COPY, &v)?;
+        let at = <[u8; 8]>::try_from(payload).map_err(|_| StoreError::Corrupt {
+            table: CF_META,
+            key: "copy".into(),
+        })?;
+        Ok(Some(u64::from_be_bytes(at)))
+    }
+
+    /// Removes the copy mark once the store's identity was renewed. Written like a commit (the
+    /// next fsync covers it, and the renewal committed before it survives whenever it does).
+    pub fn clear_copy_mark(&self) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db
+            .delete_cf_opt(self.cf(CF_META), KEY_COPY, &wo)
+            .map_err(backend)
+    }
+
     /// The handle that makes commits durable.
     pub fn syncer(&self) -> Syncer {
         Syncer {

@@ -77,6 +77,10 @@ pub const COLUMN_FAMILIES: [&str; 8] = [
 pub const KEY_SCHEMA: &[u8] = b"schema";
 /// Key of the node metadata in [`CF_META`].
 pub const KEY_NODE: &[u8] = b"node";
+/// Key of the copy mark in [`CF_META`]: present in a backup ([`super::RocksStore::backup`])
+/// until a node first starts on it and renews the store's identity. Its payload is the
+/// backup's time, ms since the Unix epoch (8 bytes, big-endian).
+pub const KEY_COPY: &[u8] = b"copy";
 
 /// Receipt kind: what the peer acknowledged.
 pub const RECEIPT_ACKED: u8 = 0;

@@ -101,9 +101,12 @@ pub struct Config {
     /// Whether every commit reported durable survives a power cut (a store that fsyncs before
     /// reporting, as `fsync` durability does). Then nothing this node authored can have left
     /// it and been lost, so after an unclean stop it keeps authoring under the same actor.
-    /// When false (`wal` durability: durable means written, not synced), an open after an
-    /// unclean stop takes a new actor, since a change that peers hold may have been lost here
-    /// and its sequence number would be reused (hazard 2). Default true.
+    /// Whether the shell's durability reports ([`Node::handle_durable`]) survive a power cut.
+    /// When false (a shell that reports a commit durable once written, not synced, and so may
+    /// send frames a power cut takes back), an open after an unclean stop takes a new actor,
+    /// since a change that peers hold may have been lost here and its sequence number would
+    /// be reused (hazard 2). Default true; edgesync reports only fsynced commits in both of
+    /// its durability modes and keeps it true.
     pub keep_actor_after_crash: bool,
     /// Width of a stream's buckets in reading time (ms): readings ingested into a stream go
     /// into one sensor document per bucket ([`crate::stream`]). Default one hour. Must divide
@@ -683,6 +686,54 @@ impl<S: Store> Node<S> {
         })?;
         self.meta = meta;
         Ok(seq)
+    }
+
+    /// Gives this store a new identity because it is a copy of an earlier state of a store (a
+    /// restored backup, a cloned disk image): its peers' receipts for its old store id may name
+    /// changes it no longer holds, and changes it authored after the copy was taken may have
+    /// left under sequence numbers it would take again. It takes `boot`'s new store id (a peer
+    /// meeting a new store id forgets its receipts and sends everything the node's summary
+    /// lacks) and a new actor epoch with `boot`'s nonce. Only before any session.
+    pub fn renew_store(&mut self, boot: &Boot) -> Result<(), NodeError> {
+        assert!(
+            self.sessions.is_empty(),
+            "a store is renewed before any session"
+        );
+        let meta = NodeMeta {
+            store_id: boot.new_store_id,
+            actor_epoch: self.meta.actor_epoch + 1,
+            actor_nonce: boot.nonce,
+            ..self.meta.clone()
+        };
+        let actor = derive_actor(&self.cfg.name, meta.actor_epoch, &meta.actor_nonce);
+        let mut ops = vec![WriteOp::PutNodeMeta(meta.clone())];
+        if let Some(signer) = &self.cfg.trust.signer {
+            ops.push(WriteOp::PutAuthor {
+                node_actor: actor,
+                statement: signer.statement(&actor),
+            });
+        }
+        // What this node told its peers it held is older than what they believe: forget it,
+        // so the next summaries are whole. (Each peer, meeting the new store id, answers with
+        // a whole summary of its own, so the receipts forgotten with it come back at once.)
+        let mut peers = BTreeMap::new();
+        for (peer, r) in &self.peers {
+            let Some(store_id) = r.store_id else { continue };
+            ops.push(WriteOp::ResetPeer {
+                peer: peer.clone(),
+                store_id,
+            });
+            let fresh = PeerReceipts {
+                store_id: Some(store_id),
+                ..PeerReceipts::default()
+            };
+            peers.insert(peer.clone(), fresh);
+        }
+        self.commit(WriteBatch { ops })?;
+        self.meta = meta;
+        self.actor = actor;
+        self.peers = peers;
+        Ok(())
     }
 
     /// This node's name.
