@@ -13,6 +13,7 @@ pub mod net;
 pub mod node;
 pub mod os;
 pub mod relay;
+pub mod sinks;
 pub mod store;
 
 pub use edgesync_proto as proto;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::store::{
-    DocMeta, NodeMeta, PeerReceipts, Store, StoredChange, WriteBatch, WriteOp,
+    DocMeta, FeedEvent, NodeMeta, PeerReceipts, Store, StoredChange, WriteBatch, WriteOp,
     LOGICAL_SCHEMA_VERSION,
 };
 use crate::{Actor, Boot, Config, DocId, Node, NodeName, Reading, VectorClock};
@@ -43,6 +43,44 @@ pub fn check_store<S: Store>(mut fresh: impl FnMut() -> S, mut reopen: impl FnMu
     peers_reset_forgets_receipts(fresh(), &mut reopen);
     dropping_a_document_keeps_its_neighbours(fresh(), &mut reopen);
     node_state_survives_reopen(fresh(), &mut reopen);
+    feed_reads_in_order_and_trims(fresh(), &mut reopen);
+}
+
+fn feed_reads_in_order_and_trims<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
+    assert_eq!(s.feed_bounds().unwrap(), None);
+    assert!(s.feed(0, 10).unwrap().is_empty());
+    let event = |i: u64| FeedEvent {
+        doc: doc(if i.is_multiple_of(2) { "a" } else { "b/c" }),
+        reading: (!i.is_multiple_of(3)).then(|| (format!("r{i}"), format!("{{\"ts\":{i}}}"))),
+        origin: i.is_multiple_of(4).then(|| peer("p")),
+    };
+    // Cursors past 255 and 65535 order as numbers, not as their first bytes.
+    let cursors = [1u64, 2, 3, 300, 70_000, 70_001];
+    s.commit(WriteBatch {
+        ops: cursors
+            .iter()
+            .map(|c| WriteOp::PutFeed {
+                cursor: *c,
+                event: event(*c),
+            })
+            .collect(),
+    })
+    .unwrap();
+    let s = reopen(s);
+    assert_eq!(s.feed_bounds().unwrap(), Some((1, 70_001)));
+    let all: Vec<u64> = s.feed(0, 100).unwrap().iter().map(|(c, _)| *c).collect();
+    assert_eq!(all, cursors);
+    let page = s.feed(3, 2).unwrap();
+    assert_eq!(page, vec![(300, event(300)), (70_000, event(70_000))]);
+    assert!(s.feed(70_001, 10).unwrap().is_empty());
+    let mut s = s;
+    s.commit(WriteBatch {
+        ops: vec![WriteOp::TrimFeed { below: 300 }],
+    })
+    .unwrap();
+    let s = reopen(s);
+    assert_eq!(s.feed_bounds().unwrap(), Some((300, 70_001)));
+    assert_eq!(s.feed(0, 1).unwrap(), vec![(300, event(300))]);
 }
 
 fn empty_store_is_empty<S: Store>(s: S) {

@@ -109,11 +109,11 @@ pub use id::{DocId, NameError, NodeName};
 #[cfg(feature = "testing")]
 pub use node::Canary;
 pub use node::{
-    Boot, Config, Event, Ingested, Node, NodeError, OpenError, Origin, Patched, PruneStatus,
-    VerifyError,
+    Boot, Config, Cursor, Event, FeedPage, FeedReadError, Ingested, Node, NodeError, OpenError,
+    Origin, Patched, PruneStatus, VerifyError,
 };
 pub use reading::{FieldValue, Reading, ReadingError};
-pub use store::{MemStore, Store, StoreError};
+pub use store::{FeedEvent, MemStore, Store, StoreError};
 pub use sync::{SessionId, SessionInfo, SessionStats};
 pub use trust::Trust;
 pub use vclock::{Actor, Causality, VectorClock};

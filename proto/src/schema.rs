@@ -165,33 +165,80 @@ pub fn check_checksum(bytes: &[u8], change: &Change) -> Result<(), Refusal> {
     }
 }
 
+/// What a change that passed the checks writes, for the change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Puts {
+    /// The sensor genesis.
+    Genesis,
+    /// Readings, as (id, canonical body), in the change's order.
+    Readings(Vec<(String, String)>),
+    /// Anything else: a generic change.
+    Other,
+}
+
+/// What `ops` (a change's, not the genesis) write.
+fn puts_of(ops: &[Op]) -> Puts {
+    let readings = ObjectId::Id(readings_map_id());
+    let mut out = Vec::new();
+    for op in ops {
+        match (&op.obj, &op.key, &op.action) {
+            (o, Key::Map(k), OpType::Put(ScalarValue::Str(body))) if *o == readings => {
+                out.push((k.to_string(), body.to_string()));
+            }
+            _ => return Puts::Other,
+        }
+    }
+    if out.is_empty() {
+        Puts::Other
+    } else {
+        Puts::Readings(out)
+    }
+}
+
+/// What a change writes, without checking it (a change stored unchecked: into a pruned
+/// document, whose rules were checked on receipt).
+pub fn puts(change: &Change) -> Result<Puts, Refusal> {
+    Ok(match expand(change)? {
+        Some(ops) => puts_of(&ops),
+        None => Puts::Genesis,
+    })
+}
+
 /// The checks that need only the change: rules 1-4.
-pub fn check_shape(change: &Change) -> Result<(), Refusal> {
+pub fn check_shape(change: &Change) -> Result<Puts, Refusal> {
     check_shape_in(change, None)
 }
 
 /// [`check_shape`] for a change into `bucket` (rule 6 too); `None` for any other document.
-pub fn check_shape_in(change: &Change, bucket: Option<&Bucket>) -> Result<(), Refusal> {
+pub fn check_shape_in(change: &Change, bucket: Option<&Bucket>) -> Result<Puts, Refusal> {
     match expand(change)? {
-        Some(ops) => shape_of(change, &ops, bucket),
-        None => Ok(()),
+        Some(ops) => {
+            shape_of(change, &ops, bucket)?;
+            Ok(puts_of(&ops))
+        }
+        None => Ok(Puts::Genesis),
     }
 }
 
 /// Both steps at once, expanding the change once: for a change that is causally ready on
 /// arrival, the common case.
-pub fn check(change: &Change, doc: &Automerge) -> Result<(), Refusal> {
+pub fn check(change: &Change, doc: &Automerge) -> Result<Puts, Refusal> {
     check_in(change, doc, None)
 }
 
 /// [`check`] for a change into `bucket` (rule 6 too); `None` for any other document.
-pub fn check_in(change: &Change, doc: &Automerge, bucket: Option<&Bucket>) -> Result<(), Refusal> {
+pub fn check_in(
+    change: &Change,
+    doc: &Automerge,
+    bucket: Option<&Bucket>,
+) -> Result<Puts, Refusal> {
     match expand(change)? {
         Some(ops) => {
             shape_of(change, &ops, bucket)?;
-            depth_in_doc(change, &ops, doc)
+            depth_in_doc(change, &ops, doc)?;
+            Ok(puts_of(&ops))
         }
-        None => Ok(()),
+        None => Ok(Puts::Genesis),
     }
 }
 
@@ -273,10 +320,13 @@ fn not_a_reading(key: &str, why: NotAReading) -> Refusal {
 
 /// The checks that need the document the change is about to join: rule 5. `doc` holds every
 /// dependency of `change`.
-pub fn check_in_doc(change: &Change, doc: &Automerge) -> Result<(), Refusal> {
+pub fn check_in_doc(change: &Change, doc: &Automerge) -> Result<Puts, Refusal> {
     match expand(change)? {
-        Some(ops) => depth_in_doc(change, &ops, doc),
-        None => Ok(()),
+        Some(ops) => {
+            depth_in_doc(change, &ops, doc)?;
+            Ok(puts_of(&ops))
+        }
+        None => Ok(Puts::Genesis),
     }
 }
 
@@ -358,16 +408,18 @@ mod tests {
         let mut d = sensor(1);
         let map = readings(&d);
         let c = change(&mut d, |tx| tx.put(&map, "r1", body("r1")).unwrap());
-        assert_eq!(check_shape(&c), Ok(()));
-        assert_eq!(check_in_doc(&c, &sensor(2)), Ok(()));
-        assert_eq!(check_shape(sensor_genesis()), Ok(()));
+        let put = Puts::Readings(vec![("r1".into(), body("r1"))]);
+        assert_eq!(check_shape(&c), Ok(put.clone()));
+        assert_eq!(check_in_doc(&c, &sensor(2)), Ok(put.clone()));
+        assert_eq!(puts(&c), Ok(put));
+        assert_eq!(check_shape(sensor_genesis()), Ok(Puts::Genesis));
         let mut g = Automerge::new();
         let c = change(&mut g, |tx| {
             let m = tx.put_object(ROOT, "cfg", ObjType::Map).unwrap();
             tx.put(&m, "k", 1).unwrap();
         });
-        assert_eq!(check_shape(&c), Ok(()));
-        assert_eq!(check_in_doc(&c, &Automerge::new()), Ok(()));
+        assert_eq!(check_shape(&c), Ok(Puts::Other));
+        assert_eq!(check_in_doc(&c, &Automerge::new()), Ok(Puts::Other));
     }
 
     // Attack 1 of the hardening issue: deleting or replacing the readings map (or the schema).
@@ -479,7 +531,7 @@ mod tests {
         };
         let mut d = Automerge::new();
         let ok = nest(&mut d.clone(), ROOT, OBJECT_DEPTH_MAX);
-        assert_eq!(check_in_doc(&ok, &Automerge::new()), Ok(()));
+        assert_eq!(check_in_doc(&ok, &Automerge::new()), Ok(Puts::Other));
         let deep = nest(&mut d.clone(), ROOT, OBJECT_DEPTH_MAX + 1);
         let refused = Err(Refusal::TooDeep {
             max: OBJECT_DEPTH_MAX,

@@ -98,6 +98,19 @@ pub struct PeerReceipts {
     pub reported: BTreeMap<DocId, VectorClock>,
 }
 
+/// One event of the node's change feed, in commit order under its cursor ([`WriteOp::PutFeed`]):
+/// a reading that became durable here, or a change to a generic document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    /// The document.
+    pub doc: DocId,
+    /// The reading, as its id and canonical body ([`crate::Reading::encode`]); `None` for a
+    /// change to a generic document.
+    pub reading: Option<(String, String)>,
+    /// The peer the change came from; `None` when this node wrote it.
+    pub origin: Option<NodeName>,
+}
+
 /// One write in a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
@@ -172,6 +185,18 @@ pub enum WriteOp {
         /// What the peer acknowledged.
         clock: VectorClock,
     },
+    /// Add a feed event under `cursor` (above every cursor before it).
+    PutFeed {
+        /// The event's cursor.
+        cursor: u64,
+        /// The event.
+        event: FeedEvent,
+    },
+    /// Drop the feed events with a cursor below `below`.
+    TrimFeed {
+        /// The first cursor kept.
+        below: u64,
+    },
 }
 
 /// Writes applied together or not at all.
@@ -240,6 +265,10 @@ pub trait Store {
     fn change_at(&self, doc: &DocId, order: u64) -> Result<Option<StoredChange>, StoreError>;
     /// The authorship statement kept for `node_actor`.
     fn author(&self, node_actor: &Actor) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` feed events with a cursor above `after`, ascending.
+    fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, FeedEvent)>, StoreError>;
+    /// The lowest and the highest cursor held, if any.
+    fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError>;
     /// Applies `batch` atomically. Visible to reads at once; durable later, in commit order.
     /// After an error the store is poisoned.
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
@@ -254,6 +283,7 @@ struct MemState {
     index: BTreeMap<(DocId, Actor, u64), (u64, [u8; 32])>,
     peers: BTreeMap<NodeName, PeerReceipts>,
     authors: BTreeMap<Actor, Vec<u8>>,
+    feed: BTreeMap<u64, FeedEvent>,
 }
 
 impl MemState {
@@ -307,6 +337,12 @@ impl MemState {
                     self.snapshots.remove(&doc);
                     self.changes.retain(|(d, _), _| *d != doc);
                     self.index.retain(|(d, _, _), _| *d != doc);
+                }
+                WriteOp::PutFeed { cursor, event } => {
+                    self.feed.insert(cursor, event);
+                }
+                WriteOp::TrimFeed { below } => {
+                    self.feed = self.feed.split_off(&below);
                 }
                 WriteOp::DropDoc { doc, peers } => {
                     self.docs.remove(&doc);
@@ -457,6 +493,23 @@ impl Store for MemStore {
 
     fn author(&self, node_actor: &Actor) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.visible.authors.get(node_actor).cloned())
+    }
+
+    fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, FeedEvent)>, StoreError> {
+        Ok(self
+            .visible
+            .feed
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect())
+    }
+
+    fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let f = &self.visible.feed;
+        Ok(f.first_key_value()
+            .zip(f.last_key_value())
+            .map(|((a, _), (b, _))| (*a, *b)))
     }
 
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError> {

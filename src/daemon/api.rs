@@ -22,7 +22,7 @@ use tokio_stream::StreamExt;
 use super::guard::Guard;
 use crate::error_chain;
 use crate::mesh::Mesh;
-use crate::node::{NodeHandle, ReadError, Stopped, WriteError};
+use crate::node::{DocPattern, FeedError, NodeHandle, ReadError, Stopped, WriteError};
 use crate::os;
 
 /// Largest request body, bytes.
@@ -37,6 +37,8 @@ pub struct AppState {
     pub mesh: Arc<Mesh>,
     /// The metrics registry.
     pub metrics: PrometheusHandle,
+    /// The sinks' status.
+    pub sinks: crate::sinks::SinkStatusHandle,
 }
 
 /// An API error.
@@ -116,6 +118,8 @@ pub fn router(state: AppState, guard: Arc<Guard>) -> Router {
         .route("/v1/docs", get(docs))
         .route("/v1/docs/{*doc}", get(get_doc).patch(patch_doc))
         .route("/v1/status", get(status))
+        .route("/v1/feed", get(feed))
+        .route("/v1/feed/stream", get(feed_stream))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
@@ -475,6 +479,203 @@ async fn events(
     Sse::new(ready.chain(stream)).keep_alive(KeepAlive::default())
 }
 
+/// Events a feed page holds unless `limit` says otherwise.
+const FEED_PAGE_DEFAULT: usize = 1_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    docs: Option<String>,
+}
+
+/// A feed request's parameters, parsed: `after` (a cursor), `limit`, `docs` (a pattern).
+fn feed_params(
+    after: Option<&str>,
+    limit: Option<usize>,
+    docs: Option<&str>,
+) -> Result<(Option<edgesync_proto::Cursor>, usize, Option<DocPattern>), ApiError> {
+    let after = after.map(str::parse).transpose().map_err(bad)?;
+    let limit = limit.unwrap_or(FEED_PAGE_DEFAULT);
+    if !(1..=crate::node::FEED_PAGE_MAX).contains(&limit) {
+        return Err(bad(format!(
+            "limit must be 1 to {}",
+            crate::node::FEED_PAGE_MAX
+        )));
+    }
+    let docs = docs.map(DocPattern::new).transpose().map_err(bad)?;
+    Ok((after, limit, docs))
+}
+
+/// One feed event as the API shows it: a reading `{"cursor", "doc", "id", "ts", "fields",
+/// "origin"}` (a bucket's reading names its stream), or a generic document's change `{"cursor",
+/// "doc", "kind": "doc", "origin"}`; `origin` is `local` or the peer it came from.
+pub fn feed_event_json(cursor: &edgesync_proto::Cursor, e: &edgesync_proto::FeedEvent) -> Value {
+    let doc = stream::Bucket::parse(&e.doc).map_or(e.doc.to_string(), |b| b.stream.to_string());
+    let origin = e
+        .origin
+        .as_ref()
+        .map_or("local".to_string(), |o| o.to_string());
+    match &e.reading {
+        Some((id, body)) => match Reading::decode(id, body) {
+            Ok(r) => json!({
+                "cursor": cursor.to_string(),
+                "doc": doc,
+                "id": r.id,
+                "ts": r.ts_ms,
+                "fields": r.fields_json(),
+                "origin": origin,
+            }),
+            // Stored readings were checked before they were stored; this shows the bytes.
+            Err(err) => json!({
+                "cursor": cursor.to_string(),
+                "doc": doc,
+                "id": id,
+                "body": body,
+                "invalid": err.to_string(),
+                "origin": origin,
+            }),
+        },
+        None => json!({
+            "cursor": cursor.to_string(),
+            "doc": doc,
+            "kind": "doc",
+            "origin": origin,
+        }),
+    }
+}
+
+fn feed_error(e: FeedError) -> ApiError {
+    match e {
+        FeedError::Gone { oldest } => ApiError(
+            StatusCode::GONE,
+            format!("the feed no longer holds what follows this cursor (it was trimmed, or the node's store was restored or replaced); resume from {oldest}"),
+        ),
+        FeedError::Core(core) => ApiError(core_status(&core), error_chain(&core)),
+        FeedError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, "node stopped".into()),
+    }
+}
+
+async fn feed(
+    State(st): State<AppState>,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let r: Result<_, FeedGoneOr> = async {
+        let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+        let (after, limit, docs) = feed_params(q.after.as_deref(), q.limit, q.docs.as_deref())?;
+        Ok(st.node.feed(after, limit, docs).await?)
+    }
+    .await;
+    match r {
+        Ok(page) => Json(json!({
+            "events": page.events.iter().map(|(c, e)| feed_event_json(c, e)).collect::<Vec<_>>(),
+            "next": page.next.to_string(),
+        }))
+        .into_response(),
+        Err(FeedGoneOr::Gone(oldest, msg)) => (
+            StatusCode::GONE,
+            Json(json!({"error": msg, "oldest": oldest.to_string()})),
+        )
+            .into_response(),
+        Err(FeedGoneOr::Api(e)) => e.into_response(),
+    }
+}
+
+/// A feed error as a response: 410 carries the oldest cursor to resume from.
+enum FeedGoneOr {
+    Gone(edgesync_proto::Cursor, String),
+    Api(ApiError),
+}
+
+impl From<ApiError> for FeedGoneOr {
+    fn from(e: ApiError) -> FeedGoneOr {
+        FeedGoneOr::Api(e)
+    }
+}
+
+impl From<FeedError> for FeedGoneOr {
+    fn from(e: FeedError) -> FeedGoneOr {
+        match e {
+            FeedError::Gone { oldest } => {
+                let msg = feed_error(FeedError::Gone { oldest }).1;
+                FeedGoneOr::Gone(oldest, msg)
+            }
+            other => FeedGoneOr::Api(feed_error(other)),
+        }
+    }
+}
+
+/// The feed as server-sent events: each event's `id:` is its cursor, its `event:` `reading`
+/// or `doc`, its data the JSON of [`feed_event_json`]. Resumes after `Last-Event-ID` (or
+/// `?after=`); without either, from the oldest event held. Waits for new events at the head;
+/// a cursor the feed no longer holds ends the stream with one `gone` event naming the oldest.
+async fn feed_stream(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let parsed = (|| {
+        let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+        let last = headers
+            .get("last-event-id")
+            .map(|v| v.to_str().map_err(|_| bad("Last-Event-ID is not text")))
+            .transpose()?;
+        feed_params(last.or(q.after.as_deref()), q.limit, q.docs.as_deref())
+    })();
+    let (mut after, limit, docs) = match parsed {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let node = st.node.clone();
+    tokio::spawn(async move {
+        let mut head = node.feed_head();
+        loop {
+            let page = match node.feed(after, limit, docs.clone()).await {
+                Ok(p) => p,
+                Err(FeedError::Gone { oldest }) => {
+                    let data = json!({"oldest": oldest.to_string()}).to_string();
+                    let _ = tx
+                        .send(Ok(SseEvent::default().event("gone").data(data)))
+                        .await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            let full = page.events.len() == limit;
+            for (c, e) in &page.events {
+                let kind = if e.reading.is_some() {
+                    "reading"
+                } else {
+                    "doc"
+                };
+                let ev = SseEvent::default()
+                    .id(c.to_string())
+                    .event(kind)
+                    .data(feed_event_json(c, e).to_string());
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            let moved = after != Some(page.next);
+            after = Some(page.next);
+            if full || (moved && page.next < *head.borrow_and_update()) {
+                continue;
+            }
+            if page.next >= *head.borrow_and_update() {
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 async fn patch_doc(
     State(st): State<AppState>,
     Path(doc): Path<String>,
@@ -519,6 +720,8 @@ async fn status(State(st): State<AppState>) -> ApiResult {
         "pruning": s.pruning,
         "refused_sessions": s.refused_sessions,
         "rejected_connections": st.mesh.endpoint().rejections(),
+        "feed_head": st.node.feed_head().borrow().to_string(),
+        "sinks": st.sinks.get(),
     })))
 }
 

@@ -117,6 +117,58 @@ pub struct RuleEntry {
     pub access: RuleAccess,
 }
 
+/// One `[[sinks]]` entry: where the change feed is delivered ([`crate::sinks`]).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkEntry {
+    /// Its name: letters, digits, `-` and `_`, 1 to 64 of them; unique.
+    pub name: String,
+    /// `webhook` or `postgres`.
+    pub kind: String,
+    /// Where: an `http://` or `https://` URL (webhook) or `postgres://user@host:port/database`.
+    pub url: String,
+    /// `postgres`: the table (a lower-case SQL identifier). Default `edgesync_readings`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Which documents (streams, for readings): `*` matches any run of characters; absent:
+    /// all.
+    #[serde(default)]
+    pub docs: Option<String>,
+    /// Events per batch, 1 to 10,000. Default 500.
+    #[serde(default = "default_sink_batch")]
+    pub batch: usize,
+}
+
+fn default_sink_batch() -> usize {
+    500
+}
+
+/// The `[sink_retry]` section: how every sink retries a target that fails.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkRetrySection {
+    /// The first delay, ms. Default 1,000.
+    pub base_ms: u64,
+    /// The longest delay, ms. Default 10,000.
+    pub cap_ms: u64,
+    /// Failures in a row after which the delay is the cap. Default 3.
+    pub max_retries: u32,
+}
+
+impl Default for SinkRetrySection {
+    fn default() -> SinkRetrySection {
+        let d = crate::sinks::SinkRetry::default();
+        SinkRetrySection {
+            base_ms: d.base_ms,
+            cap_ms: d.cap_ms,
+            max_retries: d.max_retries,
+        }
+    }
+}
+
+/// The name of the sink `CLOUD_ENDPOINT` configures.
+pub const CLOUD_ENDPOINT_SINK: &str = "cloud-endpoint";
+
 /// The `[streams]` section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -143,6 +195,9 @@ pub struct RetentionSection {
     pub prune_after_ack: Vec<String>,
     /// Minutes after its span's end that a bucket counts as closed. Default 10.
     pub prune_grace_minutes: u64,
+    /// Events the change feed keeps at most (`GET /v1/feed`); 0 keeps no feed. Default
+    /// 1,000,000.
+    pub feed_events: u64,
 }
 
 impl Default for RetentionSection {
@@ -151,6 +206,7 @@ impl Default for RetentionSection {
             keep_hours: None,
             prune_after_ack: Vec::new(),
             prune_grace_minutes: 10,
+            feed_events: 1_000_000,
         }
     }
 }
@@ -212,6 +268,12 @@ pub struct Config {
     /// gateways and edge nodes their site's documents). The same on every node of a fleet.
     #[serde(default)]
     pub rules: Vec<RuleEntry>,
+    /// Where the change feed is delivered.
+    #[serde(default)]
+    pub sinks: Vec<SinkEntry>,
+    /// How sinks retry.
+    #[serde(default)]
+    pub sink_retry: SinkRetrySection,
 }
 
 impl Default for Config {
@@ -233,6 +295,8 @@ impl Default for Config {
             streams: StreamsSection::default(),
             retention: RetentionSection::default(),
             rules: Vec::new(),
+            sinks: Vec::new(),
+            sink_retry: SinkRetrySection::default(),
         }
     }
 }
@@ -274,8 +338,14 @@ pub struct Settings {
     pub prune_after_ack: Vec<NodeName>,
     /// How long after its end a bucket is closed, ms.
     pub prune_grace_ms: u64,
+    /// Events the change feed keeps at most; 0: no feed.
+    pub feed_events: u64,
     /// The fleet's rules.
     pub rules: edgesync_proto::Rules,
+    /// Sinks of the change feed.
+    pub sinks: Vec<crate::sinks::SinkConfig>,
+    /// How sinks retry.
+    pub sink_retry: crate::sinks::SinkRetry,
 }
 
 /// A configuration file could not be used.
@@ -373,6 +443,22 @@ pub enum SettingsError {
         /// Why.
         why: String,
     },
+    /// A `[[sinks]]` entry is invalid.
+    #[error("sinks[{index}]: {why}")]
+    Sink {
+        /// Its position (0-based).
+        index: usize,
+        /// Why.
+        why: String,
+    },
+    /// A `[sink_retry]` value is out of range.
+    #[error("sink_retry.{key} {rule}")]
+    SinkRetry {
+        /// The key.
+        key: &'static str,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
     /// A name in `api_hosts` is not a host name.
     #[error("api_hosts: {0:?} is not a host name (letters, digits, '-' and '.', no port)")]
     ApiHost(String),
@@ -444,11 +530,6 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "`name=host:port`, comma-separated (this node's own entry is skipped)",
     ),
     ("EDGESYNC_RETRY_BASE_MS", "sync.retry_base_ms", "ms"),
-    (
-        "SYNC_RETRY_BASE_MS",
-        "sync.retry_base_ms",
-        "ms (the seed's name; EDGESYNC_RETRY_BASE_MS wins)",
-    ),
     ("EDGESYNC_RETRY_CAP_MS", "sync.retry_cap_ms", "ms"),
     (
         "EDGESYNC_BREAKER_FAILURES",
@@ -476,6 +557,32 @@ pub const ENV_VARS: &[(&str, &str, &str)] = &[
         "EDGESYNC_PRUNE_GRACE_MINUTES",
         "retention.prune_grace_minutes",
         "minutes",
+    ),
+    (
+        "EDGESYNC_FEED_EVENTS",
+        "retention.feed_events",
+        "a number of events (0: no feed)",
+    ),
+    (
+        "CLOUD_ENDPOINT",
+        "sinks",
+        "a URL: a webhook sink named `cloud-endpoint` delivering every event (the seed's name)",
+    ),
+    (
+        "EDGESYNC_SINKS",
+        "sinks",
+        "a JSON array of sink objects (`name`, `kind`, `url`, `docs`, `batch`)",
+    ),
+    (
+        "SYNC_RETRY_BASE_MS",
+        "sink_retry.base_ms",
+        "ms (the seed's name)",
+    ),
+    ("EDGESYNC_SINK_RETRY_CAP_MS", "sink_retry.cap_ms", "ms"),
+    (
+        "SYNC_MAX_RETRIES",
+        "sink_retry.max_retries",
+        "a number of failures (the seed's name)",
     ),
     (
         "EDGESYNC_RULES",
@@ -507,7 +614,10 @@ impl Settings {
             keep_ms: None,
             prune_after_ack: Vec::new(),
             prune_grace_ms: 600_000,
+            feed_events: 1_000_000,
             rules: edgesync_proto::Rules::default(),
+            sinks: Vec::new(),
+            sink_retry: crate::sinks::SinkRetry::default(),
         }
     }
 
@@ -519,6 +629,7 @@ impl Settings {
         c.keep_ms = self.keep_ms;
         c.prune_after_ack = self.prune_after_ack.clone();
         c.prune_grace_ms = self.prune_grace_ms;
+        c.feed_events_max = self.feed_events;
         c.trust.rules = self.rules.clone();
         c
     }
@@ -593,6 +704,23 @@ impl Settings {
                 "keep_hours": self.keep_ms.map(|ms| ms / 3_600_000),
                 "prune_after_ack": self.prune_after_ack.iter().map(NodeName::as_str).collect::<Vec<_>>(),
                 "prune_grace_minutes": self.prune_grace_ms / 60_000,
+                "feed_events": self.feed_events,
+            },
+            "sinks": self.sinks.iter().map(|s| serde_json::json!({
+                "name": s.name,
+                "kind": s.kind.name(),
+                "url": crate::sinks::redact(s.kind.url()),
+                "table": match &s.kind {
+                    crate::sinks::SinkKind::Postgres { table, .. } => Some(table),
+                    crate::sinks::SinkKind::Webhook { .. } => None,
+                },
+                "docs": s.docs.as_ref().map(|d| d.as_str()),
+                "batch": s.batch,
+            })).collect::<Vec<_>>(),
+            "sink_retry": {
+                "base_ms": self.sink_retry.base_ms,
+                "cap_ms": self.sink_retry.cap_ms,
+                "max_retries": self.sink_retry.max_retries,
             },
             "rules": self.rules.0.iter().map(|r| serde_json::json!({
                 "role": r.role.map(|x| x.to_string()),
@@ -715,7 +843,10 @@ impl Settings {
             keep_ms,
             prune_after_ack,
             prune_grace_ms: cfg.retention.prune_grace_minutes * 60_000,
+            feed_events: cfg.retention.feed_events,
             rules,
+            sinks: check_sinks(&cfg.sinks)?,
+            sink_retry: check_sink_retry(&cfg.sink_retry)?,
         })
     }
 }
@@ -871,6 +1002,9 @@ fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
     if let Some(v) = num(&get, "EDGESYNC_PRUNE_GRACE_MINUTES", "a number of minutes")? {
         cfg.retention.prune_grace_minutes = v;
     }
+    if let Some(v) = num(&get, "EDGESYNC_FEED_EVENTS", "a number of events")? {
+        cfg.retention.feed_events = v;
+    }
     if let Some(v) = get("EDGESYNC_RULES") {
         cfg.rules = serde_json::from_str(&v).map_err(|_| {
             bad(
@@ -880,7 +1014,129 @@ fn apply_env(cfg: &mut Config, env: Env<'_>) -> Result<(), SettingsError> {
             )
         })?;
     }
+    if let Some(v) = get("EDGESYNC_SINKS") {
+        cfg.sinks = serde_json::from_str(&v).map_err(|_| {
+            bad(
+                "EDGESYNC_SINKS",
+                v,
+                "a JSON array of {\"name\", \"kind\", \"url\", \"docs\", \"batch\"} objects",
+            )
+        })?;
+    }
+    if let Some(url) = get("CLOUD_ENDPOINT") {
+        cfg.sinks.retain(|s| s.name != CLOUD_ENDPOINT_SINK);
+        cfg.sinks.push(SinkEntry {
+            name: CLOUD_ENDPOINT_SINK.into(),
+            kind: "webhook".into(),
+            url,
+            table: None,
+            docs: None,
+            batch: default_sink_batch(),
+        });
+    }
+    if let Some(v) = num(&get, "SYNC_RETRY_BASE_MS", "a number of ms")? {
+        cfg.sink_retry.base_ms = v;
+    }
+    if let Some(v) = num(&get, "EDGESYNC_SINK_RETRY_CAP_MS", "a number of ms")? {
+        cfg.sink_retry.cap_ms = v;
+    }
+    if let Some(v) = num(&get, "SYNC_MAX_RETRIES", "a number of failures")? {
+        cfg.sink_retry.max_retries = v;
+    }
     Ok(())
+}
+
+/// The sinks, checked: unique names of letters, digits, `-` and `_`; a known kind; an HTTP(S)
+/// URL; a valid pattern and batch size.
+fn check_sinks(entries: &[SinkEntry]) -> Result<Vec<crate::sinks::SinkConfig>, SettingsError> {
+    let mut out: Vec<crate::sinks::SinkConfig> = Vec::new();
+    for (index, e) in entries.iter().enumerate() {
+        let err = |why: String| SettingsError::Sink { index, why };
+        let name_ok = (1..=64).contains(&e.name.len())
+            && e.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(err(format!(
+                "name {:?}: 1 to 64 letters, digits, '-' or '_'",
+                e.name
+            )));
+        }
+        if out.iter().any(|s| s.name == e.name) {
+            return Err(err(format!("name {:?} is used twice", e.name)));
+        }
+        let plain = e.url.len() <= 2048 && !e.url.chars().any(char::is_whitespace);
+        let kind = match e.kind.as_str() {
+            "webhook" => {
+                if !(plain && (e.url.starts_with("http://") || e.url.starts_with("https://"))) {
+                    return Err(err(format!(
+                        "url {:?} is not an http:// or https:// URL",
+                        crate::sinks::redact(&e.url)
+                    )));
+                }
+                if e.table.is_some() {
+                    return Err(err("table is for postgres sinks".into()));
+                }
+                crate::sinks::SinkKind::Webhook { url: e.url.clone() }
+            }
+            "postgres" => {
+                let scheme = e.url.starts_with("postgres://") || e.url.starts_with("postgresql://");
+                if !(plain && scheme && e.url.parse::<tokio_postgres::Config>().is_ok()) {
+                    return Err(err(format!(
+                        "url {:?} is not a postgres:// connection URL",
+                        crate::sinks::redact(&e.url)
+                    )));
+                }
+                let table = e
+                    .table
+                    .clone()
+                    .unwrap_or_else(|| "edgesync_readings".into());
+                if !crate::sinks::is_table_name(&table) || table == crate::sinks::PG_CURSOR_TABLE {
+                    return Err(err(format!(
+                        "table {table:?}: a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63 bytes), not {}",
+                        crate::sinks::PG_CURSOR_TABLE
+                    )));
+                }
+                crate::sinks::SinkKind::Postgres {
+                    url: e.url.clone(),
+                    table,
+                }
+            }
+            other => return Err(err(format!("kind {other:?}: expected webhook or postgres"))),
+        };
+        let docs = e
+            .docs
+            .as_deref()
+            .map(crate::node::DocPattern::new)
+            .transpose()
+            .map_err(|w| err(format!("docs: {w}")))?;
+        let batch = crate::sinks::check_batch(e.batch).map_err(|w| err(format!("batch {w}")))?;
+        out.push(crate::sinks::SinkConfig {
+            name: e.name.clone(),
+            kind,
+            docs,
+            batch,
+        });
+    }
+    Ok(out)
+}
+
+fn check_sink_retry(r: &SinkRetrySection) -> Result<crate::sinks::SinkRetry, SettingsError> {
+    let bad = |key, rule| Err(SettingsError::SinkRetry { key, rule });
+    if r.base_ms == 0 || r.base_ms > 3_600_000 {
+        return bad("base_ms", "must be 1 to 3600000");
+    }
+    if r.cap_ms < r.base_ms || r.cap_ms > 3_600_000 {
+        return bad("cap_ms", "must be at least base_ms and at most 3600000");
+    }
+    if r.max_retries > 1_000 {
+        return bad("max_retries", "must be at most 1000");
+    }
+    Ok(crate::sinks::SinkRetry {
+        base_ms: r.base_ms,
+        cap_ms: r.cap_ms,
+        max_retries: r.max_retries,
+    })
 }
 
 fn check_rules(entries: &[RuleEntry]) -> Result<edgesync_proto::Rules, SettingsError> {
@@ -1018,7 +1274,7 @@ addr = "127.0.0.1:7400"
         let s = parse(GOOD, &env).unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/x"));
         assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().unwrap()));
-        assert_eq!(s.retry.base_ms, 250);
+        assert_eq!(s.sink_retry.base_ms, 250);
         assert_eq!((s.bucket_ms, s.keep_ms), (900_000, Some(168 * 3_600_000)));
         let core = s.core_config();
         assert_eq!(
@@ -1160,6 +1416,70 @@ addr = "127.0.0.1:7400"
         assert!(e.contains("EDGESYNC_KEEP_HOURS"), "{e}");
     }
 
+    // Sinks are checked before the node starts, each refusal naming the entry and the rule.
+    #[test]
+    fn sinks_are_checked() {
+        let with = |sinks: &str| parse(&format!("{GOOD}{sinks}"), &|_| None);
+        let ok = with(
+            "[[sinks]]\nname = \"wh\"\nkind = \"webhook\"\nurl = \"https://h/x\"\ndocs = \"site-a/*\"\n\
+             [[sinks]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"postgres://u:secret@db:5432/x\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.sinks.len(), 2);
+        assert_eq!(ok.sinks[0].batch, 500);
+        let shown = ok.to_json().to_string();
+        assert!(shown.contains("edgesync_readings"), "{shown}");
+        assert!(
+            !shown.contains("secret"),
+            "a password is never shown: {shown}"
+        );
+        for (sink, why) in [
+            (
+                "name = \"a b\"\nkind = \"webhook\"\nurl = \"http://h\"",
+                "name",
+            ),
+            ("name = \"a\"\nkind = \"ftp\"\nurl = \"http://h\"", "kind"),
+            (
+                "name = \"a\"\nkind = \"webhook\"\nurl = \"file:///etc\"",
+                "url",
+            ),
+            (
+                "name = \"a\"\nkind = \"postgres\"\nurl = \"http://h\"",
+                "url",
+            ),
+            (
+                "name = \"a\"\nkind = \"postgres\"\nurl = \"postgres://h/x\"\ntable = \"x; drop\"",
+                "table",
+            ),
+            (
+                "name = \"a\"\nkind = \"webhook\"\nurl = \"http://h\"\nbatch = 0",
+                "batch",
+            ),
+            (
+                "name = \"a\"\nkind = \"webhook\"\nurl = \"http://h\"\ndocs = \"\"",
+                "docs",
+            ),
+        ] {
+            let e = with(&format!("[[sinks]]\n{sink}\n")).unwrap_err();
+            assert!(e.contains("sinks[0]") && e.contains(why), "{sink}: {e}");
+        }
+        let twice = "[[sinks]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"http://h\"\n";
+        let e = with(&format!("{twice}{twice}")).unwrap_err();
+        assert!(e.contains("sinks[1]") && e.contains("twice"), "{e}");
+        let e = with("[sink_retry]\ncap_ms = 10\n").unwrap_err();
+        assert!(e.contains("sink_retry.cap_ms"), "{e}");
+        // CLOUD_ENDPOINT adds the seed's sink; SYNC_* set how it retries.
+        let env = |k: &str| match k {
+            "CLOUD_ENDPOINT" => Some("http://127.0.0.1:9/in".to_string()),
+            "SYNC_MAX_RETRIES" => Some("5".to_string()),
+            "SYNC_RETRY_BASE_MS" => Some("2000".to_string()),
+            _ => None,
+        };
+        let s = parse(GOOD, &env).unwrap();
+        assert_eq!(s.sinks[0].name, CLOUD_ENDPOINT_SINK);
+        assert_eq!((s.sink_retry.base_ms, s.sink_retry.max_retries), (2_000, 5));
+    }
+
     // The README's table of overrides is ENV_VARS, row for row.
     #[test]
     fn the_readme_lists_every_override() {
@@ -1209,6 +1529,11 @@ addr = "127.0.0.1:7400"
                 "EDGESYNC_KEEP_HOURS" => "48",
                 "EDGESYNC_PRUNE_AFTER_ACK" => "cloud",
                 "EDGESYNC_PRUNE_GRACE_MINUTES" => "30",
+                "EDGESYNC_FEED_EVENTS" => "5000",
+                "CLOUD_ENDPOINT" => "http://127.0.0.1:9000/ingest",
+                "EDGESYNC_SINKS" => r#"[{"name": "wh", "kind": "webhook", "url": "http://h/x"}]"#,
+                "SYNC_MAX_RETRIES" => "7",
+                "EDGESYNC_SINK_RETRY_CAP_MS" => "20000",
                 "EDGESYNC_RULES" => {
                     r#"[{"role": "gateway", "docs": "shared/**", "access": "read"}]"#
                 }

@@ -49,6 +49,7 @@ pub struct Daemon {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     reloader: JoinHandle<()>,
+    sinks: Option<crate::sinks::Sinks>,
 }
 
 async fn serve(
@@ -135,10 +136,17 @@ impl Daemon {
             s.peers.clone(),
             s.retry.clone(),
         ));
+        let sinks = crate::sinks::Sinks::start(
+            node.handle(),
+            node.sink_store(),
+            s.sinks.clone(),
+            s.sink_retry.clone(),
+        );
         let state = api::AppState {
             node: node.handle(),
             mesh: mesh.clone(),
             metrics: metrics_handle(),
+            sinks: sinks.status(),
         };
         let guard = Arc::new(guard);
         let (stop, stop_rx) = watch::channel(false);
@@ -165,6 +173,7 @@ impl Daemon {
             stop,
             servers,
             reloader,
+            sinks: Some(sinks),
         })
     }
 
@@ -184,6 +193,9 @@ impl Daemon {
         let _ = self.stop.send(true);
         for s in self.servers.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        if let Some(sinks) = self.sinks.take() {
+            sinks.shutdown().await;
         }
         self.mesh.shutdown().await;
         self.reloader.abort();

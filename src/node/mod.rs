@@ -33,7 +33,7 @@ use edgesync_proto::{
     Origin, Reading, SessionId, SessionStats, StoreError,
 };
 use serde_json::Value as Json;
-use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::os;
 use crate::store::{Durability, Health, OpenError, RocksStore};
@@ -98,6 +98,92 @@ pub enum WriteError {
 impl From<NodeError> for WriteError {
     fn from(e: NodeError) -> WriteError {
         WriteError::Refused(Arc::new(e))
+    }
+}
+
+/// Events one feed page holds at most ([`NodeHandle::feed`]).
+pub const FEED_PAGE_MAX: usize = 10_000;
+/// Events one feed read looks at at most (a filter may skip them): bounds a request's work.
+/// `next` moves past what was looked at, so a consumer of a rare document still advances.
+pub const FEED_SCAN_MAX: usize = 100_000;
+
+/// Which documents a feed read wants: `*` matches any run of characters (`/` included), every
+/// other character itself. A bucket of a stream matches by its stream's id. At most 256 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocPattern(String);
+
+impl DocPattern {
+    /// Longest pattern accepted, bytes.
+    pub const BYTES_MAX: usize = 256;
+
+    /// A pattern, if within [`DocPattern::BYTES_MAX`].
+    pub fn new(p: &str) -> Result<DocPattern, String> {
+        if p.is_empty() || p.len() > Self::BYTES_MAX {
+            return Err(format!(
+                "a document pattern is 1 to {} bytes",
+                Self::BYTES_MAX
+            ));
+        }
+        Ok(DocPattern(p.to_string()))
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `doc` (or, for a bucket, its stream) matches.
+    pub fn matches(&self, doc: &DocId) -> bool {
+        let bucket = edgesync_proto::stream::Bucket::parse(doc);
+        let id = bucket.as_ref().map_or(doc.as_str(), |b| b.stream.as_str());
+        glob(self.0.as_bytes(), id.as_bytes())
+    }
+}
+
+/// `*`-only glob matching, iterative (no recursion a pattern could deepen): linear in the
+/// text for each backtrack point, at most pattern × text steps.
+fn glob(p: &[u8], t: &[u8]) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
+/// Why a feed read has no page.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The cursor is older than what the feed holds, or of another store's sequence (the node
+    /// was restored or replaced): resume from `oldest`.
+    #[error("the feed no longer holds what follows this cursor; resume from {oldest}")]
+    Gone {
+        /// The oldest cursor to resume from.
+        oldest: edgesync_proto::Cursor,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Core(#[from] NodeError),
+    /// The node is shutting down or its core thread is gone.
+    #[error("node stopped")]
+    Stopped,
+}
+
+impl From<Stopped> for FeedError {
+    fn from(_: Stopped) -> FeedError {
+        FeedError::Stopped
     }
 }
 
@@ -388,6 +474,12 @@ enum Cmd {
         stream: DocId,
         reply: Reply<Option<Option<Reading>>, ReadError>,
     },
+    Feed {
+        after: Option<edgesync_proto::Cursor>,
+        limit: usize,
+        docs: Option<DocPattern>,
+        reply: Reply<edgesync_proto::FeedPage, FeedError>,
+    },
     PeerUp {
         peer: Identity,
         out: OutboundSender,
@@ -417,6 +509,7 @@ enum Cmd {
 /// A running node.
 pub struct DurableNode {
     handle: NodeHandle,
+    sinks: crate::store::SinkStore,
     core: Option<JoinHandle<()>>,
     syncer: Option<JoinHandle<()>>,
 }
@@ -430,6 +523,8 @@ pub struct NodeHandle {
     core_alive: Arc<AtomicBool>,
     link_inbound_bytes_max: usize,
     events: broadcast::Sender<DocEvent>,
+    /// The feed's newest durable cursor, for readers that wait for more.
+    feed_head: watch::Receiver<edgesync_proto::Cursor>,
     name: NodeName,
     started: Instant,
 }
@@ -460,6 +555,7 @@ impl DurableNode {
             .copy_mark()
             .map_err(|e| StartError::Renew(Box::new(e)))?;
         let syncer = store.syncer();
+        let sinks = store.sink_store();
         let health = store.health();
         let boot = Boot {
             nonce: random16()?,
@@ -492,6 +588,7 @@ impl DurableNode {
         let (tx, rx) = mpsc::channel();
         let (kick_tx, kick_rx) = mpsc::channel::<()>();
         let (events, _) = broadcast::channel(1024);
+        let (feed_tx, feed_rx) = watch::channel(node.feed_head());
         let durable_tx = tx.clone();
         let sync_handle = syncer;
         let syncer_thread = std::thread::Builder::new()
@@ -525,6 +622,7 @@ impl DurableNode {
                     waiting: VecDeque::new(),
                     links: BTreeMap::new(),
                     events: core_events,
+                    feed_head: feed_tx,
                     // Housekeeping always runs: closed buckets leave memory even without
                     // retention.
                     housekeep_at: 0,
@@ -539,12 +637,19 @@ impl DurableNode {
                 core_alive,
                 link_inbound_bytes_max: opts.link_inbound_bytes_max,
                 events,
+                feed_head: feed_rx,
                 name: opts.config.name.clone(),
                 started: Instant::now(),
             },
+            sinks,
             core: Some(core),
             syncer: Some(syncer_thread),
         })
+    }
+
+    /// The store of sinks' states ([`crate::sinks`]).
+    pub fn sink_store(&self) -> crate::store::SinkStore {
+        self.sinks.clone()
     }
 
     /// A handle for requests.
@@ -709,6 +814,33 @@ impl NodeHandle {
         self.call_async(|reply| Cmd::Status { peers, reply }).await
     }
 
+    /// A page of the change feed: up to `limit` (1 to [`FEED_PAGE_MAX`]) durable events after
+    /// `after` (from the oldest held when `None`) of the documents `docs` matches (all when
+    /// `None`), looking at most at [`FEED_SCAN_MAX`] events, and the cursor to resume from.
+    /// Resuming from `next` yields every later event once. [`FeedError::Gone`] when `after`
+    /// is older than what the feed holds (it follows `feed_events_max`) or of another store.
+    pub async fn feed(
+        &self,
+        after: Option<edgesync_proto::Cursor>,
+        limit: usize,
+        docs: Option<DocPattern>,
+    ) -> Result<edgesync_proto::FeedPage, FeedError> {
+        let limit = limit.clamp(1, FEED_PAGE_MAX);
+        self.call_async(|reply| Cmd::Feed {
+            after,
+            limit,
+            docs,
+            reply,
+        })
+        .await
+    }
+
+    /// The feed's newest durable cursor, changing as events become durable: wait on it for
+    /// more after a page that ended at the head.
+    pub fn feed_head(&self) -> watch::Receiver<edgesync_proto::Cursor> {
+        self.feed_head.clone()
+    }
+
     /// Every document change from now on (local or remote), once durable. A slow subscriber
     /// that falls more than 1,024 events behind gets `Lagged` and continues.
     pub fn subscribe(&self) -> broadcast::Receiver<DocEvent> {
@@ -822,6 +954,8 @@ struct Core {
     /// Open sessions and their links.
     links: BTreeMap<SessionId, OutboundSender>,
     events: broadcast::Sender<DocEvent>,
+    /// Tells feed readers the newest durable cursor.
+    feed_head: watch::Sender<edgesync_proto::Cursor>,
     /// When housekeeping (unloading closed buckets, retention, pruning) next runs.
     housekeep_at: u64,
     /// Sessions this node ended on a peer's input, by close code: at most one entry per code.
@@ -938,6 +1072,9 @@ impl Core {
             tracing::warn!(error = %e, "snapshotting closed buckets failed");
         }
         self.node.evict_closed(now);
+        if let Err(e) = self.node.trim_feed() {
+            tracing::warn!(error = %e, "trimming the change feed failed");
+        }
         let dropped = match self.node.expire(now) {
             Ok(n) => n,
             Err(e) => {
@@ -1006,6 +1143,24 @@ impl Core {
             }
             Cmd::Latest { stream, reply } => {
                 let _ = reply.send(self.node.latest(&stream).map_err(ReadError::from));
+            }
+            Cmd::Feed {
+                after,
+                limit,
+                docs,
+                reply,
+            } => {
+                let wanted = |d: &DocId| docs.as_ref().is_none_or(|p| p.matches(d));
+                let page = self
+                    .node
+                    .feed(after, limit, FEED_SCAN_MAX, &wanted)
+                    .map_err(|e| match e {
+                        edgesync_proto::FeedReadError::Gone { oldest, .. } => {
+                            FeedError::Gone { oldest }
+                        }
+                        edgesync_proto::FeedReadError::Node(e) => FeedError::Core(e),
+                    });
+                let _ = reply.send(page);
             }
             Cmd::Docs { reply } => {
                 let _ = reply.send(Ok(self.node.docs().map(|(d, _)| d.clone()).collect()));
@@ -1235,6 +1390,9 @@ impl Core {
         match r {
             Ok(seq) => {
                 self.node.handle_durable(seq.min(self.node.commit_seq()));
+                let head = self.node.feed_head();
+                self.feed_head
+                    .send_if_modified(|h| std::mem::replace(h, head) != head);
                 self.release();
             }
             Err(e) => {

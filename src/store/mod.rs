@@ -107,6 +107,61 @@ pub struct RocksStore {
     dir: PathBuf,
 }
 
+/// Where a sink ([`crate::sinks`]) is in the change feed, kept in the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkState {
+    /// Every event up to this cursor was delivered (`None`: nothing yet).
+    pub delivered: Option<edgesync_proto::Cursor>,
+    /// The batch being delivered: the events after `delivered` up to this cursor. Kept
+    /// (synced) before its first attempt, so a retry after a restart sends the same batch.
+    pub inflight: Option<edgesync_proto::Cursor>,
+    /// Events the feed dropped before this sink delivered them (it was down for longer than
+    /// the feed keeps).
+    pub skipped: u64,
+}
+
+/// Reads and writes sinks' states; cloneable and usable from any thread (the sinks' tasks),
+/// beside the core's commits.
+#[derive(Clone)]
+pub struct SinkStore {
+    db: Arc<DB>,
+}
+
+impl SinkStore {
+    fn key(name: &str) -> Vec<u8> {
+        let mut k = KEY_SINK_PREFIX.to_vec();
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    /// The sink's state (default for a sink never run).
+    pub fn get(&self, name: &str) -> Result<SinkState, StoreError> {
+        let k = Self::key(name);
+        let cf = self
+            .db
+            .cf_handle(CF_META)
+            .expect("opened with every column family");
+        match self.db.get_cf(&cf, &k).map_err(backend)? {
+            None => Ok(SinkState::default()),
+            Some(v) => open_postcard(CF_META, &k, &v),
+        }
+    }
+
+    /// Replaces the sink's state; with `sync`, durable before it returns.
+    pub fn put(&self, name: &str, state: &SinkState, sync: bool) -> Result<(), StoreError> {
+        let k = Self::key(name);
+        let cf = self
+            .db
+            .cf_handle(CF_META)
+            .expect("opened with every column family");
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .put_cf_opt(&cf, &k, seal_postcard(CF_META, &k, state), &wo)
+            .map_err(backend)
+    }
+}
+
 /// Makes commits durable; cloneable and usable from another thread than the one committing.
 #[derive(Clone)]
 pub struct Syncer {
@@ -348,6 +403,13 @@ impl RocksStore {
         self.db
             .delete_cf_opt(self.cf(CF_META), KEY_COPY, &wo)
             .map_err(backend)
+    }
+
+    /// The handle for sinks' states.
+    pub fn sink_store(&self) -> SinkStore {
+        SinkStore {
+            db: self.db.clone(),
+        }
     }
 
     /// The handle that makes commits durable.
@@ -595,6 +657,50 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn feed(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, edgesync_proto::FeedEvent)>, StoreError> {
+        let mut out = Vec::new();
+        let Some(from) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.scan(CF_FEED, &from.to_be_bytes(), None, |k, v| {
+            let cursor = <[u8; 8]>::try_from(k)
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    table: CF_FEED,
+                    key: format!("{k:02x?}"),
+                })?;
+            out.push((cursor, open_postcard(CF_FEED, k, v)?));
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let edge = |mode| -> Result<Option<u64>, StoreError> {
+            let mut iter = self.db.iterator_cf(self.cf(CF_FEED), mode);
+            match iter.next() {
+                None => Ok(None),
+                Some(item) => {
+                    let (k, _) = item.map_err(backend)?;
+                    <[u8; 8]>::try_from(&k[..])
+                        .map(|b| Some(u64::from_be_bytes(b)))
+                        .map_err(|_| StoreError::Corrupt {
+                            table: CF_FEED,
+                            key: format!("{k:02x?}"),
+                        })
+                }
+            }
+        };
+        Ok(edge(IteratorMode::Start)?.zip(edge(IteratorMode::End)?))
+    }
+
     fn author(&self, node_actor: &edgesync_proto::Actor) -> Result<Option<Vec<u8>>, StoreError> {
         match self.get(CF_AUTHORS, &node_actor.0)? {
             None => Ok(None),
@@ -671,6 +777,14 @@ impl Store for RocksStore {
                     let k = receipt_key(&peer, &doc, RECEIPT_REPORTED);
                     let v = seal_postcard(CF_RECEIPTS, &k, &clock);
                     wb.put_cf(self.cf(CF_RECEIPTS), &k, v);
+                }
+                WriteOp::PutFeed { cursor, event } => {
+                    let k = cursor.to_be_bytes();
+                    let v = seal_postcard(CF_FEED, &k, &event);
+                    wb.put_cf(self.cf(CF_FEED), k, v);
+                }
+                WriteOp::TrimFeed { below } => {
+                    wb.delete_range_cf(self.cf(CF_FEED), 0u64.to_be_bytes(), below.to_be_bytes());
                 }
                 WriteOp::DropContent { doc } => {
                     let k = doc_key(&doc);

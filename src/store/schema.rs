@@ -29,6 +29,10 @@
 //! | `snapshots.v1` | doc | covers order `u64` BE ‖ Automerge `save` bytes |
 //! | `peers.v1` | peer | the peer's store id `[16]` |
 //! | `receipts.v1` | peer ‖ doc ‖ kind `u8` (0 acknowledged, 1 reported) | `VectorClock` |
+//! | `authors.v1` | node actor `[16]` | the authorship statement's bytes (raw, not postcard) |
+//! | `feed.v1` | cursor `u64` BE | `FeedEvent` (doc, reading id and canonical body or none, origin) |
+//! | `meta.v1` | `b"copy"` | a backup's time, `u64` BE ms (present until the first start on the copy) |
+//! | `meta.v1` | `b"sink/"` ‖ sink name | `SinkState` (delivered cursor, the batch in flight, events skipped) |
 //!
 //! `changes.v1` ordered by (doc, order) is each document's change log in apply order (a causal
 //! order): loading reads the snapshot, then this range from the snapshot's order. The
@@ -60,9 +64,12 @@ pub const CF_PEERS: &str = "peers.v1";
 pub const CF_RECEIPTS: &str = "receipts.v1";
 /// Authorship statements by node actor (logical schema 4; created in older stores on open).
 pub const CF_AUTHORS: &str = "authors.v1";
+/// The change feed: cursor (u64, big-endian) → postcard `FeedEvent` (created in older stores
+/// on open; an older build opens a store that has it and ignores it).
+pub const CF_FEED: &str = "feed.v1";
 
 /// Every column family of this schema version.
-pub const COLUMN_FAMILIES: [&str; 8] = [
+pub const COLUMN_FAMILIES: [&str; 9] = [
     CF_META,
     CF_DOCS,
     CF_CHANGES,
@@ -71,6 +78,7 @@ pub const COLUMN_FAMILIES: [&str; 8] = [
     CF_PEERS,
     CF_RECEIPTS,
     CF_AUTHORS,
+    CF_FEED,
 ];
 
 /// Key of the schema version in [`CF_META`].
@@ -81,6 +89,9 @@ pub const KEY_NODE: &[u8] = b"node";
 /// until a node first starts on it and renews the store's identity. Its payload is the
 /// backup's time, ms since the Unix epoch (8 bytes, big-endian).
 pub const KEY_COPY: &[u8] = b"copy";
+/// Prefix of a sink's state in [`CF_META`]: `b"sink/"` then the sink's name; the value is a
+/// postcard [`super::SinkState`].
+pub const KEY_SINK_PREFIX: &[u8] = b"sink/";
 
 /// Receipt kind: what the peer acknowledged.
 pub const RECEIPT_ACKED: u8 = 0;

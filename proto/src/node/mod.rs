@@ -4,10 +4,12 @@
 //! sessions, sessions know nothing of the node.
 
 mod authorship;
+mod feed;
 mod peering;
 mod remote;
 mod streams;
 
+pub use feed::{Cursor, FeedPage, FeedReadError};
 pub use streams::PruneStatus;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -98,9 +100,6 @@ pub struct Config {
     /// A new snapshot is written after this many changes since the last one. Default 512:
     /// loading replays at most this many changes one by one.
     pub snapshot_changes_min: u64,
-    /// Whether every commit reported durable survives a power cut (a store that fsyncs before
-    /// reporting, as `fsync` durability does). Then nothing this node authored can have left
-    /// it and been lost, so after an unclean stop it keeps authoring under the same actor.
     /// Whether the shell's durability reports ([`Node::handle_durable`]) survive a power cut.
     /// When false (a shell that reports a commit durable once written, not synced, and so may
     /// send frames a power cut takes back), an open after an unclean stop takes a new actor,
@@ -121,6 +120,10 @@ pub struct Config {
     /// bucket before this node drops its content ([`Node::prune`]). Empty (default): no
     /// pruning.
     pub prune_after_ack: Vec<NodeName>,
+    /// The change feed ([`Node::feed`]) keeps at most this many events; older ones are dropped
+    /// by [`Node::trim_feed`] (as are, from its head, events of documents no longer held).
+    /// 0 keeps no feed. Default 1,000,000.
+    pub feed_events_max: u64,
     /// A bucket is closed, and may be pruned, this long after its span ended. Default 10
     /// minutes: readings that late still land in it here.
     pub prune_grace_ms: u64,
@@ -173,6 +176,7 @@ impl Config {
             bucket_ms: 3_600_000,
             keep_ms: None,
             prune_after_ack: Vec::new(),
+            feed_events_max: 1_000_000,
             prune_grace_ms: 600_000,
             trust: Trust::local(),
             session_authors_max: 1024,
@@ -541,6 +545,8 @@ pub struct Node<S: Store> {
     /// Verified authors by node actor: a cache of what the store's statements prove, at most
     /// [`AUTHORS_CACHED_MAX`] entries (cleared when full; the store keeps every statement).
     authors: BTreeMap<Actor, Arc<Author>>,
+    /// The change feed's cursors (see [`feed`]).
+    feed: feed::FeedState,
 }
 
 /// Verified authors kept in memory.
@@ -642,6 +648,7 @@ impl<S: Store> Node<S> {
         store.commit(WriteBatch { ops })?;
         let docs = store.docs()?.into_iter().collect();
         let peers = store.peers()?.into_iter().collect();
+        let feed = feed::FeedState::open(store.feed_bounds()?.map(|(_, last)| last));
         Ok(Node {
             cfg,
             store,
@@ -663,6 +670,7 @@ impl<S: Store> Node<S> {
             dirty: BTreeSet::new(),
             last_stop_clean,
             authors: BTreeMap::new(),
+            feed,
         })
     }
 
@@ -803,6 +811,7 @@ impl<S: Store> Node<S> {
             self.commit_seq
         );
         self.durable_seq = self.durable_seq.max(seq);
+        self.feed.durable(self.durable_seq);
     }
 
     /// The next event, if any. Poll after every input; events queue until polled.
@@ -1119,6 +1128,7 @@ impl<S: Store> Node<S> {
             return Err(e.into());
         }
         self.commit_seq += 1;
+        self.feed.committed(self.commit_seq);
         Ok(self.commit_seq)
     }
 
@@ -1203,14 +1213,19 @@ impl<S: Store> Node<S> {
             let time_s = (now_ms / 1000) as i64;
             let (out, hash) =
                 doc::put_readings(self.loaded_doc(doc)?, &map, &readings[start..end], time_s);
-            outcomes.extend(out);
             if hash.is_some() {
                 let change = self
                     .loaded_doc(doc)?
                     .get_last_local_change()
                     .expect("committed");
                 self.record_change(batch, doc, &change, By::Local)?;
+                for (r, o) in readings[start..end].iter().zip(&out) {
+                    if *o == IngestOutcome::Inserted {
+                        self.feed_push(batch, doc, Some((r.id.clone(), r.encode())), None);
+                    }
+                }
             }
+            outcomes.extend(out);
             start = end;
         }
         Ok(outcomes)
@@ -1274,6 +1289,7 @@ impl<S: Store> Node<S> {
         }
         let mut batch = WriteBatch::default();
         self.record_change(&mut batch, doc, &change, By::Local)?;
+        self.feed_push(&mut batch, doc, None, None);
         let seq = self.commit(batch)?;
         self.announce(Origin::Local);
         self.pump_all();

@@ -266,27 +266,27 @@ impl<S: Store> Node<S> {
                 .insert(doc, (actor, seq), change, by, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
-        if pruned {
+        let puts = if pruned {
             // Only buckets are pruned, and rule 6 lets a bucket's changes write readings
             // alone, into the genesis' map: rule 5 holds without the document.
-            schema::check_shape_in(&change, bucket.as_ref())?;
+            schema::check_shape_in(&change, bucket.as_ref())?
         } else {
-            schema::check_in(&change, self.loaded_doc(doc)?, bucket.as_ref())?;
-        }
-        self.apply_ready(batch, doc, change, by, sid)?;
+            schema::check_in(&change, self.loaded_doc(doc)?, bucket.as_ref())?
+        };
+        self.apply_ready(batch, doc, change, by, sid, (puts, peer))?;
         let mut drained = 0;
         while let Some((next, next_by)) = self.take_ready_pending(doc)? {
             // A buffered change the schema refuses now is dropped (its sender's session may be
             // over) and the drain goes on. A limit ends this session: everything still waiting
             // is resent by its sender, since none of it was acknowledged.
             let checked = if pruned {
-                Ok(())
+                schema::puts(&next)
             } else {
                 schema::check_in_doc(&next, self.loaded_doc(doc)?)
             };
             match checked
                 .map_err(ApplyError::from)
-                .and_then(|()| self.apply_ready(batch, doc, next, next_by, sid))
+                .and_then(|puts| self.apply_ready(batch, doc, next, next_by, sid, (puts, peer)))
             {
                 Ok(()) => drained += 1,
                 Err(ApplyError::Invalid(_)) => {}
@@ -334,7 +334,8 @@ impl<S: Store> Node<S> {
     }
 
     /// Applies a causally ready change that passed the schema checks: checked against the
-    /// limits first, so a refused change touches nothing.
+    /// limits first, so a refused change touches nothing. `puts` is what the checks found it
+    /// writes, and `origin` the peer it came from: the feed's events.
     fn apply_ready(
         &mut self,
         batch: &mut WriteBatch,
@@ -342,12 +343,26 @@ impl<S: Store> Node<S> {
         change: Change,
         by: By,
         sid: SessionId,
+        (puts, origin): (schema::Puts, &NodeName),
     ) -> Result<(), ApplyError> {
         let admitted = self.admit(doc, &change, sid)?;
         let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 5 == 3;
+        // The feed's events: readings new to this node (a reading another change already
+        // brought is not new), or the change itself for a generic one. A pruned document's
+        // readings are not held to compare with: each counts as new.
+        let generic = puts == schema::Puts::Other;
+        let mut readings = match puts {
+            schema::Puts::Readings(r) => Some(r),
+            _ => None,
+        };
         if !planted_drop && !self.is_pruned(doc) {
             let hash = change.hash();
             let am = self.loaded_doc(doc)?;
+            if let (Some(r), Some(map)) = (readings.as_mut(), crate::doc::readings_obj(am)) {
+                r.retain(|(id, _)| {
+                    matches!(automerge::ReadDoc::get(am, &map, id.as_str()), Ok(None))
+                });
+            }
             am.apply_changes([change.clone()])
                 .map_err(|e| Refusal::Refused(e.to_string()))?;
             if am.get_change_meta_by_hash(&hash).is_none() {
@@ -355,6 +370,12 @@ impl<S: Store> Node<S> {
             }
         }
         self.record_change(batch, doc, &change, by)?;
+        for r in readings.into_iter().flatten() {
+            self.feed_push(batch, doc, Some(r), Some(origin));
+        }
+        if generic {
+            self.feed_push(batch, doc, None, Some(origin));
+        }
         if let Admitted::NewActor { new_doc } = admitted {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 let q = s.introduced();

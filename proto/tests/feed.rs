@@ -1,0 +1,194 @@
+//! The change feed: one event per reading that becomes durable here (local or remote), one
+//! per generic change, in commit order; resumable from any cursor it gave; bounded.
+
+mod common;
+
+use common::{doc, open, persist, Net};
+use edgesync_proto::stream::Bucket;
+use edgesync_proto::{Cursor, DocId, FeedReadError, MemStore, Node, Reading};
+use serde_json::json;
+
+fn reading(id: &str, v: i64) -> Reading {
+    Reading::from_json(id, v, &json!({ "v": v })).unwrap()
+}
+
+fn all(_: &DocId) -> bool {
+    true
+}
+
+/// Every event after `after`, as (doc, reading id or "doc", origin or "local").
+fn events(n: &Node<MemStore>, after: Option<Cursor>) -> Vec<(String, String, String)> {
+    let page = n.feed(after, 10_000, 100_000, &all).unwrap();
+    page.events
+        .into_iter()
+        .map(|(_, e)| {
+            (
+                // Readings go into the stream's buckets: named here by their stream.
+                Bucket::parse(&e.doc).map_or(e.doc.to_string(), |b| b.stream.to_string()),
+                e.reading.map_or("doc".into(), |(id, _)| id),
+                e.origin.map_or("local".into(), |o| o.to_string()),
+            )
+        })
+        .collect()
+}
+
+fn ev(d: &str, id: &str, origin: &str) -> (String, String, String) {
+    (d.into(), id.into(), origin.into())
+}
+
+#[test]
+fn local_writes_are_events_once_durable_and_once_each() {
+    let mut n = open(0, MemStore::new(), 1, |_| {});
+    let d = doc("site/s1");
+    n.ingest(&d, &[reading("a", 1), reading("b", 2)], 0)
+        .unwrap();
+    assert!(
+        events(&n, None).is_empty(),
+        "nothing is seen before it is durable"
+    );
+    persist(&mut n);
+    // A duplicate is no event; a new reading in the same request is.
+    n.ingest(&d, &[reading("a", 1), reading("c", 3)], 0)
+        .unwrap();
+    n.patch(&doc("app/cfg"), &json!({"mode": "eco"}), 0)
+        .unwrap();
+    // An empty patch changes nothing: no event.
+    n.patch(&doc("app/cfg"), &json!({"mode": "eco"}), 0)
+        .unwrap();
+    persist(&mut n);
+    assert_eq!(
+        events(&n, None),
+        vec![
+            ev("site/s1", "a", "local"),
+            ev("site/s1", "b", "local"),
+            ev("site/s1", "c", "local"),
+            ev("app/cfg", "doc", "local"),
+        ]
+    );
+    let page = n.feed(None, 2, 100, &all).unwrap();
+    assert_eq!(page.events.len(), 2);
+    // Resuming after the last cursor seen yields every later event once.
+    let rest = events(&n, Some(page.next));
+    assert_eq!(
+        rest,
+        vec![ev("site/s1", "c", "local"), ev("app/cfg", "doc", "local")]
+    );
+    // Nothing new: `next` is the cursor asked for.
+    let head = n.feed_head();
+    let empty = n.feed(Some(head), 10, 100, &all).unwrap();
+    assert!(empty.events.is_empty());
+    assert_eq!(empty.next, head);
+    // The body is the reading's canonical encoding.
+    let first = n.feed(None, 1, 1, &all).unwrap().events.remove(0).1;
+    let (id, body) = first.reading.unwrap();
+    assert_eq!(Reading::decode(&id, &body).unwrap(), reading("a", 1));
+}
+
+#[test]
+fn remote_readings_are_events_once_even_when_they_arrive_twice() {
+    let mut net = Net::new(3, |_| {});
+    let d = doc("site/s1");
+    // The same reading ingested at 0 and 1 (a retried upload), and one more at each.
+    net.nodes[0]
+        .ingest(&d, &[reading("same", 1), reading("x", 2)], 0)
+        .unwrap();
+    net.nodes[1]
+        .ingest(&d, &[reading("same", 1), reading("y", 3)], 0)
+        .unwrap();
+    net.connect(0, 2);
+    net.settle();
+    net.connect(1, 2);
+    net.settle();
+    common::persist(&mut net.nodes[2]);
+    let n0 = net.nodes[0].name().to_string();
+    let n1 = net.nodes[1].name().to_string();
+    assert_eq!(
+        events(&net.nodes[2], None),
+        vec![
+            ev("site/s1", "same", &n0),
+            ev("site/s1", "x", &n0),
+            ev("site/s1", "y", &n1),
+        ]
+    );
+}
+
+#[test]
+fn cursors_go_on_across_restarts_and_a_trimmed_or_foreign_cursor_is_gone() {
+    let mut n = open(0, MemStore::new(), 1, |c| c.feed_events_max = 5);
+    let d = doc("site/s1");
+    for i in 0..4 {
+        n.ingest(&d, &[reading(&format!("r{i}"), i)], 0).unwrap();
+    }
+    persist(&mut n);
+    let seen = n.feed_head();
+    let n = open(0, n.into_store(), 2, |c| c.feed_events_max = 5);
+    let mut n = n;
+    for i in 4..10 {
+        n.ingest(&d, &[reading(&format!("r{i}"), i)], 0).unwrap();
+    }
+    persist(&mut n);
+    // After a restart the sequence goes on: the cursor seen before yields r4.. exactly.
+    let after: Vec<_> = events(&n, Some(seen)).into_iter().map(|e| e.1).collect();
+    assert_eq!(after, ["r4", "r5", "r6", "r7", "r8", "r9"]);
+    let first = n.feed(None, 1, 1, &all).unwrap().events[0].0;
+    assert_eq!(n.trim_feed().unwrap(), 5);
+    persist(&mut n);
+    let kept: Vec<_> = events(&n, None).into_iter().map(|e| e.1).collect();
+    assert_eq!(kept, ["r5", "r6", "r7", "r8", "r9"]);
+    match n.feed(Some(first), 10, 10, &all) {
+        Err(FeedReadError::Gone { oldest, .. }) => {
+            let from: Vec<_> = events(&n, Some(oldest)).into_iter().map(|e| e.1).collect();
+            assert_eq!(from, kept);
+        }
+        other => panic!("a trimmed cursor must be gone: {other:?}"),
+    }
+    // A cursor of another store's sequence is gone too, never a silent skip.
+    let mut foreign = n.feed_head();
+    foreign.store[0] ^= 1;
+    assert!(matches!(
+        n.feed(Some(foreign), 10, 10, &all),
+        Err(FeedReadError::Gone { .. })
+    ));
+    // A store renewed from a backup starts another sequence.
+    let head = n.feed_head();
+    let mut n = open(0, n.into_store(), 3, |c| c.feed_events_max = 5);
+    n.renew_store(&common::boot(9)).unwrap();
+    assert!(matches!(
+        n.feed(Some(head), 10, 10, &all),
+        Err(FeedReadError::Gone { .. })
+    ));
+}
+
+#[test]
+fn a_filter_skips_other_documents_and_next_moves_past_them() {
+    let mut n = open(0, MemStore::new(), 1, |_| {});
+    for i in 0..10 {
+        let d = doc(if i % 2 == 0 { "site-a/t" } else { "site-b/t" });
+        n.ingest(&d, &[reading(&format!("r{i}"), i)], 0).unwrap();
+    }
+    persist(&mut n);
+    let site_a = |d: &DocId| d.as_str().starts_with("site-a/");
+    assert!(n.feed(None, 100, 100, &all).unwrap().events.len() == 10);
+    let page = n.feed(None, 2, 100, &site_a).unwrap();
+    let ids: Vec<_> = page
+        .events
+        .iter()
+        .map(|(_, e)| e.reading.clone().unwrap().0)
+        .collect();
+    assert_eq!(ids, ["r0", "r2"]);
+    // A scan bound ends a page early, and its `next` is still past what it looked at.
+    let page = n.feed(Some(page.next), 10, 3, &site_a).unwrap();
+    let ids: Vec<_> = page
+        .events
+        .iter()
+        .map(|(_, e)| e.reading.clone().unwrap().0)
+        .collect();
+    assert_eq!(ids, ["r4"]);
+    let page = n.feed(Some(page.next), 10, 100, &site_a).unwrap();
+    let ids: Vec<_> = page
+        .events
+        .iter()
+        .map(|(_, e)| e.reading.clone().unwrap().0)
+        .collect();
+    assert_eq!(ids, ["r6", "r8"]);
+}
