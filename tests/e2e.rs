@@ -1328,14 +1328,25 @@ fn a_panic_on_any_thread_exits_the_process() {
 /// actor of the node's besides the genesis (a new actor per start filled its 512 after 511).
 #[test]
 fn six_hundred_restarts_keep_the_actor() {
+    restarts_keep_the_actor("", 600, 50);
+}
+
+/// A gateway started `starts` times (`extra` added to its configuration), writing one reading
+/// per run, stopped by SIGTERM but every `kill_every`-th run by SIGKILL: every reading is
+/// there once and its document holds one actor of the node's.
+fn restarts_keep_the_actor(extra: &str, starts: i64, kill_every: i64) {
     let dir = tempfile::tempdir().unwrap();
     let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
-    let mut gw = Node::start(dir.path(), &pki, NodeSpec::named("gw-1"));
+    let spec = NodeSpec {
+        extra,
+        ..NodeSpec::named("gw-1")
+    };
+    let mut gw = Node::start(dir.path(), &pki, spec);
     let doc = "site-a/t1";
-    for i in 0..600 {
+    for i in 0..starts {
         let r = gw.ingest(doc, &format!("r{i}"), 1_700_000_000_000 + i, 20.0);
         assert_eq!(r["duplicate"], false, "start {i}: {r}");
-        if i % 50 == 49 {
+        if i % kill_every == kill_every - 1 {
             gw.kill9();
         } else {
             let st = gw.terminate();
@@ -1343,10 +1354,10 @@ fn six_hundred_restarts_keep_the_actor() {
         }
         gw.spawn();
     }
-    assert_eq!(gw.reading_ids(doc).len(), 600);
+    assert_eq!(gw.reading_ids(doc).len(), starts as usize);
     gw.terminate();
     let v = check_data_dir(&dir.path().join("data/gw-1"), "gw-1");
-    assert_eq!(v["readings"], 600);
+    assert_eq!(v["readings"], starts);
     assert_eq!(
         v["actors_max"], 2,
         "the genesis actor and the node's one: {v}"
@@ -1872,27 +1883,7 @@ fn a_gateway_restored_from_an_older_backup_gets_everything_back() {
 // crash takes back nothing a peer holds and the node keeps its actor across kills.
 #[test]
 fn wal_nodes_keep_their_actor_across_kills() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = fleet(dir.path(), &[("gw-1", "gateway")]);
-    let spec = NodeSpec {
-        extra: "durability = \"wal\"\n",
-        ..NodeSpec::named("gw-1")
-    };
-    let mut gw = Node::start(dir.path(), &pki, spec);
-    let doc = "site-a/t1";
-    for i in 0..20 {
-        let r = gw.ingest(doc, &format!("r{i}"), 1_700_000_000_000 + i, 20.0);
-        assert_eq!(r["duplicate"], false, "start {i}: {r}");
-        gw.kill9();
-        gw.spawn();
-    }
-    assert_eq!(gw.reading_ids(doc).len(), 20);
-    gw.terminate();
-    let v = check_data_dir(&dir.path().join("data/gw-1"), "gw-1");
-    assert_eq!(
-        v["actors_max"], 2,
-        "the genesis actor and the node's one: {v}"
-    );
+    restarts_keep_the_actor("durability = \"wal\"\n", 20, 1);
 }
 
 /// Reads a feed stream in a thread: (id, event, data) of every event, in order.
@@ -2022,13 +2013,9 @@ fn the_change_feed_resumes_from_any_cursor_and_misses_nothing() {
     assert_eq!(only["events"][0]["kind"], "doc");
 
     // A cursor of another store's sequence is gone, with the oldest to resume from.
-    let foreign = format!("ffffffffffffffff.{}", 3);
-    let (s, v) = try_request(
-        "GET",
-        &format!("{}/v1/feed?after={foreign}", cloud.api),
-        None,
-    )
-    .unwrap();
+    let feed_status =
+        |q: &str| try_request("GET", &format!("{}/v1/feed{q}", cloud.api), None).unwrap();
+    let (s, v) = feed_status("?after=ffffffffffffffff.3");
     assert_eq!(s, 410, "{v}");
     let oldest = v["oldest"].as_str().unwrap();
     assert_eq!(
@@ -2046,7 +2033,7 @@ fn the_change_feed_resumes_from_any_cursor_and_misses_nothing() {
         "?docs=",
         "?bogus=1",
     ] {
-        let (s, v) = try_request("GET", &format!("{}/v1/feed{q}", cloud.api), None).unwrap();
+        let (s, v) = feed_status(q);
         assert_eq!(s, 400, "{q}: {v}");
         assert!(v["error"].is_string(), "{q}: {v}");
     }
@@ -2140,6 +2127,23 @@ impl Hook {
     }
 }
 
+/// A cloud node listening for QUIC with short timeouts and one sink (`sink`: the body of a
+/// `[[sinks]]` entry) that retries fast (100 ms doubling to 400 ms, the cap after 2 failures).
+fn cloud_with_sink(dir: &Path, pki: &Path, sink: &str) -> Node {
+    let extra = format!(
+        "{FAST}[sink_retry]\nbase_ms = 100\ncap_ms = 400\nmax_retries = 2\n[[sinks]]\n{sink}"
+    );
+    Node::start(
+        dir,
+        pki,
+        NodeSpec {
+            listen: true,
+            extra: &extra,
+            ..NodeSpec::named("cloud")
+        },
+    )
+}
+
 // A webhook sink on the cloud: the target is down at first (the sink retries, and says so in
 // /v1/status), then the cloud is killed (SIGKILL) while a batch is in flight; after the
 // restart the same batch comes again under the same key with the same events, and the target,
@@ -2151,21 +2155,12 @@ fn a_webhook_sink_delivers_every_reading_once_across_outages_and_kills() {
     // Requests 0-2 fail; request 4 (the second batch that gets through) is held while the
     // cloud is killed.
     let hook = Hook::start(3, Some(4));
-    let extra = format!(
-        "{FAST}[sink_retry]\nbase_ms = 100\ncap_ms = 400\nmax_retries = 2\n[[sinks]]\nname = \"wh\"\nkind = \"webhook\"\nurl = \"{}\"\nbatch = 16\ndocs = \"site-a/*\"\n",
+    let sink = format!(
+        "name = \"wh\"\nkind = \"webhook\"\nurl = \"{}\"\nbatch = 16\ndocs = \"site-a/*\"\n",
         hook.url
     );
-    let mut cloud = Node::start(
-        dir.path(),
-        &pki,
-        NodeSpec {
-            listen: true,
-            extra: &extra,
-            ..NodeSpec::named("cloud")
-        },
-    );
-    let quic = cloud.quic.unwrap();
-    let gw = fast_gateway(dir.path(), &pki, "gw-1", quic);
+    let mut cloud = cloud_with_sink(dir.path(), &pki, &sink);
+    let gw = fast_gateway(dir.path(), &pki, "gw-1", cloud.quic.unwrap());
     let t0 = 1_700_000_000_000i64;
     let mut expected = Vec::new();
     for i in 0..10 {
@@ -2374,19 +2369,11 @@ fn a_postgres_sink_keeps_every_reading_once_through_outages_and_kills() {
     let mut pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
-    let extra = format!(
-        "{FAST}[sink_retry]\nbase_ms = 100\ncap_ms = 400\n[[sinks]]\nname = \"pg\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"readings\"\nbatch = 3\n",
+    let sink = format!(
+        "name = \"pg\"\nkind = \"postgres\"\nurl = \"{}\"\ntable = \"readings\"\nbatch = 3\n",
         pg.url()
     );
-    let mut cloud = Node::start(
-        dir.path(),
-        &pki,
-        NodeSpec {
-            listen: true,
-            extra: &extra,
-            ..NodeSpec::named("cloud")
-        },
-    );
+    let mut cloud = cloud_with_sink(dir.path(), &pki, &sink);
     let gw = fast_gateway(dir.path(), &pki, "gw-1", cloud.quic.unwrap());
     let t0 = 1_700_000_000_000i64;
     let count = |pg: &Postgres| {

@@ -140,20 +140,10 @@ proptest! {
 // kept the document from that peer for ever.
 #[test]
 fn a_relay_forwards_a_large_section_through_small_frames() {
-    use edgesync_proto::wire::{CHANGES_OVERHEAD_BYTES, FRAME_BYTES_MIN};
-    let small = |c: &mut edgesync_proto::Config| {
-        c.frame_bytes_max = FRAME_BYTES_MIN;
-        c.change_bytes_max = FRAME_BYTES_MIN - CHANGES_OVERHEAD_BYTES;
-    };
     // The author takes and sends large frames; the relay takes them but, like its peer, keeps
     // changes within a small frame; the peer takes small frames only.
-    let mut net = Net::new(3, |_| {});
-    net.nodes[1] = common::open(1, edgesync_proto::MemStore::new(), 2, |c| {
-        c.change_bytes_max = FRAME_BYTES_MIN - CHANGES_OVERHEAD_BYTES;
-    });
-    net.nodes[2] = common::open(2, edgesync_proto::MemStore::new(), 3, small);
+    let mut net = small_frames_net(3, 1, 2);
     let stream = doc("s/t");
-    let mut bytes = 0;
     for i in 0..200 {
         let r = Reading::from_json(
             format!("reading-{i:04}"),
@@ -163,19 +153,41 @@ fn a_relay_forwards_a_large_section_through_small_frames() {
         .unwrap();
         net.nodes[0].ingest(&stream, &[r], 0).unwrap();
     }
-    let bucket = common::bucket("s/t");
-    for c in net.nodes[0].store().changes_from(&bucket, 0, 1000).unwrap() {
-        bytes += c.bytes.len();
-    }
+    relay_through_small_frames(&mut net, &common::bucket("s/t"), [0, 1, 2]);
+}
+
+/// `n` nodes taking large frames, but for the relay `r`, which keeps changes within a small
+/// frame, and `b`, which takes small frames only.
+fn small_frames_net(n: usize, r: usize, b: usize) -> Net {
+    use edgesync_proto::wire::{CHANGES_OVERHEAD_BYTES, FRAME_BYTES_MIN};
+    let mut net = Net::new(n, |_| {});
+    let seed = |i: usize| i as u64 + 1;
+    net.nodes[r] = common::open(r, edgesync_proto::MemStore::new(), seed(r), |c| {
+        c.change_bytes_max = FRAME_BYTES_MIN - CHANGES_OVERHEAD_BYTES;
+    });
+    net.nodes[b] = common::open(b, edgesync_proto::MemStore::new(), seed(b), |c| {
+        c.frame_bytes_max = FRAME_BYTES_MIN;
+        c.change_bytes_max = FRAME_BYTES_MIN - CHANGES_OVERHEAD_BYTES;
+    });
+    net
+}
+
+/// `doc`'s changes at node `a` (more than two small frames hold) go to relay `r` in one
+/// session, then from `r` to `b`, which takes small frames only: `b` ends with all of them and
+/// no session was refused.
+fn relay_through_small_frames(net: &mut Net, doc: &edgesync_proto::DocId, [a, r, b]: [usize; 3]) {
+    use edgesync_proto::wire::FRAME_BYTES_MIN;
+    let changes = net.nodes[a].store().changes_from(doc, 0, 1000).unwrap();
+    let bytes: usize = changes.iter().map(|c| c.bytes.len()).sum();
     assert!(
         bytes > 2 * FRAME_BYTES_MIN as usize,
-        "the author's changes ({bytes} bytes) pass two small frames"
+        "the changes ({bytes} bytes) pass two small frames"
     );
-    net.connect(0, 1);
+    net.connect(a, r);
     net.settle();
-    net.disconnect(0, 1);
-    assert_eq!(net.nodes[1].clock(&bucket), net.nodes[0].clock(&bucket));
-    net.connect(1, 2);
+    net.disconnect(a, r);
+    assert_eq!(net.nodes[r].clock(doc), net.nodes[a].clock(doc));
+    net.connect(r, b);
     net.settle();
     let refused: Vec<_> = net
         .closed
@@ -188,7 +200,7 @@ fn a_relay_forwards_a_large_section_through_small_frames() {
         })
         .collect();
     assert!(refused.is_empty(), "{refused:?}");
-    assert_eq!(net.nodes[2].clock(&bucket), net.nodes[0].clock(&bucket));
+    assert_eq!(net.nodes[b].clock(doc), net.nodes[a].clock(doc));
 }
 
 // Two authors write one document in turns, each edit depending on the other's last, and a
@@ -198,17 +210,8 @@ fn a_relay_forwards_a_large_section_through_small_frames() {
 // sent that document. Senders now cut the section itself at least every 4 KiB.
 #[test]
 fn a_relay_forwards_interleaved_authors_through_small_frames() {
-    use edgesync_proto::wire::{CHANGES_OVERHEAD_BYTES, FRAME_BYTES_MIN};
-    let small = |c: &mut edgesync_proto::Config| {
-        c.frame_bytes_max = FRAME_BYTES_MIN;
-        c.change_bytes_max = FRAME_BYTES_MIN - CHANGES_OVERHEAD_BYTES;
-    };
     // Nodes 0 and 1 write; node 2 relays to node 3, which takes small frames only.
-    let mut net = Net::new(4, |_| {});
-    net.nodes[2] = common::open(2, edgesync_proto::MemStore::new(), 3, |c| {
-        c.change_bytes_max = FRAME_BYTES_MIN - CHANGES_OVERHEAD_BYTES;
-    });
-    net.nodes[3] = common::open(3, edgesync_proto::MemStore::new(), 4, small);
+    let mut net = small_frames_net(4, 2, 3);
     let d = doc("shared/plan");
     net.connect(0, 1);
     // Edits of uneven sizes, so the two actors' own signatures do not fall side by side.
@@ -233,33 +236,5 @@ fn a_relay_forwards_interleaved_authors_through_small_frames() {
         (60, 60),
         "two authors, in turns"
     );
-    let bytes: usize = net.nodes[0]
-        .store()
-        .changes_from(&d, 0, 1000)
-        .unwrap()
-        .iter()
-        .map(|c| c.bytes.len())
-        .sum();
-    assert!(
-        bytes > 2 * FRAME_BYTES_MIN as usize,
-        "the changes ({bytes} bytes) pass two small frames"
-    );
-    net.connect(0, 2);
-    net.settle();
-    net.disconnect(0, 2);
-    assert_eq!(net.nodes[2].clock(&d), net.nodes[0].clock(&d));
-    net.connect(2, 3);
-    net.settle();
-    let refused: Vec<_> = net
-        .closed
-        .iter()
-        .filter(|(_, e)| {
-            matches!(
-                e,
-                edgesync_proto::Event::SessionClosed { code: Some(_), .. }
-            )
-        })
-        .collect();
-    assert!(refused.is_empty(), "{refused:?}");
-    assert_eq!(net.nodes[3].clock(&d), net.nodes[0].clock(&d));
+    relay_through_small_frames(&mut net, &d, [0, 2, 3]);
 }

@@ -1082,24 +1082,21 @@ fn a_restored_copy_gets_everything_back_and_writes_under_a_new_actor() {
     for renew in [true, false] {
         let mut net = Net::new(2, |_| {});
         let d = doc("site/s1");
-        for i in 0..5 {
-            net.nodes[0]
-                .ingest(&d, &[reading(&format!("r{i}"), i)], 0)
-                .unwrap();
-        }
-        net.connect(0, 1);
-        net.settle();
-        net.disconnect(0, 1);
+        // Node 0 writes readings `ids` and syncs them to node 1.
+        let write_and_sync = |net: &mut Net, ids: std::ops::Range<i64>| {
+            for i in ids {
+                net.nodes[0]
+                    .ingest(&d, &[reading(&format!("r{i}"), i)], 0)
+                    .unwrap();
+            }
+            net.connect(0, 1);
+            net.settle();
+            net.disconnect(0, 1);
+        };
+        write_and_sync(&mut net, 0..5);
         persist(&mut net.nodes[0]);
         let backup = net.nodes[0].store().clone();
-        for i in 5..10 {
-            net.nodes[0]
-                .ingest(&d, &[reading(&format!("r{i}"), i)], 0)
-                .unwrap();
-        }
-        net.connect(0, 1);
-        net.settle();
-        net.disconnect(0, 1);
+        write_and_sync(&mut net, 5..10);
         let old_actor = net.nodes[0].doc_actor(&d);
         // The disk dies; the copy comes back.
         net.nodes[0] = open(0, backup, 7, |_| {});
