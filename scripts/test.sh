@@ -46,6 +46,7 @@ for canary in ack-before-persist drop-remote-change vc-off-by-one patch-ack-befo
 done
 # The library example and the demo, as a user runs them.
 cargo run --locked -q --example offline_first
+cargo run --locked -q --example follow_feed
 cargo run --locked -q --bin edgesync -- demo
 cargo test --workspace --locked --doc
 if cargo nextest --version >/dev/null 2>&1; then

@@ -2,7 +2,7 @@
 //! certificates made by `edgesync pki`, talking over loopback; partitions are real cuts of UDP
 //! traffic by a relay between the processes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -2193,6 +2193,16 @@ fn a_webhook_sink_delivers_every_reading_once_across_outages_and_kills() {
         held.body
     );
     cloud.spawn();
+    // Then volume: 200 readings in all, across two documents.
+    for i in 14..200 {
+        let doc = if i % 2 == 0 {
+            "site-a/line-1/temp"
+        } else {
+            "site-a/line-2/temp"
+        };
+        cloud.ingest(doc, &format!("a{i}"), t0 + i, 20.0);
+        expected.push(format!("a{i}"));
+    }
     wait_for(
         "every reading at the target",
         Duration::from_secs(60),
@@ -2201,6 +2211,16 @@ fn a_webhook_sink_delivers_every_reading_once_across_outages_and_kills() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hook.delivered_ids(), expected, "each once, in feed order");
     let got = hook.got.lock().unwrap().clone();
+    // No reading under two different keys: a target keeping each key once counts it once.
+    let mut keys_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for h in &got {
+        for e in h.body["events"].as_array().unwrap() {
+            let id = e["id"].as_str().unwrap().to_string();
+            keys_of.entry(id).or_default().insert(h.key.clone());
+        }
+    }
+    assert_eq!(keys_of.len(), 200);
+    assert!(keys_of.values().all(|k| k.len() == 1), "{keys_of:?}");
     // The held batch came again after the restart: the same key, the same events.
     let again: Vec<&Hooked> = got.iter().filter(|h| h.key == held.key).collect();
     assert!(again.len() >= 2, "{got:?}");
@@ -2382,23 +2402,25 @@ fn a_postgres_sink_keeps_every_reading_once_through_outages_and_kills() {
             .and_then(|r| r.first()?.parse::<usize>().ok())
             .unwrap_or(0)
     };
-    for i in 0..7 {
-        gw.ingest(
-            "site-a/line-1/temp",
-            &format!("r{i}"),
-            t0 + i,
-            20.0 + i as f64,
-        );
+    let doc = |i: i64| {
+        if i % 2 == 0 {
+            "site-a/line-1/temp"
+        } else {
+            "site-a/line-2/temp"
+        }
+    };
+    for i in 0..60 {
+        gw.ingest(doc(i), &format!("r{i}"), t0 + i, 20.0 + i as f64);
     }
-    wait_for("seven rows", Duration::from_secs(30), || count(&pg) == 7);
+    wait_for("60 rows", Duration::from_secs(30), || count(&pg) == 60);
     let row = pg
         .psql("SELECT doc, id, ts, fields->>'temp', origin FROM readings WHERE id = 'r3'")
         .unwrap();
-    assert_eq!(row, [format!("site-a/line-1/temp|r3|{}|23.0|gw-1", t0 + 3)]);
-    // The database goes away; readings keep coming; the sink fails and waits.
+    assert_eq!(row, [format!("site-a/line-2/temp|r3|{}|23.0|gw-1", t0 + 3)]);
+    // The database goes away halfway; readings keep coming; the sink fails and waits.
     pg.stop();
-    for i in 7..12 {
-        gw.ingest("site-a/line-1/temp", &format!("r{i}"), t0 + i, 20.0);
+    for i in 60..100 {
+        gw.ingest(doc(i), &format!("r{i}"), t0 + i, 20.0);
     }
     wait_for(
         "the sink to report the outage",
@@ -2414,17 +2436,23 @@ fn a_postgres_sink_keeps_every_reading_once_through_outages_and_kills() {
         true
     );
     pg.spawn();
-    wait_for("twelve rows", Duration::from_secs(30), || count(&pg) == 12);
-    // Killed while delivering more; after the restart it resumes from the cursor it committed.
-    for i in 12..20 {
-        cloud.ingest("site-a/line-1/temp", &format!("r{i}"), t0 + i, 20.0);
+    // Killed once while delivering; after the restart it resumes from the cursor it committed.
+    for i in 100..200 {
+        cloud.ingest(doc(i), &format!("r{i}"), t0 + i, 20.0);
     }
     cloud.kill9();
     cloud.spawn();
-    wait_for("twenty rows", Duration::from_secs(30), || count(&pg) == 20);
+    wait_for("200 rows", Duration::from_secs(60), || count(&pg) == 200);
     let ids = pg.psql("SELECT id FROM readings ORDER BY ts").unwrap();
-    let want: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    let want: Vec<String> = (0..200).map(|i| format!("r{i}")).collect();
     assert_eq!(ids, want, "every reading once");
+    let per_doc = pg
+        .psql("SELECT doc, count(*) FROM readings GROUP BY doc ORDER BY doc")
+        .unwrap();
+    assert_eq!(
+        per_doc,
+        ["site-a/line-1/temp|100", "site-a/line-2/temp|100"]
+    );
     let cursor = pg
         .psql("SELECT cursor FROM edgesync_sink_cursors WHERE sink = 'pg'")
         .unwrap();
