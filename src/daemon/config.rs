@@ -845,7 +845,17 @@ impl Settings {
             prune_grace_ms: cfg.retention.prune_grace_minutes * 60_000,
             feed_events: cfg.retention.feed_events,
             rules,
-            sinks: check_sinks(&cfg.sinks)?,
+            sinks: {
+                let sinks = check_sinks(&cfg.sinks)?;
+                if !sinks.is_empty() && cfg.retention.feed_events == 0 {
+                    return Err(SettingsError::Sink {
+                        index: 0,
+                        why: "sinks deliver the change feed: retention.feed_events must not be 0"
+                            .into(),
+                    });
+                }
+                sinks
+            },
             sink_retry: check_sink_retry(&cfg.sink_retry)?,
         })
     }
@@ -1466,6 +1476,8 @@ addr = "127.0.0.1:7400"
         let twice = "[[sinks]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"http://h\"\n";
         let e = with(&format!("{twice}{twice}")).unwrap_err();
         assert!(e.contains("sinks[1]") && e.contains("twice"), "{e}");
+        let e = with(&format!("{twice}[retention]\nfeed_events = 0\n")).unwrap_err();
+        assert!(e.contains("feed_events"), "{e}");
         let e = with("[sink_retry]\ncap_ms = 10\n").unwrap_err();
         assert!(e.contains("sink_retry.cap_ms"), "{e}");
         // CLOUD_ENDPOINT adds the seed's sink; SYNC_* set how it retries.
