@@ -978,8 +978,10 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
                 node.handle_durable(seq);
             }
             if t % 60 == 59 {
+                // The shell's housekeeping (`DurableNode`), in its order.
                 node.compact_closed(now, 16).expect("compact");
                 node.evict_closed(now);
+                node.trim_feed().expect("trim the feed");
                 while node.expire(now).expect("expire") == edgesync_proto::stream::EXPIRE_BATCH_MAX
                 {
                 }
