@@ -192,3 +192,29 @@ fn a_filter_skips_other_documents_and_next_moves_past_them() {
         .collect();
     assert_eq!(ids, ["r6", "r8"]);
 }
+
+// The feed follows retention: events of buckets retention dropped leave it from its head,
+// events of buckets still held stay.
+#[test]
+fn events_of_dropped_buckets_leave_the_feed() {
+    const HOUR: u64 = 3_600_000;
+    let mut n = open(0, MemStore::new(), 1, |c| c.keep_ms = Some(24 * HOUR));
+    let s = doc("site-a/temp-1");
+    let readings: Vec<Reading> = (0..31)
+        .map(|h| reading(&format!("r{h}"), (h * HOUR + 7) as i64))
+        .collect();
+    // One ingest per hour: events in reading order.
+    for r in &readings {
+        n.ingest(&s, std::slice::from_ref(r), 0).unwrap();
+    }
+    persist(&mut n);
+    assert_eq!(events(&n, None).len(), 31);
+    assert_eq!(n.trim_feed().unwrap(), 0, "everything is held");
+    // At hour 30, buckets ending at or before hour 6 are past retention: r0..r5 go.
+    assert!(n.expire(30 * HOUR + 123).unwrap() > 0);
+    assert_eq!(n.trim_feed().unwrap(), 6);
+    persist(&mut n);
+    let kept: Vec<_> = events(&n, None).into_iter().map(|e| e.1).collect();
+    let want: Vec<String> = (6..31).map(|h| format!("r{h}")).collect();
+    assert_eq!(kept, want);
+}

@@ -18,6 +18,8 @@ use crate::store::{FeedEvent, Store, WriteBatch, WriteOp};
 
 /// Events a trim looks at from the feed's head for documents no longer held.
 const TRIM_SCAN_MAX: usize = 10_000;
+/// Events a trim reads at a time.
+const TRIM_PAGE: usize = 64;
 
 /// A position in one store's feed.
 #[derive(
@@ -226,12 +228,21 @@ impl<S: Store> Node<S> {
         if last - first + 1 > max {
             below = last + 1 - max;
         }
-        for (n, e) in self.store.feed(below - 1, TRIM_SCAN_MAX)? {
-            let held = self.docs.contains_key(&e.doc) && !self.is_pruned(&e.doc);
-            if held || n == last {
+        // In small pages: at steady state the head is held, and one event says so.
+        let mut scanned = 0;
+        'scan: while scanned < TRIM_SCAN_MAX {
+            let page = self.store.feed(below - 1, TRIM_PAGE)?;
+            if page.is_empty() {
                 break;
             }
-            below = n + 1;
+            for (n, e) in page {
+                scanned += 1;
+                let held = self.docs.contains_key(&e.doc) && !self.is_pruned(&e.doc);
+                if held || n == last {
+                    break 'scan;
+                }
+                below = n + 1;
+            }
         }
         below = below.min(last);
         if below <= first {
