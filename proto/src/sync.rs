@@ -722,6 +722,10 @@ impl Session {
             let doc = doc.clone();
             let mut run: Vec<StoredChange> = Vec::new();
             let mut run_bytes = 0;
+            // The run's actors (but the genesis) and raw change bytes, kept as it grows so the
+            // frame check below costs no pass over the run.
+            let mut run_actors: BTreeSet<Actor> = BTreeSet::new();
+            let mut run_raw = 0;
             let mut unsealed: BTreeSet<Actor> = BTreeSet::new();
             while let Some(&order) = orders.front() {
                 let change = store
@@ -749,7 +753,10 @@ impl Session {
                 }
                 let cost = batch_cost(change.bytes.len(), &doc);
                 let soft = out.bytes + run_bytes + cost > budget;
-                let hard = out.bytes + out.run_cost(&doc, &run, run_bytes, &change, cost)
+                let hard = out.bytes
+                    + out.run_cost(&doc, &run_actors, run_raw + change.bytes.len(), &change)
+                    + run_bytes
+                    + cost
                     > frame_room as usize;
                 if out.bytes + run_bytes > 0 && (soft || hard) {
                     if run.is_empty() {
@@ -779,10 +786,16 @@ impl Session {
                     }
                 }
                 run_bytes += cost;
+                run_raw += change.bytes.len();
+                if change.actor != genesis {
+                    run_actors.insert(change.actor);
+                }
                 run.push(change);
                 if unsealed.is_empty() {
                     out.add_run(&doc, std::mem::take(&mut run), run_bytes);
                     run_bytes = 0;
+                    run_raw = 0;
+                    run_actors.clear();
                 }
             }
             if !run.is_empty() {
@@ -870,16 +883,15 @@ impl Cuts {
 }
 
 impl BatchBuilder {
-    /// What adding `run` (of `run_bytes` as [`batch_cost`] counts them) and then `next` (of
-    /// `next_cost`) to `doc`'s section adds to the batch's bytes at most, signatures included:
-    /// one per actor new to the section, and those of a cut point the run passes.
+    /// The signature bytes that adding a run of `doc`'s changes (its actors `run_actors`, but
+    /// the genesis, and then `next`; `raw` change bytes in all) adds to the batch at most: one
+    /// per actor new to the section, and those of a cut point the run passes.
     fn run_cost(
         &self,
         doc: &DocId,
-        run: &[StoredChange],
-        run_bytes: usize,
+        run_actors: &BTreeSet<Actor>,
+        raw: usize,
         next: &StoredChange,
-        next_cost: usize,
     ) -> usize {
         let genesis = genesis_actor();
         let section = self
@@ -887,24 +899,12 @@ impl BatchBuilder {
             .last()
             .filter(|last| &last.doc == doc)
             .map(|_| self.docs.len() - 1);
-        let actors: BTreeSet<Actor> = run
-            .iter()
-            .map(|c| c.actor)
-            .chain(std::iter::once(next.actor))
-            .filter(|a| *a != genesis)
-            .collect();
-        let raw = run.iter().map(|c| c.bytes.len()).sum::<usize>() + next.bytes.len();
-        let (new_actors, cut) = match section {
-            Some(k) => (
-                actors
-                    .iter()
-                    .filter(|a| !self.heads[k].contains_key(a))
-                    .count(),
-                self.cuts[k].cut_cost(raw),
-            ),
-            None => (actors.len(), 0),
-        };
-        run_bytes + next_cost + SIGNED_COST_BYTES * new_actors + cut
+        let next_new = next.actor != genesis && !run_actors.contains(&next.actor);
+        let is_new = |a: &Actor| section.is_none_or(|k| !self.heads[k].contains_key(a));
+        let new_actors = run_actors.iter().filter(|a| is_new(a)).count()
+            + usize::from(next_new && is_new(&next.actor));
+        let cut = section.map_or(0, |k| self.cuts[k].cut_cost(raw));
+        SIGNED_COST_BYTES * new_actors + cut
     }
 
     /// Adds a run of `doc`'s changes that ends, for each of its actors, on a provable change.
