@@ -546,62 +546,38 @@ pub fn feed_event_json(cursor: &edgesync_proto::Cursor, e: &edgesync_proto::Feed
     }
 }
 
-fn feed_error(e: FeedError) -> ApiError {
-    match e {
-        FeedError::Gone { oldest } => ApiError(
-            StatusCode::GONE,
-            format!("the feed no longer holds what follows this cursor (it was trimmed, or the node's store was restored or replaced); resume from {oldest}"),
-        ),
-        FeedError::Core(core) => ApiError(core_status(&core), error_chain(&core)),
-        FeedError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, "node stopped".into()),
-    }
+fn gone_message(oldest: &edgesync_proto::Cursor) -> String {
+    format!("the feed no longer holds what follows this cursor (it was trimmed, or the node's store was restored or replaced); resume from {oldest}")
 }
 
 async fn feed(
     State(st): State<AppState>,
     q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let r: Result<_, FeedGoneOr> = async {
-        let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-        let (after, limit, docs) = feed_params(q.after.as_deref(), q.limit, q.docs.as_deref())?;
-        Ok(st.node.feed(after, limit, docs).await?)
-    }
-    .await;
-    match r {
+    let params = q
+        .map_err(|e| bad(e.body_text()))
+        .and_then(|Query(q)| feed_params(q.after.as_deref(), q.limit, q.docs.as_deref()));
+    let (after, limit, docs) = match params {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    match st.node.feed(after, limit, docs).await {
         Ok(page) => Json(json!({
             "events": page.events.iter().map(|(c, e)| feed_event_json(c, e)).collect::<Vec<_>>(),
             "next": page.next.to_string(),
         }))
         .into_response(),
-        Err(FeedGoneOr::Gone(oldest, msg)) => (
+        // 410 carries the oldest cursor to resume from.
+        Err(FeedError::Gone { oldest }) => (
             StatusCode::GONE,
-            Json(json!({"error": msg, "oldest": oldest.to_string()})),
+            Json(json!({"error": gone_message(&oldest), "oldest": oldest.to_string()})),
         )
             .into_response(),
-        Err(FeedGoneOr::Api(e)) => e.into_response(),
-    }
-}
-
-/// A feed error as a response: 410 carries the oldest cursor to resume from.
-enum FeedGoneOr {
-    Gone(edgesync_proto::Cursor, String),
-    Api(ApiError),
-}
-
-impl From<ApiError> for FeedGoneOr {
-    fn from(e: ApiError) -> FeedGoneOr {
-        FeedGoneOr::Api(e)
-    }
-}
-
-impl From<FeedError> for FeedGoneOr {
-    fn from(e: FeedError) -> FeedGoneOr {
-        match e {
-            FeedError::Gone { oldest } => {
-                let msg = feed_error(FeedError::Gone { oldest }).1;
-                FeedGoneOr::Gone(oldest, msg)
-            }
-            other => FeedGoneOr::Api(feed_error(other)),
+        Err(FeedError::Core(core)) => {
+            ApiError(core_status(&core), error_chain(&core)).into_response()
+        }
+        Err(FeedError::Stopped) => {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, "node stopped".into()).into_response()
         }
     }
 }
