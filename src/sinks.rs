@@ -206,6 +206,11 @@ impl Sinks {
                     stop: stop_rx.clone(),
                     cfg,
                     pg: None,
+                    http: ureq::Agent::config_builder()
+                        .timeout_global(Some(ATTEMPT_TIMEOUT))
+                        .http_status_as_error(false)
+                        .build()
+                        .into(),
                 };
                 tokio::spawn(task.run())
             })
@@ -263,6 +268,8 @@ struct Task {
     cfg: SinkConfig,
     /// The PostgreSQL connection, while it works.
     pg: Option<tokio_postgres::Client>,
+    /// The webhook client, made once (its TLS roots and connection pool are reused).
+    http: ureq::Agent,
 }
 
 impl Task {
@@ -621,12 +628,8 @@ impl Task {
         .to_string();
         let key = idempotency_key(&self.cfg.name, batch.from, batch.to);
         let url = url.to_string();
+        let agent = self.http.clone();
         let r = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(ATTEMPT_TIMEOUT))
-                .http_status_as_error(false)
-                .build()
-                .into();
             agent
                 .post(&url)
                 .header("Idempotency-Key", &key)
