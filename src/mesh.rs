@@ -294,6 +294,12 @@ async fn dial_loop(
         if *stop.borrow() {
             return;
         }
+        if node.refused_as_copy(&peer.name) {
+            // Another node runs from a copy of this store and the peer took it: dialling again
+            // would only replace that node's link over and over. Until restart.
+            let _ = stop.changed().await;
+            return;
+        }
         if shared.dialer(&peer.name, |d| d.poll_dial(shared.now_ms())) != Some(true) {
             continue;
         }

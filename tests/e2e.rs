@@ -1767,6 +1767,82 @@ fn a_restarted_cloud_node_is_redialled_at_once_and_catches_up() {
 // holds what it lost, and its next writes would take sequence numbers that already left. The
 // backup is marked, so the first start on it takes a new store id (the cloud sends it
 // everything it lacks) and a new actor epoch (what it writes next reaches the cloud).
+/// Copies directory `from` to `to` (a disk image taken while the node was stopped).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A second gateway started from a plain copy of a gateway's data directory (a cloned disk
+/// image, no copy mark) while the gateway runs: the cloud refuses one of the two as a copy
+/// (`cloned`), the refused one says so in its status and stops dialling, and only the other's
+/// readings reach the cloud.
+#[test]
+fn a_gateway_run_from_a_cloned_disk_beside_the_original_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let (cloud, quic) = fast_cloud(dir.path(), &pki);
+    let mut gw = fast_gateway(dir.path(), &pki, "gw-1", quic);
+    let doc = "site-a/line-1/temp";
+    let t0 = 1_700_000_000_000i64;
+    for i in 0..5 {
+        gw.ingest(doc, &format!("r{i}"), t0 + i, 20.0);
+    }
+    wait_for("the readings on the cloud", Duration::from_secs(30), || {
+        cloud.reading_ids(doc).len() == 5
+    });
+    assert!(gw.terminate().success());
+    let elsewhere = dir.path().join("elsewhere");
+    copy_dir(&dir.path().join("data/gw-1"), &elsewhere.join("data/gw-1"));
+    gw.spawn();
+    let twin = fast_gateway(&elsewhere, &pki, "gw-1", quic);
+    let refused = |n: &Node| {
+        n.status()["refused_as_copy"]
+            .as_object()
+            .is_some_and(|m| m.contains_key("cloud"))
+    };
+    wait_for(
+        "the cloud to refuse one of the two",
+        Duration::from_secs(30),
+        || refused(&gw) || refused(&twin),
+    );
+    let (kept, copy) = if refused(&twin) {
+        (&gw, &twin)
+    } else {
+        (&twin, &gw)
+    };
+    eprintln!(
+        "the cloud refused the {}",
+        if refused(&twin) { "copy" } else { "original" }
+    );
+    let reason = copy.status()["refused_as_copy"]["cloud"].to_string();
+    assert!(reason.contains("copy of this store"), "{reason}");
+    assert!(copy.logs().contains("run from a copy"), "{}", copy.logs());
+    assert!(cloud.status()["refused_sessions"]["cloned"].as_u64() >= Some(1));
+    kept.ingest(doc, "kept", t0 + 10, 21.0);
+    copy.ingest(doc, "copied", t0 + 11, 22.0);
+    wait_for(
+        "the kept node's reading on the cloud",
+        Duration::from_secs(30),
+        || cloud.reading_ids(doc).contains("kept"),
+    );
+    // The refused node no longer dials: a few redial periods later nothing of it arrived and
+    // the kept node still holds its link.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!cloud.reading_ids(doc).contains("copied"));
+    assert!(peer_connected(kept, "cloud"), "{}", kept.logs());
+    assert!(!peer_connected(copy, "cloud"));
+    assert!(!refused(kept));
+}
+
 #[test]
 fn a_gateway_restored_from_an_older_backup_gets_everything_back() {
     let dir = tempfile::tempdir().unwrap();

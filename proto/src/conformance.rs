@@ -8,6 +8,7 @@ use crate::store::{
     DocMeta, FeedEvent, NodeMeta, PeerReceipts, Store, StoredChange, WriteBatch, WriteOp,
     LOGICAL_SCHEMA_VERSION,
 };
+use crate::wire::Incarnation;
 use crate::{Actor, Boot, Config, DocId, Node, NodeName, Reading, VectorClock};
 
 fn doc(s: &str) -> DocId {
@@ -41,6 +42,7 @@ pub fn check_store<S: Store>(mut fresh: impl FnMut() -> S, mut reopen: impl FnMu
     writes_read_back(fresh(), &mut reopen);
     ranges_respect_documents_and_bounds(fresh());
     peers_reset_forgets_receipts(fresh(), &mut reopen);
+    peers_keep_the_incarnation_seen_per_store(fresh(), &mut reopen);
     dropping_a_document_keeps_its_neighbours(fresh(), &mut reopen);
     node_state_survives_reopen(fresh(), &mut reopen);
     feed_reads_in_order_and_trims(fresh(), &mut reopen);
@@ -169,6 +171,7 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
             store_id: Some([5; 16]),
             clocks: BTreeMap::from([(doc("a"), clock(&[(1, 1)]))]),
             reported: BTreeMap::from([(doc("a"), clock(&[(1, 2)]))]),
+            seen: None,
         };
         assert_eq!(s.peers().unwrap(), vec![(peer("p"), expected)]);
     };
@@ -264,6 +267,60 @@ fn peers_reset_forgets_receipts<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -
         "reset forgets the peer's receipts"
     );
     assert_eq!(peers[&peer("p2")].clocks.len(), 1, "and only that peer's");
+}
+
+fn peers_keep_the_incarnation_seen_per_store<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
+    let run = |incarnation, b| Incarnation {
+        incarnation,
+        boot: [b; 16],
+    };
+    let seen = |p: &str, store: u8, inc: Incarnation| WriteOp::PutPeerSeen {
+        peer: peer(p),
+        store_id: [store; 16],
+        seen: inc,
+    };
+    let reset = |p: &str, store: u8| WriteOp::ResetPeer {
+        peer: peer(p),
+        store_id: [store; 16],
+    };
+    s.commit(WriteBatch {
+        ops: vec![
+            reset("p", 1),
+            seen("p", 1, run(3, 7)),
+            reset("q", 2),
+            // Another store's run: not q's current store, never read back.
+            seen("q", 5, run(9, 9)),
+            // A peer with no store id recorded keeps nothing.
+            seen("r", 1, run(1, 1)),
+        ],
+    })
+    .unwrap();
+    let mut s = reopen(s);
+    let peers: BTreeMap<NodeName, PeerReceipts> = s.peers().unwrap().into_iter().collect();
+    assert_eq!(peers[&peer("p")].seen, Some(run(3, 7)));
+    assert_eq!(peers[&peer("q")].seen, None, "another store's run");
+    assert!(!peers.contains_key(&peer("r")));
+    // A reset to the same store keeps the run; to another store forgets it; a newer run
+    // replaces the older.
+    s.commit(WriteBatch {
+        ops: vec![reset("p", 1), reset("q", 6), seen("q", 6, run(1, 2))],
+    })
+    .unwrap();
+    s.commit(WriteBatch {
+        ops: vec![seen("q", 6, run(2, 3))],
+    })
+    .unwrap();
+    let mut s = reopen(s);
+    let peers: BTreeMap<NodeName, PeerReceipts> = s.peers().unwrap().into_iter().collect();
+    assert_eq!(peers[&peer("p")].seen, Some(run(3, 7)), "same store: kept");
+    assert_eq!(peers[&peer("q")].seen, Some(run(2, 3)));
+    s.commit(WriteBatch {
+        ops: vec![reset("p", 4)],
+    })
+    .unwrap();
+    let s = reopen(s);
+    let peers: BTreeMap<NodeName, PeerReceipts> = s.peers().unwrap().into_iter().collect();
+    assert_eq!(peers[&peer("p")].seen, None, "another store: forgotten");
 }
 
 fn dropping_a_document_keeps_its_neighbours<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {

@@ -12,8 +12,8 @@ use crate::schema;
 use crate::trust::keyed::Fleet;
 use crate::vclock::Actor;
 use crate::wire::{
-    AuthorStatement, ChangeBytes, Changes, DocChanges, FrameDecoder, Hello, Message, Signed,
-    Summary,
+    AuthorStatement, ChangeBytes, Changes, DocChanges, FrameDecoder, Hello, Incarnation, Message,
+    Signed, Summary, CAP_DEFLATE, CAP_INCARNATION,
 };
 use crate::wire::{FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION};
 use crate::{Boot, Config, DocId, MemStore, Node, NodeName, Reading, SessionId};
@@ -64,10 +64,15 @@ fn node_with_session(peer: &str) -> (Node<MemStore>, SessionId) {
         version_max: PROTOCOL_VERSION,
         node: peer,
         store_id: [9; 16],
-        capabilities: 0,
+        capabilities: CAP_DEFLATE | CAP_INCARNATION,
         frame_bytes_max: FRAME_BYTES_LIMIT,
     });
     node.handle_input(sid, &hello.to_frame(), 0);
+    let run = Message::Incarnation(Incarnation {
+        incarnation: 1,
+        boot: [9; 16],
+    });
+    node.handle_input(sid, &run.to_frame(), 0);
     let summary = Message::Summary(Summary {
         entries: vec![],
         last: true,

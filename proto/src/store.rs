@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{DocId, NodeName};
 use crate::vclock::{Actor, VectorClock};
+use crate::wire::Incarnation;
 
 /// Version of the logical schema behind this trait (document metadata, change index,
 /// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
@@ -96,6 +97,10 @@ pub struct PeerReceipts {
     /// the peer believes this node holds. A document whose clock differs is summarised on the
     /// next connect, so the peer does not resend changes this node got elsewhere.
     pub reported: BTreeMap<DocId, VectorClock>,
+    /// The newest run of the peer's store (`store_id`) this node accepted
+    /// ([`crate::wire::Incarnation`]); `None` before the first, for a peer that does not send
+    /// one, and after the peer's store id changed.
+    pub seen: Option<Incarnation>,
 }
 
 /// One event of the node's change feed, in commit order under its cursor ([`WriteOp::PutFeed`]):
@@ -139,12 +144,23 @@ pub enum WriteOp {
         /// The saved document.
         bytes: Vec<u8>,
     },
-    /// Forget a peer, its receipts and reported clocks, then record its current store id.
+    /// Forget a peer's receipts and reported clocks, then record its current store id. The
+    /// incarnation seen ([`WriteOp::PutPeerSeen`]) is kept while the store id stays the same.
     ResetPeer {
         /// Peer.
         peer: NodeName,
         /// The peer's store id.
         store_id: [u8; 16],
+    },
+    /// Record the newest run of the peer's store `store_id` this node accepted; read back
+    /// ([`PeerReceipts::seen`]) only while `store_id` is the peer's recorded store id.
+    PutPeerSeen {
+        /// Peer.
+        peer: NodeName,
+        /// The peer's store id.
+        store_id: [u8; 16],
+        /// The run accepted.
+        seen: Incarnation,
     },
     /// Replace the clock last reported to a peer.
     PutReported {
@@ -282,6 +298,8 @@ struct MemState {
     changes: BTreeMap<(DocId, u64), StoredChange>,
     index: BTreeMap<(DocId, Actor, u64), (u64, [u8; 32])>,
     peers: BTreeMap<NodeName, PeerReceipts>,
+    /// What [`WriteOp::PutPeerSeen`] recorded, by peer, with its store id.
+    seen: BTreeMap<NodeName, ([u8; 16], Incarnation)>,
     authors: BTreeMap<Actor, Vec<u8>>,
     feed: BTreeMap<u64, FeedEvent>,
 }
@@ -307,11 +325,25 @@ impl MemState {
                     self.snapshots.insert(doc, (covers_order, bytes));
                 }
                 WriteOp::ResetPeer { peer, store_id } => {
+                    let seen = self.seen.get(&peer).filter(|(s, _)| *s == store_id);
                     let fresh = PeerReceipts {
                         store_id: Some(store_id),
+                        seen: seen.map(|(_, i)| *i),
                         ..PeerReceipts::default()
                     };
                     self.peers.insert(peer, fresh);
+                }
+                WriteOp::PutPeerSeen {
+                    peer,
+                    store_id,
+                    seen,
+                } => {
+                    self.seen.insert(peer.clone(), (store_id, seen));
+                    if let Some(r) = self.peers.get_mut(&peer) {
+                        if r.store_id == Some(store_id) {
+                            r.seen = Some(seen);
+                        }
+                    }
                 }
                 WriteOp::PutAuthor {
                     node_actor,

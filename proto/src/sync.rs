@@ -21,9 +21,9 @@ use crate::trust::Author;
 use crate::vclock::{Actor, VectorClock};
 use crate::wire::{
     truncate_utf8, Ack, AuthorStatement, ChangeBytes, Changes, Close, CloseCode, DecodeError,
-    DocChanges, DocClock, FrameDecoder, Hello, Message, Signed, Summary, CAP_DEFLATE,
-    CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC,
-    PROTOCOL_VERSION,
+    DocChanges, DocClock, FrameDecoder, Hello, Incarnation, Message, Signed, Summary, CAP_DEFLATE,
+    CAP_INCARNATION, CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT,
+    FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
 };
 
 /// What building batches needs from the node beyond its store: which stored changes can end
@@ -198,6 +198,11 @@ pub(crate) struct Session {
     send_frame_max: u32,
     /// The peer's Hello has [`CAP_DEFLATE`]: large Summary, Changes and Ack frames go deflated.
     peer_deflates: bool,
+    /// The peer's Hello has [`CAP_INCARNATION`]: its `Incarnation` comes before its `Author`,
+    /// `Changes` and `Ack` messages.
+    peer_incarnates: bool,
+    /// The peer's `Incarnation` arrived.
+    incarnation_in: bool,
     outbox: VecDeque<Outgoing>,
     /// Best lower bound of the peer's durable clock per document.
     known: BTreeMap<DocId, VectorClock>,
@@ -258,6 +263,8 @@ impl Session {
             decoder: FrameDecoder::new(frame_bytes_max),
             send_frame_max: FRAME_BYTES_MIN,
             peer_deflates: false,
+            peer_incarnates: false,
+            incarnation_in: false,
             outbox: VecDeque::new(),
             known,
             inflight: BTreeMap::new(),
@@ -449,8 +456,29 @@ impl Session {
         }
         self.send_frame_max = h.frame_bytes_max.min(FRAME_BYTES_LIMIT);
         self.peer_deflates = h.capabilities & CAP_DEFLATE != 0;
+        self.peer_incarnates = h.capabilities & CAP_INCARNATION != 0;
         self.phase = Phase::AwaitSummary;
         Ok(())
+    }
+
+    /// The peer's Hello promised an `Incarnation` that has not arrived yet.
+    pub(crate) fn awaits_incarnation(&self) -> bool {
+        self.peer_incarnates && !self.incarnation_in
+    }
+
+    /// Whether the peer's Hello has [`CAP_INCARNATION`].
+    pub(crate) fn peer_incarnates(&self) -> bool {
+        self.peer_incarnates
+    }
+
+    /// The peer's `Incarnation` arrived.
+    pub(crate) fn note_incarnation(&mut self) {
+        self.incarnation_in = true;
+    }
+
+    /// Queues this node's `Incarnation` (after the peer's Hello, when it has the capability).
+    pub(crate) fn queue_incarnation(&mut self, gate: u64, incarnation: Incarnation) {
+        self.push(gate, &Message::Incarnation(incarnation));
     }
 
     /// The peer's store was replaced: it holds none of what it acknowledged before.

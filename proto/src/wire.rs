@@ -47,10 +47,29 @@ pub enum Message {
     /// only to a peer whose Hello has [`CAP_DEFLATE`]; inflated at most to the receiver's frame
     /// limit.
     Deflated(DeflatedPayload),
+    /// Which run of its store the sender is: sent once, right after receiving a Hello with
+    /// [`CAP_INCARNATION`], by a sender whose own Hello had it too; never otherwise.
+    Incarnation(Incarnation),
 }
 
 /// Hello capability bit: the sender accepts [`Message::Deflated`].
 pub const CAP_DEFLATE: u64 = 1;
+/// Hello capability bit: the sender sends [`Message::Incarnation`] once it has the peer's
+/// Hello, if that Hello has this bit too, and expects one back before the peer's `Author`,
+/// `Changes` and `Ack` messages.
+pub const CAP_INCARNATION: u64 = 2;
+
+/// Which run of its store a node is: a store's incarnation rises, durably, on every open, and
+/// every open draws a new boot id. A peer that sees one store id offer an incarnation below
+/// one it accepted before, or the same incarnation with another boot id, is talking to a
+/// second node run from a copy of that store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incarnation {
+    /// The store's incarnation ([`crate::store::NodeMeta::incarnation`]).
+    pub incarnation: u64,
+    /// Random id of this open.
+    pub boot: [u8; 16],
+}
 
 /// Smallest payload worth deflating, bytes.
 pub const DEFLATE_MIN_BYTES: usize = 512;
@@ -207,6 +226,9 @@ pub enum CloseCode {
     /// A change its author's rules do not let it write, or a document the receiver may not
     /// hold (version 2).
     Forbidden,
+    /// The peer runs from a copy of a store another node runs from ([`Incarnation`]); sent
+    /// only to a peer whose Hello has [`CAP_INCARNATION`].
+    Cloned,
 }
 
 impl CloseCode {
@@ -227,6 +249,7 @@ impl CloseCode {
             CloseCode::Overloaded => "overloaded",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Forbidden => "forbidden",
+            CloseCode::Cloned => "cloned",
         }
     }
 }
@@ -489,6 +512,9 @@ mod tests {
                 code: CloseCode::Timeout,
                 reason
             })),
+            (any::<u64>(), any::<[u8; 16]>()).prop_map(|(incarnation, boot)| {
+                Message::Incarnation(Incarnation { incarnation, boot })
+            }),
         ]
     }
 

@@ -1135,3 +1135,166 @@ fn a_restored_copy_gets_everything_back_and_writes_under_a_new_actor() {
         assert_eq!(net.nodes[0].clock(&d), net.nodes[1].clock(&d));
     }
 }
+
+/// How many sessions node 1 of `net` ended with `Cloned`.
+fn refusals(net: &Net) -> usize {
+    net.closed
+        .iter()
+        .filter(|(i, e)| {
+            *i == 1
+                && matches!(
+                    e,
+                    Event::SessionClosed {
+                        code: Some(CloseCode::Cloned),
+                        by_peer: false,
+                        ..
+                    }
+                )
+        })
+        .count()
+}
+
+// Hazard: two nodes run from copies of one store (a cloned disk image, a backup started beside
+// the node it was taken from) share its store id, actors and sequence numbers: they would write
+// different changes under the same (actor, seq), and a peer's receipts for that store would mix
+// the two. A peer accepts one run of a store at a time: a run older than the newest it accepted,
+// or the same run from another boot, ends with `Cloned`, and the peer forgets the receipts the
+// copy may have raised. Restarts of one node are never refused.
+#[test]
+fn a_second_node_run_from_a_copy_of_a_store_is_refused() {
+    let mut net = Net::new(2, |_| {});
+    let d = doc("site/s1");
+    let held = |n: &mut Node<MemStore>| {
+        let v = n.sensor_view(&d).unwrap().unwrap();
+        v.readings.keys().cloned().collect::<Vec<_>>()
+    };
+    net.nodes[0].ingest(&d, &[reading("r0", 0)], 0).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    net.disconnect(0, 1);
+    persist(&mut net.nodes[0]);
+    let image = net.nodes[0].store().clone();
+    // Restarts, clean or not, are runs of one node: never refused.
+    for seed in 20..23 {
+        let store = net.nodes[0].store().clone();
+        net.nodes[0] = open(0, store, seed, |_| {});
+        net.connect(0, 1);
+        net.settle();
+        net.disconnect(0, 1);
+    }
+    assert_eq!(refusals(&net), 0);
+    // The image runs beside the node (as node 2 of the net, under node 0's name): its run
+    // (2) is older than the node's (4): refused, and nothing it wrote is taken.
+    net.nodes.push(open(0, image.clone(), 30, |_| {}));
+    net.ids.push(net.ids[0].clone());
+    net.nodes[2].ingest(&d, &[reading("c0", 1)], 0).unwrap();
+    net.connect(1, 2);
+    net.settle();
+    assert_eq!(refusals(&net), 1);
+    assert_eq!(held(&mut net.nodes[1]), vec!["r0"], "nothing of the copy's");
+    // The node itself still syncs.
+    net.nodes[0].ingest(&d, &[reading("r1", 2)], 0).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    net.disconnect(0, 1);
+    assert_eq!(held(&mut net.nodes[1]), vec!["r0", "r1"]);
+    assert_eq!(refusals(&net), 1);
+    // Two nodes opened from one image reach the same run: the first seen is accepted, the
+    // other refused. (Both are newer than the node, whose next session is refused in turn: a
+    // peer cannot tell the original from a copy, only that there are two.)
+    net.links.clear();
+    net.nodes[2] = open(0, image.clone(), 31, |_| {});
+    net.nodes.push(open(0, image, 33, |_| {}));
+    net.ids.push(net.ids[0].clone());
+    for (i, seed) in [(2, 32), (3, 34)] {
+        for _ in 0..3 {
+            let store = net.nodes[i].store().clone();
+            net.nodes[i] = open(0, store, seed, |_| {});
+        }
+    }
+    net.connect(1, 2);
+    net.settle();
+    net.disconnect(1, 2);
+    assert_eq!(refusals(&net), 1, "a newer run is accepted");
+    net.connect(1, 3);
+    net.settle();
+    assert_eq!(
+        refusals(&net),
+        2,
+        "the same run from another boot is refused"
+    );
+    net.connect(0, 1);
+    net.settle();
+    assert_eq!(refusals(&net), 3, "an older run is refused");
+    // The peer keeps what it accepted across its own restarts.
+    persist(&mut net.nodes[1]);
+    let store = net.nodes[1].store().clone();
+    net.nodes[1] = open(1, store, 40, |_| {});
+    net.links.clear();
+    net.connect(1, 3);
+    net.settle();
+    assert_eq!(refusals(&net), 4);
+    net.connect(1, 2);
+    net.settle();
+    assert_eq!(refusals(&net), 4, "the accepted run still syncs");
+    assert_eq!(held(&mut net.nodes[1]), vec!["r0", "r1"]);
+}
+
+// The incarnation is a capability: a peer whose Hello lacks it is never asked for one (older
+// builds keep syncing), and the message is refused where it is not promised or late.
+#[test]
+fn incarnations_follow_the_capability() {
+    use edgesync_proto::wire::{Incarnation, CAP_INCARNATION};
+    let run = Message::Incarnation(Incarnation {
+        incarnation: 1,
+        boot: [1; 16],
+    });
+    let with_cap = |node: &str| match hello_from(node) {
+        Message::Hello(mut h) => {
+            h.capabilities |= CAP_INCARNATION;
+            Message::Hello(h)
+        }
+        _ => unreachable!(),
+    };
+    // Without the capability: an Incarnation is unexpected.
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let mut hand = Hand::new("gw-9");
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(sid, &run.to_frame(), 0);
+    let (code, reason) = closed_with(&mut node).expect("refused");
+    assert_eq!(code, Some(CloseCode::Unexpected), "{reason}");
+    // With it: changes before the Incarnation are refused...
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    hand.new_session();
+    let sid = node.connect(hand.identity.clone(), 0);
+    node.handle_input(sid, &with_cap("gw-9").to_frame(), 0);
+    persist(&mut node);
+    let mut out = Vec::new();
+    while let Some(f) = node.poll_transmit(sid) {
+        out.extend(f);
+    }
+    let mut dec = edgesync_proto::wire::FrameDecoder::new(FRAME_BYTES_MIN);
+    dec.push(&out);
+    let mut sent = Vec::new();
+    while let Some(m) = dec.next_message().unwrap() {
+        sent.push(m);
+    }
+    assert!(
+        matches!(sent.last(), Some(Message::Incarnation(i)) if i.incarnation == 1),
+        "the node answers with its own run: {sent:?}"
+    );
+    let d = doc("app/x");
+    node.handle_input(sid, &hand.frames(0, &[(d.clone(), vec![])]), 0);
+    let (code, reason) = closed_with(&mut node).expect("refused");
+    assert_eq!(code, Some(CloseCode::Unexpected), "{reason}");
+    assert!(reason.contains("before incarnation"), "{reason}");
+    // ... a second one too.
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let sid = node.connect(hand.identity.clone(), 0);
+    node.handle_input(sid, &with_cap("gw-9").to_frame(), 0);
+    node.handle_input(sid, &run.to_frame(), 0);
+    assert_eq!(closed_with(&mut node), None);
+    node.handle_input(sid, &run.to_frame(), 0);
+    let (code, _) = closed_with(&mut node).expect("refused");
+    assert_eq!(code, Some(CloseCode::Unexpected));
+}

@@ -51,6 +51,9 @@ pub(crate) enum Checker {
     Authorship,
     /// No node, hostile ones included, holds a document the rules do not let it read.
     Residency,
+    /// No honest node refuses another as a copy of a store (`Cloned`): no simulated node runs
+    /// from a copy, so every such refusal is a false one.
+    Copies,
 }
 
 impl Checker {
@@ -70,6 +73,7 @@ impl Checker {
             Checker::Resurrection => "resurrection",
             Checker::Authorship => "authorship",
             Checker::Residency => "residency",
+            Checker::Copies => "copies",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use edgesync_proto::authz::{Identity, Pattern, Role, Rule, Rules};
 use edgesync_proto::trust::keyed::Fleet;
 use edgesync_proto::{
-    Config, DocId, Event, MemStore, Node, NodeName, Origin, SessionId, VectorClock,
+    CloseCode, Config, DocId, Event, MemStore, Node, NodeName, Origin, SessionId, VectorClock,
 };
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -445,15 +445,30 @@ impl Sim {
         match e {
             Event::SessionClosed {
                 session,
+                peer,
                 code,
                 reason,
                 by_peer,
-                ..
             } => {
                 self.log(
                     Some(i),
                     format_args!("session closed code={code:?} by_peer={by_peer} {reason}"),
                 );
+                let honest_peer = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.name == peer)
+                    .is_some_and(|j| !self.is_byzantine(j));
+                if code == Some(CloseCode::Cloned)
+                    && !by_peer
+                    && !self.is_byzantine(i)
+                    && honest_peer
+                {
+                    self.violation(
+                        Checker::Copies,
+                        format!("node {i} refused {peer} as a copy: {reason}"),
+                    );
+                }
                 if let Some(conn) = self.nodes[i].sessions.get(&session).copied() {
                     let lat = self.plan.knobs.latency_ms + 1;
                     self.at(lat, Ev::ConnDrop { conn });

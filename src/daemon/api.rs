@@ -695,6 +695,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
         "totals": s.totals,
         "pruning": s.pruning,
         "refused_sessions": s.refused_sessions,
+        "refused_as_copy": s.refused_as_copy,
         "rejected_connections": st.mesh.endpoint().rejections(),
         "feed_head": st.node.feed_head().borrow().to_string(),
         "sinks": st.sinks.get(),

@@ -165,7 +165,8 @@ pub mod close {
                 | CloseCode::LimitsIncompatible
                 | CloseCode::Overloaded
                 | CloseCode::Unauthorized
-                | CloseCode::Forbidden,
+                | CloseCode::Forbidden
+                | CloseCode::Cloned,
             )
             | None => SESSION_CLOSED,
         }

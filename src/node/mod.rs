@@ -439,6 +439,9 @@ pub struct NodeStatus {
     /// Sessions this node ended because of what a peer sent, since start, by close code
     /// (`unauthorized`, `forbidden`, `invalid-change`, `overloaded`, ...).
     pub refused_sessions: BTreeMap<String, u64>,
+    /// Peers that refused this node as a second node run from a copy of its store (close
+    /// code `cloned`), with their reason: this node no longer dials them.
+    pub refused_as_copy: BTreeMap<String, String>,
 }
 
 type IngestReply = Reply<Vec<IngestOutcome>, WriteError>;
@@ -527,7 +530,13 @@ pub struct NodeHandle {
     feed_head: watch::Receiver<edgesync_proto::Cursor>,
     name: NodeName,
     started: Instant,
+    copy_refusals: CopyRefusals,
 }
+
+/// Peers that refused this node as a copy of another node's store, with their reasons: written
+/// by the core, read by the mesh (which stops dialling them) and the status. At most one entry
+/// per peer.
+type CopyRefusals = Arc<std::sync::Mutex<BTreeMap<NodeName, String>>>;
 
 /// Requests the core thread takes in one turn before it sends released frames and fires due
 /// timers: small enough that a turn stays short (each request is one core call), large enough
@@ -610,6 +619,8 @@ impl DurableNode {
         let core_events = events.clone();
         let core_alive = Arc::new(AtomicBool::new(true));
         let alive = AliveGuard(core_alive.clone());
+        let copy_refusals = CopyRefusals::default();
+        let core_refusals = copy_refusals.clone();
         let core = std::thread::Builder::new()
             .name("edgesync-core".into())
             .spawn(move || {
@@ -627,6 +638,7 @@ impl DurableNode {
                     // retention.
                     housekeep_at: 0,
                     refused: BTreeMap::new(),
+                    copy_refusals: core_refusals,
                 }
                 .run(rx)
             })?;
@@ -640,6 +652,7 @@ impl DurableNode {
                 feed_head: feed_rx,
                 name: opts.config.name.clone(),
                 started: Instant::now(),
+                copy_refusals,
             },
             sinks,
             core: Some(core),
@@ -898,6 +911,15 @@ impl NodeHandle {
         self.health.is_healthy()
     }
 
+    /// Whether `peer` refused this node as a second node run from a copy of its store (then
+    /// the node does not dial it again until it restarts).
+    pub fn refused_as_copy(&self, peer: &NodeName) -> bool {
+        self.copy_refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(peer)
+    }
+
     /// False once the core thread has stopped (shut down, or a panic): nothing is served.
     pub fn is_core_alive(&self) -> bool {
         self.core_alive.load(Ordering::SeqCst)
@@ -960,6 +982,7 @@ struct Core {
     housekeep_at: u64,
     /// Sessions this node ended on a peer's input, by close code: at most one entry per code.
     refused: BTreeMap<&'static str, u64>,
+    copy_refusals: CopyRefusals,
 }
 
 /// Closed buckets snapshotted per housekeeping turn: bounded work off the write path.
@@ -1232,6 +1255,13 @@ impl Core {
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
+            refused_as_copy: self
+                .copy_refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }
     }
 
@@ -1283,6 +1313,14 @@ impl Core {
                         }
                     }
                     let code_name = code.map_or("transport-lost", CloseCode::name);
+                    if code == Some(CloseCode::Cloned) && by_peer {
+                        tracing::error!(%peer, %reason, "the peer refused this node as a second node run from a copy of its store: another node runs from a copy of this data directory; stop one of them (a copy meant to replace the node is started from `edgesync backup`/`edgesync restore`). This node no longer dials the peer until it restarts");
+                        let mut refusals =
+                            self.copy_refusals.lock().unwrap_or_else(|p| p.into_inner());
+                        refusals.insert(peer.clone(), reason.clone());
+                        metrics::gauge!("edgesync_refused_as_copy_peers")
+                            .set(refusals.len() as f64);
+                    }
                     if let Some(c) = code.filter(|c| !by_peer && *c != CloseCode::Shutdown) {
                         *self.refused.entry(c.name()).or_default() += 1;
                         metrics::counter!("edgesync_sessions_refused_total", "code" => c.name())

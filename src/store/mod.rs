@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use edgesync_proto::store::{DocMeta, NodeMeta, PeerReceipts, StoredChange, WriteBatch, WriteOp};
+use edgesync_proto::wire::Incarnation;
 use edgesync_proto::{Actor, DocId, NodeName, Store, StoreError};
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB,
@@ -595,6 +596,21 @@ impl Store for RocksStore {
             peers.entry(peer).or_default().store_id = Some(id);
             Ok(true)
         })?;
+        self.scan(
+            CF_META,
+            KEY_SEEN_PREFIX,
+            Some(prefix_end(KEY_SEEN_PREFIX)),
+            |k, v| {
+                let (peer, _) = parse_peer_key(CF_META, &k[KEY_SEEN_PREFIX.len()..])?;
+                let (store_id, seen): ([u8; 16], Incarnation) = open_postcard(CF_META, k, v)?;
+                if let Some(r) = peers.get_mut(&peer) {
+                    if r.store_id == Some(store_id) {
+                        r.seen = Some(seen);
+                    }
+                }
+                Ok(true)
+            },
+        )?;
         self.scan(CF_RECEIPTS, &[], None, |k, v| {
             let (peer, doc, kind) = parse_receipt_key(k)?;
             let clock: ClockValue = open_postcard(CF_RECEIPTS, k, v)?;
@@ -760,6 +776,15 @@ impl Store for RocksStore {
                     wb.delete_range_cf(self.cf(CF_RECEIPTS), &k, &prefix_end(&k));
                     let v = seal(CF_PEERS, &k, store_id.to_vec());
                     wb.put_cf(self.cf(CF_PEERS), &k, v);
+                }
+                WriteOp::PutPeerSeen {
+                    peer,
+                    store_id,
+                    seen,
+                } => {
+                    let k = seen_key(&peer);
+                    let v = seal_postcard(CF_META, &k, &(store_id, seen));
+                    wb.put_cf(self.cf(CF_META), &k, v);
                 }
                 WriteOp::PutAuthor {
                     node_actor,

@@ -93,6 +93,18 @@ pub const KEY_COPY: &[u8] = b"copy";
 /// postcard [`super::SinkState`].
 pub const KEY_SINK_PREFIX: &[u8] = b"sink/";
 
+/// Prefix of a peer's accepted incarnation in [`CF_META`]: `b"seen/"` then [`peer_key`]; the
+/// value is postcard `(store_id, Incarnation)`. In the metadata, not in [`CF_PEERS`], so that
+/// an older build, which reads every value there as a store id, still opens the store.
+pub const KEY_SEEN_PREFIX: &[u8] = b"seen/";
+
+/// Key of `peer`'s accepted incarnation in [`CF_META`].
+pub fn seen_key(peer: &NodeName) -> Vec<u8> {
+    let mut k = KEY_SEEN_PREFIX.to_vec();
+    k.extend_from_slice(&peer_key(peer));
+    k
+}
+
 /// Receipt kind: what the peer acknowledged.
 pub const RECEIPT_ACKED: u8 = 0;
 /// Receipt kind: what this node last reported to the peer.

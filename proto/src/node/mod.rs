@@ -547,6 +547,20 @@ pub struct Node<S: Store> {
     authors: BTreeMap<Actor, Arc<Author>>,
     /// The change feed's cursors (see [`feed`]).
     feed: feed::FeedState,
+    /// This open's id, sent with the incarnation ([`crate::wire::Incarnation`]): derived from
+    /// the boot's nonce, so each open has its own.
+    boot_id: [u8; 16],
+}
+
+/// The id of the open `boot` is for: a hash of its nonce (the nonce itself may become an actor
+/// epoch's, which is not sent as such).
+fn boot_id(boot: &Boot) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"edgesync boot id");
+    h.update(&boot.nonce);
+    let mut id = [0; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    id
 }
 
 /// Verified authors kept in memory.
@@ -671,6 +685,7 @@ impl<S: Store> Node<S> {
             last_stop_clean,
             authors: BTreeMap::new(),
             feed,
+            boot_id: boot_id(&boot),
         })
     }
 
@@ -733,6 +748,7 @@ impl<S: Store> Node<S> {
             });
             let fresh = PeerReceipts {
                 store_id: Some(store_id),
+                seen: r.seen,
                 ..PeerReceipts::default()
             };
             peers.insert(peer.clone(), fresh);

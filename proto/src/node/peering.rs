@@ -13,8 +13,13 @@ use crate::store::{PeerReceipts, Store, WriteBatch, WriteOp};
 use crate::sync::{Limits, Refusal, Session, SessionId, SessionInfo, SessionStats};
 use crate::vclock::VectorClock;
 use crate::wire::{
-    Ack, Changes, CloseCode, DocClock, Hello, Message, Summary, MAGIC, PROTOCOL_VERSION,
+    Ack, Changes, CloseCode, DocClock, Hello, Incarnation, Message, Summary, MAGIC,
+    PROTOCOL_VERSION,
 };
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 impl<S: Store> Node<S> {
     pub(super) fn limits(&self) -> Limits {
@@ -47,7 +52,7 @@ impl<S: Store> Node<S> {
             version_max: PROTOCOL_VERSION,
             node: self.cfg.name.clone(),
             store_id: self.meta.store_id,
-            capabilities: crate::wire::CAP_DEFLATE,
+            capabilities: crate::wire::CAP_DEFLATE | crate::wire::CAP_INCARNATION,
             frame_bytes_max: self.cfg.frame_bytes_max,
         };
         s.queue_hello(self.commit_seq, hello);
@@ -153,6 +158,17 @@ impl<S: Store> Node<S> {
             _ if awaits_hello => {
                 self.close_session(sid, CloseCode::Unexpected, "message before hello")
             }
+            Message::Incarnation(i) if self.sessions[&sid].awaits_incarnation() => {
+                self.on_incarnation(sid, i)
+            }
+            Message::Incarnation(_) => {
+                self.close_session(sid, CloseCode::Unexpected, "incarnation not expected")
+            }
+            Message::Author(_) | Message::Changes(_) | Message::Ack(_)
+                if self.sessions[&sid].awaits_incarnation() =>
+            {
+                self.close_session(sid, CloseCode::Unexpected, "message before incarnation")
+            }
             Message::Summary(sm) => self.on_summary(sid, sm),
             Message::Author(st) => self.on_author(sid, st),
             Message::Changes(c) => self.on_changes(sid, c),
@@ -169,6 +185,13 @@ impl<S: Store> Node<S> {
         let s = self.sessions.get_mut(&sid).expect("session exists");
         if let Err(r) = s.accept_hello(&h, self.cfg.change_bytes_max) {
             return self.refuse(sid, r);
+        }
+        if s.peer_incarnates() {
+            let mine = Incarnation {
+                incarnation: self.meta.incarnation,
+                boot: self.boot_id,
+            };
+            s.queue_incarnation(self.commit_seq, mine);
         }
         let peer = s.peer().clone();
         let recorded = self.peers.get(&peer).and_then(|r| r.store_id);
@@ -213,6 +236,59 @@ impl<S: Store> Node<S> {
             s.forget_known();
             self.send_summary(&mut s, entries);
             self.sessions.insert(sid, s);
+        }
+    }
+
+    /// The peer's run of its store: a run older than one accepted from the same store, or the
+    /// same run from another boot, comes from a second node running a copy of that store. Such
+    /// a session ends with `Cloned`; what the peer's receipts say may be the copy's, so they
+    /// are forgotten (the next session summarises in full). The newest run wins: a peer cannot
+    /// tell a restart from a copy's start, only that two nodes offer one store.
+    fn on_incarnation(&mut self, sid: SessionId, run: Incarnation) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        s.note_incarnation();
+        let peer = s.peer().clone();
+        let Some(r) = self.peers.get(&peer) else {
+            return;
+        };
+        let Some(store_id) = r.store_id else {
+            return;
+        };
+        match r.seen {
+            Some(seen) if seen == run => {}
+            Some(seen) if seen.incarnation >= run.incarnation => {
+                let reason = format!(
+                    "store {} offered run {} (boot {}) after run {} (boot {}): another node runs from a copy of this store",
+                    hex(&store_id[..8]),
+                    run.incarnation,
+                    hex(&run.boot[..4]),
+                    seen.incarnation,
+                    hex(&seen.boot[..4]),
+                );
+                let fresh = PeerReceipts {
+                    store_id: Some(store_id),
+                    seen: Some(seen),
+                    ..PeerReceipts::default()
+                };
+                self.peers.insert(peer.clone(), fresh);
+                let _ = self.commit(WriteBatch {
+                    ops: vec![WriteOp::ResetPeer { peer, store_id }],
+                });
+                self.close_session(sid, CloseCode::Cloned, &reason);
+            }
+            _ => {
+                if let Some(r) = self.peers.get_mut(&peer) {
+                    r.seen = Some(run);
+                }
+                // Need not be durable: a run forgotten in a crash only lets an older one by.
+                let _ = self.commit(WriteBatch {
+                    ops: vec![WriteOp::PutPeerSeen {
+                        peer,
+                        store_id,
+                        seen: run,
+                    }],
+                });
+            }
         }
     }
 
