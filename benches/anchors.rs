@@ -20,8 +20,11 @@
 //!    delivered at once) and Automerge's protocol the same way; goal: at most 2 in total.
 //!    Scaling: the same heal's bytes with 10,000 documents held against 1,000 (20 changed in
 //!    both; `--quick` keeps the counts with one shared change each). Goal: <= 1.2x.
+//!    Against samod (the Rust automerge-repo) on the same documents and changes, over TCP
+//!    loopback into its filesystem storage: bytes and wall time. Goal: <= 0.5x both.
 //! 4. Full sync to an empty peer over QUIC into RocksDB (fsync), changes/s, against Automerge
-//!    alone parsing and applying the same change bytes in memory. Goal: >= 0.5x.
+//!    alone parsing and applying the same change bytes in memory. Goal: >= 0.5x. Against samod
+//!    on the same changes: time (goal: half samod's, so >= 2x its rate) and bytes (<= 0.5x).
 //! 5. Memory: peak RSS (VmHWM) of an `edgesync run` process holding sensor documents after
 //!    every document was read through the API, and after serving a full sync to an empty peer,
 //!    against the seed's k3s memory request of 256 MiB. Goal: <= 1.0x.
@@ -41,7 +44,8 @@
 //!    <= 1x); the ingest rate of the last tenth against the first tenth's (goal >= 0.8x).
 //!
 //! `--quick` shrinks the workloads (the row names say the sizes) to finish in minutes;
-//! `--longevity-only` runs rows 7 and 8 alone; `--scaling-only` the scaling row of row 3; `--long N` sets row 8's readings.
+//! `--longevity-only` runs rows 7 and 8 alone; `--scaling-only` the scaling row of row 3;
+//! `--sync-only` rows 3 and 4; `--long N` sets row 8's readings.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -604,6 +608,10 @@ async fn lockstep(a: &NodeHandle, an: &str, b: &NodeHandle, bn: &str) -> (u64, u
 
 struct Result3 {
     quic_bytes: u64,
+    /// Wall time of the heal, from starting both nodes until converged.
+    heal_time: Duration,
+    /// samod's heal of the same documents and changes: (wall time, bytes).
+    samod: (Duration, u64),
     lockstep: (u64, u64),
     anchor: Anchor3,
     initial_sync_changes_per_s: f64,
@@ -637,7 +645,26 @@ fn reconciliation(
     let (la, lb) = (dir.path().join("a2"), dir.path().join("b2"));
     copy_dir(da, &la);
     copy_dir(db, &lb);
-    let quic_bytes = heal(rt, &p, changed);
+    let (quic_bytes, heal_time) = heal(rt, &p, changed);
+    // samod on the same documents and changes: the shared history synced, the partition's
+    // changes on each side, then the heal.
+    let samod = rt.block_on(async {
+        let (sa, sb) = (dir.path().join("samod-a"), dir.path().join("samod-b"));
+        let ids = samod_side::seed(&sa, shared_changes).await;
+        let (initial, _) = samod_side::full_sync(&sa, &sb, shared_changes, &ids).await;
+        samod_side::change(&sa, &extra_a, &ids).await;
+        samod_side::change(&sb, &extra_b, &ids).await;
+        let mut all = shared_changes.clone();
+        for (doc, cs) in extra_a.iter().chain(&extra_b) {
+            all.get_mut(doc).expect("shared").extend(cs.iter().cloned());
+        }
+        let (took, bytes) = samod_side::heal(&sa, &sb, &all, &ids).await;
+        eprintln!(
+            "samod: initial sync of the shared history {:.0} changes/s",
+            total_shared as f64 / initial.as_secs_f64()
+        );
+        (took, bytes)
+    });
     // The same heal in lockstep, for the round trips.
     let lock = {
         let (a, b) = (
@@ -651,6 +678,8 @@ fn reconciliation(
     };
     Result3 {
         quic_bytes,
+        heal_time,
+        samod,
         lockstep: lock,
         anchor: reconcile_automerge(shared_changes, &extra_a, &extra_b),
         initial_sync_changes_per_s: total_shared as f64 / initial.as_secs_f64(),
@@ -715,20 +744,23 @@ fn partition(
     }
 }
 
-/// The heal after [`partition`], over QUIC: the session's bytes.
-fn heal(rt: &tokio::runtime::Runtime, p: &Partitioned, changed: usize) -> u64 {
+/// The heal after [`partition`], over QUIC: the session's bytes, and the wall time from
+/// starting both nodes until they converged.
+fn heal(rt: &tokio::runtime::Runtime, p: &Partitioned, changed: usize) -> (u64, Duration) {
     rt.block_on(async {
+        let started = Instant::now();
         let (a, b) = start_pair(&p.fleet, &p.da, &p.db).await;
         let bytes = wait_synced(&a.handle(), &b.handle(), "b", (changed * 10) as u64).await;
+        let took = started.elapsed();
         b.shutdown().await;
         a.shutdown().await;
-        bytes
+        (bytes, took)
     })
 }
 
 /// Bytes of the heal after a fresh [`partition`].
 fn heal_bytes(rt: &tokio::runtime::Runtime, docs: usize, shared: usize, changed: usize) -> u64 {
-    heal(rt, &partition(rt, "r3s", docs, shared, changed), changed)
+    heal(rt, &partition(rt, "r3s", docs, shared, changed), changed).0
 }
 
 /// Scaling: what a heal costs follows what changed, not what is held.
@@ -753,8 +785,21 @@ fn scaling_row(rt: &tokio::runtime::Runtime, quick: bool, reps: usize) -> Row {
 // ---------------------------------------------------------------------------------------------
 // Row 4: full sync to an empty peer.
 
-/// (ours changes/s over QUIC into RocksDB with fsync, Automerge-alone changes/s median).
-fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: usize) -> (f64, f64) {
+/// What row 4 measured: medians.
+struct Result4 {
+    /// Ours, changes/s over QUIC into RocksDB with fsync.
+    ours: f64,
+    /// Ours, the session's bytes (in and out at the receiver).
+    ours_bytes: f64,
+    /// Automerge alone, changes/s.
+    automerge: f64,
+    /// samod, changes/s over TCP into its filesystem storage.
+    samod: f64,
+    /// samod, the connection's bytes.
+    samod_bytes: f64,
+}
+
+fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: usize) -> Result4 {
     let dir = tempfile::tempdir().expect("temp dir");
     let fleet = fleet(dir.path(), &["src", "dst"]);
     let ds = dir.path().join("src");
@@ -766,7 +811,10 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
     }
     let all = stored_changes(&ds);
     let total: usize = all.values().map(Vec::len).sum();
+    let samod_src = dir.path().join("samod-src");
+    let samod_ids = rt.block_on(samod_side::seed(&samod_src, &all));
     let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+    let (mut ours_bytes, mut samod, mut samod_bytes) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         let dd = dir.path().join(format!("dst-{rep}"));
         let took = rt.block_on(async {
@@ -799,11 +847,22 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let took = started.elapsed();
+            let t = h.status_async(vec![]).await.expect("status").totals;
             b.shutdown().await;
             a.shutdown().await;
-            took
+            (took, t.bytes_in + t.bytes_out)
         });
+        let (took, bytes) = took;
         ours.push(total as f64 / took.as_secs_f64());
+        ours_bytes.push(bytes as f64);
+        let (took, bytes) = rt.block_on(samod_side::full_sync(
+            &samod_src,
+            &dir.path().join(format!("samod-dst-{rep}")),
+            &all,
+            &samod_ids,
+        ));
+        samod.push(total as f64 / took.as_secs_f64());
+        samod_bytes.push(bytes as f64);
         // The anchor right after, so drift hits both alike.
         let started = Instant::now();
         let mut heads = 0;
@@ -813,7 +872,238 @@ fn full_sync(rt: &tokio::runtime::Runtime, docs: usize, changes: usize, reps: us
         assert!(heads >= docs);
         anchor.push(total as f64 / started.elapsed().as_secs_f64());
     }
-    (median(ours), median(anchor))
+    Result4 {
+        ours: median(ours),
+        ours_bytes: median(ours_bytes),
+        automerge: median(anchor),
+        samod: median(samod),
+        samod_bytes: median(samod_bytes),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Side by side with samod (the Rust automerge-repo): the same documents and changes, the same
+// run. samod speaks over TCP loopback (its length-delimited framing; bytes are counted at the
+// frames, as ours are at the session's frames) and keeps its documents in its filesystem
+// storage.
+
+mod samod_side {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use automerge::{Automerge, ChangeHash};
+    use edgesync_proto::DocId;
+    use futures::future::{join_all, BoxFuture};
+    use futures::{SinkExt, StreamExt};
+    use samod::{BackoffConfig, DialError, DocumentId, Repo, Transport};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+    fn codec() -> LengthDelimitedCodec {
+        LengthDelimitedCodec::builder()
+            .max_frame_length(1 << 30)
+            .new_codec()
+    }
+
+    /// A transport over `tcp` that adds every frame's bytes (length prefix included) to `bytes`.
+    fn counted(tcp: TcpStream, bytes: Arc<AtomicU64>) -> Transport {
+        let _ = tcp.set_nodelay(true);
+        let (r, w) = tcp.into_split();
+        let inbound = bytes.clone();
+        let stream = FramedRead::new(r, codec()).map(move |m| {
+            let m = m?;
+            inbound.fetch_add(m.len() as u64 + 4, Ordering::Relaxed);
+            Ok::<Vec<u8>, std::io::Error>(m.to_vec())
+        });
+        let sink = FramedWrite::new(w, codec()).with(move |m: Vec<u8>| {
+            bytes.fetch_add(m.len() as u64 + 4, Ordering::Relaxed);
+            futures::future::ready(Ok::<_, std::io::Error>(bytes::Bytes::from(m)))
+        });
+        Transport::new(stream, sink)
+    }
+
+    struct TcpDialer {
+        addr: SocketAddr,
+        bytes: Arc<AtomicU64>,
+    }
+
+    impl samod::Dialer for TcpDialer {
+        type Error = std::io::Error;
+
+        fn url(&self) -> samod::Url {
+            samod::Url::parse(&format!("tcp://{}", self.addr)).expect("url")
+        }
+
+        fn connect(&self) -> BoxFuture<'static, Result<Transport, DialError<std::io::Error>>> {
+            let (addr, bytes) = (self.addr, self.bytes.clone());
+            Box::pin(async move {
+                let tcp = TcpStream::connect(addr)
+                    .await
+                    .map_err(DialError::transient)?;
+                Ok(counted(tcp, bytes))
+            })
+        }
+    }
+
+    async fn repo(dir: &Path) -> Repo {
+        Repo::build_tokio()
+            .with_storage(samod::storage::TokioFilesystemStorage::new(dir))
+            .load()
+            .await
+    }
+
+    /// `b` dials `a` over TCP loopback; the counter of the connection's bytes (both ways).
+    async fn connect(a: &Repo, b: &Repo) -> (Arc<AtomicU64>, samod::DialerHandle<std::io::Error>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = a
+            .make_acceptor(samod::Url::parse(&format!("tcp://{addr}")).expect("url"))
+            .expect("acceptor");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(counted(tcp, Arc::new(AtomicU64::new(0))));
+            }
+        });
+        let bytes = Arc::new(AtomicU64::new(0));
+        let dialer = b
+            .dial(
+                BackoffConfig::default(),
+                Arc::new(TcpDialer {
+                    addr,
+                    bytes: bytes.clone(),
+                }),
+            )
+            .expect("dial");
+        dialer.established().await.expect("connected");
+        (bytes, dialer)
+    }
+
+    fn heads_of(changes: &[Vec<u8>]) -> Vec<ChangeHash> {
+        let mut h = super::load(changes).get_heads();
+        h.sort();
+        h
+    }
+
+    /// Waits until every document of `want` has the wanted heads in `repo` (opening it there).
+    async fn wait_heads(repo: &Repo, want: &BTreeMap<DocumentId, Vec<ChangeHash>>) {
+        let started = Instant::now();
+        let handles: Vec<_> = join_all(want.keys().map(|id| repo.find(id.clone())))
+            .await
+            .into_iter()
+            .map(|h| h.expect("running").expect("found"))
+            .collect();
+        for (h, (_, heads)) in handles.iter().zip(want) {
+            loop {
+                let mut now = h.with_document(|d| d.get_heads());
+                now.sort();
+                if now == *heads {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "samod does not converge"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
+    /// Stores each document's changes in a new samod repo at `dir`: their samod ids.
+    pub async fn seed(
+        dir: &Path,
+        docs: &BTreeMap<DocId, Vec<Vec<u8>>>,
+    ) -> BTreeMap<DocId, DocumentId> {
+        let r = repo(dir).await;
+        let mut ids = BTreeMap::new();
+        for (doc, cs) in docs {
+            let h = r.create(super::load(cs)).await.expect("create");
+            ids.insert(doc.clone(), h.document_id().clone());
+        }
+        r.stop().await;
+        ids
+    }
+
+    /// Full sync of the documents in `da` to an empty repo at `db`: (wall time from loading
+    /// both repos until `db` holds every change, bytes).
+    pub async fn full_sync(
+        da: &Path,
+        db: &Path,
+        docs: &BTreeMap<DocId, Vec<Vec<u8>>>,
+        ids: &BTreeMap<DocId, DocumentId>,
+    ) -> (Duration, u64) {
+        let want: BTreeMap<DocumentId, Vec<ChangeHash>> = docs
+            .iter()
+            .map(|(d, cs)| (ids[d].clone(), heads_of(cs)))
+            .collect();
+        let started = Instant::now();
+        let (a, b) = (repo(da).await, repo(db).await);
+        let (bytes, dialer) = connect(&a, &b).await;
+        wait_heads(&b, &want).await;
+        let took = started.elapsed();
+        let n = bytes.load(Ordering::Relaxed);
+        dialer.close();
+        b.stop().await;
+        a.stop().await;
+        (took, n)
+    }
+
+    /// Applies `extra` (per document) to the repo at `dir`.
+    pub async fn change(
+        dir: &Path,
+        extra: &BTreeMap<DocId, Vec<Vec<u8>>>,
+        ids: &BTreeMap<DocId, DocumentId>,
+    ) {
+        let r = repo(dir).await;
+        for (doc, cs) in extra {
+            let h = r
+                .find(ids[doc].clone())
+                .await
+                .expect("running")
+                .expect("held");
+            h.with_document(|d: &mut Automerge| {
+                d.apply_changes(
+                    cs.iter()
+                        .map(|c| automerge::Change::from_bytes(c.clone()).expect("change")),
+                )
+                .expect("apply")
+            });
+        }
+        r.stop().await;
+    }
+
+    /// The heal after a partition: both repos load, connect, and converge on every document
+    /// (`all`: each document's changes on both sides together): (wall time, bytes).
+    pub async fn heal(
+        da: &Path,
+        db: &Path,
+        all: &BTreeMap<DocId, Vec<Vec<u8>>>,
+        ids: &BTreeMap<DocId, DocumentId>,
+    ) -> (Duration, u64) {
+        let want: BTreeMap<DocumentId, Vec<ChangeHash>> = all
+            .iter()
+            .map(|(d, cs)| (ids[d].clone(), heads_of(cs)))
+            .collect();
+        let started = Instant::now();
+        let (a, b) = (repo(da).await, repo(db).await);
+        // Every document open on both sides, as a node holds them: a repo syncs the
+        // documents it has open.
+        let ha = join_all(want.keys().map(|id| a.find(id.clone()))).await;
+        let hb = join_all(want.keys().map(|id| b.find(id.clone()))).await;
+        let (bytes, dialer) = connect(&a, &b).await;
+        wait_heads(&a, &want).await;
+        wait_heads(&b, &want).await;
+        let took = started.elapsed();
+        let n = bytes.load(Ordering::Relaxed);
+        drop((ha, hb));
+        dialer.close();
+        b.stop().await;
+        a.stop().await;
+        (took, n)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1155,6 +1445,102 @@ fn sim_seeds_per_s(seeds: u64) -> f64 {
     seeds as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Rows 3 and 4: reconciliation after a partition, its scaling, and full sync to an empty
+/// peer, each against Automerge and samod.
+fn sync_rows(rt: &tokio::runtime::Runtime, quick: bool, reps: usize) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let (docs3, shared3) = if quick { (200, 20) } else { (1000, 100) };
+    let r3 = reconciliation(rt, docs3, shared3, 10);
+    let what = format!("{docs3} docs x {shared3} shared changes, 10+10 docs changed");
+    rows.push(Row {
+        name: format!(
+            "3. reconciliation bytes over QUIC vs Automerge sync, persisted state ({what})"
+        ),
+        unit: "bytes",
+        ours: r3.quic_bytes as f64,
+        anchor: r3.anchor.persisted.0 as f64,
+        goal: Goal::RatioAtMost(0.5),
+    });
+    rows.push(Row {
+        name: "3. the same vs Automerge sync, persisted state, the 10+10 changed docs alone".into(),
+        unit: "bytes",
+        ours: r3.quic_bytes as f64,
+        anchor: r3.anchor.persisted_changed as f64,
+        goal: Goal::RatioAtMost(1.0),
+    });
+    rows.push(Row {
+        name: format!("3. reconciliation bytes over QUIC vs Automerge sync, fresh state ({what})"),
+        unit: "bytes",
+        ours: r3.quic_bytes as f64,
+        anchor: r3.anchor.fresh.0 as f64,
+        goal: Goal::RatioAtMost(0.5),
+    });
+    rows.push(Row {
+        name: format!(
+            "3. reconciliation round trips (lockstep, {} B) vs Automerge persisted",
+            r3.lockstep.0
+        ),
+        unit: "round trips",
+        ours: r3.lockstep.1 as f64 / 2.0,
+        anchor: r3.anchor.persisted.1 as f64 / 2.0,
+        goal: Goal::AtMost(2.0),
+    });
+    rows.push(Row {
+        name: "3. reconciliation round trips vs Automerge fresh state".into(),
+        unit: "round trips",
+        ours: r3.lockstep.1 as f64 / 2.0,
+        anchor: r3.anchor.fresh.1 as f64 / 2.0,
+        goal: Goal::AtMost(2.0),
+    });
+    rows.push(Row {
+        name: format!("3. reconciliation vs samod (TCP loopback, the same documents and changes): bytes ({what})"),
+        unit: "bytes",
+        ours: r3.quic_bytes as f64,
+        anchor: r3.samod.1 as f64,
+        goal: Goal::RatioAtMost(0.5),
+    });
+    rows.push(Row {
+        name: "3. reconciliation vs samod: wall time from start to converged".into(),
+        unit: "s",
+        ours: r3.heal_time.as_secs_f64(),
+        anchor: r3.samod.0.as_secs_f64(),
+        goal: Goal::RatioAtMost(0.5),
+    });
+    eprintln!(
+        "row 3 done (initial sync of the shared history: {:.0} changes/s)",
+        r3.initial_sync_changes_per_s
+    );
+
+    rows.push(scaling_row(rt, quick, reps));
+    eprintln!("row 3 scaling done");
+
+    let (docs4, changes4) = if quick { (20, 500) } else { (100, 1000) };
+    let r4 = full_sync(rt, docs4, changes4, 3);
+    rows.push(Row {
+        name: format!("4. full sync to an empty peer, QUIC into RocksDB fsync, {docs4} docs x {changes4} changes vs Automerge in memory"),
+        unit: "changes/s",
+        ours: r4.ours,
+        anchor: r4.automerge,
+        goal: Goal::RatioAtLeast(0.5),
+    });
+    rows.push(Row {
+        name: "4. the same full sync vs samod (TCP loopback into its filesystem storage): time (as changes/s)".into(),
+        unit: "changes/s",
+        ours: r4.ours,
+        anchor: r4.samod,
+        goal: Goal::RatioAtLeast(2.0),
+    });
+    rows.push(Row {
+        name: "4. the same full sync vs samod: bytes".into(),
+        unit: "bytes",
+        ours: r4.ours_bytes,
+        anchor: r4.samod_bytes,
+        goal: Goal::RatioAtMost(0.5),
+    });
+    eprintln!("row 4 done");
+    rows
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -1173,6 +1559,10 @@ fn main() {
     let mut rows = Vec::new();
     if args.iter().any(|a| a == "--scaling-only") {
         scaling_row(&rt, quick, reps).print();
+        return;
+    }
+    if args.iter().any(|a| a == "--sync-only") {
+        sync_rows(&rt, quick, reps).iter().for_each(Row::print);
         return;
     }
     // Row 7 runs first, in a fresh process, so that its RSS is its own.
@@ -1321,67 +1711,7 @@ fn main() {
     });
     eprintln!("row 2 done");
 
-    let (docs3, shared3) = if quick { (200, 20) } else { (1000, 100) };
-    let r3 = reconciliation(&rt, docs3, shared3, 10);
-    let what = format!("{docs3} docs x {shared3} shared changes, 10+10 docs changed");
-    rows.push(Row {
-        name: format!(
-            "3. reconciliation bytes over QUIC vs Automerge sync, persisted state ({what})"
-        ),
-        unit: "bytes",
-        ours: r3.quic_bytes as f64,
-        anchor: r3.anchor.persisted.0 as f64,
-        goal: Goal::RatioAtMost(0.5),
-    });
-    rows.push(Row {
-        name: "3. the same vs Automerge sync, persisted state, the 10+10 changed docs alone".into(),
-        unit: "bytes",
-        ours: r3.quic_bytes as f64,
-        anchor: r3.anchor.persisted_changed as f64,
-        goal: Goal::RatioAtMost(1.0),
-    });
-    rows.push(Row {
-        name: format!("3. reconciliation bytes over QUIC vs Automerge sync, fresh state ({what})"),
-        unit: "bytes",
-        ours: r3.quic_bytes as f64,
-        anchor: r3.anchor.fresh.0 as f64,
-        goal: Goal::RatioAtMost(0.5),
-    });
-    rows.push(Row {
-        name: format!(
-            "3. reconciliation round trips (lockstep, {} B) vs Automerge persisted",
-            r3.lockstep.0
-        ),
-        unit: "round trips",
-        ours: r3.lockstep.1 as f64 / 2.0,
-        anchor: r3.anchor.persisted.1 as f64 / 2.0,
-        goal: Goal::AtMost(2.0),
-    });
-    rows.push(Row {
-        name: "3. reconciliation round trips vs Automerge fresh state".into(),
-        unit: "round trips",
-        ours: r3.lockstep.1 as f64 / 2.0,
-        anchor: r3.anchor.fresh.1 as f64 / 2.0,
-        goal: Goal::AtMost(2.0),
-    });
-    eprintln!(
-        "row 3 done (initial sync of the shared history: {:.0} changes/s)",
-        r3.initial_sync_changes_per_s
-    );
-
-    rows.push(scaling_row(&rt, quick, reps));
-    eprintln!("row 3 scaling done");
-
-    let (docs4, changes4) = if quick { (20, 500) } else { (100, 1000) };
-    let (ours4, anchor4) = full_sync(&rt, docs4, changes4, 3);
-    rows.push(Row {
-        name: format!("4. full sync to an empty peer, QUIC into RocksDB fsync, {docs4} docs x {changes4} changes vs Automerge in memory"),
-        unit: "changes/s",
-        ours: ours4,
-        anchor: anchor4,
-        goal: Goal::RatioAtLeast(0.5),
-    });
-    eprintln!("row 4 done");
+    rows.extend(sync_rows(&rt, quick, reps));
 
     let docs5 = if quick { 2_000 } else { 10_000 };
     let (load5, serve5, recv5) = memory(docs5);

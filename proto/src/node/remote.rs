@@ -346,7 +346,7 @@ impl<S: Store> Node<S> {
         (puts, origin): (schema::Puts, &NodeName),
     ) -> Result<(), ApplyError> {
         let admitted = self.admit(doc, &change, sid)?;
-        let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 5 == 3;
+        let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 3 == 2;
         // The feed's events: readings new to this node (a reading another change already
         // brought is not new), or the change itself for a generic one. A pruned document's
         // readings are not held to compare with: each counts as new.
