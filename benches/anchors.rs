@@ -1237,6 +1237,9 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
     let syncer = store.syncer();
     let mut cfg = Config::new(NodeName::new("bench-days").expect("valid"));
     cfg.keep_ms = Some(keep_hours * 3_600_000);
+    if std::env::var_os("EDGESYNC_BENCH_NO_FEED").is_some() {
+        cfg.feed_events_max = 0;
+    }
     let boot = Boot {
         nonce: [7; 16],
         new_store_id: [7; 16],
@@ -1288,6 +1291,16 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
                 vm_rss_mib(),
                 rates[rates.len() - 1]
             );
+            if std::env::var_os("EDGESYNC_BENCH_MEM").is_some() {
+                let (mem, readers, cache) = node.store().memory();
+                eprintln!(
+                    "  rocksdb: memtables {:.1} MiB, table readers {:.1} MiB, block cache {:.1} MiB; docs loaded {}",
+                    mem as f64 / 1048576.0,
+                    readers as f64 / 1048576.0,
+                    cache as f64 / 1048576.0,
+                    node.loaded_count(),
+                );
+            }
             if std::env::var_os("EDGESYNC_BENCH_DU").is_some() {
                 let mut by: BTreeMap<String, u64> = BTreeMap::new();
                 for e in std::fs::read_dir(dir.path()).expect("dir").flatten() {
