@@ -1292,12 +1292,12 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
                 rates[rates.len() - 1]
             );
             if std::env::var_os("EDGESYNC_BENCH_MEM").is_some() {
-                let (mem, readers, cache) = node.store().memory();
+                let m = node.store().memory();
                 eprintln!(
                     "  rocksdb: memtables {:.1} MiB, table readers {:.1} MiB, block cache {:.1} MiB; docs loaded {}",
-                    mem as f64 / 1048576.0,
-                    readers as f64 / 1048576.0,
-                    cache as f64 / 1048576.0,
+                    m.memtables as f64 / 1048576.0,
+                    m.table_readers as f64 / 1048576.0,
+                    m.block_cache as f64 / 1048576.0,
                     node.loaded_count(),
                 );
             }

@@ -571,6 +571,22 @@ fn changes_relay_across_three_hops_and_events_stream() {
     ] {
         assert!(metrics.contains(m), "{m} missing from:\n{metrics}");
     }
+    // RocksDB's memory, within its bounds (the gateway wrote: its memtables hold something).
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let memtables = gauge("edgesync_store_memtable_bytes");
+    assert!(
+        memtables > 0.0 && memtables <= (32 << 20) as f64,
+        "{memtables}"
+    );
+    assert!(gauge("edgesync_store_block_cache_bytes") <= (32 << 20) as f64);
     assert_eq!(gw.status()["healthy"], true);
 }
 

@@ -752,6 +752,10 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         metrics::counter!("edgesync_connections_rejected_total", "reason" => kind).absolute(n);
     }
     metrics::gauge!("edgesync_store_healthy").set(if st.node.is_healthy() { 1.0 } else { 0.0 });
+    let mem = st.node.store_memory();
+    metrics::gauge!("edgesync_store_memtable_bytes").set(mem.memtables as f64);
+    metrics::gauge!("edgesync_store_block_cache_bytes").set(mem.block_cache as f64);
+    metrics::gauge!("edgesync_store_table_readers_bytes").set(mem.table_readers as f64);
     metrics::counter!("edgesync_store_bytes_written_total").absolute(st.node.bytes_written());
     (
         [("content-type", "text/plain; version=0.0.4")],

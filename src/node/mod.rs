@@ -531,6 +531,7 @@ pub struct NodeHandle {
     name: NodeName,
     started: Instant,
     copy_refusals: CopyRefusals,
+    store_memory: crate::store::MemoryProbe,
 }
 
 /// Peers that refused this node as a copy of another node's store, with their reasons: written
@@ -565,6 +566,7 @@ impl DurableNode {
             .map_err(|e| StartError::Renew(Box::new(e)))?;
         let syncer = store.syncer();
         let sinks = store.sink_store();
+        let store_memory = store.memory_probe();
         let health = store.health();
         let boot = Boot {
             nonce: random16()?,
@@ -653,6 +655,7 @@ impl DurableNode {
                 name: opts.config.name.clone(),
                 started: Instant::now(),
                 copy_refusals,
+                store_memory,
             },
             sinks,
             core: Some(core),
@@ -909,6 +912,11 @@ impl NodeHandle {
     /// False once a store write or fsync failed.
     pub fn is_healthy(&self) -> bool {
         self.health.is_healthy()
+    }
+
+    /// RocksDB's memory now (memtables, table readers, block cache).
+    pub fn store_memory(&self) -> crate::store::StoreMemory {
+        self.store_memory.memory()
     }
 
     /// Whether `peer` refused this node as a second node run from a copy of its store (then

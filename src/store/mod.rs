@@ -121,6 +121,45 @@ pub struct SinkState {
     pub skipped: u64,
 }
 
+/// RocksDB's memory, bytes, summed over the column families.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Memtables (bounded by [`DB_WRITE_BUFFER_BYTES`]).
+    pub memtables: u64,
+    /// Table readers outside the block cache.
+    pub table_readers: u64,
+    /// The shared block cache in use (bounded by [`BLOCK_CACHE_BYTES`]).
+    pub block_cache: u64,
+}
+
+/// Reads RocksDB's memory counters beside the core's commits (the metrics endpoint). It does
+/// not keep the database open: once the store is closed it reads zeros.
+#[derive(Clone)]
+pub struct MemoryProbe {
+    db: std::sync::Weak<DB>,
+}
+
+impl MemoryProbe {
+    /// RocksDB's memory now.
+    pub fn memory(&self) -> StoreMemory {
+        let mut m = StoreMemory::default();
+        let Some(db) = self.db.upgrade() else {
+            return m;
+        };
+        for name in COLUMN_FAMILIES {
+            let Some(cf) = db.cf_handle(name) else {
+                continue;
+            };
+            let get = |p: &str| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+            m.memtables += get("rocksdb.cur-size-all-mem-tables");
+            m.table_readers += get("rocksdb.estimate-table-readers-mem");
+            // One cache shared by every column family: each reports all of it.
+            m.block_cache = get("rocksdb.block-cache-usage");
+        }
+        m
+    }
+}
+
 /// Reads and writes sinks' states; cloneable and usable from any thread (the sinks' tasks),
 /// beside the core's commits.
 #[derive(Clone)]
@@ -427,24 +466,16 @@ impl RocksStore {
         }
     }
 
-    /// RocksDB's memory, bytes, summed over the column families: (memtables, table readers
-    /// outside the block cache, block cache in use).
-    pub fn memory(&self) -> (u64, u64, u64) {
-        let (mut mem, mut readers, mut cache) = (0, 0, 0);
-        for name in COLUMN_FAMILIES {
-            let cf = self.cf(name);
-            let get = |p: &str| {
-                self.db
-                    .property_int_value_cf(cf, p)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            };
-            mem += get("rocksdb.cur-size-all-mem-tables");
-            readers += get("rocksdb.estimate-table-readers-mem");
-            cache = get("rocksdb.block-cache-usage");
+    /// RocksDB's own memory counters, readable from any thread.
+    pub fn memory_probe(&self) -> MemoryProbe {
+        MemoryProbe {
+            db: Arc::downgrade(&self.db),
         }
-        (mem, readers, cache)
+    }
+
+    /// RocksDB's memory now ([`MemoryProbe::memory`]).
+    pub fn memory(&self) -> StoreMemory {
+        self.memory_probe().memory()
     }
 
     /// The handle that makes commits durable.
