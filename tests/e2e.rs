@@ -1783,6 +1783,15 @@ fn a_restarted_cloud_node_is_redialled_at_once_and_catches_up() {
 // holds what it lost, and its next writes would take sequence numbers that already left. The
 // backup is marked, so the first start on it takes a new store id (the cloud sends it
 // everything it lacks) and a new actor epoch (what it writes next reaches the cloud).
+/// A fleet of a cloud and gateway `gw-1` dialling it, with short timeouts: (the PKI directory,
+/// the cloud, its QUIC address, the gateway).
+fn cloud_and_gateway(dir: &Path) -> (PathBuf, Node, SocketAddr, Node) {
+    let pki = fleet(dir, &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let (cloud, quic) = fast_cloud(dir, &pki);
+    let gw = fast_gateway(dir, &pki, "gw-1", quic);
+    (pki, cloud, quic, gw)
+}
+
 /// Copies directory `from` to `to` (a disk image taken while the node was stopped).
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -1804,9 +1813,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_gateway_run_from_a_cloned_disk_beside_the_original_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
-    let (cloud, quic) = fast_cloud(dir.path(), &pki);
-    let mut gw = fast_gateway(dir.path(), &pki, "gw-1", quic);
+    let (pki, cloud, quic, mut gw) = cloud_and_gateway(dir.path());
     let doc = "site-a/line-1/temp";
     let t0 = 1_700_000_000_000i64;
     for i in 0..5 {
@@ -1862,9 +1869,7 @@ fn a_gateway_run_from_a_cloned_disk_beside_the_original_is_refused() {
 #[test]
 fn a_gateway_restored_from_an_older_backup_gets_everything_back() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
-    let (cloud, quic) = fast_cloud(dir.path(), &pki);
-    let mut gw = fast_gateway(dir.path(), &pki, "gw-1", quic);
+    let (_pki, cloud, _quic, mut gw) = cloud_and_gateway(dir.path());
     let doc = "site-a/line-1/temp";
     let t0 = 1_700_000_000_000i64;
     let mut expected = BTreeSet::new();
