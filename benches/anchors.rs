@@ -1035,20 +1035,7 @@ mod samod_side {
         docs: &BTreeMap<DocId, Vec<Vec<u8>>>,
         ids: &BTreeMap<DocId, DocumentId>,
     ) -> (Duration, u64) {
-        let want: BTreeMap<DocumentId, Vec<ChangeHash>> = docs
-            .iter()
-            .map(|(d, cs)| (ids[d].clone(), heads_of(cs)))
-            .collect();
-        let started = Instant::now();
-        let (a, b) = (repo(da).await, repo(db).await);
-        let (bytes, dialer) = connect(&a, &b).await;
-        wait_heads(&b, &want).await;
-        let took = started.elapsed();
-        let n = bytes.load(Ordering::Relaxed);
-        dialer.close();
-        b.stop().await;
-        a.stop().await;
-        (took, n)
+        converge(da, db, docs, ids, false).await
     }
 
     /// Applies `extra` (per document) to the repo at `dir`.
@@ -1083,22 +1070,39 @@ mod samod_side {
         all: &BTreeMap<DocId, Vec<Vec<u8>>>,
         ids: &BTreeMap<DocId, DocumentId>,
     ) -> (Duration, u64) {
-        let want: BTreeMap<DocumentId, Vec<ChangeHash>> = all
+        converge(da, db, all, ids, true).await
+    }
+
+    /// Loads the repos at `da` and `db`, connects them, and waits until `db` (and with
+    /// `both`, `da` too) holds `docs`: (wall time from loading until then, bytes). With `both`
+    /// every document is open on both sides first, as a node holds them: a repo syncs the
+    /// documents it has open.
+    async fn converge(
+        da: &Path,
+        db: &Path,
+        docs: &BTreeMap<DocId, Vec<Vec<u8>>>,
+        ids: &BTreeMap<DocId, DocumentId>,
+        both: bool,
+    ) -> (Duration, u64) {
+        let want: BTreeMap<DocumentId, Vec<ChangeHash>> = docs
             .iter()
             .map(|(d, cs)| (ids[d].clone(), heads_of(cs)))
             .collect();
         let started = Instant::now();
         let (a, b) = (repo(da).await, repo(db).await);
-        // Every document open on both sides, as a node holds them: a repo syncs the
-        // documents it has open.
-        let ha = join_all(want.keys().map(|id| a.find(id.clone()))).await;
-        let hb = join_all(want.keys().map(|id| b.find(id.clone()))).await;
+        let mut open = Vec::new();
+        if both {
+            open.extend(join_all(want.keys().map(|id| a.find(id.clone()))).await);
+            open.extend(join_all(want.keys().map(|id| b.find(id.clone()))).await);
+        }
         let (bytes, dialer) = connect(&a, &b).await;
-        wait_heads(&a, &want).await;
+        if both {
+            wait_heads(&a, &want).await;
+        }
         wait_heads(&b, &want).await;
         let took = started.elapsed();
         let n = bytes.load(Ordering::Relaxed);
-        drop((ha, hb));
+        drop(open);
         dialer.close();
         b.stop().await;
         a.stop().await;
