@@ -2076,10 +2076,19 @@ fn the_change_feed_resumes_from_any_cursor_and_misses_nothing() {
             v["doc"].clone(),
         ));
     }
-    let ids: Vec<_> = got.iter().map(|(_, id, _)| id.as_str()).collect();
-    assert_eq!(ids, ["t3", "t4", "t5", "t6", "t7", "-"], "{got:?}");
-    assert_eq!(got[5].0, "doc");
-    assert_eq!(got[5].2, "site-a/apps/settings");
+    // The stream's readings in their order; the generic change among them wherever it arrived
+    // (the gateway sends a reading once its journal is folded, up to 100 ms after the ingest,
+    // and the patch's change at once: events of different documents keep no order).
+    let ids: Vec<_> = got
+        .iter()
+        .filter(|(event, _, _)| event == "reading")
+        .map(|(_, id, _)| id.as_str())
+        .collect();
+    assert_eq!(ids, ["t3", "t4", "t5", "t6", "t7"], "{got:?}");
+    let docs: Vec<_> = got.iter().filter(|(event, _, _)| event == "doc").collect();
+    assert_eq!(docs.len(), 1, "{got:?}");
+    assert_eq!(docs[0].1, "-");
+    assert_eq!(docs[0].2, "site-a/apps/settings");
 
     // By page: resuming from `next` gives the same, once; at the head `next` stays.
     let rest = feed(&format!("?after={next}"));
@@ -2087,18 +2096,12 @@ fn the_change_feed_resumes_from_any_cursor_and_misses_nothing() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["id"].clone())
+        .map(|e| e["id"].as_str().unwrap_or("-").to_string())
         .collect();
+    let streamed: Vec<_> = got.iter().map(|(_, id, _)| id.clone()).collect();
     assert_eq!(
-        ids,
-        [
-            json!("t3"),
-            json!("t4"),
-            json!("t5"),
-            json!("t6"),
-            json!("t7"),
-            Value::Null
-        ]
+        ids, streamed,
+        "the pages give what the stream gave, in its order"
     );
     let head = rest["next"].as_str().unwrap().to_string();
     let at_head = feed(&format!("?after={head}"));
@@ -2250,10 +2253,11 @@ fn a_webhook_sink_delivers_every_reading_once_across_outages_and_kills() {
     let dir = tempfile::tempdir().unwrap();
     let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
     // Requests 0-2 fail; request 4 (the second batch that gets through) is held while the
-    // cloud is killed.
+    // cloud is killed. By the first request that gets through (after three failures and their
+    // backoff) the gateway's ten readings are all at the cloud: 8 in it, 2 in the held one.
     let hook = Hook::start(3, Some(4));
     let sink = format!(
-        "name = \"wh\"\nkind = \"webhook\"\nurl = \"{}\"\nbatch = 16\ndocs = \"site-a/*\"\n",
+        "name = \"wh\"\nkind = \"webhook\"\nurl = \"{}\"\nbatch = 8\ndocs = \"site-a/*\"\n",
         hook.url
     );
     let mut cloud = cloud_with_sink(dir.path(), &pki, &sink);
@@ -2285,7 +2289,7 @@ fn a_webhook_sink_delivers_every_reading_once_across_outages_and_kills() {
     hook.release.send(()).unwrap();
     let held = hook.got.lock().unwrap()[4].clone();
     assert!(
-        held.body["events"].as_array().unwrap().len() < 16,
+        held.body["events"].as_array().unwrap().len() < 8,
         "{:?}",
         held.body
     );

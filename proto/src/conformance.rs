@@ -46,6 +46,70 @@ pub fn check_store<S: Store>(mut fresh: impl FnMut() -> S, mut reopen: impl FnMu
     dropping_a_document_keeps_its_neighbours(fresh(), &mut reopen);
     node_state_survives_reopen(fresh(), &mut reopen);
     feed_reads_in_order_and_trims(fresh(), &mut reopen);
+    journal_holds_readings_until_deleted(fresh(), &mut reopen);
+}
+
+fn journal_holds_readings_until_deleted<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
+    assert!(s.journal().unwrap().is_empty());
+    let put = |d: &str, id: &str| WriteOp::PutJournal {
+        doc: doc(d),
+        id: id.to_string(),
+        body: format!("{{\"ts\":1,\"in\":\"{d}\"}}"),
+    };
+    // "a" and "a/b" and "a.b": a document's entries stay apart from its neighbours'.
+    s.commit(WriteBatch {
+        ops: vec![
+            put("a/b", "r2"),
+            put("a", "r1"),
+            put("a", "r0"),
+            put("a.b", "r1"),
+            put("c", "x"),
+        ],
+    })
+    .unwrap();
+    let ids = |s: &S| -> Vec<(String, String)> {
+        s.journal()
+            .unwrap()
+            .into_iter()
+            .map(|(d, id, body)| {
+                assert_eq!(body, format!("{{\"ts\":1,\"in\":\"{d}\"}}"));
+                (d.to_string(), id)
+            })
+            .collect()
+    };
+    let pair = |d: &str, id: &str| (d.to_string(), id.to_string());
+    let mut s = reopen(s);
+    let mut want = vec![
+        pair("a", "r0"),
+        pair("a", "r1"),
+        pair("a/b", "r2"),
+        pair("a.b", "r1"),
+        pair("c", "x"),
+    ];
+    want.sort_by(|x, y| (doc(&x.0), &x.1).cmp(&(doc(&y.0), &y.1)));
+    let mut got = ids(&s);
+    got.sort_by(|x, y| (doc(&x.0), &x.1).cmp(&(doc(&y.0), &y.1)));
+    assert_eq!(got, want);
+    s.commit(WriteBatch {
+        ops: vec![
+            WriteOp::DeleteJournal {
+                doc: doc("a"),
+                ids: vec!["r1".into(), "missing".into()],
+            },
+            WriteOp::DropDoc {
+                doc: doc("c"),
+                peers: vec![],
+            },
+        ],
+    })
+    .unwrap();
+    let s = reopen(s);
+    let mut got = ids(&s);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![pair("a", "r0"), pair("a.b", "r1"), pair("a/b", "r2")]
+    );
 }
 
 fn feed_reads_in_order_and_trims<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {

@@ -100,6 +100,19 @@ pub enum IngestOutcome {
     Conflict,
 }
 
+/// The stored body of reading `id` in the readings map `obj`, if present (an empty string
+/// for a value that is not a string, which no valid reading equals).
+pub(crate) fn reading_body(doc: &Automerge, obj: &ObjId, id: &str) -> Option<String> {
+    match doc.get(obj, id) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Str(b) => Some(b.to_string()),
+            _ => Some(String::new()),
+        },
+        Ok(Some(_)) => Some(String::new()),
+        _ => None,
+    }
+}
+
 /// Writes the readings not yet present into the document as one transaction. Returns the
 /// outcome per reading, in input order, and whether anything was written.
 pub(crate) fn put_readings(

@@ -52,6 +52,8 @@ fn node_with_session(peer: &str) -> (Node<MemStore>, SessionId) {
     let r = Reading::from_json("r-1", 1, &json!({"v": 1})).expect("valid");
     let sensor = DocId::new("site-a/t1").expect("valid");
     node.ingest(&sensor, &[r], 0).expect("ingest");
+    // Folded now, so the session starts with the sensor document held (as its corpus expects).
+    node.fold_journal().expect("fold");
     let generic = DocId::new("app/doc").expect("valid");
     node.patch(&generic, &json!({"a": {"b": [1, 2]}}), 0)
         .expect("patch");

@@ -16,7 +16,9 @@ use crate::wire::Incarnation;
 
 /// Version of the logical schema behind this trait (document metadata, change index,
 /// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
-pub const LOGICAL_SCHEMA_VERSION: u32 = 4;
+/// Version 5 added the ingest journal: a build before it would not fold journaled readings,
+/// so it must not open a store this one wrote.
+pub const LOGICAL_SCHEMA_VERSION: u32 = 5;
 
 /// Node-wide metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +179,7 @@ pub enum WriteOp {
         /// Document.
         doc: DocId,
     },
-    /// Forget a document whole: its metadata, changes, index entries and snapshot, and what
+    /// Forget a document whole: its metadata, changes, index entries, snapshot and journaled readings, and what
     /// each listed peer acknowledged of it or was told about it. A store keeps nothing of it.
     DropDoc {
         /// Document.
@@ -212,6 +214,23 @@ pub enum WriteOp {
     TrimFeed {
         /// The first cursor kept.
         below: u64,
+    },
+    /// Journal a reading of `doc` (acknowledged once durable, folded into an Automerge change
+    /// later: [`crate::Node::ingest`]).
+    PutJournal {
+        /// The sensor document (bucket) it goes to.
+        doc: DocId,
+        /// The reading's id.
+        id: String,
+        /// Its canonical stored body ([`crate::Reading::encode`]).
+        body: String,
+    },
+    /// Drop journaled readings of `doc` (folded by the change in the same batch).
+    DeleteJournal {
+        /// The document.
+        doc: DocId,
+        /// The readings' ids.
+        ids: Vec<String>,
     },
 }
 
@@ -285,6 +304,9 @@ pub trait Store {
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, FeedEvent)>, StoreError>;
     /// The lowest and the highest cursor held, if any.
     fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError>;
+    /// Every journaled reading not yet folded: (document, id, canonical body), in no
+    /// particular order. Read once, when the node opens.
+    fn journal(&self) -> Result<Vec<(DocId, String, String)>, StoreError>;
     /// Applies `batch` atomically. Visible to reads at once; durable later, in commit order.
     /// After an error the store is poisoned.
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError>;
@@ -302,6 +324,7 @@ struct MemState {
     seen: BTreeMap<NodeName, ([u8; 16], Incarnation)>,
     authors: BTreeMap<Actor, Vec<u8>>,
     feed: BTreeMap<u64, FeedEvent>,
+    journal: BTreeMap<(DocId, String), String>,
 }
 
 impl MemState {
@@ -376,7 +399,16 @@ impl MemState {
                 WriteOp::TrimFeed { below } => {
                     self.feed = self.feed.split_off(&below);
                 }
+                WriteOp::PutJournal { doc, id, body } => {
+                    self.journal.insert((doc, id), body);
+                }
+                WriteOp::DeleteJournal { doc, ids } => {
+                    for id in ids {
+                        self.journal.remove(&(doc.clone(), id));
+                    }
+                }
                 WriteOp::DropDoc { doc, peers } => {
+                    self.journal.retain(|(d, _), _| *d != doc);
                     self.docs.remove(&doc);
                     self.snapshots.remove(&doc);
                     self.changes.retain(|(d, _), _| *d != doc);
@@ -461,6 +493,29 @@ impl MemStore {
     pub fn durable_clock(&self, doc: &DocId) -> Option<&VectorClock> {
         self.durable.docs.get(doc).map(|m| &m.clock)
     }
+
+    /// The body of reading `id` of `doc` in the durable journal, if it is there.
+    pub fn durable_journal(&self, doc: &DocId, id: &str) -> Option<&str> {
+        self.durable
+            .journal
+            .get(&(doc.clone(), id.to_string()))
+            .map(String::as_str)
+    }
+
+    /// The durable state's snapshot of `doc` and its changes after it, in order (what a
+    /// reopen after a crash would load).
+    pub fn durable_content(&self, doc: &DocId) -> (Option<&[u8]>, Vec<&[u8]>) {
+        let snap = self.durable.snapshots.get(doc);
+        let from = snap.map_or(0, |(covers, _)| *covers);
+        let changes = self
+            .durable
+            .changes
+            .range((doc.clone(), from)..)
+            .take_while(|((d, _), _)| d == doc)
+            .map(|(_, c)| c.bytes.as_slice())
+            .collect();
+        (snap.map(|(_, b)| b.as_slice()), changes)
+    }
 }
 
 impl Store for MemStore {
@@ -542,6 +597,15 @@ impl Store for MemStore {
         Ok(f.first_key_value()
             .zip(f.last_key_value())
             .map(|((a, _), (b, _))| (*a, *b)))
+    }
+
+    fn journal(&self) -> Result<Vec<(DocId, String, String)>, StoreError> {
+        Ok(self
+            .visible
+            .journal
+            .iter()
+            .map(|((d, id), body)| (d.clone(), id.clone(), body.clone()))
+            .collect())
     }
 
     fn commit(&mut self, batch: WriteBatch) -> Result<(), StoreError> {

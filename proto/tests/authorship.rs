@@ -27,6 +27,7 @@ fn reading(id: &str, ts: i64) -> Reading {
 fn node_in(fleet: &Fleet, id: Identity, seed: u8) -> Node<MemStore> {
     let mut cfg = Config::new(id.name.clone());
     cfg.trust = fleet.trust(id, Rules::default());
+    common::sync_at_once(&mut cfg);
     Node::open(
         MemStore::new(),
         cfg,

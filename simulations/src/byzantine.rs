@@ -636,5 +636,19 @@ pub(crate) fn limits_violation(sim: &Sim, i: usize) -> Option<String> {
             return Some(format!("{doc} has {} actors", clock.len()));
         }
     }
+    if n.journal_len() > cfg.journal_readings_max {
+        return Some(format!("{} readings journaled", n.journal_len()));
+    }
+    // A reading is folded at most `journal_fold_ms` after the journal stopped being empty (the
+    // node's timer brings it then; a second of slack for the timer's turn). Timed by the
+    // simulator, not by the node's own idea of when it is due.
+    let now = sim.node_now(i);
+    if let Some(since) = sim.nodes[i].journal_since {
+        if since + cfg.journal_fold_ms + 1_000 < now {
+            return Some(format!(
+                "readings journaled since {since} not folded at {now}"
+            ));
+        }
+    }
     None
 }

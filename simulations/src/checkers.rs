@@ -78,9 +78,10 @@ impl Checker {
     }
 }
 
-/// An ingested reading waiting for durability (commit `durable_at`) before its client is
-/// answered. `needed` is the document's clock right after the ingest: the audit requires the
-/// store to hold that much durably when the client is answered, whatever the node says.
+/// An ingested reading or a merge patch waiting for durability (commit `durable_at`) before
+/// its client is answered. A reading must then be durable in the store's journal or in its
+/// document's durable changes; for a patch, `needed` is the document's clock right after it,
+/// which the store must hold durably. Whatever the node says.
 #[derive(Clone, Debug)]
 pub(crate) struct Unacked {
     pub(crate) durable_at: u64,
@@ -110,6 +111,43 @@ impl Ledger {
     }
 }
 
+/// Whether `store` durably holds reading `r` of `doc`: in its journal, or folded into the
+/// document's durable changes (loaded from the durable state, as a reopen would).
+fn durably_holds(store: &MemStore, doc: &DocId, r: &Reading) -> bool {
+    let body = r.encode();
+    if let Some(b) = store.durable_journal(doc, &r.id) {
+        return b == body;
+    }
+    let (snapshot, changes) = store.durable_content(doc);
+    let mut am = match snapshot.map(automerge::Automerge::load) {
+        Some(Ok(am)) => am,
+        Some(Err(_)) => return false,
+        None => automerge::Automerge::new(),
+    };
+    let changes: Result<Vec<automerge::Change>, _> = changes
+        .into_iter()
+        .map(|c| automerge::Change::from_bytes(c.to_vec()))
+        .collect();
+    let Ok(changes) = changes else { return false };
+    if am.apply_changes(changes).is_err() {
+        return false;
+    }
+    // Any of the values under the id (concurrent writers of one id with other bodies keep
+    // theirs too), in the readings map, wherever it is.
+    use automerge::{ReadDoc, Value, ROOT};
+    let Ok(maps) = am.get_all(ROOT, "readings") else {
+        return false;
+    };
+    maps.into_iter().any(|(_, map)| {
+        am.get_all(&map, r.id.as_str()).is_ok_and(|vals| {
+            vals.iter().any(|(v, _)| match v {
+                Value::Scalar(s) => s.as_str() == Some(body.as_str()),
+                _ => false,
+            })
+        })
+    })
+}
+
 /// One document as one node holds it, for comparison across nodes.
 #[derive(Debug, PartialEq)]
 struct DocState {
@@ -128,11 +166,20 @@ impl Sim {
     pub(crate) fn acknowledge(&mut self, i: usize, done: Vec<Unacked>) {
         let sn = &self.nodes[i];
         let empty = VectorClock::new();
-        let early = sn.node.as_ref().and_then(|n| {
+        let mut early = None;
+        if let Some(n) = sn.node.as_ref() {
             let store = n.store();
-            done.iter()
-                .find(|u| !u.needed.le(store.durable_clock(&u.doc).unwrap_or(&empty)))
-        });
+            for u in &done {
+                let held = match &u.reading {
+                    Some(r) => durably_holds(store, &u.doc, r),
+                    None => u.needed.le(store.durable_clock(&u.doc).unwrap_or(&empty)),
+                };
+                if !held {
+                    early = Some(u);
+                    break;
+                }
+            }
+        }
         if let Some(u) = early {
             let (checker, what) = match &u.reading {
                 Some(r) => (Checker::ClientAck, format!("reading {}", r.id)),
@@ -335,6 +382,12 @@ impl Sim {
             if !n.is_idle() {
                 return Some(format!("node {i} has frames or changes to send"));
             }
+            if n.journal_len() > 0 {
+                let j = n.journal_len();
+                return Some(format!(
+                    "node {i} holds {j} journaled readings not yet folded"
+                ));
+            }
             if n.pending_changes() > 0 {
                 let p = n.pending_changes();
                 return Some(format!(
@@ -386,13 +439,14 @@ impl Sim {
                 continue;
             };
             lines.push(format!(
-                "node {i} {} commit={} durable={} pending={} {:?} idle={}",
+                "node {i} {} commit={} durable={} pending={} {:?} idle={} journal={}",
                 sn.name,
                 n.commit_seq(),
                 n.durable_seq(),
                 n.pending_changes(),
                 n.pending_by_peer(),
-                n.is_idle()
+                n.is_idle(),
+                n.journal_len()
             ));
             for s in n.sessions() {
                 lines.push(format!(

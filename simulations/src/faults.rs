@@ -178,6 +178,7 @@ impl Sim {
 
     /// Node `i` loses power: what is not durable is gone; it restarts a little later.
     pub(crate) fn crash(&mut self, i: usize) {
+        self.nodes[i].journal_since = None;
         let Some(n) = self.nodes[i].node.take() else {
             return;
         };

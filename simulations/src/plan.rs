@@ -287,6 +287,15 @@ fn draw_core(rng: &mut Xoshiro256PlusPlus, batch_bytes_max: u32) -> Config {
     core
 }
 
+/// The ingest journal's knobs, from a generator of their own (so the draws before them, and
+/// every seed kept in `regressions.txt`, mean what they meant before the journal): folds from
+/// every timer tick to two seconds apart, and journals from one reading to the default.
+fn draw_journal(seed: u64, core: &mut Config) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6a6f_7572_6e61_6c21);
+    core.journal_fold_ms = [0, 1, 100, 100, 500, 2000][rng.random_range(0..6usize)];
+    core.journal_readings_max = [1, 3, 64, 4096][rng.random_range(0..4usize)];
+}
+
 /// Everything a run needs, fully determined by the seed and the explicit arguments.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -334,7 +343,8 @@ impl Plan {
             })
             .collect();
         let faulty = rng.random_bool(0.8);
-        let core = draw_core(&mut rng, batch_bytes_max);
+        let mut core = draw_core(&mut rng, batch_bytes_max);
+        draw_journal(args.seed, &mut core);
         let knobs = Knobs {
             core,
             frame_bytes_max,

@@ -144,6 +144,10 @@ pub(crate) struct SimNode {
     /// Floods (of actors or documents) a hostile node has left: each leaves honest relays a
     /// few sessions of catching up, and the run's liveness bound must hold.
     pub(crate) floods_left: u32,
+    /// Node time at which the node's ingest journal last became non-empty or was last folded,
+    /// while it is non-empty (seen after every call into the node): the limits checker bounds
+    /// how long it stays so.
+    pub(crate) journal_since: Option<u64>,
 }
 
 /// One simulation run.
@@ -388,6 +392,7 @@ impl Sim {
         let mut frames = Vec::new();
         let mut poisoned = false;
         let mut timeout = None;
+        let node_now = self.node_now(i);
         let sn = &mut self.nodes[i];
         if let Some(n) = sn.node.as_mut() {
             for (sid, conn) in &sn.sessions {
@@ -401,6 +406,19 @@ impl Sim {
             }
             poisoned = n.is_poisoned();
             timeout = n.poll_timeout();
+        }
+        // The journal's age as the simulator sees it: from when it stopped being empty, or
+        // from the last fold (a call may empty it and journal anew, unseen from outside).
+        if let Some(n) = self.nodes[i].node.as_ref() {
+            let journaled = n.journal_len() > 0;
+            let folded = events.iter().any(|e| matches!(e, Event::Folded(_)));
+            let since = &mut self.nodes[i].journal_since;
+            *since = match (journaled, *since) {
+                (false, _) => None,
+                (true, None) => Some(node_now),
+                (true, Some(_)) if folded => Some(node_now),
+                (true, Some(t)) => Some(t),
+            };
         }
         for e in events {
             self.on_node_event(i, e);
@@ -486,6 +504,15 @@ impl Sim {
                 self.audit_clock(i, &doc);
             }
             Event::DocChanged { .. } => {}
+            Event::Folded(f) => {
+                self.log(
+                    Some(i),
+                    format_args!("folded {} readings into {} documents", f.readings, f.docs),
+                );
+            }
+            Event::FoldFailed { reason } => {
+                self.log(Some(i), format_args!("fold failed: {reason}"));
+            }
             Event::DocDropped { doc } => {
                 self.log(Some(i), format_args!("dropped {doc}"));
                 // Its clock and receipts are gone with it: not a regression.
@@ -687,6 +714,7 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
         store_base: 0,
         deaf_until: 0,
         floods_left: 2,
+        journal_since: None,
         sync_due: false,
         durable_docs: Default::default(),
         dropped: Default::default(),

@@ -2,7 +2,7 @@
 //! during partitions, and merge-patch edits of generic documents.
 
 use edgesync_proto::stream::Bucket;
-use edgesync_proto::{DocId, IngestOutcome, Reading};
+use edgesync_proto::{DocId, IngestOutcome, Reading, VectorClock};
 use rand::RngExt;
 use serde_json::json;
 
@@ -138,20 +138,14 @@ impl Sim {
         outcomes: &[IngestOutcome],
         durable_at: u64,
     ) {
-        // Every change of the document the node holds now was committed by this ingest or
-        // before it: the store must hold this clock durably before any of these is answered.
-        let needed = self.nodes[i]
-            .node
-            .as_ref()
-            .and_then(|n| n.clock(doc).cloned())
-            .unwrap_or_default();
+        // The audit looks for each reading itself in the durable store (journal or document).
         for (r, o) in readings.iter().zip(outcomes) {
             if *o != IngestOutcome::Conflict {
                 self.nodes[i].unacked.push(Unacked {
                     durable_at,
                     doc: doc.clone(),
                     reading: Some(r.clone()),
-                    needed: needed.clone(),
+                    needed: VectorClock::new(),
                 });
             }
         }

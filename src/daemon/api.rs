@@ -690,6 +690,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
         "commits": s.commits,
         "durable_commits": s.durable_commits,
         "pending_changes": s.pending_changes,
+        "journal_readings": s.journal_readings,
         "peers": peers,
         "sessions": s.sessions,
         "totals": s.totals,
@@ -736,6 +737,7 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         }
         metrics::gauge!("edgesync_docs").set(s.docs as f64);
         metrics::gauge!("edgesync_pending_changes").set(s.pending_changes as f64);
+        metrics::gauge!("edgesync_journal_readings").set(s.journal_readings as f64);
         metrics::gauge!("edgesync_prune_waiting_buckets").set(s.pruning.waiting as f64);
     }
     let peers = st.mesh.status();

@@ -426,6 +426,9 @@ pub struct NodeStatus {
     pub durable_commits: u64,
     /// Changes waiting for dependencies.
     pub pending_changes: usize,
+    /// Readings journaled and acknowledged, not yet folded into changes (peers get them once
+    /// folded, at most `journal_fold_ms` later).
+    pub journal_readings: usize,
     /// Store healthy (no failed write or fsync).
     pub healthy: bool,
     /// Open sessions.
@@ -1194,7 +1197,12 @@ impl Core {
                 let _ = reply.send(page);
             }
             Cmd::Docs { reply } => {
-                let _ = reply.send(Ok(self.node.docs().map(|(d, _)| d.clone()).collect()));
+                // Documents that so far hold only journaled readings are listed once folded.
+                let listed = self
+                    .node
+                    .fold_journal()
+                    .map(|_| self.node.docs().map(|(d, _)| d.clone()).collect());
+                let _ = reply.send(listed.map_err(ReadError::from));
             }
             Cmd::PeerUp { peer, out, reply } => {
                 if self.node.is_poisoned() {
@@ -1250,6 +1258,7 @@ impl Core {
             commits: self.node.commit_seq(),
             durable_commits: self.node.durable_seq(),
             pending_changes: self.node.pending_changes(),
+            journal_readings: self.node.journal_len(),
             healthy: !self.node.is_poisoned() && self.node.store().syncer().is_healthy(),
             sessions,
             unacked: peers
@@ -1300,6 +1309,15 @@ impl Core {
                 Event::DocDropped { doc } => {
                     tracing::debug!(%doc, "retention dropped a bucket");
                     metrics::counter!("edgesync_buckets_dropped_total").increment(1);
+                }
+                Event::Folded(f) => {
+                    metrics::counter!("edgesync_journal_folded_readings_total")
+                        .increment(f.readings as u64);
+                    metrics::histogram!("edgesync_journal_fold_wait_seconds")
+                        .record(f.waited_ms as f64 / 1000.0);
+                }
+                Event::FoldFailed { reason } => {
+                    tracing::warn!(%reason, "folding the ingest journal failed; the readings stay journaled");
                 }
                 // The session closes next with `Overloaded`; the close is logged there.
                 Event::LimitExceeded { peer, limit } => {

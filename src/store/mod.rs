@@ -800,6 +800,22 @@ impl Store for RocksStore {
         Ok(edge(IteratorMode::Start)?.zip(edge(IteratorMode::End)?))
     }
 
+    fn journal(&self) -> Result<Vec<(DocId, String, String)>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_with(CF_JOURNAL, &[], None, false, |k, v| {
+            let corrupt = || StoreError::Corrupt {
+                table: CF_JOURNAL,
+                key: printable(k),
+            };
+            let (doc, id) = parse_doc_key(CF_JOURNAL, k)?;
+            let id = std::str::from_utf8(id).map_err(|_| corrupt())?;
+            let body = std::str::from_utf8(open_value(CF_JOURNAL, k, v)?).map_err(|_| corrupt())?;
+            out.push((doc, id.to_string(), body.to_string()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     fn author(&self, node_actor: &edgesync_proto::Actor) -> Result<Option<Vec<u8>>, StoreError> {
         match self.get(CF_AUTHORS, &node_actor.0)? {
             None => Ok(None),
@@ -903,6 +919,16 @@ impl Store for RocksStore {
                         );
                     }
                 }
+                WriteOp::PutJournal { doc, id, body } => {
+                    let k = journal_key(&doc, &id);
+                    let v = seal(CF_JOURNAL, &k, body.into_bytes());
+                    wb.put_cf(self.cf(CF_JOURNAL), &k, v);
+                }
+                WriteOp::DeleteJournal { doc, ids } => {
+                    for id in ids {
+                        wb.delete_cf(self.cf(CF_JOURNAL), journal_key(&doc, &id));
+                    }
+                }
                 WriteOp::DropContent { doc } => {
                     let k = doc_key(&doc);
                     wb.delete_cf(self.cf(CF_SNAPSHOTS), &k);
@@ -917,6 +943,7 @@ impl Store for RocksStore {
                     wb.delete_cf(self.cf(CF_SNAPSHOTS), &k);
                     wb.delete_range_cf(self.cf(CF_CHANGES), &k, &prefix_end(&k));
                     wb.delete_range_cf(self.cf(CF_CHANGE_INDEX), &k, &prefix_end(&k));
+                    wb.delete_range_cf(self.cf(CF_JOURNAL), &k, &prefix_end(&k));
                     for p in &peers {
                         for kind in [RECEIPT_ACKED, RECEIPT_REPORTED] {
                             wb.delete_cf(self.cf(CF_RECEIPTS), receipt_key(p, &doc, kind));

@@ -33,6 +33,7 @@
 //! | `feed.v1` | cursor `u64` BE | `FeedEvent` (doc, reading id and canonical body or none, origin) |
 //! | `meta.v1` | `b"copy"` | a backup's time, `u64` BE ms (present until the first start on the copy) |
 //! | `meta.v1` | `b"sink/"` ‖ sink name | `SinkState` (delivered cursor, the batch in flight, events skipped) |
+//! | `journal.v1` | doc ‖ reading id (UTF-8) | the reading's canonical body (UTF-8, raw): journaled, not yet folded into a change (logical schema 5) |
 //!
 //! `changes.v1` ordered by (doc, order) is each document's change log in apply order (a causal
 //! order): loading reads the snapshot, then this range from the snapshot's order. The
@@ -68,8 +69,13 @@ pub const CF_AUTHORS: &str = "authors.v1";
 /// on open; an older build opens a store that has it and ignores it).
 pub const CF_FEED: &str = "feed.v1";
 
+/// The ingest journal: doc ‖ reading id → canonical body (created in older stores on open;
+/// the logical schema version 5 keeps older builds, which would not fold it, from opening a
+/// store that has it).
+pub const CF_JOURNAL: &str = "journal.v1";
+
 /// Every column family of this schema version.
-pub const COLUMN_FAMILIES: [&str; 9] = [
+pub const COLUMN_FAMILIES: [&str; 10] = [
     CF_META,
     CF_DOCS,
     CF_CHANGES,
@@ -79,6 +85,7 @@ pub const COLUMN_FAMILIES: [&str; 9] = [
     CF_RECEIPTS,
     CF_AUTHORS,
     CF_FEED,
+    CF_JOURNAL,
 ];
 
 /// Key of the schema version in [`CF_META`].
@@ -246,6 +253,13 @@ pub fn parse_peer_key<'a>(
         key: printable(key),
     })?;
     Ok((peer, rest))
+}
+
+/// [`CF_JOURNAL`] key: [`doc_key`] then the reading id's bytes.
+pub fn journal_key(doc: &DocId, id: &str) -> Vec<u8> {
+    let mut k = doc_key(doc);
+    k.extend_from_slice(id.as_bytes());
+    k
 }
 
 /// [`CF_CHANGES`] key.

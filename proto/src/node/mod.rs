@@ -5,11 +5,13 @@
 
 mod authorship;
 mod feed;
+mod journal;
 mod peering;
 mod remote;
 mod streams;
 
 pub use feed::{Cursor, FeedPage, FeedReadError};
+pub use journal::Folded;
 pub use streams::PruneStatus;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -135,6 +137,15 @@ pub struct Config {
     /// a site's writers with their epochs many times over; a relay carrying more authors
     /// goes on in the next session, as with the other session limits.
     pub session_authors_max: usize,
+    /// The ingest journal ([`Node::ingest`]): a journaled reading is folded into an Automerge
+    /// change at most this long after it was journaled (ms; [`Node::poll_timeout`] asks for
+    /// the call), or before anything reads, syncs or drops its document. Default 100: a
+    /// fold's cost (one Automerge change per document) is shared by the readings of 100 ms.
+    pub journal_fold_ms: u64,
+    /// Journaled readings held in all (in memory and in the store) before an ingest folds
+    /// them all at once. Default 4,096 (at most 32 MiB of readings at the reading size
+    /// limit; well under 1 MiB for readings of a few fields).
+    pub journal_readings_max: usize,
     /// A planted bug for checker tests (feature `testing` only).
     #[cfg(feature = "testing")]
     pub danger_canary: Canary,
@@ -180,6 +191,8 @@ impl Config {
             prune_grace_ms: 600_000,
             trust: Trust::local(),
             session_authors_max: 1024,
+            journal_fold_ms: 100,
+            journal_readings_max: 4096,
             #[cfg(feature = "testing")]
             danger_canary: Canary::None,
         }
@@ -218,6 +231,9 @@ impl Config {
                 "session_doc_actors_max, session_docs_max and session_actors_max must be positive"
                     .into(),
             );
+        }
+        if self.journal_readings_max == 0 {
+            return Err("journal_readings_max must be positive".into());
         }
         if self.batch_bytes_max == 0 || self.inflight_batches_max == 0 || self.docs_loaded_max == 0
         {
@@ -481,6 +497,14 @@ pub enum Event {
         /// The document.
         doc: DocId,
     },
+    /// Journaled readings were folded into their documents' changes ([`Node::fold_journal`]).
+    Folded(Folded),
+    /// A fold due by time failed (a store failure also poisons the node); the readings stay
+    /// journaled and the fold is tried again after [`Config::journal_fold_ms`].
+    FoldFailed {
+        /// Why, for the log.
+        reason: String,
+    },
     /// An Ack frame was just released by [`Node::poll_transmit`]: this node told `peer` that
     /// it durably holds `clocks`. Shells may count it; the simulator audits the promise.
     Acknowledged {
@@ -550,6 +574,8 @@ pub struct Node<S: Store> {
     /// This open's id, sent with the incarnation ([`crate::wire::Incarnation`]): derived from
     /// the boot's nonce, so each open has its own.
     boot_id: [u8; 16],
+    /// Journaled readings not yet folded (see [`journal`]).
+    journal: journal::Journal,
 }
 
 /// The id of the open `boot` is for: a hash of its nonce (the nonce itself may become an actor
@@ -663,6 +689,8 @@ impl<S: Store> Node<S> {
         let docs = store.docs()?.into_iter().collect();
         let peers = store.peers()?.into_iter().collect();
         let feed = feed::FeedState::open(store.feed_bounds()?.map(|(_, last)| last));
+        // Readings journaled before the last stop are folded at the first timer or read.
+        let (journal, _unparsed) = journal::Journal::open(store.journal()?);
         Ok(Node {
             cfg,
             store,
@@ -686,6 +714,7 @@ impl<S: Store> Node<S> {
             authors: BTreeMap::new(),
             feed,
             boot_id: boot_id(&boot),
+            journal,
         })
     }
 
@@ -700,6 +729,7 @@ impl<S: Store> Node<S> {
     /// it. A store written only up to a prefix of its commits loses this record with the rest,
     /// and the next open then treats the stop as unclean.
     pub fn record_clean_stop(&mut self) -> Result<u64, NodeError> {
+        self.fold_journal()?;
         let meta = NodeMeta {
             running: false,
             ..self.meta.clone()
@@ -889,6 +919,7 @@ impl<S: Store> Node<S> {
     /// small streams and tests; [`Node::read_stream`] pages through large ones); `Ok(None)` if
     /// unknown, an error if not a sensor document.
     pub fn sensor_view(&mut self, doc: &DocId) -> Result<Option<SensorView>, NodeError> {
+        self.fold_for_read()?;
         if self.has_buckets(doc) {
             let all = crate::stream::Range {
                 limit: crate::stream::PAGE_MAX,
@@ -926,6 +957,7 @@ impl<S: Store> Node<S> {
         doc: &DocId,
         f: impl FnOnce(&Automerge) -> T,
     ) -> Result<Option<T>, NodeError> {
+        self.fold_for_read()?;
         // A pruned document's content is gone: nothing to show.
         if self.docs.get(doc).is_none_or(|m| m.pruned) {
             return Ok(None);
@@ -1184,9 +1216,9 @@ impl<S: Store> Node<S> {
 
     /// Writes `readings` (all within the span of `doc` when it is a bucket) into the sensor
     /// document `doc`, created from the shared genesis if new, as few Automerge changes as the
-    /// change size limit allows, recorded in `batch`. Readings whose id is already present are
-    /// not written again. The caller checked the document's kind, readings map and actor room
-    /// ([`Node::check_sensor_target`]).
+    /// change size limit allows, recorded in `batch`: a fold of the journal. Readings whose id
+    /// is already present are not written again. The ingest checked the document's kind,
+    /// readings map and actor room ([`Node::check_sensor_target`]).
     fn put_into(
         &mut self,
         batch: &mut WriteBatch,
@@ -1235,11 +1267,6 @@ impl<S: Store> Node<S> {
                     .get_last_local_change()
                     .expect("committed");
                 self.record_change(batch, doc, &change, By::Local)?;
-                for (r, o) in readings[start..end].iter().zip(&out) {
-                    if *o == IngestOutcome::Inserted {
-                        self.feed_push(batch, doc, Some((r.id.clone(), r.encode())), None);
-                    }
-                }
             }
             outcomes.extend(out);
             start = end;

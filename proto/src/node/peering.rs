@@ -358,6 +358,16 @@ impl<S: Store> Node<S> {
     }
 
     fn on_changes(&mut self, sid: SessionId, c: Changes) {
+        // Journaled readings of these documents go in first, so that the fold's change is
+        // concurrent with the peer's, as the ingest's own change would have been.
+        let named = c.docs.iter().filter(|dc| !dc.changes.is_empty());
+        if let Err(e) = self.fold_docs(named.map(|dc| &dc.doc)) {
+            if self.sessions.contains_key(&sid) {
+                let reason = format!("folding the ingest journal failed: {e}");
+                self.close_session(sid, CloseCode::StoreFailed, &reason);
+            }
+            return;
+        }
         let peer = self.sessions[&sid].peer().clone();
         let mut batch = WriteBatch::default();
         let mut received: BTreeMap<DocId, VectorClock> = BTreeMap::new();
@@ -588,9 +598,11 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Time passed; ends sessions whose handshake or acknowledgement is overdue.
+    /// Time passed; folds the ingest journal when its oldest reading is due, and ends
+    /// sessions whose handshake or acknowledgement is overdue.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.fold_if_due(now_ms);
         let limits = self.limits();
         let overdue: Vec<(SessionId, bool)> = self
             .sessions
@@ -607,9 +619,15 @@ impl<S: Store> Node<S> {
     /// When [`Node::handle_timeout`] should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
         let limits = self.limits();
+        let fold = if self.poisoned {
+            None
+        } else {
+            self.journal.due_at(self.cfg.journal_fold_ms)
+        };
         self.sessions
             .values()
             .filter_map(|s| s.deadline(&limits))
+            .chain(fold)
             .min()
     }
 

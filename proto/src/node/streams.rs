@@ -114,42 +114,31 @@ impl<S: Store> Node<S> {
         for d in groups.keys() {
             self.check_sensor_target(d)?;
         }
-        let saved: Vec<(DocId, Option<DocMeta>)> = groups
-            .keys()
-            .map(|d| (d.clone(), self.docs.get(d).cloned()))
-            .collect();
         let mut batch = WriteBatch::default();
         let mut outcomes = vec![IngestOutcome::Duplicate; readings.len()];
-        let mut written = Ok(());
+        let mut added: Vec<(DocId, Vec<Reading>)> = Vec::new();
         for (d, idx) in &groups {
             let part: Vec<Reading> = idx.iter().map(|&i| readings[i].clone()).collect();
-            match self.put_into(&mut batch, d, &part, now_ms) {
-                Ok(out) => {
-                    for (&i, o) in idx.iter().zip(out) {
-                        outcomes[i] = o;
-                    }
-                }
-                Err(e) => {
-                    written = Err(e);
-                    break;
-                }
+            let (out, new) = self.journal_into(&mut batch, d, &part)?;
+            for (&i, o) in idx.iter().zip(out) {
+                outcomes[i] = o;
             }
-        }
-        if let Err(e) = written {
-            // Only a store failure gets here (the node is then poisoned); undo anyway.
-            for (d, meta) in saved {
-                self.loaded.remove(&d);
-                match meta {
-                    Some(m) => self.docs.insert(d, m),
-                    None => self.docs.remove(&d),
-                };
+            if !new.is_empty() {
+                added.push((d.clone(), new));
             }
-            self.dirty.clear();
-            return Err(e);
         }
         let seq = self.commit(batch)?;
-        self.announce(Origin::Local);
-        self.pump_all();
+        for (d, new) in added {
+            self.journaled(&d, new);
+            // Readers see the readings now (a read folds first); peers once they are folded.
+            self.events.push_back(Event::DocChanged {
+                doc: d,
+                origin: Origin::Local,
+            });
+        }
+        if self.journal_len() >= self.cfg.journal_readings_max {
+            self.fold_journal()?;
+        }
         Ok(Ingested {
             outcomes,
             docs,
@@ -190,6 +179,7 @@ impl<S: Store> Node<S> {
     /// The documents of `stream` this node holds, oldest bucket first; a sensor document
     /// named like the stream comes first. Empty for an unknown stream.
     fn stream_parts(&mut self, stream: &DocId) -> Result<Vec<(DocId, Part)>, NodeError> {
+        self.fold_for_read()?;
         let mut parts = Vec::new();
         if self.docs.contains_key(stream) && self.kind(stream)? == Some(DocKind::Sensor) {
             parts.push((stream.clone(), Part::Whole));
@@ -385,6 +375,8 @@ impl<S: Store> Node<S> {
     pub fn expire(&mut self, now_ms: u64) -> Result<usize, NodeError> {
         self.check_writable()?;
         self.now_ms = self.now_ms.max(now_ms);
+        // Journaled readings are in their documents before anything decides on them.
+        self.fold_journal()?;
         let gone: Vec<DocId> = self
             .docs
             .iter()
@@ -444,6 +436,8 @@ impl<S: Store> Node<S> {
     pub fn compact_closed(&mut self, now_ms: u64, max: usize) -> Result<usize, NodeError> {
         self.check_writable()?;
         self.now_ms = self.now_ms.max(now_ms);
+        // Journaled readings are in their documents before anything decides on them.
+        self.fold_journal()?;
         let (grace, now) = (self.cfg.prune_grace_ms, self.now_ms);
         let due: Vec<DocId> = self
             .docs
@@ -496,6 +490,8 @@ impl<S: Store> Node<S> {
     pub fn prune(&mut self, now_ms: u64) -> Result<usize, NodeError> {
         self.check_writable()?;
         self.now_ms = self.now_ms.max(now_ms);
+        // Journaled readings are in their documents before anything decides on them.
+        self.fold_journal()?;
         let due: Vec<DocId> = self
             .docs
             .iter()

@@ -214,11 +214,20 @@ pub fn boot(seed: u64) -> Boot {
     }
 }
 
-/// Node `i`'s defaults, as a cloud member of the test fleet.
+/// Node `i`'s defaults, as a cloud member of the test fleet, with the ingest journal folded
+/// at every ingest ([`sync_at_once`]).
 pub fn config(i: usize) -> Config {
     let mut cfg = Config::new(name(i));
     cfg.trust = fleet().trust(cloud(&name(i)), Rules::default());
+    sync_at_once(&mut cfg);
     cfg
+}
+
+/// Tests of sync and storage see an ingest's readings in a change at once: the journal folds
+/// at every ingest (one reading reaches `journal_readings_max`). The journal's own tests
+/// (`journal.rs`) run with the default and fold by time.
+pub fn sync_at_once(cfg: &mut Config) {
+    cfg.journal_readings_max = 1;
 }
 
 pub fn open(i: usize, store: MemStore, seed: u64, tweak: impl Fn(&mut Config)) -> Node<MemStore> {
@@ -286,6 +295,7 @@ impl Net {
             .map(|(i, id)| {
                 let mut cfg = Config::new(id.name.clone());
                 cfg.trust = fleet().trust(id.clone(), Rules::default());
+                sync_at_once(&mut cfg);
                 Node::open(MemStore::new(), cfg, boot(i as u64 + 1)).unwrap()
             })
             .collect();
