@@ -55,6 +55,11 @@
 //! assert_eq!(synced, gw.commit_seq());
 //! gw.handle_durable(gw.commit_seq());
 //! assert!(gw.durable_seq() >= ingested.durable_at);
+//! // The reading is journaled; the node folds it into an Automerge change when due (its
+//! // timer: `poll_timeout`, `handle_timeout`) or before a read. Peers get it once folded.
+//! let due = gw.poll_timeout().unwrap();
+//! gw.handle_timeout(due);
+//! assert_eq!(gw.journal_len(), 0);
 //!
 //! // Connect (the transport authenticated each side) and pump frames until both are idle.
 //! let a = gw.connect(cloud_id.clone(), 0);
