@@ -102,7 +102,7 @@ pub enum IngestOutcome {
 
 /// The stored body of reading `id` in the readings map `obj`, if present (an empty string
 /// for a value that is not a string, which no valid reading equals).
-pub(crate) fn reading_body(doc: &Automerge, obj: &ObjId, id: &str) -> Option<String> {
+pub(crate) fn reading_body(doc: &impl ReadDoc, obj: &ObjId, id: &str) -> Option<String> {
     match doc.get(obj, id) {
         Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
             ScalarValue::Str(b) => Some(b.to_string()),
@@ -128,14 +128,7 @@ pub(crate) fn put_readings(
         let body = r.encode();
         let existing = match written.get(r.id.as_str()) {
             Some(b) => Some(b.clone()),
-            None => match tx.get(obj, r.id.as_str()) {
-                Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                    ScalarValue::Str(b) => Some(b.to_string()),
-                    _ => Some(String::new()),
-                },
-                Ok(Some(_)) => Some(String::new()),
-                _ => None,
-            },
+            None => reading_body(&tx, obj, &r.id),
         };
         let outcome = match existing {
             Some(b) if b == body => IngestOutcome::Duplicate,
