@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::authorship::NodeProver;
-use super::remote::{Applied, ApplyError};
+use super::remote::{Applied, ApplyError, Run};
 use super::{Event, Node, Origin};
 use crate::authz::Identity;
 use crate::id::{DocId, NodeName};
@@ -408,9 +408,13 @@ impl<S: Store> Node<S> {
                 }
             };
             self.keep_authors(sid, &mut batch, &bys);
+            // The section's ready changes are applied to the document together (a run), when
+            // the section ends or a change is refused: what came before a refused change
+            // stays.
+            let mut run = Run::default();
             for (ch, by) in parsed.into_iter().zip(bys) {
                 stats.changes_received += 1;
-                match self.apply_remote(&mut batch, &dc.doc, ch, by, sid, &peer) {
+                match self.apply_remote(&mut batch, &mut run, &dc.doc, ch, by, sid, &peer) {
                     Ok((applied, actor, seq)) => {
                         // The sender holds (actor, 1..=seq): it holds this change, causally closed.
                         received
@@ -425,9 +429,12 @@ impl<S: Store> Node<S> {
                     }
                     Err(e) => {
                         failure = Some(e);
-                        break 'docs;
+                        break;
                     }
                 }
+            }
+            if let Err(e) = self.flush_run(&mut batch, &mut run, &dc.doc) {
+                failure = failure.or(Some(e));
             }
             if failure.is_some() {
                 break;

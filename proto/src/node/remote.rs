@@ -1,9 +1,9 @@
 //! Remote changes: validated, applied when causally ready, held (bounded) while their
 //! dependencies are missing, and refused with a typed reason that closes the sending session.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use automerge::Change;
+use automerge::{Change, ChangeHash};
 
 use super::{planted, By, Config, Node, NodeError};
 use crate::chunk;
@@ -26,6 +26,37 @@ pub(crate) enum Applied {
     Buffered,
     /// Into a bucket this node no longer keeps: counted as held, dropped.
     Gone,
+}
+
+/// The causally ready remote changes of one document taken so far from a received batch:
+/// checked and admitted, applied to the Automerge document together by
+/// [`Node::flush_run`]. Bounded by the batch being applied (one frame).
+#[derive(Default)]
+pub(crate) struct Run {
+    items: Vec<RunItem>,
+    /// Their hashes: dependencies and duplicates are looked up here as in the document.
+    hashes: HashSet<ChangeHash>,
+    /// The highest sequence number of each of their actors.
+    seqs: HashMap<Actor, u64>,
+    /// The reading ids they write (a later change's reading with one of them is not new).
+    ids: HashSet<String>,
+    /// Actors new to the document among them.
+    new_actors: usize,
+    /// One of them is the document's first.
+    new_doc: bool,
+    /// The document's readings map, once looked up.
+    readings_map: Option<Option<automerge::ObjId>>,
+}
+
+struct RunItem {
+    change: Change,
+    by: By,
+    /// The feed's events: readings new to this node; `generic` for a generic change.
+    readings: Option<Vec<(String, String)>>,
+    generic: bool,
+    origin: NodeName,
+    /// Recorded but kept out of the document (the planted fault `DropRemoteChange`).
+    dropped: bool,
 }
 
 /// A remote change was refused; the session that sent it ends.
@@ -214,11 +245,14 @@ impl<S: Store> Node<S> {
         Ok(change)
     }
 
-    /// Offers one parsed remote change whose author `by` proved: applied if causally ready,
-    /// ignored if held, buffered (bounded) if its dependencies are missing.
+    /// Offers one parsed remote change whose author `by` proved: taken into `run` (applied
+    /// when the run is flushed) if causally ready, ignored if held, buffered (bounded) if its
+    /// dependencies are missing. `run` holds the ready changes of `doc` offered so far.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply_remote(
         &mut self,
         batch: &mut WriteBatch,
+        run: &mut Run,
         doc: &DocId,
         change: Change,
         by: By,
@@ -231,7 +265,7 @@ impl<S: Store> Node<S> {
         }
         let bucket = Bucket::parse(doc);
         let pruned = self.is_pruned(doc);
-        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
+        let held = self.held(run, doc, &actor);
         if change.seq() <= held {
             // A pruned document still has what it received since pruning; of what it dropped
             // it knows only the clock, so a change below it counts as a duplicate.
@@ -242,8 +276,11 @@ impl<S: Store> Node<S> {
                     .map_err(NodeError::from)?;
                 index.first().is_none_or(|(_, _, h)| *h == change.hash().0)
             } else {
-                let am = self.loaded_doc(doc)?;
-                am.get_change_meta_by_hash(&change.hash()).is_some()
+                run.hashes.contains(&change.hash())
+                    || self
+                        .loaded_doc(doc)?
+                        .get_change_meta_by_hash(&change.hash())
+                        .is_some()
             };
             return if same {
                 Ok((Applied::Duplicate, actor, change.seq()))
@@ -258,7 +295,7 @@ impl<S: Store> Node<S> {
             return Err(Refusal::ClaimsOurActor.into());
         }
         let seq = change.seq();
-        if !self.is_ready(doc, &change)? {
+        if !self.is_ready(run, doc, &change)? {
             // Checked on receipt, so nothing the schema refuses waits in the buffer; the rule
             // that needs the document is checked when the change becomes ready.
             schema::check_shape_in(&change, bucket.as_ref())?;
@@ -266,28 +303,31 @@ impl<S: Store> Node<S> {
                 .insert(doc, (actor, seq), change, by, peer, &self.cfg)?;
             return Ok((Applied::Buffered, actor, seq));
         }
-        let puts = if pruned {
+        if pruned {
             // Only buckets are pruned, and rule 6 lets a bucket's changes write readings
             // alone, into the genesis' map: rule 5 holds without the document.
-            schema::check_shape_in(&change, bucket.as_ref())?
+            let puts = schema::check_shape_in(&change, bucket.as_ref())?;
+            self.apply_pruned(batch, doc, change, by, sid, (puts, peer))?;
         } else {
-            schema::check_in(&change, self.loaded_doc(doc)?, bucket.as_ref())?
-        };
-        self.apply_ready(batch, doc, change, by, sid, (puts, peer))?;
+            let puts = self.check_ready(batch, run, doc, &change, Some(bucket.as_ref()))?;
+            self.take_into(run, doc, change, by, sid, (puts, peer))?;
+        }
         let mut drained = 0;
-        while let Some((next, next_by)) = self.take_ready_pending(doc)? {
+        while let Some((next, next_by)) = self.take_ready_pending(run, doc)? {
             // A buffered change the schema refuses now is dropped (its sender's session may be
             // over) and the drain goes on. A limit ends this session: everything still waiting
             // is resent by its sender, since none of it was acknowledged.
-            let checked = if pruned {
+            let taken = if pruned {
                 schema::puts(&next)
+                    .map_err(ApplyError::from)
+                    .and_then(|puts| {
+                        self.apply_pruned(batch, doc, next, next_by, sid, (puts, peer))
+                    })
             } else {
-                schema::check_in_doc(&next, self.loaded_doc(doc)?)
+                self.check_ready(batch, run, doc, &next, None)
+                    .and_then(|puts| self.take_into(run, doc, next, next_by, sid, (puts, peer)))
             };
-            match checked
-                .map_err(ApplyError::from)
-                .and_then(|puts| self.apply_ready(batch, doc, next, next_by, sid, (puts, peer)))
-            {
+            match taken {
                 Ok(()) => drained += 1,
                 Err(ApplyError::Invalid(_)) => {}
                 Err(e) => return Err(e),
@@ -296,10 +336,15 @@ impl<S: Store> Node<S> {
         Ok((Applied::New(drained), actor, seq))
     }
 
-    fn is_ready(&mut self, doc: &DocId, change: &Change) -> Result<bool, NodeError> {
+    /// The highest sequence number of `actor` this node holds in `doc`, counting `run`.
+    fn held(&self, run: &Run, doc: &DocId, actor: &Actor) -> u64 {
+        let held = self.clock(doc).map(|c| c.get(actor)).unwrap_or(0);
+        held.max(run.seqs.get(actor).copied().unwrap_or(0))
+    }
+
+    fn is_ready(&mut self, run: &Run, doc: &DocId, change: &Change) -> Result<bool, NodeError> {
         let actor = Actor::from_automerge(change.actor_id()).expect("checked");
-        let held = self.clock(doc).map(|c| c.get(&actor)).unwrap_or(0);
-        if change.seq() != held + 1 {
+        if change.seq() != self.held(run, doc, &actor) + 1 {
             return Ok(false);
         }
         // A pruned document dropped the changes dependencies would name: its clock says what
@@ -311,13 +356,16 @@ impl<S: Store> Node<S> {
         Ok(change
             .deps()
             .iter()
-            .all(|d| am.get_change_meta_by_hash(d).is_some()))
+            .all(|d| run.hashes.contains(d) || am.get_change_meta_by_hash(d).is_some()))
     }
 
-    fn take_ready_pending(&mut self, doc: &DocId) -> Result<Option<(Change, By)>, NodeError> {
+    fn take_ready_pending(
+        &mut self,
+        run: &Run,
+        doc: &DocId,
+    ) -> Result<Option<(Change, By)>, NodeError> {
         for key in self.pending.keys(doc) {
-            let held = self.clock(doc).map(|c| c.get(&key.0)).unwrap_or(0);
-            if key.1 <= held {
+            if key.1 <= self.held(run, doc, &key.0) {
                 // Arrived by another path meanwhile; if it differs, the duplicate check of its
                 // next delivery reports the equivocation.
                 self.pending.remove(doc, &key);
@@ -325,7 +373,7 @@ impl<S: Store> Node<S> {
             }
             let (change, by) = self.pending.get(doc, &key).expect("listed");
             let (change, by) = (change.clone(), by.clone());
-            if self.is_ready(doc, &change)? {
+            if self.is_ready(run, doc, &change)? {
                 self.pending.remove(doc, &key);
                 return Ok(Some((change, by)));
             }
@@ -333,10 +381,157 @@ impl<S: Store> Node<S> {
         Ok(None)
     }
 
-    /// Applies a causally ready change that passed the schema checks: checked against the
-    /// limits first, so a refused change touches nothing. `puts` is what the checks found it
-    /// writes, and `origin` the peer it came from: the feed's events.
-    fn apply_ready(
+    /// The schema checks of a ready change of a document this node holds whole: all of them
+    /// with `shape` (`bucket`: the document is one), or rule 5 alone for a change whose shape
+    /// was checked when it was buffered.
+    /// Rule 5 looks objects up in the document: one that an earlier change of `run` creates is
+    /// not there until the run is applied, so the run is flushed and the check made again.
+    fn check_ready(
+        &mut self,
+        batch: &mut WriteBatch,
+        run: &mut Run,
+        doc: &DocId,
+        change: &Change,
+        shape: Option<Option<&Bucket>>,
+    ) -> Result<schema::Puts, ApplyError> {
+        for _ in 0..2 {
+            let am = self.loaded_doc(doc)?;
+            let checked = if let Some(bucket) = shape {
+                schema::check_in(change, am, bucket)
+            } else {
+                schema::check_in_doc(change, am)
+            };
+            match checked {
+                Err(Refusal::UnknownObject) if !run.items.is_empty() => {
+                    self.flush_run(batch, run, doc)?;
+                }
+                other => return Ok(other?),
+            }
+        }
+        unreachable!("the second check runs on an empty run")
+    }
+
+    /// Takes a causally ready change that passed the schema checks into `run`: checked against
+    /// the limits first, so a refused change touches nothing. `puts` is what the checks found
+    /// it writes, and `origin` the peer it came from: the feed's events.
+    fn take_into(
+        &mut self,
+        run: &mut Run,
+        doc: &DocId,
+        change: Change,
+        by: By,
+        sid: SessionId,
+        (puts, origin): (schema::Puts, &NodeName),
+    ) -> Result<(), ApplyError> {
+        let admitted = self.admit(run, doc, &change, sid)?;
+        let dropped = planted!(self.cfg, DropRemoteChange) && change.seq() % 3 == 2;
+        // The feed's events: readings new to this node (a reading another change already
+        // brought is not new), or the change itself for a generic one.
+        let generic = puts == schema::Puts::Other;
+        let mut readings = match puts {
+            schema::Puts::Readings(r) => Some(r),
+            _ => None,
+        };
+        if !dropped && readings.is_some() {
+            let am = self.loaded_doc(doc)?;
+            // Looked up once per run: a change cannot replace the map (rule 3).
+            let map = run
+                .readings_map
+                .get_or_insert_with(|| crate::doc::readings_obj(am))
+                .clone();
+            if let (Some(r), Some(map)) = (readings.as_mut(), map) {
+                r.retain(|(id, _)| {
+                    !run.ids.contains(id)
+                        && matches!(automerge::ReadDoc::get(am, &map, id.as_str()), Ok(None))
+                });
+            }
+        }
+        if let Some(r) = &readings {
+            run.ids.extend(r.iter().map(|(id, _)| id.clone()));
+        }
+        let actor = Actor::from_automerge(change.actor_id()).expect("checked");
+        if let Admitted::NewActor { new_doc } = admitted {
+            run.new_actors += 1;
+            run.new_doc |= new_doc;
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                let q = s.introduced();
+                q.actors += 1;
+                q.docs += usize::from(new_doc);
+                *q.per_doc.entry(doc.clone()).or_default() += 1;
+            }
+        }
+        run.hashes.insert(change.hash());
+        run.seqs.insert(actor, change.seq());
+        run.items.push(RunItem {
+            change,
+            by,
+            readings,
+            generic,
+            origin: origin.clone(),
+            dropped,
+        });
+        Ok(())
+    }
+
+    /// Applies `run` to the document in one Automerge call (the cost of applying a change
+    /// one at a time grows with the document), then records what the document now holds, in
+    /// order. If Automerge refuses the run, its changes are applied one at a time up to the
+    /// one it refuses: what came before stays, as for a change refused alone.
+    pub(crate) fn flush_run(
+        &mut self,
+        batch: &mut WriteBatch,
+        run: &mut Run,
+        doc: &DocId,
+    ) -> Result<(), ApplyError> {
+        let items = std::mem::take(&mut run.items);
+        *run = Run::default();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let am = self.loaded_doc(doc)?;
+        let whole = am.apply_changes(
+            items
+                .iter()
+                .filter(|i| !i.dropped)
+                .map(|i| i.change.clone()),
+        );
+        let mut applied = 0;
+        let mut refused = None;
+        for item in &items {
+            if !item.dropped && am.get_change_meta_by_hash(&item.change.hash()).is_none() {
+                if whole.is_ok() {
+                    refused = Some(Refusal::NotApplied);
+                    break;
+                }
+                if let Err(e) = am.apply_changes([item.change.clone()]) {
+                    refused = Some(Refusal::Refused(e.to_string()));
+                    break;
+                }
+                if am.get_change_meta_by_hash(&item.change.hash()).is_none() {
+                    refused = Some(Refusal::NotApplied);
+                    break;
+                }
+            }
+            applied += 1;
+        }
+        for item in items.into_iter().take(applied) {
+            self.record_change(batch, doc, &item.change, item.by)?;
+            for r in item.readings.into_iter().flatten() {
+                self.feed_push(batch, doc, Some(r), Some(&item.origin));
+            }
+            if item.generic {
+                self.feed_push(batch, doc, None, Some(&item.origin));
+            }
+        }
+        match refused {
+            Some(r) => Err(r.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a ready change of a pruned document (stored and forwarded, not applied: the
+    /// document's content is gone). Every reading counts as new: none is held to compare with.
+    fn apply_pruned(
         &mut self,
         batch: &mut WriteBatch,
         doc: &DocId,
@@ -345,36 +540,16 @@ impl<S: Store> Node<S> {
         sid: SessionId,
         (puts, origin): (schema::Puts, &NodeName),
     ) -> Result<(), ApplyError> {
-        let admitted = self.admit(doc, &change, sid)?;
-        let planted_drop = planted!(self.cfg, DropRemoteChange) && change.seq() % 3 == 2;
-        // The feed's events: readings new to this node (a reading another change already
-        // brought is not new), or the change itself for a generic one. A pruned document's
-        // readings are not held to compare with: each counts as new.
-        let generic = puts == schema::Puts::Other;
-        let mut readings = match puts {
-            schema::Puts::Readings(r) => Some(r),
-            _ => None,
-        };
-        if !planted_drop && !self.is_pruned(doc) {
-            let hash = change.hash();
-            let am = self.loaded_doc(doc)?;
-            if let (Some(r), Some(map)) = (readings.as_mut(), crate::doc::readings_obj(am)) {
-                r.retain(|(id, _)| {
-                    matches!(automerge::ReadDoc::get(am, &map, id.as_str()), Ok(None))
-                });
-            }
-            am.apply_changes([change.clone()])
-                .map_err(|e| Refusal::Refused(e.to_string()))?;
-            if am.get_change_meta_by_hash(&hash).is_none() {
-                return Err(Refusal::NotApplied.into());
-            }
-        }
+        let admitted = self.admit(&Run::default(), doc, &change, sid)?;
         self.record_change(batch, doc, &change, by)?;
-        for r in readings.into_iter().flatten() {
-            self.feed_push(batch, doc, Some(r), Some(origin));
-        }
-        if generic {
-            self.feed_push(batch, doc, None, Some(origin));
+        match puts {
+            schema::Puts::Readings(r) => {
+                for r in r {
+                    self.feed_push(batch, doc, Some(r), Some(origin));
+                }
+            }
+            schema::Puts::Other => self.feed_push(batch, doc, None, Some(origin)),
+            _ => {}
         }
         if let Admitted::NewActor { new_doc } = admitted {
             if let Some(s) = self.sessions.get_mut(&sid) {
@@ -387,19 +562,26 @@ impl<S: Store> Node<S> {
         Ok(())
     }
 
-    /// Checks the actor and document limits for a change received in session `sid`.
-    fn admit(&self, doc: &DocId, change: &Change, sid: SessionId) -> Result<Admitted, ApplyError> {
+    /// Checks the actor and document limits for a change received in session `sid`, counting
+    /// what `run` adds before it.
+    fn admit(
+        &self,
+        run: &Run,
+        doc: &DocId,
+        change: &Change,
+        sid: SessionId,
+    ) -> Result<Admitted, ApplyError> {
         let actor = Actor::from_automerge(change.actor_id()).expect("checked");
         let meta = self.docs.get(doc);
-        if meta.is_some_and(|m| m.clock.get(&actor) > 0) {
+        if meta.is_some_and(|m| m.clock.get(&actor) > 0) || run.seqs.contains_key(&actor) {
             return Ok(Admitted::KnownActor);
         }
         let cfg = &self.cfg;
         let over = |limit, max| Err(ApplyError::Overloaded { limit, max });
-        if meta.map_or(0, |m| m.clock.len()) >= CLOCK_ACTORS_MAX {
+        if meta.map_or(0, |m| m.clock.len()) + run.new_actors >= CLOCK_ACTORS_MAX {
             return over("doc_actors", CLOCK_ACTORS_MAX);
         }
-        let new_doc = meta.is_none();
+        let new_doc = meta.is_none() && !run.new_doc;
         if let Some(s) = self.sessions.get(&sid) {
             let q = s.introduced_ref();
             let in_doc = q.per_doc.get(doc).copied().unwrap_or(0);

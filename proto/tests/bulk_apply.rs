@@ -1,0 +1,106 @@
+//! Received changes are applied to a document in runs (one Automerge call per section of a
+//! batch): the same outcome as one at a time, whatever the run holds.
+
+mod common;
+
+use automerge::transaction::Transactable;
+use common::{bucket, doc, open, persist, Hand, Net};
+use edgesync_proto::wire::{Message, Summary};
+use edgesync_proto::{CloseCode, Event, MemStore, Node, Reading, SessionId};
+use serde_json::json;
+
+fn reading(id: &str, v: i64) -> Reading {
+    Reading::from_json(id, v, &json!({ "v": v })).unwrap()
+}
+
+fn hand_session(node: &mut Node<MemStore>, hand: &mut Hand) -> SessionId {
+    hand.new_session();
+    let peer = hand.identity.name.as_str().to_string();
+    let sid = node.connect(hand.identity.clone(), 0);
+    node.handle_input(sid, &common::hello(&peer, 4 << 20).to_frame(), 0);
+    let summary = Message::Summary(Summary {
+        entries: vec![],
+        last: true,
+    });
+    node.handle_input(sid, &summary.to_frame(), 0);
+    sid
+}
+
+fn close_code(node: &mut Node<MemStore>) -> Option<Option<CloseCode>> {
+    while let Some(e) = node.poll_event() {
+        if let Event::SessionClosed { code, .. } = e {
+            return Some(code);
+        }
+    }
+    None
+}
+
+// Each patch writes into an object the one before it created, and the whole history goes in
+// one batch: the schema's depth rule looks those objects up in the document, where they are
+// only once the run before them is applied.
+#[test]
+fn a_batch_building_on_objects_it_creates_is_applied_whole() {
+    let mut net = Net::new(2, |_| {});
+    let d = doc("site-a/config");
+    let patches = [
+        json!({ "a": {} }),
+        json!({ "a": { "b": {} } }),
+        json!({ "a": { "b": { "c": 1 } } }),
+        json!({ "a": { "b": { "d": [1, 2] } }, "e": "x" }),
+    ];
+    for (i, p) in patches.iter().enumerate() {
+        net.nodes[0].patch(&d, p, i as u64).unwrap();
+    }
+    net.connect(0, 1);
+    net.settle();
+    assert!(net.closed.is_empty(), "no session ends: {:?}", net.closed);
+    let want = net.nodes[0].json(&d, false).unwrap();
+    assert_eq!(net.nodes[1].json(&d, false).unwrap(), want);
+    assert_eq!(net.nodes[1].clock(&d), net.nodes[0].clock(&d));
+}
+
+// A batch of four changes whose third breaks the sensor schema: the two before it are applied
+// and kept (and stay after a restart), the third and fourth are not, and the session ends.
+#[test]
+fn a_refused_change_keeps_what_its_batch_applied_before_it() {
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let d = bucket("site-a/t1");
+    node.ingest(&d, &[reading("r-0", 0)], 0).unwrap();
+    persist(&mut node);
+    let mut hand = Hand::new("gw-9");
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 0));
+    am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
+        .unwrap();
+    let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
+        .unwrap()
+        .unwrap();
+    let mut changes = Vec::new();
+    for i in 1..=4 {
+        let mut tx = am.transaction();
+        if i == 3 {
+            tx.put(automerge::ROOT, "readings", "gone").unwrap();
+        } else {
+            let r = reading(&format!("r-{i}"), i);
+            tx.put(&map, r.id.as_str(), r.encode()).unwrap();
+        }
+        tx.commit();
+        changes.push(am.get_last_local_change().unwrap().raw_bytes().to_vec());
+    }
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(sid, &hand.frames(0, &[(d.clone(), changes)]), 0);
+    persist(&mut node);
+    assert_eq!(close_code(&mut node), Some(Some(CloseCode::InvalidChange)));
+    let held = |n: &mut Node<MemStore>| {
+        let v = n.sensor_view(&d).unwrap().unwrap();
+        v.readings.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(held(&mut node), ["r-0", "r-1", "r-2"]);
+    let actor = edgesync_proto::vclock::Actor::from_automerge(&hand.actor(&d, 0)).unwrap();
+    assert_eq!(node.clock(&d).unwrap().get(&actor), 2);
+    node.verify_clock(&d).unwrap();
+    // The store holds what memory held.
+    let store = node.into_store();
+    let mut again = open(0, store, 2, |_| {});
+    assert_eq!(held(&mut again), ["r-0", "r-1", "r-2"]);
+    again.verify_clock(&d).unwrap();
+}
