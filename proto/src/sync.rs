@@ -150,6 +150,7 @@ impl Refusal {
 pub(crate) struct Limits {
     pub(crate) batch_bytes_max: u32,
     pub(crate) inflight_batches_max: usize,
+    pub(crate) inflight_bytes_max: usize,
     pub(crate) handshake_timeout_ms: u64,
     pub(crate) ack_timeout_ms: u64,
 }
@@ -157,6 +158,8 @@ pub(crate) struct Limits {
 #[derive(Debug)]
 struct Inflight {
     sent_ms: u64,
+    /// Bytes of the batch's frame (an upper bound).
+    bytes: usize,
     clocks: BTreeMap<DocId, VectorClock>,
 }
 
@@ -552,6 +555,11 @@ impl Session {
         }
     }
 
+    /// Bytes of the batches in flight.
+    fn inflight_bytes(&self) -> usize {
+        self.inflight.values().map(|b| b.bytes).sum()
+    }
+
     /// What the peer holds, or will hold once the batches in flight arrive.
     fn known_with_inflight(&self, doc: &DocId) -> VectorClock {
         let mut c = self.known.get(doc).cloned().unwrap_or_default();
@@ -630,7 +638,11 @@ impl Session {
         }
         let frame_room = self.send_frame_max - CHANGES_OVERHEAD_BYTES;
         let budget = limits.batch_bytes_max.min(frame_room) as usize;
-        while self.inflight.len() < limits.inflight_batches_max {
+        // The window is counted in bytes (what fills a link) and in batches (each costs the
+        // peer one commit and one Ack); at least one batch is always allowed.
+        while self.inflight.len() < limits.inflight_batches_max
+            && (self.inflight.is_empty() || self.inflight_bytes() < limits.inflight_bytes_max)
+        {
             let mut out = BatchBuilder::default();
             if let Some(reason) =
                 self.fill_batch(store, docs, prover, budget, frame_room, &mut out)?
@@ -647,6 +659,7 @@ impl Session {
                 batch,
                 Inflight {
                     sent_ms: now_ms,
+                    bytes: out.bytes,
                     clocks: std::mem::take(&mut out.sent),
                 },
             );

@@ -211,6 +211,52 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
 
 // The smallest frame limit a peer may announce is FRAME_BYTES_MIN, and it must hold this
 // node's largest change with the Changes overhead: one byte less is refused.
+// The window in bytes: with room for 32 batches but 40 KiB, batches of up to 16 KiB go until
+// 40 KiB are in flight (the last one may pass it), and each Ack lets the next go.
+#[test]
+fn the_window_is_bounded_in_bytes() {
+    let node = node_with(300, 3);
+    let bytes_max = 40 * 1024;
+    let node_cfg = node.config().clone();
+    assert!(node_cfg.inflight_batches_max >= 8);
+    let store = node.into_store();
+    let mut node = open(0, store, 2, |c| {
+        c.change_bytes_max = 8 * 1024;
+        c.inflight_bytes_max = bytes_max;
+    });
+    let sid = node.connect(common::cloud(&NodeName::new(PEER).unwrap()), 0);
+    input(&mut node, sid, &hello(FRAME_BYTES_MIN), 0);
+    receive(&mut node, sid, FRAME_BYTES_MIN);
+    input(&mut node, sid, &summary_of_nothing(), 0);
+    let sent = receive(&mut node, sid, FRAME_BYTES_MIN);
+    let sizes: Vec<usize> = sent
+        .iter()
+        .filter(|m| matches!(m, Message::Changes(_)))
+        .map(|m| m.to_frame().len())
+        .collect();
+    // The window counts each batch's frame at an upper bound of its size (at most the peer's
+    // frame limit), so the batches before the last are under it and at least enough frames of
+    // the limit's size to reach it go.
+    let before_last: usize = sizes[..sizes.len() - 1].iter().sum();
+    let fewest = (bytes_max as usize).div_ceil(FRAME_BYTES_MIN as usize);
+    assert!(
+        before_last < bytes_max as usize && (fewest..fewest + 3).contains(&sizes.len()),
+        "batches of {sizes:?} bytes for a window of {bytes_max}"
+    );
+    assert!(sizes.len() < node_cfg.inflight_batches_max);
+    let batches: Vec<u64> = changes(&sent).iter().map(|c| c.batch).collect();
+    node.handle_timeout(1);
+    assert!(receive(&mut node, sid, FRAME_BYTES_MIN).is_empty());
+    let ack = Message::Ack(Ack {
+        batch: batches[0],
+        clocks: vec![],
+        last: true,
+    });
+    input(&mut node, sid, &ack.to_frame(), 2);
+    let more = receive(&mut node, sid, FRAME_BYTES_MIN);
+    assert!(!changes(&more).is_empty(), "an Ack opens the window again");
+}
+
 #[test]
 fn a_peer_frame_limit_is_accepted_from_exactly_what_this_node_needs() {
     let need = 8 * 1024 + CHANGES_OVERHEAD_BYTES;

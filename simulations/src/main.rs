@@ -176,9 +176,10 @@ fn print_summary(plan: &Plan, report: &Report) {
         plan.duration_ms as f64 / 1000.0
     );
     println!(
-        "  knobs: batch {} B, window {}, fsync every ~{} ms, latency {}+{} ms, loss {:.2}%, dup {:.2}%, reorder {:.2}%",
+        "  knobs: batch {} B, window {} / {} B, fsync every ~{} ms, latency {}+{} ms, loss {:.2}%, dup {:.2}%, reorder {:.2}%",
         k.core.batch_bytes_max,
         k.core.inflight_batches_max,
+        k.core.inflight_bytes_max,
         k.sync_interval_ms,
         k.latency_ms,
         k.jitter_ms,

@@ -242,8 +242,14 @@ impl Knobs {
         let changes_per_batch = (self.core.batch_bytes_max as f64 / 400.0).max(1.0);
         let round_trip_ms =
             (2 * self.latency_ms + self.jitter_ms + 2 * self.sync_interval_ms) as f64;
-        let capacity_per_s =
-            self.core.inflight_batches_max as f64 * changes_per_batch * 1000.0 / round_trip_ms;
+        // The window in batches: the byte window may allow fewer than the count (a batch
+        // holds at least one change, about 400 bytes, whatever its size limit).
+        let batch_bytes = f64::from(self.core.batch_bytes_max).max(400.0);
+        let by_bytes = (f64::from(self.core.inflight_bytes_max) / batch_bytes)
+            .ceil()
+            .max(1.0);
+        let window = (self.core.inflight_batches_max as f64).min(by_bytes);
+        let capacity_per_s = window * changes_per_batch * 1000.0 / round_trip_ms;
         self.link_changes_per_s = capacity_per_s;
         let budget_per_s = capacity_per_s / 4.0;
         let duration_s = duration_ms as f64 / 1000.0;
@@ -294,6 +300,15 @@ fn draw_journal(seed: u64, core: &mut Config) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6a6f_7572_6e61_6c21);
     core.journal_fold_ms = [0, 1, 100, 100, 500, 2000][rng.random_range(0..6usize)];
     core.journal_readings_max = [1, 3, 64, 4096][rng.random_range(0..4usize)];
+    // The session window in bytes, from its own generator too: from about one batch (the
+    // window is then one batch whatever the batch count allows) to the default.
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x7769_6e64_6f77_2121);
+    let batch = core.batch_bytes_max.max(1);
+    core.inflight_bytes_max = match rng.random_range(0..4u32) {
+        0 => batch,
+        1 => batch.saturating_mul(3),
+        _ => core.inflight_bytes_max,
+    };
 }
 
 /// Everything a run needs, fully determined by the seed and the explicit arguments.

@@ -68,8 +68,13 @@ pub struct Config {
     /// Target size of one Changes batch (at least one change is always sent). Default 256 KiB:
     /// large enough to amortise framing, small enough that an ack comes back quickly.
     pub batch_bytes_max: u32,
-    /// Unacknowledged batches per session. Default 4: keeps a 100 ms uplink busy at ~10 MB/s.
+    /// Unacknowledged batches per session. Default 32 (each costs the receiver a commit and
+    /// an Ack; [`Config::inflight_bytes_max`] is the bound that fills a link).
     pub inflight_batches_max: usize,
+    /// Unacknowledged bytes per session (batch frames; one batch is always allowed). Default
+    /// 4 MiB: keeps a 100 ms link busy at 40 MB/s, and a receiver that applies changes slower
+    /// than they arrive holds at most this much of one peer in its queues.
+    pub inflight_bytes_max: u32,
     /// A batch unacknowledged this long ends the session (it is retransmitted on reconnect).
     /// Default 30 s.
     pub ack_timeout_ms: u64,
@@ -172,7 +177,8 @@ impl Config {
             frame_bytes_max: 4 * 1024 * 1024,
             change_bytes_max: 1024 * 1024,
             batch_bytes_max: 256 * 1024,
-            inflight_batches_max: 4,
+            inflight_batches_max: 32,
+            inflight_bytes_max: 4 * 1024 * 1024,
             ack_timeout_ms: 30_000,
             handshake_timeout_ms: 10_000,
             pending_changes_max: 10_000,
@@ -235,10 +241,15 @@ impl Config {
         if self.journal_readings_max == 0 {
             return Err("journal_readings_max must be positive".into());
         }
-        if self.batch_bytes_max == 0 || self.inflight_batches_max == 0 || self.docs_loaded_max == 0
+        if self.batch_bytes_max == 0
+            || self.inflight_batches_max == 0
+            || self.inflight_bytes_max == 0
+            || self.docs_loaded_max == 0
         {
             return Err(
-                "batch_bytes_max, inflight_batches_max and docs_loaded_max must be positive".into(),
+                "batch_bytes_max, inflight_batches_max, inflight_bytes_max and docs_loaded_max \
+                 must be positive"
+                    .into(),
             );
         }
         if self.ack_timeout_ms == 0

@@ -26,6 +26,7 @@ impl<S: Store> Node<S> {
         Limits {
             batch_bytes_max: self.cfg.batch_bytes_max,
             inflight_batches_max: self.cfg.inflight_batches_max,
+            inflight_bytes_max: self.cfg.inflight_bytes_max as usize,
             handshake_timeout_ms: self.cfg.handshake_timeout_ms,
             ack_timeout_ms: self.cfg.ack_timeout_ms,
         }
