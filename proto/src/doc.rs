@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{Automerge, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{
+    legacy, Automerge, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT,
+};
 use serde_json::{Map, Value as Json};
 
 use crate::id::genesis_actor;
@@ -117,42 +119,78 @@ pub(crate) fn reading_body(doc: &impl ReadDoc, obj: &ObjId, id: &str) -> Option<
     }
 }
 
-/// Writes the readings not yet present into the document as one transaction. Returns the
-/// outcome per reading, in input order, and whether anything was written.
+/// Writes the readings not yet present into the document as one change, authored by the
+/// document's actor with sequence number `seq` (one past what the document holds of it).
+/// Returns the outcome per reading, in input order, and the change if anything was written;
+/// Automerge's reason if it refuses the change (`seq` is not the next of the document's
+/// actor), and then the document is unchanged.
+///
+/// The change is built whole (every op a put of a new key into the readings map, no
+/// predecessors) and applied in one call: a transaction's put costs a search of the growing
+/// map and a splice of its columns per reading, an applied change of many puts one merge.
 pub(crate) fn put_readings(
     doc: &mut Automerge,
     obj: &ObjId,
-    readings: &[Reading],
+    readings: &[(&str, &str)],
     time_s: i64,
-) -> (Vec<IngestOutcome>, Option<ChangeHash>) {
+    seq: u64,
+) -> Result<(Vec<IngestOutcome>, Option<Change>), String> {
     let mut outcomes = Vec::with_capacity(readings.len());
-    let mut written: BTreeMap<&str, String> = BTreeMap::new();
-    let mut tx = doc.transaction();
-    for r in readings {
-        let body = r.encode();
-        let existing = match written.get(r.id.as_str()) {
-            Some(b) => Some(b.clone()),
-            None => reading_body(&tx, obj, &r.id),
+    let mut written: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut ops = Vec::new();
+    let map = legacy::ObjectId::Id(legacy::OpId(2, genesis_actor().to_automerge()));
+    for &(id, body) in readings {
+        let existing = match written.get(id) {
+            Some(b) => Some(b.to_string()),
+            None => reading_body(doc, obj, id),
         };
         let outcome = match existing {
             Some(b) if b == body => IngestOutcome::Duplicate,
             Some(_) => IngestOutcome::Conflict,
             None => {
-                tx.put(obj, r.id.as_str(), body.as_str())
-                    .expect("put into an existing map");
-                written.insert(&r.id, body);
+                ops.push(legacy::Op {
+                    action: legacy::OpType::Put(ScalarValue::Str(body.into())),
+                    obj: map.clone(),
+                    key: legacy::Key::Map(id.into()),
+                    pred: legacy::SortedVec::new(),
+                    insert: false,
+                });
+                written.insert(id, body);
                 IngestOutcome::Inserted
             }
         };
         outcomes.push(outcome);
     }
-    let hash = if written.is_empty() {
-        tx.rollback();
-        None
-    } else {
-        tx.commit_with(CommitOptions::default().with_time(time_s)).0
-    };
-    (outcomes, hash)
+    if ops.is_empty() {
+        return Ok((outcomes, None));
+    }
+    let deps = doc.get_heads();
+    // The document's greatest op counter is one of its heads' (a change's ops come after
+    // every op of its ancestors).
+    let max_op = deps
+        .iter()
+        .filter_map(|h| doc.get_change_meta_by_hash(h))
+        .map(|m| m.max_op)
+        .max()
+        .unwrap_or(0);
+    let change = Change::from(automerge::ExpandedChange {
+        operations: ops,
+        actor_id: doc.get_actor().clone(),
+        hash: None,
+        seq,
+        start_op: std::num::NonZeroU64::new(max_op + 1).expect("one past a counter"),
+        time: time_s,
+        message: None,
+        deps,
+        extra_bytes: Vec::new(),
+        author: None,
+    });
+    doc.apply_changes([change.clone()])
+        .map_err(|e| e.to_string())?;
+    if doc.get_change_meta_by_hash(&change.hash()).is_none() {
+        return Err(format!("change {} was not applied", change.hash()));
+    }
+    Ok((outcomes, Some(change)))
 }
 
 /// The sensor view of a document.
@@ -657,6 +695,22 @@ mod tests {
         time_s: i64,
     ) -> (Vec<IngestOutcome>, Option<ChangeHash>) {
         let map = readings_obj(doc).unwrap();
-        put_readings(doc, &map, readings, time_s)
+        let actor = doc.get_actor().clone();
+        let seq = doc
+            .get_changes(&[])
+            .iter()
+            .filter(|c| *c.actor_id() == actor)
+            .count() as u64
+            + 1;
+        let bodies: Vec<(String, String)> = readings
+            .iter()
+            .map(|r| (r.id.clone(), r.encode()))
+            .collect();
+        let pairs: Vec<(&str, &str)> = bodies
+            .iter()
+            .map(|(i, b)| (i.as_str(), b.as_str()))
+            .collect();
+        let (out, change) = put_readings(doc, &map, &pairs, time_s, seq).unwrap();
+        (out, change.map(|c| c.hash()))
     }
 }

@@ -71,9 +71,10 @@ fn core_status(e: &NodeError) -> StatusCode {
         | NodeError::Expired { .. }
         | NodeError::Pruned { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         NodeError::Forbidden { .. } => StatusCode::FORBIDDEN,
-        NodeError::Poisoned | NodeError::Store(_) | NodeError::Load { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        NodeError::Poisoned
+        | NodeError::Store(_)
+        | NodeError::Load { .. }
+        | NodeError::Fold { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

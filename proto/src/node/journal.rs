@@ -26,10 +26,14 @@ use crate::id::DocId;
 use crate::reading::Reading;
 use crate::store::{DocMeta, Store, WriteBatch, WriteOp};
 
-/// The journaled readings not yet folded, by document then id.
+/// A journal entry: a reading's id and its encoded body.
+pub(super) type Entry = (String, String);
+
+/// The journaled readings not yet folded, by document then id: each as its encoded body
+/// (what the fold writes and dedup compares).
 #[derive(Debug, Default)]
 pub(super) struct Journal {
-    docs: BTreeMap<DocId, BTreeMap<String, Reading>>,
+    docs: BTreeMap<DocId, BTreeMap<String, String>>,
     len: usize,
     /// Node time (ms) the oldest reading held was journaled at; 0 for what an open found.
     since_ms: Option<u64>,
@@ -43,29 +47,23 @@ impl Journal {
         let mut bad = 0;
         for (doc, id, body) in entries {
             match Reading::decode(&id, &body) {
-                Ok(r) => j.insert(doc, r, 0),
+                Ok(_) => j.insert(doc, id, body, 0),
                 Err(_) => bad += 1,
             }
         }
         (j, bad)
     }
 
-    fn insert(&mut self, doc: DocId, r: Reading, now_ms: u64) {
-        if self
-            .docs
-            .entry(doc)
-            .or_default()
-            .insert(r.id.clone(), r)
-            .is_none()
-        {
+    fn insert(&mut self, doc: DocId, id: String, body: String, now_ms: u64) {
+        if self.docs.entry(doc).or_default().insert(id, body).is_none() {
             self.len += 1;
         }
         self.since_ms.get_or_insert(now_ms);
     }
 
     /// The journaled body of reading `id` of `doc`.
-    fn body(&self, doc: &DocId, id: &str) -> Option<String> {
-        self.docs.get(doc)?.get(id).map(Reading::encode)
+    fn body(&self, doc: &DocId, id: &str) -> Option<&String> {
+        self.docs.get(doc)?.get(id)
     }
 
     /// Journaled readings held.
@@ -98,19 +96,15 @@ pub struct Folded {
 impl<S: Store> Node<S> {
     /// Journals `readings` of the sensor document `doc` into `batch` (the caller checked the
     /// document with `check_sensor_target`). Returns each reading's outcome, in order, and
-    /// the readings to add to the journal once the batch is committed.
+    /// the entries (id, body) to add to the journal once the batch is committed.
     pub(super) fn journal_into(
         &mut self,
         batch: &mut WriteBatch,
         doc: &DocId,
-        readings: &[Reading],
-    ) -> Result<(Vec<IngestOutcome>, Vec<Reading>), NodeError> {
+        readings: &[&Reading],
+    ) -> Result<(Vec<IngestOutcome>, Vec<Entry>), NodeError> {
         let map = if self.docs.contains_key(doc) {
-            let am = self.loaded_doc(doc)?;
-            match doc::readings_obj(am) {
-                Some(m) => Some(m),
-                None => return Err(NodeError::NoReadingsMap { doc: doc.clone() }),
-            }
+            Some(self.readings_map(doc)?)
         } else {
             None
         };
@@ -122,7 +116,7 @@ impl<S: Store> Node<S> {
             let existing = match fresh.get(r.id.as_str()) {
                 Some(b) => Some(b.clone()),
                 None => match self.journal.body(doc, &r.id) {
-                    Some(b) => Some(b),
+                    Some(b) => Some(b.clone()),
                     None => match &map {
                         Some(m) => {
                             let am = self.loaded_doc(doc)?;
@@ -142,8 +136,8 @@ impl<S: Store> Node<S> {
                         body: body.clone(),
                     });
                     self.feed_push(batch, doc, Some((r.id.clone(), body.clone())), None);
+                    added.push((r.id.clone(), body.clone()));
                     fresh.insert(&r.id, body);
-                    added.push(r.clone());
                     IngestOutcome::Inserted
                 }
             };
@@ -153,9 +147,9 @@ impl<S: Store> Node<S> {
     }
 
     /// Adds committed journal entries to the in-memory journal.
-    pub(super) fn journaled(&mut self, doc: &DocId, readings: Vec<Reading>) {
-        for r in readings {
-            self.journal.insert(doc.clone(), r, self.now_ms);
+    pub(super) fn journaled(&mut self, doc: &DocId, entries: Vec<Entry>) {
+        for (id, body) in entries {
+            self.journal.insert(doc.clone(), id, body, self.now_ms);
         }
     }
 
@@ -214,16 +208,16 @@ impl<S: Store> Node<S> {
             }),
             ..Folded::default()
         };
-        let mut folded: Vec<DocId> = Vec::new();
+        let mut folded: Vec<(DocId, BTreeMap<String, String>)> = Vec::new();
         let mut failed = None;
         for d in docs {
-            let Some(readings) = self.journal.docs.get(d) else {
+            // Taken out while folded; put back if the fold of this document fails.
+            let Some(entries) = self.journal.docs.remove(d) else {
                 continue;
             };
-            let readings: Vec<Reading> = readings.values().cloned().collect();
             let saved: Option<DocMeta> = self.docs.get(d).cloned();
             let mut part = WriteBatch::default();
-            match self.put_into(&mut part, d, &readings, now_ms) {
+            match self.put_into(&mut part, d, &entries, now_ms) {
                 Ok(out) => {
                     // Every journaled id was new when journaled and nothing wrote the document
                     // since without folding first, so each is inserted now.
@@ -231,14 +225,15 @@ impl<S: Store> Node<S> {
                     batch.ops.extend(part.ops);
                     batch.push(WriteOp::DeleteJournal {
                         doc: d.clone(),
-                        ids: readings.iter().map(|r| r.id.clone()).collect(),
+                        ids: entries.keys().cloned().collect(),
                     });
                     done.docs += 1;
-                    done.readings += readings.len();
-                    folded.push(d.clone());
+                    done.readings += entries.len();
+                    folded.push((d.clone(), entries));
                 }
                 Err(e) => {
                     // Undo this document (its readings stay journaled) and fold the others.
+                    self.journal.docs.insert(d.clone(), entries);
                     self.loaded.remove(d);
                     self.dirty.remove(d);
                     match saved {
@@ -250,11 +245,15 @@ impl<S: Store> Node<S> {
             }
         }
         if !folded.is_empty() {
-            self.commit(batch)?;
-            for d in &folded {
-                if let Some(rs) = self.journal.docs.remove(d) {
-                    self.journal.len -= rs.len();
+            if let Err(e) = self.commit(batch) {
+                // Not written: the readings stay journaled (the node is poisoned now).
+                for (d, entries) in folded {
+                    self.journal.docs.insert(d, entries);
                 }
+                return Err(e);
+            }
+            for (_, entries) in &folded {
+                self.journal.len -= entries.len();
             }
             // Peers learn of the new changes; local readers were told at the ingest.
             for d in std::mem::take(&mut self.dirty) {
@@ -308,13 +307,14 @@ mod tests {
         let mut j = Journal::default();
         let d = DocId::new("s/a").unwrap();
         let r = |id: &str| Reading::from_json(id, 1, &serde_json::json!({"v": 1})).unwrap();
+        let put = |j: &mut Journal, id: &str, t| j.insert(d.clone(), id.into(), r(id).encode(), t);
         assert_eq!(j.due_at(100), None);
-        j.insert(d.clone(), r("x"), 50);
-        j.insert(d.clone(), r("x"), 70);
-        j.insert(d.clone(), r("y"), 80);
+        put(&mut j, "x", 50);
+        put(&mut j, "x", 70);
+        put(&mut j, "y", 80);
         assert_eq!(j.len(), 2);
         assert_eq!(j.due_at(100), Some(150));
-        assert_eq!(j.body(&d, "y"), Some(r("y").encode()));
+        assert_eq!(j.body(&d, "y"), Some(&r("y").encode()));
         assert_eq!(j.body(&d, "z"), None);
     }
 }

@@ -17,13 +17,13 @@ pub use streams::PruneStatus;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use automerge::{Automerge, Change, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash, ObjId};
 use serde_json::Value as Json;
 
 use crate::authz::Access;
 use crate::doc::{self, DocKind, IngestOutcome, PatchError, SensorView};
 use crate::id::{derive_actor, DocId, NodeName};
-use crate::reading::{Reading, ReadingError};
+use crate::reading::ReadingError;
 use crate::store::{
     DocMeta, NodeMeta, PeerReceipts, Store, StoreError, StoredChange, WriteBatch, WriteOp,
     LOGICAL_SCHEMA_VERSION,
@@ -441,6 +441,15 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// Automerge refused the change that folds journaled readings into a document (the
+    /// readings stay journaled).
+    #[error("readings could not be written into {doc}: {reason}")]
+    Fold {
+        /// Document.
+        doc: DocId,
+        /// Automerge's reason.
+        reason: String,
+    },
 }
 
 /// A stored document failed verification.
@@ -551,6 +560,11 @@ pub struct Patched {
 struct Loaded {
     doc: Automerge,
     used: u64,
+    /// The readings map of a sensor document, once looked up ([`Node::readings_map`]).
+    readings: Option<ObjId>,
+    /// The last sequence number of the document's own actor, once looked up
+    /// ([`Node::own_seq`]).
+    own_seq: Option<(Actor, u64)>,
 }
 
 /// One node's replica of its document set, and its sync sessions. Deterministic: no I/O, no
@@ -1037,6 +1051,8 @@ impl<S: Store> Node<S> {
                 Loaded {
                     doc: am,
                     used: tick,
+                    readings: None,
+                    own_seq: None,
                 },
             );
             // A document with changes not yet committed (`dirty`) must stay: the store cannot
@@ -1225,16 +1241,17 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Writes `readings` (all within the span of `doc` when it is a bucket) into the sensor
-    /// document `doc`, created from the shared genesis if new, as few Automerge changes as the
-    /// change size limit allows, recorded in `batch`: a fold of the journal. Readings whose id
-    /// is already present are not written again. The ingest checked the document's kind,
-    /// readings map and actor room ([`Node::check_sensor_target`]).
+    /// Writes journaled `entries` (reading id to encoded body, all within the span of `doc`
+    /// when it is a bucket) into the sensor document `doc`, created from the shared genesis
+    /// if new, as few Automerge changes as the change size limit allows, recorded in `batch`:
+    /// a fold of the journal. Readings whose id is already present are not written again. The
+    /// ingest checked the document's kind, readings map and actor room
+    /// ([`Node::check_sensor_target`]).
     fn put_into(
         &mut self,
         batch: &mut WriteBatch,
         doc: &DocId,
-        readings: &[Reading],
+        entries: &BTreeMap<String, String>,
         now_ms: u64,
     ) -> Result<Vec<IngestOutcome>, NodeError> {
         if !self.docs.contains_key(doc) {
@@ -1248,41 +1265,89 @@ impl<S: Store> Node<S> {
                 Loaded {
                     doc: am,
                     used: self.use_tick,
+                    readings: None,
+                    own_seq: None,
                 },
             );
             self.record_change(batch, doc, &genesis, By::Genesis)?;
         }
-        let Some(map) = doc::readings_obj(self.loaded_doc(doc)?) else {
-            return Err(NodeError::NoReadingsMap { doc: doc.clone() });
-        };
+        let map = self.readings_map(doc)?;
         // Readings are at most READING_BYTES_MAX each; half the change limit leaves room for
         // Automerge's per-op encoding.
         let budget = (self.cfg.change_bytes_max / 2) as usize;
-        let mut outcomes = Vec::with_capacity(readings.len());
+        let entries: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|(id, body)| (id.as_str(), body.as_str()))
+            .collect();
+        let mut outcomes = Vec::with_capacity(entries.len());
         let mut start = 0;
-        while start < readings.len() {
+        while start < entries.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < readings.len()
-                && (end == start || bytes + readings[end].encode().len() <= budget)
-            {
-                bytes += readings[end].encode().len();
+            while end < entries.len() {
+                let len = entries[end].0.len() + entries[end].1.len();
+                if end > start && bytes + len > budget {
+                    break;
+                }
+                bytes += len;
                 end += 1;
             }
             let time_s = (now_ms / 1000) as i64;
-            let (out, hash) =
-                doc::put_readings(self.loaded_doc(doc)?, &map, &readings[start..end], time_s);
-            if hash.is_some() {
-                let change = self
-                    .loaded_doc(doc)?
-                    .get_last_local_change()
-                    .expect("committed");
+            let seq = self.own_seq(doc)? + 1;
+            let (out, change) = doc::put_readings(
+                self.loaded_doc(doc)?,
+                &map,
+                &entries[start..end],
+                time_s,
+                seq,
+            )
+            .map_err(|reason| NodeError::Fold {
+                doc: doc.clone(),
+                reason,
+            })?;
+            if let Some(change) = change {
+                let actor = self.doc_actor(doc);
+                if let Some(l) = self.loaded.get_mut(doc) {
+                    l.own_seq = Some((actor, seq));
+                }
                 self.record_change(batch, doc, &change, By::Local)?;
             }
             outcomes.extend(out);
             start = end;
         }
         Ok(outcomes)
+    }
+
+    /// The last sequence number the document `doc` holds of this node's actor for it, from
+    /// the document itself (its change graph, not the recorded clock: a change built with a
+    /// sequence number Automerge does not expect next is not applied but a panic), looked up
+    /// once per load and kept by the fold that writes the next.
+    fn own_seq(&mut self, doc: &DocId) -> Result<u64, NodeError> {
+        let actor = self.doc_actor(doc);
+        self.loaded_doc(doc)?;
+        let loaded = self.loaded.get_mut(doc).expect("just loaded");
+        match loaded.own_seq {
+            Some((a, seq)) if a == actor => Ok(seq),
+            _ => {
+                let seq = loaded.doc.get_last_local_change().map_or(0, |c| c.seq());
+                loaded.own_seq = Some((actor, seq));
+                Ok(seq)
+            }
+        }
+    }
+
+    /// The readings map of the sensor document `doc` (loading it if needed), looked up once
+    /// per load: no change can replace or remove it (schema rule 3).
+    pub(super) fn readings_map(&mut self, doc: &DocId) -> Result<ObjId, NodeError> {
+        self.loaded_doc(doc)?;
+        let loaded = self.loaded.get_mut(doc).expect("just loaded");
+        if loaded.readings.is_none() {
+            loaded.readings = doc::readings_obj(&loaded.doc);
+        }
+        loaded
+            .readings
+            .clone()
+            .ok_or_else(|| NodeError::NoReadingsMap { doc: doc.clone() })
     }
 
     /// Applies an RFC 7386 JSON merge patch to the generic document `doc` (created if new) as
@@ -1310,6 +1375,8 @@ impl<S: Store> Node<S> {
                 Loaded {
                     doc: am,
                     used: self.use_tick,
+                    readings: None,
+                    own_seq: None,
                 },
             );
         } else if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Generic {

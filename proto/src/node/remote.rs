@@ -44,8 +44,6 @@ pub(crate) struct Run {
     new_actors: usize,
     /// One of them is the document's first.
     new_doc: bool,
-    /// The document's readings map, once looked up.
-    readings_map: Option<Option<automerge::ObjId>>,
 }
 
 struct RunItem {
@@ -433,12 +431,8 @@ impl<S: Store> Node<S> {
             _ => None,
         };
         if !dropped && readings.is_some() {
+            let map = self.readings_map(doc).ok();
             let am = self.loaded_doc(doc)?;
-            // Looked up once per run: a change cannot replace the map (rule 3).
-            let map = run
-                .readings_map
-                .get_or_insert_with(|| crate::doc::readings_obj(am))
-                .clone();
             if let (Some(r), Some(map)) = (readings.as_mut(), map) {
                 r.retain(|(id, _)| {
                     !run.ids.contains(id)

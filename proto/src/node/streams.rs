@@ -116,9 +116,9 @@ impl<S: Store> Node<S> {
         }
         let mut batch = WriteBatch::default();
         let mut outcomes = vec![IngestOutcome::Duplicate; readings.len()];
-        let mut added: Vec<(DocId, Vec<Reading>)> = Vec::new();
+        let mut added: Vec<(DocId, Vec<super::journal::Entry>)> = Vec::new();
         for (d, idx) in &groups {
-            let part: Vec<Reading> = idx.iter().map(|&i| readings[i].clone()).collect();
+            let part: Vec<&Reading> = idx.iter().map(|&i| &readings[i]).collect();
             let (out, new) = self.journal_into(&mut batch, d, &part)?;
             for (&i, o) in idx.iter().zip(out) {
                 outcomes[i] = o;
@@ -170,9 +170,7 @@ impl<S: Store> Node<S> {
                 actual: DocKind::Generic,
             });
         }
-        if doc::readings_obj(am).is_none() {
-            return Err(NodeError::NoReadingsMap { doc: doc.clone() });
-        }
+        self.readings_map(doc)?;
         Ok(())
     }
 
