@@ -260,10 +260,14 @@ fn settings(
     s
 }
 
-/// Node `name` of `fleet` in `data`, without the daemon (signing as the daemon will).
+/// Node `name` of `fleet` in `data`, without the daemon (signing as the daemon will), for
+/// building fixtures: its ingest journal folds at every ingest, so each ingest of [`fill`] is
+/// its own change (the rows it prepares count changes; at the defaults the journal would fold
+/// a document's ingests into one). The measured nodes run at the defaults.
 fn node(fleet: &LocalFleet, data: &Path, name: &str, durability: Durability) -> DurableNode {
     let mut cfg = Config::new(NodeName::new(name).expect("name"));
     cfg.trust = fleet.core_trust(name, data).expect("trust");
+    cfg.journal_readings_max = 1;
     let mut opts = NodeOptions::new(cfg, data);
     opts.durability = durability;
     DurableNode::start(opts).expect("node starts")
@@ -1558,6 +1562,65 @@ fn sync_rows(rt: &tokio::runtime::Runtime, quick: bool, reps: usize) -> Vec<Row>
     rows
 }
 
+/// Rows 1 and 2: durable ingest through the library and over HTTP.
+fn ingest_rows(rt: &tokio::runtime::Runtime, run: Duration, reps: usize) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut library_fsync_8 = 0.0;
+    for durability in [Durability::Fsync, Durability::Wal] {
+        for writers in [1usize, 8] {
+            let (mut ours_v, mut raw_v, mut bytes_v) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..reps {
+                // Alternate ours and the anchor so drift hits both alike.
+                let (rate, bytes) = ours(durability, writers, run);
+                ours_v.push(rate);
+                bytes_v.push(bytes);
+                raw_v.push(raw(durability, writers, bytes as usize, run));
+            }
+            let mode = if durability == Durability::Fsync {
+                "fsync"
+            } else {
+                "wal"
+            };
+            let ours = median(ours_v);
+            if durability == Durability::Fsync && writers == 8 {
+                library_fsync_8 = ours;
+            }
+            rows.push(Row {
+                name: format!("1. durable ingest, {mode}, {writers} writer(s) vs raw WriteBatch ({:.0} B/reading)", median(bytes_v)),
+                unit: "readings/s",
+                ours,
+                anchor: median(raw_v),
+                goal: Goal::RatioAtLeast(0.5),
+            });
+        }
+    }
+    eprintln!("row 1 done");
+
+    let (mut http, mut http_batch) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        http.push(http_ingest(rt, 8, 1, run));
+        http_batch.push(http_ingest(rt, 8, 100, run));
+    }
+    rows.push(Row {
+        name: "2. ingest over HTTP, 8 keep-alive clients, fsync vs library (row 1, 8 writers)"
+            .into(),
+        unit: "readings/s",
+        ours: median(http),
+        anchor: library_fsync_8,
+        goal: Goal::RatioAtLeast(0.5),
+    });
+    rows.push(Row {
+        name: "2. ingest over HTTP in batches of 100 readings, 8 keep-alive clients, fsync vs library (row 1, 8 writers)"
+            .into(),
+        unit: "readings/s",
+        ours: median(http_batch),
+        anchor: library_fsync_8,
+        goal: Goal::RatioAtLeast(0.5),
+    });
+    eprintln!("row 2 done");
+    rows
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -1580,6 +1643,10 @@ fn main() {
     }
     if args.iter().any(|a| a == "--sync-only") {
         sync_rows(&rt, quick, reps).iter().for_each(Row::print);
+        return;
+    }
+    if args.iter().any(|a| a == "--ingest-only") {
+        ingest_rows(&rt, run, reps).iter().for_each(Row::print);
         return;
     }
     // Row 7 runs first, in a fresh process, so that its RSS is its own.
@@ -1674,59 +1741,7 @@ fn main() {
         rows7.iter().for_each(Row::print);
         return;
     }
-    let mut library_fsync_8 = 0.0;
-    for durability in [Durability::Fsync, Durability::Wal] {
-        for writers in [1usize, 8] {
-            let (mut ours_v, mut raw_v, mut bytes_v) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..reps {
-                // Alternate ours and the anchor so drift hits both alike.
-                let (rate, bytes) = ours(durability, writers, run);
-                ours_v.push(rate);
-                bytes_v.push(bytes);
-                raw_v.push(raw(durability, writers, bytes as usize, run));
-            }
-            let mode = if durability == Durability::Fsync {
-                "fsync"
-            } else {
-                "wal"
-            };
-            let ours = median(ours_v);
-            if durability == Durability::Fsync && writers == 8 {
-                library_fsync_8 = ours;
-            }
-            rows.push(Row {
-                name: format!("1. durable ingest, {mode}, {writers} writer(s) vs raw WriteBatch ({:.0} B/reading)", median(bytes_v)),
-                unit: "readings/s",
-                ours,
-                anchor: median(raw_v),
-                goal: Goal::RatioAtLeast(0.5),
-            });
-        }
-    }
-    eprintln!("row 1 done");
-
-    let (mut http, mut http_batch) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        http.push(http_ingest(&rt, 8, 1, run));
-        http_batch.push(http_ingest(&rt, 8, 100, run));
-    }
-    rows.push(Row {
-        name: "2. ingest over HTTP, 8 keep-alive clients, fsync vs library (row 1, 8 writers)"
-            .into(),
-        unit: "readings/s",
-        ours: median(http),
-        anchor: library_fsync_8,
-        goal: Goal::RatioAtLeast(0.5),
-    });
-    rows.push(Row {
-        name: "2. ingest over HTTP in batches of 100 readings, 8 keep-alive clients, fsync vs library (row 1, 8 writers)"
-            .into(),
-        unit: "readings/s",
-        ours: median(http_batch),
-        anchor: library_fsync_8,
-        goal: Goal::RatioAtLeast(0.5),
-    });
-    eprintln!("row 2 done");
+    rows.extend(ingest_rows(&rt, run, reps));
 
     rows.extend(sync_rows(&rt, quick, reps));
 

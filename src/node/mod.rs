@@ -55,7 +55,8 @@ pub struct NodeOptions {
     /// Bytes queued for one peer's link and not yet written to its transport. A session whose
     /// queue would grow past this (the peer does not read) ends with `Overloaded`; the peer
     /// resumes from its receipts when it reconnects. Default 16 MiB: far above the protocol's
-    /// own window (4 batches of 256 KiB) plus a summary of 10,000 documents.
+    /// own window (4 MiB of batches, `Config::inflight_bytes_max`) plus a summary of 10,000
+    /// documents.
     pub link_outbound_bytes_max: usize,
     /// Bytes of one link's received frames waiting for the core thread. The link stops reading
     /// while it is full, so QUIC flow control slows the peer instead of the node buffering
