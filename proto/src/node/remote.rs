@@ -447,13 +447,8 @@ impl<S: Store> Node<S> {
         if let Admitted::NewActor { new_doc } = admitted {
             run.new_actors += 1;
             run.new_doc |= new_doc;
-            if let Some(s) = self.sessions.get_mut(&sid) {
-                let q = s.introduced();
-                q.actors += 1;
-                q.docs += usize::from(new_doc);
-                *q.per_doc.entry(doc.clone()).or_default() += 1;
-            }
         }
+        self.count_introduced(sid, doc, admitted);
         run.hashes.insert(change.hash());
         run.seqs.insert(actor, change.seq());
         run.items.push(RunItem {
@@ -545,6 +540,12 @@ impl<S: Store> Node<S> {
             schema::Puts::Other => self.feed_push(batch, doc, None, Some(origin)),
             _ => {}
         }
+        self.count_introduced(sid, doc, admitted);
+        Ok(())
+    }
+
+    /// Counts what an admitted change introduced against session `sid`'s limits.
+    fn count_introduced(&mut self, sid: SessionId, doc: &DocId, admitted: Admitted) {
         if let Admitted::NewActor { new_doc } = admitted {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 let q = s.introduced();
@@ -553,7 +554,6 @@ impl<S: Store> Node<S> {
                 *q.per_doc.entry(doc.clone()).or_default() += 1;
             }
         }
-        Ok(())
     }
 
     /// Checks the actor and document limits for a change received in session `sid`, counting
@@ -594,6 +594,7 @@ impl<S: Store> Node<S> {
 }
 
 /// What admitting a change adds.
+#[derive(Clone, Copy)]
 enum Admitted {
     /// Its actor is already in the document's clock.
     KnownActor,
