@@ -77,6 +77,10 @@ pub enum Refusal {
     /// Sequence number 0.
     #[error("change has sequence number 0")]
     SeqZero,
+    /// Bytes after the change's operations (Automerge reads an "author" footer there, and
+    /// panics on one in an actor's change past its first); no edgesync change has any.
+    #[error("change carries {0} bytes after its operations")]
+    ExtraBytes(usize),
     /// Claims the receiving node's current actor (only this node writes under it).
     #[error("change claims this node's current actor")]
     ClaimsOurActor,

@@ -104,3 +104,45 @@ fn a_refused_change_keeps_what_its_batch_applied_before_it() {
     assert_eq!(held(&mut again), ["r-0", "r-1", "r-2"]);
     again.verify_clock(&d).unwrap();
 }
+
+// Attack: a change whose footer names an Automerge "author" (extra bytes) at a sequence number
+// past 1. Automerge asserts that only an actor's first change names one, so applying it would
+// panic the core; it is refused before it reaches Automerge, and the session ends alone.
+#[test]
+fn a_change_with_extra_bytes_is_refused() {
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let d = bucket("site-a/t1");
+    node.ingest(&d, &[reading("r-0", 0)], 0).unwrap();
+    persist(&mut node);
+    let mut hand = Hand::new("gw-9");
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 0));
+    am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
+        .unwrap();
+    let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
+        .unwrap()
+        .unwrap();
+    let mut changes = Vec::new();
+    for i in 1..=2 {
+        let mut tx = am.transaction();
+        let r = reading(&format!("r-{i}"), i);
+        tx.put(&map, r.id.as_str(), r.encode()).unwrap();
+        tx.commit();
+        let mut c = am.get_last_local_change().unwrap().decode();
+        if i == 2 {
+            // Footer 1 (author), 3 bytes.
+            c.extra_bytes = vec![1, 3, 7, 7, 7];
+        }
+        changes.push(automerge::Change::from(c).raw_bytes().to_vec());
+    }
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(sid, &hand.frames(0, &[(d.clone(), changes)]), 0);
+    persist(&mut node);
+    assert_eq!(close_code(&mut node), Some(Some(CloseCode::InvalidChange)));
+    let v = node.sensor_view(&d).unwrap().unwrap();
+    assert_eq!(
+        v.readings.keys().cloned().collect::<Vec<_>>(),
+        ["r-0", "r-1"]
+    );
+    node.ingest(&d, &[reading("r-3", 3)], 0).unwrap();
+    persist(&mut node);
+}

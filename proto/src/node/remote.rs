@@ -240,6 +240,9 @@ impl<S: Store> Node<S> {
         if change.seq() == 0 {
             return Err(Refusal::SeqZero.into());
         }
+        if !change.extra_bytes().is_empty() {
+            return Err(Refusal::ExtraBytes(change.extra_bytes().len()).into());
+        }
         Ok(change)
     }
 
