@@ -146,3 +146,50 @@ fn a_change_with_extra_bytes_is_refused() {
     node.ingest(&d, &[reading("r-3", 3)], 0).unwrap();
     persist(&mut node);
 }
+
+// Attack: in one batch, X by one actor, then A1 of another actor depending on X, then A2 of
+// A1's actor depending on what preceded X but not on A1 (nothing forces a change to name its
+// actor's previous one). Automerge orders a batch by dependencies alone, which put A2 before
+// A1, and asserts that an actor's changes come in sequence: the core panicked. All three are
+// valid and are applied.
+#[test]
+fn a_change_that_skips_its_actors_previous_one_in_its_dependencies_is_applied_in_order() {
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let d = bucket("site-a/t1");
+    node.ingest(&d, &[reading("r-0", 0)], 0).unwrap();
+    persist(&mut node);
+    let base = node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap();
+    let mut hand = Hand::new("gw-9");
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 1));
+    am.apply_changes(base).unwrap();
+    let heads = am.get_heads();
+    let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
+        .unwrap()
+        .unwrap();
+    let put = |am: &mut automerge::Automerge, id: &str, v: i64| {
+        let mut tx = am.transaction();
+        let r = reading(id, v);
+        tx.put(&map, r.id.as_str(), r.encode()).unwrap();
+        tx.commit();
+        am.get_last_local_change().unwrap()
+    };
+    let x = put(&mut am, "r-x", 1);
+    am.set_actor(hand.actor(&d, 0));
+    let a1 = put(&mut am, "r-a1", 2);
+    let mut a2 = put(&mut am, "r-a2", 3).decode();
+    a2.deps = heads;
+    a2.hash = None;
+    let a2 = automerge::Change::from(a2);
+    assert_eq!(a2.seq(), 2);
+    let changes = [x, a1, a2].map(|c| c.raw_bytes().to_vec()).to_vec();
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(sid, &hand.frames(0, &[(d.clone(), changes)]), 0);
+    persist(&mut node);
+    assert_eq!(close_code(&mut node), None, "the session goes on");
+    let v = node.sensor_view(&d).unwrap().unwrap();
+    assert_eq!(
+        v.readings.keys().cloned().collect::<Vec<_>>(),
+        ["r-0", "r-a1", "r-a2", "r-x"]
+    );
+    node.verify_clock(&d).unwrap();
+}

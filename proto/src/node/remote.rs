@@ -38,6 +38,8 @@ pub(crate) struct Run {
     hashes: HashSet<ChangeHash>,
     /// The highest sequence number of each of their actors.
     seqs: HashMap<Actor, u64>,
+    /// The hash of each actor's last change among them.
+    last: HashMap<Actor, ChangeHash>,
     /// The reading ids they write (a later change's reading with one of them is not new).
     ids: HashSet<String>,
     /// Actors new to the document among them.
@@ -310,6 +312,7 @@ impl<S: Store> Node<S> {
             let puts = schema::check_shape_in(&change, bucket.as_ref())?;
             self.apply_pruned(batch, doc, change, by, sid, (puts, peer))?;
         } else {
+            self.keep_actor_order(batch, run, doc, &change)?;
             let puts = self.check_ready(batch, run, doc, &change, Some(bucket.as_ref()))?;
             self.take_into(run, doc, change, by, sid, (puts, peer))?;
         }
@@ -325,7 +328,8 @@ impl<S: Store> Node<S> {
                         self.apply_pruned(batch, doc, next, next_by, sid, (puts, peer))
                     })
             } else {
-                self.check_ready(batch, run, doc, &next, None)
+                self.keep_actor_order(batch, run, doc, &next)
+                    .and_then(|()| self.check_ready(batch, run, doc, &next, None))
                     .and_then(|puts| self.take_into(run, doc, next, next_by, sid, (puts, peer)))
             };
             match taken {
@@ -380,6 +384,25 @@ impl<S: Store> Node<S> {
             }
         }
         Ok(None)
+    }
+
+    /// Flushes `run` before `change` if the run holds its actor's previous change and
+    /// `change` does not name it among its dependencies. Automerge orders a batch by
+    /// dependencies alone and asserts (a panic) that each actor's changes come in sequence; a
+    /// change need not name its actor's previous one (a peer's change did not, and the batch
+    /// put it first), so such a change goes in a run of its own, after its predecessor.
+    fn keep_actor_order(
+        &mut self,
+        batch: &mut WriteBatch,
+        run: &mut Run,
+        doc: &DocId,
+        change: &Change,
+    ) -> Result<(), ApplyError> {
+        let actor = Actor::from_automerge(change.actor_id()).expect("checked");
+        match run.last.get(&actor) {
+            Some(prev) if !change.deps().contains(prev) => self.flush_run(batch, run, doc),
+            _ => Ok(()),
+        }
     }
 
     /// The schema checks of a ready change of a document this node holds whole: all of them
@@ -454,6 +477,7 @@ impl<S: Store> Node<S> {
         self.count_introduced(sid, doc, admitted);
         run.hashes.insert(change.hash());
         run.seqs.insert(actor, change.seq());
+        run.last.insert(actor, change.hash());
         run.items.push(RunItem {
             change,
             by,
