@@ -120,7 +120,8 @@ pub(crate) fn reading_body(doc: &impl ReadDoc, obj: &ObjId, id: &str) -> Option<
 }
 
 /// Writes the readings not yet present into the document as one change, authored by the
-/// document's actor with sequence number `seq` (one past what the document holds of it).
+/// document's actor with sequence number `seq` (one past what the document holds of it),
+/// after `prev`, the actor's change before it (none for the first).
 /// Returns the outcome per reading, in input order, and the change if anything was written;
 /// Automerge's reason if it refuses the change (`seq` is not the next of the document's
 /// actor), and then the document is unchanged.
@@ -133,7 +134,7 @@ pub(crate) fn put_readings(
     obj: &ObjId,
     readings: &[(&str, &str)],
     time_s: i64,
-    seq: u64,
+    (seq, prev): (u64, Option<ChangeHash>),
 ) -> Result<(Vec<IngestOutcome>, Option<Change>), String> {
     let mut outcomes = Vec::with_capacity(readings.len());
     let mut written: BTreeMap<&str, &str> = BTreeMap::new();
@@ -164,7 +165,7 @@ pub(crate) fn put_readings(
     if ops.is_empty() {
         return Ok((outcomes, None));
     }
-    let deps = doc.get_heads();
+    let mut deps = doc.get_heads();
     // The document's greatest op counter is one of its heads' (a change's ops come after
     // every op of its ancestors).
     let max_op = deps
@@ -173,6 +174,14 @@ pub(crate) fn put_readings(
         .map(|m| m.max_op)
         .max()
         .unwrap_or(0);
+    // As Automerge's own transactions do: the actor's previous change is a dependency even
+    // when it is not a head (a peer's change built on it since). A receiver proves a
+    // relayed change from a later signed change of the same actor through dependencies, so
+    // each change must name its predecessor.
+    if let Some(p) = prev.filter(|p| !deps.contains(p)) {
+        deps.push(p);
+    }
+    deps.sort_unstable();
     let change = Change::from(automerge::ExpandedChange {
         operations: ops,
         actor_id: doc.get_actor().clone(),
@@ -688,6 +697,42 @@ mod tests {
         assert!(json_view(&d, true).is_ok());
     }
 
+    // The fold's change, built whole, is byte for byte the change an Automerge transaction
+    // makes of the same puts: the same sequence number, start op and dependencies, the
+    // actor's previous change among them even when a peer's change built on it since (a
+    // receiver proves a relayed change through its actor's later signed one; seed 371 of the
+    // byzantine swarm lost that when the fold named the heads alone).
+    #[test]
+    fn put_readings_makes_the_change_a_transaction_makes() {
+        let mut ours = Automerge::new().with_actor(automerge::ActorId::from([1u8; 16]));
+        ours.apply_changes([sensor_genesis().clone()]).unwrap();
+        let mut peer = ours.fork().with_actor(automerge::ActorId::from([2u8; 16]));
+        let mut theirs = ours.fork().with_actor(automerge::ActorId::from([1u8; 16]));
+        let r1 = reading("r1", 1, 1);
+        let r2 = reading("r2", 2, 2);
+        for (i, r) in [&r1, &r2].into_iter().enumerate() {
+            let (_, built) = put(&mut ours, std::slice::from_ref(r), 7);
+            let map = readings_obj(&theirs).unwrap();
+            let mut tx = theirs.transaction();
+            tx.put(&map, r.id.as_str(), r.encode()).unwrap();
+            tx.commit_with(CommitOptions::default().with_time(7));
+            let made = theirs.get_last_local_change().unwrap();
+            assert_eq!(built, Some(made.hash()), "change {i}");
+            if i == 0 {
+                // A peer builds on the first: it is no longer a head where the second is made.
+                peer.apply_changes([made.clone()]).unwrap();
+                let pmap = readings_obj(&peer).unwrap();
+                let mut tx = peer.transaction();
+                tx.put(&pmap, "p1", reading("p1", 3, 3).encode()).unwrap();
+                tx.commit();
+                let p = peer.get_last_local_change().unwrap();
+                ours.apply_changes([p.clone()]).unwrap();
+                theirs.apply_changes([p]).unwrap();
+                assert!(!ours.get_heads().contains(&made.hash()));
+            }
+        }
+    }
+
     /// `put_readings` into a sensor document's (intact) readings map.
     fn put(
         doc: &mut Automerge,
@@ -695,13 +740,11 @@ mod tests {
         time_s: i64,
     ) -> (Vec<IngestOutcome>, Option<ChangeHash>) {
         let map = readings_obj(doc).unwrap();
+        // Automerge finds "local" changes only for an actor it had when the actor was set.
         let actor = doc.get_actor().clone();
-        let seq = doc
-            .get_changes(&[])
-            .iter()
-            .filter(|c| *c.actor_id() == actor)
-            .count() as u64
-            + 1;
+        doc.set_actor(actor);
+        let last = doc.get_last_local_change();
+        let (seq, prev) = last.map_or((1, None), |c| (c.seq() + 1, Some(c.hash())));
         let bodies: Vec<(String, String)> = readings
             .iter()
             .map(|r| (r.id.clone(), r.encode()))
@@ -710,7 +753,7 @@ mod tests {
             .iter()
             .map(|(i, b)| (i.as_str(), b.as_str()))
             .collect();
-        let (out, change) = put_readings(doc, &map, &pairs, time_s, seq).unwrap();
+        let (out, change) = put_readings(doc, &map, &pairs, time_s, (seq, prev)).unwrap();
         (out, change.map(|c| c.hash()))
     }
 }

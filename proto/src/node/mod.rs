@@ -562,9 +562,9 @@ struct Loaded {
     used: u64,
     /// The readings map of a sensor document, once looked up ([`Node::readings_map`]).
     readings: Option<ObjId>,
-    /// The last sequence number of the document's own actor, once looked up
-    /// ([`Node::own_seq`]).
-    own_seq: Option<(Actor, u64)>,
+    /// The document's own actor's last sequence number and change, once looked up
+    /// ([`Node::own_last`]).
+    own_last: Option<(Actor, u64, Option<ChangeHash>)>,
 }
 
 /// One node's replica of its document set, and its sync sessions. Deterministic: no I/O, no
@@ -1052,7 +1052,7 @@ impl<S: Store> Node<S> {
                     doc: am,
                     used: tick,
                     readings: None,
-                    own_seq: None,
+                    own_last: None,
                 },
             );
             // A document with changes not yet committed (`dirty`) must stay: the store cannot
@@ -1266,7 +1266,7 @@ impl<S: Store> Node<S> {
                     doc: am,
                     used: self.use_tick,
                     readings: None,
-                    own_seq: None,
+                    own_last: None,
                 },
             );
             self.record_change(batch, doc, &genesis, By::Genesis)?;
@@ -1293,13 +1293,14 @@ impl<S: Store> Node<S> {
                 end += 1;
             }
             let time_s = (now_ms / 1000) as i64;
-            let seq = self.own_seq(doc)? + 1;
+            let (last, prev) = self.own_last(doc)?;
+            let seq = last + 1;
             let (out, change) = doc::put_readings(
                 self.loaded_doc(doc)?,
                 &map,
                 &entries[start..end],
                 time_s,
-                seq,
+                (seq, prev),
             )
             .map_err(|reason| NodeError::Fold {
                 doc: doc.clone(),
@@ -1308,7 +1309,7 @@ impl<S: Store> Node<S> {
             if let Some(change) = change {
                 let actor = self.doc_actor(doc);
                 if let Some(l) = self.loaded.get_mut(doc) {
-                    l.own_seq = Some((actor, seq));
+                    l.own_last = Some((actor, seq, Some(change.hash())));
                 }
                 self.record_change(batch, doc, &change, By::Local)?;
             }
@@ -1318,20 +1319,25 @@ impl<S: Store> Node<S> {
         Ok(outcomes)
     }
 
-    /// The last sequence number the document `doc` holds of this node's actor for it, from
-    /// the document itself (its change graph, not the recorded clock: a change built with a
-    /// sequence number Automerge does not expect next is not applied but a panic), looked up
-    /// once per load and kept by the fold that writes the next.
-    fn own_seq(&mut self, doc: &DocId) -> Result<u64, NodeError> {
+    /// The last sequence number the document `doc` holds of this node's actor for it, and
+    /// that change's hash, from the document itself (its change graph, not the recorded
+    /// clock: a change built with a sequence number Automerge does not expect next is not
+    /// applied but a panic), looked up once per load and kept by the fold that writes the
+    /// next.
+    fn own_last(&mut self, doc: &DocId) -> Result<(u64, Option<ChangeHash>), NodeError> {
         let actor = self.doc_actor(doc);
         self.loaded_doc(doc)?;
         let loaded = self.loaded.get_mut(doc).expect("just loaded");
-        match loaded.own_seq {
-            Some((a, seq)) if a == actor => Ok(seq),
+        match loaded.own_last {
+            Some((a, seq, hash)) if a == actor => Ok((seq, hash)),
             _ => {
-                let seq = loaded.doc.get_last_local_change().map_or(0, |c| c.seq());
-                loaded.own_seq = Some((actor, seq));
-                Ok(seq)
+                // Automerge finds "local" changes only for an actor the document held when the
+                // actor was set: set it again, now that the document may hold it.
+                loaded.doc.set_actor(actor.to_automerge());
+                let last = loaded.doc.get_last_local_change();
+                let (seq, hash) = last.map_or((0, None), |c| (c.seq(), Some(c.hash())));
+                loaded.own_last = Some((actor, seq, hash));
+                Ok((seq, hash))
             }
         }
     }
@@ -1376,7 +1382,7 @@ impl<S: Store> Node<S> {
                     doc: am,
                     used: self.use_tick,
                     readings: None,
-                    own_seq: None,
+                    own_last: None,
                 },
             );
         } else if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Generic {
