@@ -26,6 +26,31 @@ fn hand_session(node: &mut Node<MemStore>, hand: &mut Hand) -> SessionId {
     sid
 }
 
+/// A node holding one reading in a bucket, a member `gw-9` driven by hand, and the member's
+/// copy of the bucket under its node actor `k` with the readings map's id.
+fn member_copy(
+    k: u64,
+) -> (
+    Node<MemStore>,
+    edgesync_proto::DocId,
+    Hand,
+    automerge::Automerge,
+    automerge::ObjId,
+) {
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let d = bucket("site-a/t1");
+    node.ingest(&d, &[reading("r-0", 0)], 0).unwrap();
+    persist(&mut node);
+    let mut hand = Hand::new("gw-9");
+    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, k));
+    am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
+        .unwrap();
+    let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
+        .unwrap()
+        .unwrap();
+    (node, d, hand, am, map)
+}
+
 fn close_code(node: &mut Node<MemStore>) -> Option<Option<CloseCode>> {
     while let Some(e) = node.poll_event() {
         if let Event::SessionClosed { code, .. } = e {
@@ -63,17 +88,7 @@ fn a_batch_building_on_objects_it_creates_is_applied_whole() {
 // and kept (and stay after a restart), the third and fourth are not, and the session ends.
 #[test]
 fn a_refused_change_keeps_what_its_batch_applied_before_it() {
-    let mut node = open(0, MemStore::new(), 1, |_| {});
-    let d = bucket("site-a/t1");
-    node.ingest(&d, &[reading("r-0", 0)], 0).unwrap();
-    persist(&mut node);
-    let mut hand = Hand::new("gw-9");
-    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 0));
-    am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
-        .unwrap();
-    let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
-        .unwrap()
-        .unwrap();
+    let (mut node, d, mut hand, mut am, map) = member_copy(0);
     let mut changes = Vec::new();
     for i in 1..=4 {
         let mut tx = am.transaction();
@@ -110,17 +125,7 @@ fn a_refused_change_keeps_what_its_batch_applied_before_it() {
 // panic the core; it is refused before it reaches Automerge, and the session ends alone.
 #[test]
 fn a_change_with_extra_bytes_is_refused() {
-    let mut node = open(0, MemStore::new(), 1, |_| {});
-    let d = bucket("site-a/t1");
-    node.ingest(&d, &[reading("r-0", 0)], 0).unwrap();
-    persist(&mut node);
-    let mut hand = Hand::new("gw-9");
-    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 0));
-    am.apply_changes(node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap())
-        .unwrap();
-    let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
-        .unwrap()
-        .unwrap();
+    let (mut node, d, mut hand, mut am, map) = member_copy(0);
     let mut changes = Vec::new();
     for i in 1..=2 {
         let mut tx = am.transaction();
@@ -154,18 +159,8 @@ fn a_change_with_extra_bytes_is_refused() {
 // valid and are applied.
 #[test]
 fn a_change_that_skips_its_actors_previous_one_in_its_dependencies_is_applied_in_order() {
-    let mut node = open(0, MemStore::new(), 1, |_| {});
-    let d = bucket("site-a/t1");
-    node.ingest(&d, &[reading("r-0", 0)], 0).unwrap();
-    persist(&mut node);
-    let base = node.with_doc(&d, |a| a.get_changes(&[])).unwrap().unwrap();
-    let mut hand = Hand::new("gw-9");
-    let mut am = automerge::Automerge::new().with_actor(hand.actor(&d, 1));
-    am.apply_changes(base).unwrap();
+    let (mut node, d, mut hand, mut am, map) = member_copy(1);
     let heads = am.get_heads();
-    let (_, map) = automerge::ReadDoc::get(&am, automerge::ROOT, "readings")
-        .unwrap()
-        .unwrap();
     let put = |am: &mut automerge::Automerge, id: &str, v: i64| {
         let mut tx = am.transaction();
         let r = reading(id, v);
