@@ -1042,6 +1042,11 @@ impl<S: Store> Node<S> {
     /// Loads `doc` (snapshot, then changes after it, in order) if not in memory, and evicts the
     /// least recently used documents beyond `docs_loaded_max`.
     fn loaded_doc(&mut self, doc: &DocId) -> Result<&mut Automerge, NodeError> {
+        Ok(&mut self.loaded_entry(doc)?.doc)
+    }
+
+    /// The loaded document `doc` with what is cached of it (loading it if needed).
+    fn loaded_entry(&mut self, doc: &DocId) -> Result<&mut Loaded, NodeError> {
         self.use_tick += 1;
         let tick = self.use_tick;
         if !self.loaded.contains_key(doc) {
@@ -1072,7 +1077,7 @@ impl<S: Store> Node<S> {
         }
         let entry = self.loaded.get_mut(doc).expect("just loaded");
         entry.used = tick;
-        Ok(&mut entry.doc)
+        Ok(entry)
     }
 
     fn load_from_store(&mut self, doc: &DocId) -> Result<Automerge, NodeError> {
@@ -1326,8 +1331,7 @@ impl<S: Store> Node<S> {
     /// next.
     fn own_last(&mut self, doc: &DocId) -> Result<(u64, Option<ChangeHash>), NodeError> {
         let actor = self.doc_actor(doc);
-        self.loaded_doc(doc)?;
-        let loaded = self.loaded.get_mut(doc).expect("just loaded");
+        let loaded = self.loaded_entry(doc)?;
         match loaded.own_last {
             Some((a, seq, hash)) if a == actor => Ok((seq, hash)),
             _ => {
@@ -1345,8 +1349,7 @@ impl<S: Store> Node<S> {
     /// The readings map of the sensor document `doc` (loading it if needed), looked up once
     /// per load: no change can replace or remove it (schema rule 3).
     pub(super) fn readings_map(&mut self, doc: &DocId) -> Result<ObjId, NodeError> {
-        self.loaded_doc(doc)?;
-        let loaded = self.loaded.get_mut(doc).expect("just loaded");
+        let loaded = self.loaded_entry(doc)?;
         if loaded.readings.is_none() {
             loaded.readings = doc::readings_obj(&loaded.doc);
         }
