@@ -451,11 +451,7 @@ impl<S: Store> Node<S> {
         let dropped = planted!(self.cfg, DropRemoteChange) && change.seq() % 3 == 2;
         // The feed's events: readings new to this node (a reading another change already
         // brought is not new), or the change itself for a generic one.
-        let generic = puts == schema::Puts::Other;
-        let mut readings = match puts {
-            schema::Puts::Readings(r) => Some(r),
-            _ => None,
-        };
+        let (mut readings, generic) = feed_events(puts);
         if !dropped && readings.is_some() {
             let map = self.readings_map(doc).ok();
             let am = self.loaded_doc(doc)?;
@@ -499,8 +495,7 @@ impl<S: Store> Node<S> {
         run: &mut Run,
         doc: &DocId,
     ) -> Result<(), ApplyError> {
-        let items = std::mem::take(&mut run.items);
-        *run = Run::default();
+        let items = std::mem::take(run).items;
         if items.is_empty() {
             return Ok(());
         }
@@ -531,13 +526,8 @@ impl<S: Store> Node<S> {
             applied += 1;
         }
         for item in items.into_iter().take(applied) {
-            self.record_change(batch, doc, &item.change, item.by)?;
-            for r in item.readings.into_iter().flatten() {
-                self.feed_push(batch, doc, Some(r), Some(&item.origin));
-            }
-            if item.generic {
-                self.feed_push(batch, doc, None, Some(&item.origin));
-            }
+            let events = (item.readings, item.generic);
+            self.record_remote(batch, doc, &item.change, item.by, events, &item.origin)?;
         }
         match refused {
             Some(r) => Err(r.into()),
@@ -557,17 +547,29 @@ impl<S: Store> Node<S> {
         (puts, origin): (schema::Puts, &NodeName),
     ) -> Result<(), ApplyError> {
         let admitted = self.admit(&Run::default(), doc, &change, sid)?;
-        self.record_change(batch, doc, &change, by)?;
-        match puts {
-            schema::Puts::Readings(r) => {
-                for r in r {
-                    self.feed_push(batch, doc, Some(r), Some(origin));
-                }
-            }
-            schema::Puts::Other => self.feed_push(batch, doc, None, Some(origin)),
-            _ => {}
-        }
+        self.record_remote(batch, doc, &change, by, feed_events(puts), origin)?;
         self.count_introduced(sid, doc, admitted);
+        Ok(())
+    }
+
+    /// Records a remote change and its feed events: the readings new to this node, or the
+    /// change itself for a generic one; `origin` is the peer it came from.
+    fn record_remote(
+        &mut self,
+        batch: &mut WriteBatch,
+        doc: &DocId,
+        change: &Change,
+        by: By,
+        (readings, generic): (Option<Vec<(String, String)>>, bool),
+        origin: &NodeName,
+    ) -> Result<(), ApplyError> {
+        self.record_change(batch, doc, change, by)?;
+        for r in readings.into_iter().flatten() {
+            self.feed_push(batch, doc, Some(r), Some(origin));
+        }
+        if generic {
+            self.feed_push(batch, doc, None, Some(origin));
+        }
         Ok(())
     }
 
@@ -617,6 +619,16 @@ impl<S: Store> Node<S> {
             }
         }
         Ok(Admitted::NewActor { new_doc })
+    }
+}
+
+/// The feed's events a change's puts make: its readings, or (`true`) the change itself for a
+/// generic one; nothing for the genesis.
+fn feed_events(puts: schema::Puts) -> (Option<Vec<(String, String)>>, bool) {
+    match puts {
+        schema::Puts::Readings(r) => (Some(r), false),
+        schema::Puts::Other => (None, true),
+        schema::Puts::Genesis => (None, false),
     }
 }
 
