@@ -288,6 +288,16 @@ impl Node {
     fn status(&self) -> Value {
         request("GET", &format!("{}/v1/status", self.api), None)
     }
+
+    /// Waits until the node knows its actor slot: a new node that dials peers learns it from
+    /// the first one it reaches, and folds and patches nothing before.
+    fn wait_settled(&self) {
+        wait_for(
+            &format!("{} to learn its actor slot", self.name),
+            Duration::from_secs(30),
+            || self.status()["actor_slots"]["settled"] == true,
+        );
+    }
 }
 
 impl Drop for Node {
@@ -505,6 +515,8 @@ fn changes_relay_across_three_hops_and_events_stream() {
     let (first, _) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(first, "ready");
 
+    // A new edge patches once it knows its actor slot (until then: 503, see slots_e2e).
+    edge.wait_settled();
     edge.ingest("site-a/edge-1/vibration", "v-1", 1_700_000_000_000, 0.5);
     let (s, v) = try_request(
         "PATCH",
@@ -1568,6 +1580,91 @@ fn streams_page_by_time_and_retention_keeps_what_it_should() {
     );
 }
 
+// Actor slots between real processes. A new gateway that cannot reach its peer yet acknowledges
+// readings (journaled, durable) and shows them, but patches nothing (503 naming the wait) and
+// folds nothing until the cloud tells it which slots its certificate spent; then it takes slot
+// 0 and everything syncs. Its data directory wiped under the kept certificate, it asks again,
+// takes slot 1 (the cloud holds slot 0's changes) and its new readings reach the cloud beside
+// the old ones: no equivocation anywhere. The old directory started again (a second store under
+// the certificate) hears of slot 1 under another key and reports it.
+#[test]
+fn a_new_or_wiped_gateway_learns_its_actor_slot_before_it_authors() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (cloud, cloud_quic) = fast_cloud(dir.path(), &pki);
+    let relay = rt.block_on(UdpRelay::start(cloud_quic)).unwrap();
+    relay.cut();
+    let spec = || NodeSpec {
+        peers: vec![("cloud", relay.addr)],
+        extra: FAST,
+        ..NodeSpec::named("gw-1")
+    };
+    let mut gw = Node::start(dir.path(), &pki, spec());
+    let slots = |n: &Node| n.status()["actor_slots"].clone();
+    assert_eq!(slots(&gw)["settled"], false, "{}", slots(&gw));
+    let stream = "site-a/line-1/temp";
+    let t0 = 1_700_000_000_000i64;
+    gw.ingest(stream, "old-1", t0, 1.0);
+    assert!(gw.reading_ids(stream).contains("old-1"), "reads see it");
+    let (code, body) = try_request(
+        "PATCH",
+        &format!("{}/v1/docs/site-a/apps/settings", gw.api),
+        Some(json!({"mode": "eco"})),
+    )
+    .unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("actor slot"),
+        "{body}"
+    );
+    assert_eq!(gw.status()["journal_readings"], 1);
+    relay.heal();
+    gw.wait_settled();
+    assert_eq!(slots(&gw)["slot"], 0, "{}", slots(&gw));
+    assert_eq!(slots(&gw)["left"], 31);
+    let (code, body) = try_request(
+        "PATCH",
+        &format!("{}/v1/docs/site-a/apps/settings", gw.api),
+        Some(json!({"mode": "eco"})),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_for("old-1 at the cloud", Duration::from_secs(30), || {
+        cloud.reading_ids(stream).contains("old-1")
+    });
+    // The wipe: same certificate, new data directory (and so a new authoring key). The old
+    // directory is kept aside, as a second store under the certificate would be.
+    gw.kill9();
+    let data = dir.path().join("data").join("gw-1");
+    let aside = dir.path().join("gw-1-old");
+    std::fs::rename(&data, &aside).unwrap();
+    let mut gw = Node::start(dir.path(), &pki, spec());
+    gw.wait_settled();
+    assert_eq!(slots(&gw)["slot"], 1, "{}", slots(&gw));
+    gw.ingest(stream, "new-1", t0 + 1, 2.0);
+    wait_for("new-1 at the cloud", Duration::from_secs(30), || {
+        cloud.reading_ids(stream).contains("new-1")
+    });
+    wait_for("old-1 back at the gateway", Duration::from_secs(30), || {
+        gw.reading_ids(stream).contains("old-1")
+    });
+    for n in [&cloud, &gw] {
+        let refused = n.status()["refused_sessions"].clone();
+        assert!(refused.get("equivocation").is_none(), "{refused}");
+    }
+    // The old store started again beside it (same certificate, slot 0, the old key): the
+    // cloud names slot 1 under another key, and the old store reports the conflict.
+    gw.kill9();
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&aside, &data).unwrap();
+    let old = Node::start(dir.path(), &pki, spec());
+    wait_for("the conflict reported", Duration::from_secs(30), || {
+        slots(&old)["conflicts"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(slots(&old)["slot"], 0);
+}
+
 // Store-and-forward pruning over real processes: a gateway that prunes after the cloud holds
 // closed one-minute buckets while the cloud is cut off (status says for whom), prunes them
 // within 30 s of the cloud's acknowledgement once the cut heals, keeps their clocks (the
@@ -1579,7 +1676,6 @@ fn a_gateway_prunes_what_the_cloud_acknowledged() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (cloud, cloud_quic) = fast_cloud(dir.path(), &pki);
     let relay = rt.block_on(UdpRelay::start(cloud_quic)).unwrap();
-    relay.cut();
     let extra = format!(
         "{FAST}[streams]\nbucket_minutes = 1\n[retention]\nprune_after_ack = [\"cloud\"]\nprune_grace_minutes = 0\n"
     );
@@ -1592,6 +1688,9 @@ fn a_gateway_prunes_what_the_cloud_acknowledged() {
             ..NodeSpec::named("gw-1")
         },
     );
+    // The new gateway learns its actor slot from the cloud, then loses the link.
+    gw.wait_settled();
+    relay.cut();
     const MINUTE: i64 = 60_000;
     let now = wall_now_ms();
     let first = (now / MINUTE - 5) * MINUTE;
@@ -2262,6 +2361,7 @@ fn a_webhook_sink_delivers_every_reading_once_across_outages_and_kills() {
     );
     let mut cloud = cloud_with_sink(dir.path(), &pki, &sink);
     let gw = fast_gateway(dir.path(), &pki, "gw-1", cloud.quic.unwrap());
+    gw.wait_settled();
     let t0 = 1_700_000_000_000i64;
     let mut expected = Vec::new();
     for i in 0..10 {

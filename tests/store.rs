@@ -505,6 +505,85 @@ fn a_store_from_before_kept_actors_takes_one_and_keeps_it() {
     assert_eq!(n.meta().actor_epoch, 1);
 }
 
+// Node metadata written before actor slots (logical schema 5) reads back with no slot space,
+// settled: the open then decides (a slot-bound certificate starts at its slot 0), and what it
+// writes reads back whole.
+#[test]
+fn node_metadata_from_before_actor_slots_reads_back() {
+    use edgesync_proto::store::{NodeMeta, WriteBatch, WriteOp};
+    use edgesync_proto::Store;
+    #[derive(serde::Serialize)]
+    struct MetaV5 {
+        schema_version: u32,
+        name: NodeName,
+        store_id: [u8; 16],
+        incarnation: u64,
+        actor_epoch: u64,
+        actor_nonce: [u8; 16],
+        running: bool,
+        author_key: [u8; 32],
+    }
+    let dir = tempfile::tempdir().unwrap();
+    drop(RocksStore::open(dir.path(), Durability::Fsync).unwrap());
+    let v5 = MetaV5 {
+        schema_version: 5,
+        name: NodeName::new("n1").unwrap(),
+        store_id: [4; 16],
+        incarnation: 5,
+        actor_epoch: 3,
+        actor_nonce: [6; 16],
+        running: false,
+        author_key: [7; 32],
+    };
+    {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle(CF_META).unwrap();
+        let bytes = postcard::to_allocvec(&v5).unwrap();
+        db.put_cf(&cf, KEY_NODE, schema::seal(CF_META, KEY_NODE, bytes))
+            .unwrap();
+    }
+    let mut store = RocksStore::open(dir.path(), Durability::Fsync).unwrap();
+    let m = store.node_meta().unwrap().unwrap();
+    let expected = NodeMeta {
+        schema_version: 5,
+        name: v5.name.clone(),
+        store_id: v5.store_id,
+        incarnation: 5,
+        actor_epoch: 3,
+        actor_nonce: [6; 16],
+        running: false,
+        author_key: [7; 32],
+        slot_space: [0; 32],
+        actor_slot: 0,
+        settled: true,
+    };
+    assert_eq!(m, expected);
+    let now = NodeMeta {
+        schema_version: edgesync_proto::store::LOGICAL_SCHEMA_VERSION,
+        slot_space: [9; 32],
+        actor_slot: 4,
+        settled: false,
+        ..expected
+    };
+    store
+        .commit(WriteBatch {
+            ops: vec![
+                WriteOp::PutNodeMeta(now.clone()),
+                WriteOp::PutSlot {
+                    space: [9; 32],
+                    slot: 4,
+                    statement: vec![1, 2],
+                },
+            ],
+        })
+        .unwrap();
+    drop(store);
+    let store = RocksStore::open(dir.path(), Durability::Fsync).unwrap();
+    assert_eq!(store.node_meta().unwrap(), Some(now));
+    assert_eq!(store.slot(&[9; 32]).unwrap(), Some((4, vec![1, 2])));
+    assert_eq!(store.slot(&[8; 32]).unwrap(), None);
+}
+
 // The syncer's counters, which /v1/status and the metrics show: commits made, commits durable
 // (fsynced, in both modes: with `wal` only the answer to a client comes before), bytes written,
 // and health.
@@ -527,6 +606,9 @@ fn the_syncer_counts_commits_durability_and_bytes() {
                 actor_nonce: [2; 16],
                 running: true,
                 author_key: [0; 32],
+                slot_space: [0; 32],
+                actor_slot: 0,
+                settled: true,
             };
             store
                 .commit(WriteBatch {

@@ -172,6 +172,9 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
         actor_nonce: [5; 16],
         running: true,
         author_key: [6; 32],
+        slot_space: [4; 32],
+        actor_slot: 9,
+        settled: false,
     };
     let dm = DocMeta {
         clock: clock(&[(1, 2)]),
@@ -217,6 +220,16 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
                 node_actor: Actor([8; 16]),
                 statement: vec![1, 2, 3],
             },
+            WriteOp::PutSlot {
+                space: [4; 32],
+                slot: 2,
+                statement: vec![4],
+            },
+            WriteOp::PutSlot {
+                space: [4; 32],
+                slot: 3,
+                statement: vec![5],
+            },
         ],
     };
     s.commit(batch).unwrap();
@@ -224,6 +237,12 @@ fn writes_read_back<S: Store>(mut s: S, reopen: &mut impl FnMut(S) -> S) {
         assert_eq!(s.node_meta().unwrap(), Some(meta.clone()));
         assert_eq!(s.author(&Actor([8; 16])).unwrap(), Some(vec![1, 2, 3]));
         assert_eq!(s.author(&Actor([7; 16])).unwrap(), None);
+        assert_eq!(
+            s.slot(&[4; 32]).unwrap(),
+            Some((3, vec![5])),
+            "the last slot kept"
+        );
+        assert_eq!(s.slot(&[3; 32]).unwrap(), None);
         assert_eq!(s.docs().unwrap(), vec![(doc("a"), dm.clone())]);
         assert_eq!(s.snapshot(&doc("a")).unwrap(), Some((1, vec![9, 9])));
         assert_eq!(s.change_at(&doc("a"), 1).unwrap(), Some(change(1, 1, 2)));

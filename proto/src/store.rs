@@ -17,8 +17,9 @@ use crate::wire::Incarnation;
 /// Version of the logical schema behind this trait (document metadata, change index,
 /// snapshots, receipts). Stored in [`NodeMeta`]; a store written by a newer version is refused.
 /// Version 5 added the ingest journal: a build before it would not fold journaled readings,
-/// so it must not open a store this one wrote.
-pub const LOGICAL_SCHEMA_VERSION: u32 = 5;
+/// so it must not open a store this one wrote. Version 6 added actor slots
+/// ([`NodeMeta::slot_space`], [`NodeMeta::actor_slot`], [`NodeMeta::settled`]).
+pub const LOGICAL_SCHEMA_VERSION: u32 = 6;
 
 /// Node-wide metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +48,17 @@ pub struct NodeMeta {
     /// an open with another key takes a new epoch, so a node actor is bound to one key for
     /// ever. Logical schema version 4.
     pub author_key: [u8; 32],
+    /// The slot space of the certificate the node authors under when it is slot-bound
+    /// ([`crate::trust::Signer::slot_space`]); zeros otherwise. Logical schema version 6.
+    pub slot_space: [u8; 32],
+    /// The slot of the current node actor in `slot_space`; [`crate::trust::ACTOR_SLOTS`] once
+    /// every slot is spent (the node then authors nothing until its certificate is renewed).
+    pub actor_slot: u32,
+    /// Whether the slot is settled: false for a store that does not know whether its
+    /// certificate authored elsewhere (a new store, a restored copy) until a peer told it the
+    /// highest slot it keeps of that certificate. An unsettled node journals readings and
+    /// authors no change.
+    pub settled: bool,
 }
 
 /// Per-document metadata.
@@ -194,6 +206,17 @@ pub enum WriteOp {
         /// The statement as received (or made, for this node's own).
         statement: Vec<u8>,
     },
+    /// Keep the statement of the highest slot known of a slot space (replaces the one kept):
+    /// what a node answers a peer asking which slots its certificate spent. One entry per
+    /// certificate whose changes this node holds.
+    PutSlot {
+        /// The slot space.
+        space: [u8; 32],
+        /// The slot.
+        slot: u32,
+        /// Its statement.
+        statement: Vec<u8>,
+    },
     /// Replace a receipt.
     PutReceipt {
         /// Peer.
@@ -300,6 +323,8 @@ pub trait Store {
     fn change_at(&self, doc: &DocId, order: u64) -> Result<Option<StoredChange>, StoreError>;
     /// The authorship statement kept for `node_actor`.
     fn author(&self, node_actor: &Actor) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The highest slot kept of `space`, with its statement ([`WriteOp::PutSlot`]).
+    fn slot(&self, space: &[u8; 32]) -> Result<Option<(u32, Vec<u8>)>, StoreError>;
     /// Up to `limit` feed events with a cursor above `after`, ascending.
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, FeedEvent)>, StoreError>;
     /// The lowest and the highest cursor held, if any.
@@ -323,6 +348,7 @@ struct MemState {
     /// What [`WriteOp::PutPeerSeen`] recorded, by peer, with its store id.
     seen: BTreeMap<NodeName, ([u8; 16], Incarnation)>,
     authors: BTreeMap<Actor, Vec<u8>>,
+    slots: BTreeMap<[u8; 32], (u32, Vec<u8>)>,
     feed: BTreeMap<u64, FeedEvent>,
     journal: BTreeMap<(DocId, String), String>,
 }
@@ -373,6 +399,13 @@ impl MemState {
                     statement,
                 } => {
                     self.authors.insert(node_actor, statement);
+                }
+                WriteOp::PutSlot {
+                    space,
+                    slot,
+                    statement,
+                } => {
+                    self.slots.insert(space, (slot, statement));
                 }
                 WriteOp::PutReceipt { peer, doc, clock } => {
                     self.peers
@@ -580,6 +613,10 @@ impl Store for MemStore {
 
     fn author(&self, node_actor: &Actor) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.visible.authors.get(node_actor).cloned())
+    }
+
+    fn slot(&self, space: &[u8; 32]) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
+        Ok(self.visible.slots.get(space).cloned())
     }
 
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, FeedEvent)>, StoreError> {

@@ -206,6 +206,12 @@ pub(crate) struct Session {
     peer_incarnates: bool,
     /// The peer's `Incarnation` arrived.
     incarnation_in: bool,
+    /// The peer's Hello has [`crate::wire::CAP_SLOTS`]: it answers a `SlotQuery`.
+    peer_slots: bool,
+    /// This node sent its `SlotQuery` and awaits the answer.
+    slot_asked: bool,
+    /// The peer's `SlotQuery` was answered (a second one ends the session).
+    slot_answered: bool,
     outbox: VecDeque<Outgoing>,
     /// Best lower bound of the peer's durable clock per document.
     known: BTreeMap<DocId, VectorClock>,
@@ -268,6 +274,9 @@ impl Session {
             peer_deflates: false,
             peer_incarnates: false,
             incarnation_in: false,
+            peer_slots: false,
+            slot_asked: false,
+            slot_answered: false,
             outbox: VecDeque::new(),
             known,
             inflight: BTreeMap::new(),
@@ -460,6 +469,7 @@ impl Session {
         self.send_frame_max = h.frame_bytes_max.min(FRAME_BYTES_LIMIT);
         self.peer_deflates = h.capabilities & CAP_DEFLATE != 0;
         self.peer_incarnates = h.capabilities & CAP_INCARNATION != 0;
+        self.peer_slots = h.capabilities & crate::wire::CAP_SLOTS != 0;
         self.phase = Phase::AwaitSummary;
         Ok(())
     }
@@ -477,6 +487,28 @@ impl Session {
     /// The peer's `Incarnation` arrived.
     pub(crate) fn note_incarnation(&mut self) {
         self.incarnation_in = true;
+    }
+
+    /// Queues this node's `SlotQuery` for `space` if the peer answers one and none was sent.
+    pub(crate) fn ask_slot(&mut self, gate: u64, space: [u8; 32]) {
+        if self.peer_slots && !self.slot_asked {
+            self.slot_asked = true;
+            self.push(gate, &Message::SlotQuery(crate::wire::SlotQuery { space }));
+        }
+    }
+
+    /// Takes the outstanding `SlotQuery` of this node: false when none is outstanding.
+    pub(crate) fn take_slot_question(&mut self) -> bool {
+        std::mem::replace(&mut self.slot_asked, false)
+    }
+
+    /// Queues the answer to the peer's `SlotQuery`; false if it asked before in this session.
+    pub(crate) fn answer_slot(&mut self, gate: u64, answer: crate::wire::SlotAnswer) -> bool {
+        if std::mem::replace(&mut self.slot_answered, true) {
+            return false;
+        }
+        self.push(gate, &Message::SlotAnswer(answer));
+        true
     }
 
     /// Queues this node's `Incarnation` (after the peer's Hello, when it has the capability).

@@ -19,6 +19,40 @@ use crate::vclock::Actor;
 pub const STATEMENT_BYTES_MAX: usize = 4 * 1024;
 /// Longest change signature accepted, bytes.
 pub const SIGNATURE_BYTES_MAX: usize = 128;
+/// Node actors one slot space (one certificate) may ever author under: slots `0..ACTOR_SLOTS`.
+/// With a document's clock holding at most [`crate::vclock::CLOCK_ACTORS_MAX`] actors, one
+/// member adds at most this many actors to any document, whatever it signs.
+pub const ACTOR_SLOTS: u32 = 32;
+
+/// Where a slot-bound node actor comes from: its certificate's slot space and its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot {
+    /// The slot space: a fingerprint of the certificate (or, in a keyed fleet, of the member).
+    pub space: [u8; 32],
+    /// The slot, below [`ACTOR_SLOTS`].
+    pub index: u32,
+}
+
+/// The node actor of `slot` in `space`: every receiver derives the same 32 actors from a
+/// certificate, so a slot-bound member cannot bind any other actor to it.
+pub fn slot_actor(space: &[u8; 32], slot: u32) -> Actor {
+    let mut h = blake3::Hasher::new_derive_key("edgesync slot actor v1");
+    h.update(space);
+    h.update(&slot.to_be_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    Actor(out)
+}
+
+/// Which slot of `space` `actor` is, if it is one of its [`ACTOR_SLOTS`] slot actors.
+pub fn find_slot(space: &[u8; 32], actor: &Actor) -> Option<Slot> {
+    (0..ACTOR_SLOTS)
+        .find(|&i| slot_actor(space, i) == *actor)
+        .map(|index| Slot {
+            space: *space,
+            index,
+        })
+}
 
 /// An author a statement proves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +66,9 @@ pub struct Author {
     /// The certificate behind the statement is revoked: the statement is accepted only for a
     /// node actor this node already knew before (then it keeps its changes flowing).
     pub revoked: bool,
+    /// The node actor's slot, for a slot-bound certificate ([`ACTOR_SLOTS`]); `None` for a
+    /// certificate from before slots, whose actors are not bounded.
+    pub slot: Option<Slot>,
 }
 
 /// Checks statements and change signatures.
@@ -53,6 +90,12 @@ pub trait Signer: fmt::Debug + Send + Sync {
     /// epoch, so each node actor keeps one statement for ever.
     fn binding_id(&self) -> [u8; 32] {
         *blake3::hash(&self.key()).as_bytes()
+    }
+    /// The slot space of this node's certificate when it is slot-bound: the node then
+    /// authors only under [`slot_actor`]s of it. `None` (the default) for a certificate from
+    /// before slots.
+    fn slot_space(&self) -> Option<[u8; 32]> {
+        None
     }
     /// A statement binding `node_actor` to this node and its key.
     fn statement(&self, node_actor: &Actor) -> Vec<u8>;
@@ -131,6 +174,13 @@ pub mod keyed {
         *blake3::keyed_hash(fleet, &body).as_bytes()
     }
 
+    fn keyed_space(fleet: &[u8; 32], name: &NodeName) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(fleet);
+        h.update(b"slot space ");
+        h.update(name.as_str().as_bytes());
+        *h.finalize().as_bytes()
+    }
+
     fn node_key(fleet: &[u8; 32], name: &NodeName) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(fleet);
         h.update(b"signing key ");
@@ -143,6 +193,7 @@ pub mod keyed {
     pub struct KeyedSigner {
         fleet: [u8; 32],
         identity: Identity,
+        slots: bool,
     }
 
     impl Signer for KeyedSigner {
@@ -151,6 +202,10 @@ pub mod keyed {
         }
         fn key(&self) -> Vec<u8> {
             node_key(&self.fleet, &self.identity.name).to_vec()
+        }
+        fn slot_space(&self) -> Option<[u8; 32]> {
+            self.slots
+                .then(|| keyed_space(&self.fleet, &self.identity.name))
         }
         fn statement(&self, node_actor: &Actor) -> Vec<u8> {
             let s = Statement {
@@ -174,6 +229,10 @@ pub mod keyed {
     pub struct KeyedAuthority {
         fleet: [u8; 32],
         revoked: RwLock<BTreeSet<NodeName>>,
+        /// Members are slot-bound (like certificates with the actor-slots mark)...
+        slots: bool,
+        /// ...but for these, whose certificates predate the mark.
+        legacy: BTreeSet<NodeName>,
     }
 
     impl KeyedAuthority {
@@ -212,11 +271,23 @@ pub mod keyed {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&identity.name);
+            let slot = if self.slots && !self.legacy.contains(&identity.name) {
+                let space = keyed_space(&self.fleet, &identity.name);
+                Some(find_slot(&space, &s.node_actor).ok_or_else(|| {
+                    format!(
+                        "actor {} is not one of {}'s {ACTOR_SLOTS} slot actors",
+                        s.node_actor, identity.name
+                    )
+                })?)
+            } else {
+                None
+            };
             Ok(Author {
                 node_actor: s.node_actor,
                 key: node_key(&self.fleet, &identity.name).to_vec(),
                 identity,
                 revoked,
+                slot,
             })
         }
 
@@ -233,17 +304,48 @@ pub mod keyed {
     pub struct Fleet {
         fleet: [u8; 32],
         authority: Arc<KeyedAuthority>,
+        slots: bool,
     }
 
     impl Fleet {
-        /// A fleet with this secret.
+        /// The same fleet where `names` hold certificates from before actor slots: they bind
+        /// any actor (a fleet that has not renewed every certificate yet).
+        pub fn with_legacy_members(self, names: impl IntoIterator<Item = NodeName>) -> Fleet {
+            Fleet {
+                authority: Arc::new(KeyedAuthority {
+                    fleet: self.fleet,
+                    revoked: RwLock::default(),
+                    slots: self.slots,
+                    legacy: names.into_iter().collect(),
+                }),
+                ..self
+            }
+        }
+    }
+
+    impl Fleet {
+        /// A fleet with this secret whose members are slot-bound ([`ACTOR_SLOTS`] node actors
+        /// each).
         pub fn new(secret: [u8; 32]) -> Fleet {
+            Fleet::build(secret, true)
+        }
+
+        /// A fleet with this secret whose members bind any actor (certificates from before
+        /// actor slots).
+        pub fn unbounded(secret: [u8; 32]) -> Fleet {
+            Fleet::build(secret, false)
+        }
+
+        fn build(secret: [u8; 32], slots: bool) -> Fleet {
             Fleet {
                 fleet: secret,
                 authority: Arc::new(KeyedAuthority {
                     fleet: secret,
                     revoked: RwLock::default(),
+                    slots,
+                    legacy: BTreeSet::new(),
                 }),
+                slots,
             }
         }
 
@@ -252,6 +354,7 @@ pub mod keyed {
             Trust {
                 signer: Some(Arc::new(KeyedSigner {
                     fleet: self.fleet,
+                    slots: self.slots && !self.authority.legacy.contains(&identity.name),
                     identity,
                 })),
                 authority: Some(self.authority.clone()),

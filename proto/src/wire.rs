@@ -50,6 +50,28 @@ pub enum Message {
     /// Which run of its store the sender is: sent once, right after receiving a Hello with
     /// [`CAP_INCARNATION`], by a sender whose own Hello had it too; never otherwise.
     Incarnation(Incarnation),
+    /// Which actor slots of a certificate the receiver knows spent: sent at most once per
+    /// session, by a node whose store does not know its own
+    /// ([`crate::Config::settle_from_peers`]), to a peer whose Hello has [`CAP_SLOTS`].
+    SlotQuery(SlotQuery),
+    /// The answer to a [`Message::SlotQuery`]: the statement of the highest slot the sender
+    /// keeps of that slot space, if it keeps one of the asking node's.
+    SlotAnswer(SlotAnswer),
+}
+
+/// Asks for the highest actor slot of `space` the receiver knows spent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotQuery {
+    /// The slot space ([`crate::trust::Signer::slot_space`]) of the asking node.
+    pub space: [u8; 32],
+}
+
+/// The answer to a [`SlotQuery`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotAnswer {
+    /// The authorship statement of the highest slot of the asked space the sender keeps;
+    /// `None` when it keeps none (or none of the asking node's).
+    pub statement: Option<AuthorStatement>,
 }
 
 /// Hello capability bit: the sender accepts [`Message::Deflated`].
@@ -58,6 +80,8 @@ pub const CAP_DEFLATE: u64 = 1;
 /// Hello, if that Hello has this bit too, and expects one back before the peer's `Author`,
 /// `Changes` and `Ack` messages.
 pub const CAP_INCARNATION: u64 = 2;
+/// Hello capability bit: the sender answers [`Message::SlotQuery`].
+pub const CAP_SLOTS: u64 = 4;
 
 /// Which run of its store a node is: a store's incarnation rises, durably, on every open, and
 /// every open draws a new boot id. A peer that sees one store id offer an incarnation below
@@ -514,6 +538,12 @@ mod tests {
             })),
             (any::<u64>(), any::<[u8; 16]>()).prop_map(|(incarnation, boot)| {
                 Message::Incarnation(Incarnation { incarnation, boot })
+            }),
+            any::<[u8; 32]>().prop_map(|space| Message::SlotQuery(SlotQuery { space })),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|b| {
+                Message::SlotAnswer(SlotAnswer {
+                    statement: b.map(AuthorStatement),
+                })
             }),
         ]
     }

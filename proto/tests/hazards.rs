@@ -155,7 +155,12 @@ fn hazard2_no_actor_sequence_reuse_across_a_crash() {
 // clean stop (recorded, and durable with everything before it) the actor is kept.
 #[test]
 fn hazard2_a_new_actor_after_an_unclean_stop_when_durable_means_written() {
-    let wal = |c: &mut edgesync_proto::Config| c.keep_actor_after_crash = false;
+    // A member from before actor slots: its actor epochs take fresh nonces (slots.rs has the
+    // slot-bound case: such a node asks its peers).
+    let wal = |c: &mut edgesync_proto::Config| {
+        c.keep_actor_after_crash = false;
+        common::unbounded(c);
+    };
     let d = doc("d");
     let mut a = open(0, MemStore::new(), 1, wal);
     a.ingest(&d, &[reading("r1", 1)], 0).unwrap();
@@ -829,7 +834,8 @@ fn limits_and_closes(node: &mut Node<MemStore>) -> (Vec<(String, &'static str)>,
 
 // Attack 4: changes under 600 fresh actors in one session filled a document's clock (512
 // actors), and from then on an honest node that took a new actor could no longer write that
-// document.
+// document. Certificates from before actor slots (here: an unbounded member) still bind any
+// actor; slot-bound ones are held to 32 in all (slots.rs).
 // Now one session adds at most `session_doc_actors_max` new actors to a document: past that the
 // session ends with Overloaded (what it applied stays), so a flood needs a handshake per 64
 // actors and is named in the log and the metric each time, while a relay carrying many honest
@@ -837,7 +843,7 @@ fn limits_and_closes(node: &mut Node<MemStore>) -> (Vec<(String, &'static str)>,
 // and other documents are unaffected.
 #[test]
 fn one_session_cannot_fill_a_documents_clock() {
-    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let mut node = open(0, MemStore::new(), 1, common::unbounded);
     let d = "app/shared";
     node.patch(&doc(d), &json!({"a": 1}), 0).unwrap();
     persist(&mut node);
@@ -846,7 +852,7 @@ fn one_session_cannot_fill_a_documents_clock() {
         .unwrap()
         .unwrap();
     let quota = node.config().session_doc_actors_max;
-    let mut gw9 = Hand::new("gw-9");
+    let mut gw9 = Hand::unbounded("gw-9");
     let flood: Vec<Vec<u8>> = (0..600)
         .map(|k| change_by_fresh_actor(&mut gw9, d, &base, k))
         .collect();
@@ -865,7 +871,7 @@ fn one_session_cannot_fill_a_documents_clock() {
     // A restarted node writes under the actor it kept (the clock gains none), and another
     // document takes new actors.
     let store = node.into_store();
-    let mut node = open(0, store, 2, |_| {});
+    let mut node = open(0, store, 2, common::unbounded);
     node.patch(&doc(d), &json!({"a": 2}), 0).unwrap();
     node.patch(&doc("app/other"), &json!({"b": 1}), 0).unwrap();
     persist(&mut node);
@@ -873,7 +879,7 @@ fn one_session_cannot_fill_a_documents_clock() {
         .with_doc(&doc("app/other"), |a| a.get_changes(&[]))
         .unwrap()
         .unwrap();
-    let mut gw8 = Hand::new("gw-8");
+    let mut gw8 = Hand::unbounded("gw-8");
     let sid = hand_session(&mut node, &mut gw8);
     let c = change_by_fresh_actor(&mut gw8, "app/other", &other, 1);
     send_changes(&mut node, sid, &mut gw8, "app/other", vec![c]);

@@ -186,9 +186,17 @@ impl Sim {
         f
     }
 
-    /// Hostile node `i`'s `k`-th node actor: a fleet member may take as many as it likes, each
-    /// with a statement it signs.
+    /// Hostile node `i`'s `k`-th node actor: a fleet member may sign statements for as many
+    /// as it likes. With a slot-bound certificate, seven in eight are its slot actors (other
+    /// than slot 0, which its own core writes under: those statements verify) and the rest
+    /// are not (those statements are refused); with one from before slots, any actor binds.
     fn hostile_actor(&self, i: usize, k: u64) -> Actor {
+        if let Some(space) = self.hostile_signer(i).slot_space() {
+            if k % 8 != 7 {
+                let slots = u64::from(edgesync_proto::trust::ACTOR_SLOTS - 1);
+                return edgesync_proto::trust::slot_actor(&space, 1 + (k % slots) as u32);
+            }
+        }
         let mut h = blake3::Hasher::new_derive_key("edgesync-sim hostile node actor");
         h.update(self.nodes[i].name.as_str().as_bytes());
         h.update(&k.to_be_bytes());
@@ -204,7 +212,7 @@ impl Sim {
 
     /// Hostile node `i`'s signer (it holds a valid fleet identity).
     fn hostile_signer(&self, i: usize) -> std::sync::Arc<dyn Signer> {
-        crate::sim::fleet()
+        crate::sim::fleet(&self.plan)
             .trust(self.nodes[i].identity.clone(), crate::sim::rules())
             .signer
             .expect("a member")
@@ -635,6 +643,13 @@ pub(crate) fn limits_violation(sim: &Sim, i: usize) -> Option<String> {
         if clock.len() > CLOCK_ACTORS_MAX {
             return Some(format!("{doc} has {} actors", clock.len()));
         }
+    }
+    // An unsettled node journals up to its own bound and folds nothing until a peer answers.
+    if !n.is_settled() {
+        if n.journal_len() > cfg.unsettled_readings_max {
+            return Some(format!("{} readings journaled unsettled", n.journal_len()));
+        }
+        return None;
     }
     if n.journal_len() > cfg.journal_readings_max {
         return Some(format!("{} readings journaled", n.journal_len()));

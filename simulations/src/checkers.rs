@@ -563,7 +563,7 @@ impl Sim {
         use edgesync_proto::authz::Access;
         use edgesync_proto::trust::Authority;
         let rules = crate::sim::rules();
-        let fleet = crate::sim::fleet();
+        let fleet = crate::sim::fleet(&self.plan);
         let genesis = edgesync_proto::id::genesis_actor();
         for (i, sn) in self.nodes.iter().enumerate() {
             let Some(n) = &sn.node else { continue };

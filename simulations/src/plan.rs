@@ -229,6 +229,8 @@ pub struct Knobs {
     /// Changes per second one link carries with these knobs (window x changes per batch /
     /// round trip).
     pub link_changes_per_s: f64,
+    /// The hostile nodes' certificates predate actor slots (drawn on its own).
+    pub hostile_legacy: bool,
 }
 
 impl Knobs {
@@ -309,6 +311,17 @@ fn draw_journal(seed: u64, core: &mut Config) {
         1 => batch.saturating_mul(3),
         _ => core.inflight_bytes_max,
     };
+    // Half the runs have every node ask its first peer for its actor slot before it authors
+    // (as a daemon that dials peers does): its readings wait in the journal until then.
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x736c_6f74_7321_2121);
+    core.settle_from_peers = rng.random_bool(0.5);
+}
+
+/// Whether the hostile nodes' certificates predate actor slots (they then bind any actor, and
+/// the session limits alone slow their actor floods), from a generator of its own.
+fn draw_hostile_legacy(seed: u64) -> bool {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x6c65_6761_6379_2121);
+    rng.random_bool(0.5)
 }
 
 /// Everything a run needs, fully determined by the seed and the explicit arguments.
@@ -391,6 +404,7 @@ impl Plan {
             burst_readings: BURST_READINGS,
             skew_max_ms: rng.random_range(0..=30_000),
             link_changes_per_s: 0.0,
+            hostile_legacy: draw_hostile_legacy(args.seed),
         };
         let duration_ms = args.duration_ms.unwrap_or(duration_ms).max(1000);
         let mut knobs = knobs;

@@ -410,7 +410,7 @@ impl Sim {
         // The journal's age as the simulator sees it: from when it stopped being empty, or
         // from the last fold (a call may empty it and journal anew, unseen from outside).
         if let Some(n) = self.nodes[i].node.as_ref() {
-            let journaled = n.journal_len() > 0;
+            let journaled = n.journal_len() > 0 && n.is_settled();
             let folded = events.iter().any(|e| matches!(e, Event::Folded(_)));
             let since = &mut self.nodes[i].journal_since;
             *since = match (journaled, *since) {
@@ -512,6 +512,19 @@ impl Sim {
             }
             Event::FoldFailed { reason } => {
                 self.log(Some(i), format_args!("fold failed: {reason}"));
+            }
+            Event::Settled { peer, slot } => {
+                self.log(Some(i), format_args!("settled on slot {slot} from {peer}"));
+            }
+            // No store is wiped or copied here: another store under a node's certificate is
+            // a bug (or a forged answer a hostile peer could not make).
+            Event::SlotConflict { peer, slot } => {
+                self.violation(
+                    Checker::Authorship,
+                    format!(
+                        "node {i}: {peer} names slot {slot} of its certificate under another key"
+                    ),
+                );
             }
             Event::DocDropped { doc } => {
                 self.log(Some(i), format_args!("dropped {doc}"));
@@ -626,8 +639,24 @@ impl Sim {
 
 /// The simulated fleet: its members share a secret ([`Fleet`]); a hostile node is a member too
 /// (a stolen or broken device keeps its certificate).
-pub(crate) fn fleet() -> Fleet {
-    Fleet::new(*blake3::hash(b"edgesync-sim fleet").as_bytes())
+pub(crate) fn fleet(plan: &Plan) -> Fleet {
+    let fleet = Fleet::new(*blake3::hash(b"edgesync-sim fleet").as_bytes());
+    if !plan.knobs.hostile_legacy {
+        return fleet;
+    }
+    // The hostile nodes hold certificates from before actor slots: they bind any actor.
+    let hostile = (plan.nodes - plan.byzantine..plan.nodes).map(node_name);
+    fleet.with_legacy_members(hostile)
+}
+
+/// Node `i`'s name: node 0 is the cloud, the others gateways.
+pub(crate) fn node_name(i: usize) -> NodeName {
+    NodeName::new(if i == 0 {
+        "cloud".to_string()
+    } else {
+        format!("gw-{i}")
+    })
+    .expect("valid")
 }
 
 /// The site of the hostile nodes' certificates.
@@ -672,17 +701,12 @@ pub(crate) fn rules() -> Rules {
 /// Node `i` of the plan: its name, configuration from the knobs, and wall-clock skew.
 fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
     let k = &plan.knobs;
-    let name = NodeName::new(if i == 0 {
-        "cloud".to_string()
-    } else {
-        format!("gw-{i}")
-    })
-    .expect("valid");
+    let name = node_name(i);
     let (keep_ms, prunes) = plan.retention[i];
     let identity = identity_of(plan, i, &name);
     let cfg = Config {
         name: name.clone(),
-        trust: fleet().trust(identity.clone(), rules()),
+        trust: fleet(plan).trust(identity.clone(), rules()),
         frame_bytes_max: k.frame_bytes_max[i],
         danger_canary: plan.canary,
         keep_ms,

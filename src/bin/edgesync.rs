@@ -631,6 +631,11 @@ fn check(data_dir: PathBuf, name: &str) -> anyhow::Result<()> {
             "actors_max": actors_max,
             "store_id": store_id,
             "actor_epoch": meta.actor_epoch,
+            // The actor slot (null for a certificate from before slots), and whether the store
+            // knows it (a new or restored store folds its journal once a peer told it).
+            "actor_slot": node.actor_slots_left().map(|_| meta.actor_slot),
+            "actor_slot_settled": meta.settled,
+            "journal_readings": node.journal_len(),
             // A backup not started on yet: the time it was taken.
             "backup_ms": copy_of,
         })

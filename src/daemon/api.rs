@@ -74,7 +74,9 @@ fn core_status(e: &NodeError) -> StatusCode {
         NodeError::Poisoned
         | NodeError::Store(_)
         | NodeError::Load { .. }
-        | NodeError::Fold { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | NodeError::Fold { .. }
+        | NodeError::Unsettled { .. }
+        | NodeError::ActorSlotsExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -692,6 +694,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
         "durable_commits": s.durable_commits,
         "pending_changes": s.pending_changes,
         "journal_readings": s.journal_readings,
+        "actor_slots": s.actor_slots,
         "peers": peers,
         "sessions": s.sessions,
         "totals": s.totals,
@@ -739,6 +742,14 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         metrics::gauge!("edgesync_docs").set(s.docs as f64);
         metrics::gauge!("edgesync_pending_changes").set(s.pending_changes as f64);
         metrics::gauge!("edgesync_journal_readings").set(s.journal_readings as f64);
+        if let Some(left) = s.actor_slots.left {
+            metrics::gauge!("edgesync_actor_slots_left").set(f64::from(left));
+        }
+        metrics::gauge!("edgesync_actor_slot_settled").set(if s.actor_slots.settled {
+            1.0
+        } else {
+            0.0
+        });
         metrics::gauge!("edgesync_prune_waiting_buckets").set(s.pruning.waiting as f64);
     }
     let peers = st.mesh.status();

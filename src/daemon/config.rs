@@ -631,6 +631,10 @@ impl Settings {
         c.prune_grace_ms = self.prune_grace_ms;
         c.feed_events_max = self.feed_events;
         c.trust.rules = self.rules.clone();
+        // A node that dials peers asks the first one it reaches which actor slots its
+        // certificate spent before it authors from a new or restored store; a node that dials
+        // none (a hub peers dial) takes what its store names.
+        c.settle_from_peers = !self.peers.is_empty();
         c
     }
 

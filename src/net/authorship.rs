@@ -24,7 +24,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use edgesync_proto::authz::{Identity, Rules};
-use edgesync_proto::trust::{Author, Authority, Signer, Trust, STATEMENT_BYTES_MAX};
+use edgesync_proto::trust::{
+    find_slot, Author, Authority, Signer, Trust, ACTOR_SLOTS, STATEMENT_BYTES_MAX,
+};
 use edgesync_proto::Actor;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -113,6 +115,8 @@ struct CertSigner {
     key: Ed25519KeyPair,
     cert: Vec<u8>,
     cert_key: signature::EcdsaKeyPair,
+    /// The certificate's slot space, when it carries the actor-slots mark.
+    slot_space: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for CertSigner {
@@ -130,6 +134,10 @@ impl Signer for CertSigner {
 
     fn key(&self) -> Vec<u8> {
         self.key.public_key().as_ref().to_vec()
+    }
+
+    fn slot_space(&self) -> Option<[u8; 32]> {
+        self.slot_space
     }
 
     fn binding_id(&self) -> [u8; 32] {
@@ -202,11 +210,22 @@ impl Authority for CertAuthority {
                 )
             })?;
         let revoked = self.creds.revoked(cert.raw_serial()).is_some();
+        // A slot-bound certificate binds its slot actors and no other.
+        let slot = match pki::slot_space(&st.cert) {
+            None => None,
+            Some(space) => Some(find_slot(&space, &st.node_actor).ok_or_else(|| {
+                format!(
+                    "actor {} is not one of the {ACTOR_SLOTS} slot actors of {}'s certificate",
+                    st.node_actor, id.name
+                )
+            })?),
+        };
         Ok(Author {
             node_actor: st.node_actor,
             identity: core_identity(&id),
             key: st.key.to_vec(),
             revoked,
+            slot,
         })
     }
 
@@ -249,11 +268,13 @@ pub fn trust(
         })?
     };
     let identity = core_identity(&creds.identity());
+    let cert = creds.cert_der();
     Ok(Trust {
         signer: Some(Arc::new(CertSigner {
             identity,
             key,
-            cert: creds.cert_der(),
+            slot_space: pki::slot_space(&cert),
+            cert,
             cert_key,
         })),
         authority: Some(Arc::new(CertAuthority {
@@ -301,10 +322,25 @@ mod tests {
         let t_cloud = trust(&cloud, &d.join("data-cloud"), Rules::default()).unwrap();
         let signer = t_gw.signer.clone().unwrap();
         let authority = t_cloud.authority.clone().unwrap();
-        let na = Actor([7; 16]);
+        let space = signer
+            .slot_space()
+            .expect("issued certificates are slot-bound");
+        let na = edgesync_proto::trust::slot_actor(&space, 3);
         let st = signer.statement(&na);
         let author = authority.verify_statement(&st).unwrap();
         assert_eq!(author.node_actor, na);
+        assert_eq!(author.slot.map(|s| (s.space, s.index)), Some((space, 3)));
+        // Any other actor: the certificate binds only its slot actors.
+        for other in [
+            Actor([7; 16]),
+            edgesync_proto::trust::slot_actor(&space, ACTOR_SLOTS),
+            edgesync_proto::trust::slot_actor(&[1; 32], 0),
+        ] {
+            let e = authority
+                .verify_statement(&signer.statement(&other))
+                .unwrap_err();
+            assert!(e.contains("slot actors"), "{e}");
+        }
         assert_eq!(author.identity.name.as_str(), "gw-1");
         assert_eq!(author.identity.role, Role::Gateway);
         assert_eq!(author.identity.site.as_deref(), Some("site-a"));
@@ -339,5 +375,37 @@ mod tests {
         .unwrap();
         cloud.reload().unwrap();
         assert!(authority.verify_statement(&st).unwrap().revoked);
+    }
+
+    // A certificate issued before actor slots (no mark) binds any actor, unbounded, until it
+    // is renewed: its statements verify with no slot.
+    #[test]
+    fn certificates_from_before_slots_bind_any_actor() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        pki::init(d, 30).unwrap();
+        let cloud = node(d, "cloud", Role::Cloud, None);
+        let n = NodeName::new("gw-old").unwrap();
+        let spec = NodeSpec::new(n.clone(), Role::Gateway, None, 30).unwrap();
+        let pem = pki::make_legacy_node(&pki::load_ca(d).unwrap(), &spec).unwrap();
+        let (cert, key) = pki::node_paths(d, &n);
+        std::fs::write(&cert, &pem.cert).unwrap();
+        std::fs::write(&key, &pem.key).unwrap();
+        let files = TlsFiles {
+            ca: d.join("ca.crt"),
+            cert,
+            key,
+            crl: None,
+        };
+        let old = Credentials::load(&files, &n).unwrap();
+        let t_old = trust(&old, &d.join("data-old"), Rules::default()).unwrap();
+        let signer = t_old.signer.unwrap();
+        assert_eq!(signer.slot_space(), None);
+        let t_cloud = trust(&cloud, &d.join("data-cloud"), Rules::default()).unwrap();
+        let authority = t_cloud.authority.unwrap();
+        for na in [Actor([7; 16]), Actor([8; 16])] {
+            let author = authority.verify_statement(&signer.statement(&na)).unwrap();
+            assert_eq!((author.node_actor, author.slot), (na, None));
+        }
     }
 }

@@ -82,6 +82,9 @@ pub struct CertInfo {
     pub not_after: String,
     /// blake3 of the DER encoding, hex.
     pub fingerprint: String,
+    /// Whether it carries the actor-slots mark ([`ACTOR_SLOTS_URI`]): its node authors under
+    /// at most 32 actors.
+    pub actor_slots: bool,
 }
 
 /// A PKI operation failed.
@@ -237,8 +240,41 @@ impl NodeSpec {
     }
 }
 
-/// Issues a node certificate signed by the CA given as PEM.
+/// The mark of a slot-bound node certificate: a URI subject-alternative name. A certificate
+/// with it binds only its [`edgesync_proto::trust::ACTOR_SLOTS`] slot actors
+/// ([`slot_space`]); certificates issued before it bind any actor.
+pub const ACTOR_SLOTS_URI: &str = "urn:edgesync:actor-slots:32";
+
+/// The slot space of a node certificate (DER) that carries the actor-slots mark; `None` for a
+/// certificate without it (or one that does not parse).
+pub fn slot_space(der: &[u8]) -> Option<[u8; 32]> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let marked = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(|g| {
+                matches!(g, x509_parser::extensions::GeneralName::URI(u) if *u == ACTOR_SLOTS_URI)
+            })
+        });
+    marked.then(|| blake3::derive_key("edgesync certificate slot space v1", der))
+}
+
+/// Issues a node certificate signed by the CA given as PEM (slot-bound: it carries
+/// [`ACTOR_SLOTS_URI`]).
 pub fn make_node(ca: &Pem, spec: &NodeSpec) -> Result<Pem, PkiError> {
+    make_node_marked(ca, spec, true)
+}
+
+/// A node certificate as versions before actor slots issued it (no mark): for tests of what
+/// such certificates may do.
+#[cfg(test)]
+pub(crate) fn make_legacy_node(ca: &Pem, spec: &NodeSpec) -> Result<Pem, PkiError> {
+    make_node_marked(ca, spec, false)
+}
+
+fn make_node_marked(ca: &Pem, spec: &NodeSpec, mark: bool) -> Result<Pem, PkiError> {
     if let Some(site) = &spec.site {
         validate_site(site)?;
     }
@@ -266,6 +302,13 @@ pub fn make_node(ca: &Pem, spec: &NodeSpec) -> Result<Pem, PkiError> {
         .try_into()
         .map_err(|e: rcgen::Error| PkiError::Invalid(format!("name as DNS name: {e}")))?;
     params.subject_alt_names = vec![SanType::DnsName(dns)];
+    if mark {
+        let slots = ACTOR_SLOTS_URI
+            .to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| PkiError::Invalid(format!("actor slots mark: {e}")))?;
+        params.subject_alt_names.push(SanType::URI(slots));
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
@@ -384,6 +427,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, IdentityError> {
         not_before: rfc3339(cert.validity().not_before),
         not_after: rfc3339(cert.validity().not_after),
         fingerprint: blake3::hash(der).to_hex().to_string(),
+        actor_slots: slot_space(der).is_some(),
     };
     Ok(info)
 }
@@ -468,6 +512,18 @@ mod tests {
         let info = cert_info(&der).unwrap();
         assert!(info.issuer.contains("edgesync fleet CA"), "{}", info.issuer);
         assert!(!info.is_ca);
+        assert!(info.actor_slots, "issued node certificates are slot-bound");
+        let space = slot_space(&der).unwrap();
+        let legacy = pem_to_der(&make_legacy_node(&ca, &spec).unwrap().cert, "node").unwrap();
+        assert_eq!(slot_space(&legacy), None);
+        assert_eq!(
+            identity(&legacy).unwrap(),
+            id,
+            "the mark changes no identity"
+        );
+        // Each certificate is its own slot space: a renewal starts a new one.
+        let renewed = pem_to_der(&make_node(&ca, &spec).unwrap().cert, "node").unwrap();
+        assert_ne!(slot_space(&renewed), Some(space));
         let ca_der = pem_to_der(&ca.cert, "ca").unwrap();
         assert!(cert_info(&ca_der).unwrap().is_ca);
         assert!(matches!(identity(&ca_der), Err(IdentityError::NotNode(_))));

@@ -446,6 +446,30 @@ pub struct NodeStatus {
     /// Peers that refused this node as a second node run from a copy of its store (close
     /// code `cloned`), with their reason: this node no longer dials them.
     pub refused_as_copy: BTreeMap<String, String>,
+    /// The actor slots of this node's certificate.
+    pub actor_slots: ActorSlots,
+}
+
+/// Where this node stands with its certificate's actor slots
+/// ([`edgesync_proto::trust::ACTOR_SLOTS`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ActorSlots {
+    /// The slot it authors under (`null` for a certificate from before slots, whose actors
+    /// are not bounded).
+    pub slot: Option<u32>,
+    /// Slots left after this one (`null` as above); at 0 the next restore or new store under
+    /// this certificate finds none, and the node then authors nothing until its certificate
+    /// is renewed.
+    pub left: Option<u32>,
+    /// False while the node waits for a peer to tell it which slots its certificate spent (a
+    /// new or restored store of a node that dials peers): it journals readings meanwhile and
+    /// authors nothing.
+    pub settled: bool,
+    /// Every slot is spent: the node authors nothing until its certificate is renewed.
+    pub exhausted: bool,
+    /// Times since start a peer named a slot of this certificate at or above this node's own
+    /// under another authoring key (another store runs, or ran, under this certificate).
+    pub conflicts: u64,
 }
 
 type IngestReply = Reply<Vec<IngestOutcome>, WriteError>;
@@ -645,6 +669,7 @@ impl DurableNode {
                     housekeep_at: 0,
                     refused: BTreeMap::new(),
                     copy_refusals: core_refusals,
+                    slot_conflicts: 0,
                 }
                 .run(rx)
             })?;
@@ -995,6 +1020,8 @@ struct Core {
     /// Sessions this node ended on a peer's input, by close code: at most one entry per code.
     refused: BTreeMap<&'static str, u64>,
     copy_refusals: CopyRefusals,
+    /// Slot conflicts reported since start ([`Event::SlotConflict`]).
+    slot_conflicts: u64,
 }
 
 /// Closed buckets snapshotted per housekeeping turn: bounded work off the write path.
@@ -1280,6 +1307,16 @@ impl Core {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            actor_slots: ActorSlots {
+                slot: self
+                    .node
+                    .actor_slots_left()
+                    .map(|_| self.node.meta().actor_slot),
+                left: self.node.actor_slots_left(),
+                settled: self.node.is_settled(),
+                exhausted: self.node.slots_exhausted(),
+                conflicts: self.slot_conflicts,
+            },
         }
     }
 
@@ -1319,6 +1356,18 @@ impl Core {
                 }
                 Event::FoldFailed { reason } => {
                     tracing::warn!(%reason, "folding the ingest journal failed; the readings stay journaled");
+                }
+                Event::Settled { peer, slot } => {
+                    tracing::info!(%peer, slot, "learned this node's actor slot from a peer; authoring");
+                }
+                Event::SlotConflict { peer, slot } => {
+                    self.slot_conflicts += 1;
+                    metrics::counter!("edgesync_actor_slot_conflicts_total").increment(1);
+                    tracing::error!(
+                        %peer,
+                        slot,
+                        "a peer holds a statement of this node's certificate for slot {slot} under another authoring key: another store runs, or ran, under this certificate; give one of them a new certificate"
+                    );
                 }
                 // The session closes next with `Overloaded`; the close is logged there.
                 Event::LimitExceeded { peer, limit } => {

@@ -589,6 +589,27 @@ struct NodeMetaV3 {
     running: bool,
 }
 
+/// Node metadata as logical schema versions 4 and 5 wrote it (before actor slots).
+#[derive(serde::Deserialize)]
+struct NodeMetaV5 {
+    schema_version: u32,
+    name: edgesync_proto::NodeName,
+    store_id: [u8; 16],
+    incarnation: u64,
+    actor_epoch: u64,
+    actor_nonce: [u8; 16],
+    running: bool,
+    author_key: [u8; 32],
+}
+
+/// The key of a slot space's highest known slot in the authors column family (node actors
+/// there are 16 bytes; these keys are longer).
+fn slot_key(space: &[u8; 32]) -> Vec<u8> {
+    let mut k = b"slot/".to_vec();
+    k.extend_from_slice(space);
+    k
+}
+
 /// Document metadata as logical schema versions 1 and 2 wrote it.
 #[derive(serde::Deserialize)]
 struct DocMetaV2 {
@@ -604,8 +625,26 @@ impl Store for RocksStore {
         };
         // Every version starts with the fields of version 1 (postcard reads a prefix).
         let v1: NodeMetaV1 = open_postcard(CF_META, KEY_NODE, &v)?;
-        if v1.schema_version >= 4 {
+        if v1.schema_version >= 6 {
             return open_postcard(CF_META, KEY_NODE, &v).map(Some);
+        }
+        if v1.schema_version >= 4 {
+            // Before actor slots: no slot space, so the open decides (a store from before
+            // slots that opens with a slot-bound certificate starts at its slot 0).
+            let m: NodeMetaV5 = open_postcard(CF_META, KEY_NODE, &v)?;
+            return Ok(Some(NodeMeta {
+                schema_version: m.schema_version,
+                name: m.name,
+                store_id: m.store_id,
+                incarnation: m.incarnation,
+                actor_epoch: m.actor_epoch,
+                actor_nonce: m.actor_nonce,
+                running: m.running,
+                author_key: m.author_key,
+                slot_space: [0; 32],
+                actor_slot: 0,
+                settled: true,
+            }));
         }
         if v1.schema_version >= 2 {
             let m: NodeMetaV3 = open_postcard(CF_META, KEY_NODE, &v)?;
@@ -618,6 +657,9 @@ impl Store for RocksStore {
                 actor_nonce: m.actor_nonce,
                 running: m.running,
                 author_key: [0; 32],
+                slot_space: [0; 32],
+                actor_slot: 0,
+                settled: true,
             }));
         }
         // Version 1 had no kept actor: epoch 0 makes the next open take one.
@@ -630,6 +672,9 @@ impl Store for RocksStore {
             actor_nonce: [0; 16],
             running: true,
             author_key: [0; 32],
+            slot_space: [0; 32],
+            actor_slot: 0,
+            settled: true,
         }))
     }
 
@@ -816,6 +861,17 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn slot(&self, space: &[u8; 32]) -> Result<Option<(u32, Vec<u8>)>, StoreError> {
+        let k = slot_key(space);
+        match self.get(CF_AUTHORS, &k)? {
+            None => Ok(None),
+            Some(v) => {
+                let (slot, st): (u32, serde_bytes::ByteBuf) = open_postcard(CF_AUTHORS, &k, &v)?;
+                Ok(Some((slot, st.into_vec())))
+            }
+        }
+    }
+
     fn author(&self, node_actor: &edgesync_proto::Actor) -> Result<Option<Vec<u8>>, StoreError> {
         match self.get(CF_AUTHORS, &node_actor.0)? {
             None => Ok(None),
@@ -891,6 +947,19 @@ impl Store for RocksStore {
                 } => {
                     let v = seal(CF_AUTHORS, &node_actor.0, statement);
                     wb.put_cf(self.cf(CF_AUTHORS), node_actor.0, v);
+                }
+                WriteOp::PutSlot {
+                    space,
+                    slot,
+                    statement,
+                } => {
+                    let k = slot_key(&space);
+                    let v = seal_postcard(
+                        CF_AUTHORS,
+                        &k,
+                        &(slot, serde_bytes::ByteBuf::from(statement)),
+                    );
+                    wb.put_cf(self.cf(CF_AUTHORS), &k, v);
                 }
                 WriteOp::PutReceipt { peer, doc, clock } => {
                     let k = receipt_key(&peer, &doc, RECEIPT_ACKED);

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use automerge::Change;
 
 use super::remote::ApplyError;
-use super::{By, Event, Node, AUTHORS_CACHED_MAX};
+use super::{By, Event, Node, NodeError, AUTHORS_CACHED_MAX};
 use crate::authz::{Access, Identity};
 use crate::id::{doc_actor, DocId};
 use crate::schema;
 use crate::store::{Store, StoreError, StoredChange, WriteBatch, WriteOp};
 use crate::sync::{Prover, SessionId};
-use crate::trust::{Author, Trust, STATEMENT_BYTES_MAX};
+use crate::trust::{Author, Trust, ACTOR_SLOTS, STATEMENT_BYTES_MAX};
 use crate::vclock::Actor;
-use crate::wire::{AuthorStatement, CloseCode, Signed};
+use crate::wire::{AuthorStatement, CloseCode, Signed, SlotAnswer, SlotQuery};
 
 /// The verified author with node actor `na`: from the cache, or from the statement the store
 /// keeps (verified again and cached). `None` when the store keeps none or it does not verify.
@@ -176,6 +176,132 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// A peer asks which slots of `q.space` this node knows spent: the answer is the highest
+    /// slot statement kept of that space if it is the asking peer's own (a peer learns
+    /// nothing of other members' certificates this way). One question per session.
+    pub(super) fn on_slot_query(&mut self, sid: SessionId, q: SlotQuery) {
+        let peer = self.sessions[&sid].peer_id().clone();
+        let kept = match self.store.slot(&q.space) {
+            Ok(k) => k,
+            Err(e) => return self.close_session(sid, CloseCode::StoreFailed, &e.to_string()),
+        };
+        let statement = kept.and_then(|(_, st)| {
+            let author = self
+                .cfg
+                .trust
+                .authority
+                .as_ref()?
+                .verify_statement(&st)
+                .ok()?;
+            let theirs = author.identity.name == peer.name
+                && author.slot.is_some_and(|s| s.space == q.space);
+            theirs.then_some(AuthorStatement(st))
+        });
+        let gate = self.commit_seq;
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        if !s.answer_slot(gate, SlotAnswer { statement }) {
+            self.close_session(sid, CloseCode::Unexpected, "a second slot query");
+        }
+    }
+
+    /// The answer to this node's `SlotQuery`: an unsettled node takes the slot after the
+    /// highest one named (its own current slot when none is named or that is higher), and
+    /// authors from then on. A statement that is not of this node's certificate ends the
+    /// session. A settled node checks the answer for another store under its certificate.
+    pub(super) fn on_slot_answer(&mut self, sid: SessionId, a: SlotAnswer) {
+        let peer = self.sessions[&sid].peer().clone();
+        if !self
+            .sessions
+            .get_mut(&sid)
+            .expect("session exists")
+            .take_slot_question()
+        {
+            return self.close_session(sid, CloseCode::Unexpected, "a slot answer not asked for");
+        }
+        let named = match a.statement {
+            None => None,
+            Some(st) => match self.verify_own_slot(&st.0) {
+                Ok(named) => Some(named),
+                Err(why) => return self.close_session(sid, CloseCode::Unauthorized, &why),
+            },
+        };
+        if self.meta.settled {
+            if let Some((slot, key)) = named {
+                let mine = self.cfg.trust.signer.as_ref().map(|s| s.key());
+                if slot >= self.meta.actor_slot && mine.is_some_and(|k| k != key) {
+                    self.events.push_back(Event::SlotConflict { peer, slot });
+                }
+            }
+            return;
+        }
+        // Past the slot named, and past any slot of this certificate whose changes this node
+        // took meanwhile (their statements are kept with them).
+        let kept = match self.store.slot(&self.meta.slot_space) {
+            Ok(k) => k.map(|(k, _)| k),
+            Err(e) => return self.close_session(sid, CloseCode::StoreFailed, &e.to_string()),
+        };
+        let slot = [named.map(|(n, _)| n), kept]
+            .into_iter()
+            .flatten()
+            .fold(self.meta.actor_slot, |s, n| s.max(n.saturating_add(1)))
+            .min(ACTOR_SLOTS);
+        if self.settle(slot).is_err() {
+            return;
+        }
+        self.events.push_back(Event::Settled { peer, slot });
+        // What waited in the journal goes into the documents now, within the settled bound.
+        if let Err(e) = self.fold_journal() {
+            self.events.push_back(Event::FoldFailed {
+                reason: e.to_string(),
+            });
+        }
+    }
+
+    /// The slot (and authoring key) a statement binds, if it is a slot of this node's own
+    /// certificate.
+    fn verify_own_slot(&self, st: &[u8]) -> Result<(u32, Vec<u8>), String> {
+        if st.len() > STATEMENT_BYTES_MAX {
+            return Err(format!(
+                "a slot answer's statement of {} bytes (at most {STATEMENT_BYTES_MAX})",
+                st.len()
+            ));
+        }
+        let Some(authority) = &self.cfg.trust.authority else {
+            return Err("this node has no fleet identity".into());
+        };
+        let author = authority
+            .verify_statement(st)
+            .map_err(|e| format!("a slot answer's statement does not verify: {e}"))?;
+        match author.slot {
+            Some(s) if s.space == self.meta.slot_space && author.identity.name == self.cfg.name => {
+                Ok((s.index, author.key))
+            }
+            _ => Err(format!(
+                "a slot answer names a statement of {}, not one of this node's certificate",
+                author.identity
+            )),
+        }
+    }
+
+    /// Takes `slot` as settled: records it, binds this node's statement to its actor, and
+    /// lets the journal fold. Documents in memory are dropped (they are loaded again with the
+    /// new actor).
+    fn settle(&mut self, slot: u32) -> Result<(), NodeError> {
+        let meta = crate::store::NodeMeta {
+            actor_slot: slot,
+            settled: true,
+            ..self.meta.clone()
+        };
+        let actor = super::node_actor(&self.cfg.name, &meta);
+        let mut ops = vec![WriteOp::PutNodeMeta(meta.clone())];
+        super::own_statement(&self.store, &self.cfg.trust, &meta, actor, &mut ops)?;
+        self.commit(WriteBatch { ops })?;
+        self.meta = meta;
+        self.actor = actor;
+        self.loaded.clear();
+        Ok(())
+    }
+
     /// Keeps (in `batch`, and in the cache) the statements behind `bys` this node did not
     /// keep yet: a statement is stored only once a change it proves is, so statements a peer
     /// merely sends grow nothing.
@@ -196,6 +322,21 @@ impl<S: Store> Node<S> {
                 continue;
             };
             if !matches!(self.store.author(author), Ok(Some(_))) {
+                // The highest slot of a certificate is what a peer asking for it learns.
+                if let Some(slot) = a.slot {
+                    let kept = self.store.slot(&slot.space).ok().flatten();
+                    let pending = batch.ops.iter().any(|op| {
+                        matches!(op, WriteOp::PutSlot { space, slot: s, .. }
+                            if *space == slot.space && *s >= slot.index)
+                    });
+                    if !pending && kept.is_none_or(|(k, _)| k < slot.index) {
+                        batch.push(WriteOp::PutSlot {
+                            space: slot.space,
+                            slot: slot.index,
+                            statement: statement.clone(),
+                        });
+                    }
+                }
                 batch.push(WriteOp::PutAuthor {
                     node_actor: *author,
                     statement,

@@ -62,6 +62,42 @@ impl Journal {
     }
 
     /// The journaled body of reading `id` of `doc`.
+    /// Journaled documents whose ids fall within `lo..hi`.
+    pub(super) fn docs_in(&self, lo: String, hi: String) -> impl Iterator<Item = &DocId> {
+        self.docs
+            .range::<str, _>((
+                std::ops::Bound::Included(lo.as_str()),
+                std::ops::Bound::Excluded(hi.as_str()),
+            ))
+            .map(|(d, _)| d)
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    /// `view` (of `doc`'s folded readings; `None` for a document not held) with `doc`'s
+    /// journaled readings added where the document has no reading of that id.
+    pub(super) fn overlay(
+        &self,
+        doc: &DocId,
+        view: Option<crate::doc::SensorView>,
+    ) -> Option<crate::doc::SensorView> {
+        let Some(entries) = self.docs.get(doc) else {
+            return view;
+        };
+        let mut view = view.unwrap_or_else(|| crate::doc::SensorView {
+            readings: BTreeMap::new(),
+            invalid: Vec::new(),
+        });
+        for (id, body) in entries {
+            if !view.readings.contains_key(id) {
+                if let Ok(r) = Reading::decode(id, body) {
+                    view.readings.insert(id.clone(), r);
+                }
+            }
+        }
+        Some(view)
+    }
+
     fn body(&self, doc: &DocId, id: &str) -> Option<&String> {
         self.docs.get(doc)?.get(id)
     }
@@ -148,6 +184,7 @@ impl<S: Store> Node<S> {
 
     /// Adds committed journal entries to the in-memory journal.
     pub(super) fn journaled(&mut self, doc: &DocId, entries: Vec<Entry>) {
+        self.journaled_unsettled |= !self.meta.settled;
         for (id, body) in entries {
             self.journal.insert(doc.clone(), id, body, self.now_ms);
         }
@@ -159,7 +196,12 @@ impl<S: Store> Node<S> {
     }
 
     /// When the oldest journaled reading is due to be folded (node time, ms), if any.
+    /// `None` while the node may not fold ([`NodeError::Unsettled`],
+    /// [`NodeError::ActorSlotsExhausted`]).
     pub fn journal_due_at(&self) -> Option<u64> {
+        if self.poisoned || !self.is_settled() || self.slots_exhausted() {
+            return None;
+        }
         self.journal.due_at(self.cfg.journal_fold_ms)
     }
 
@@ -193,7 +235,9 @@ impl<S: Store> Node<S> {
     }
 
     fn fold(&mut self, docs: &[DocId]) -> Result<Folded, NodeError> {
-        if docs.is_empty() || self.poisoned {
+        // An unsettled node (or one without a slot left) authors nothing: its readings stay
+        // journaled, acknowledged and durable, until it may.
+        if docs.is_empty() || self.poisoned || !self.is_settled() || self.slots_exhausted() {
             return Ok(Folded::default());
         }
         let now_ms = self.now_ms;
@@ -219,9 +263,15 @@ impl<S: Store> Node<S> {
             let mut part = WriteBatch::default();
             match self.put_into(&mut part, d, &entries, now_ms) {
                 Ok(out) => {
-                    // Every journaled id was new when journaled and nothing wrote the document
-                    // since without folding first, so each is inserted now.
-                    debug_assert!(out.iter().all(|o| *o == IngestOutcome::Inserted));
+                    // Every journaled id was new when journaled and, on a settled node,
+                    // nothing wrote the document since without folding first, so each is
+                    // inserted now. An unsettled node applies peers' changes before it may
+                    // fold: an id a peer wrote meanwhile is then not written again (the same
+                    // body is a duplicate; another body stays the peer's, as a conflict).
+                    debug_assert!(
+                        self.journaled_unsettled
+                            || out.iter().all(|o| *o == IngestOutcome::Inserted)
+                    );
                     batch.ops.extend(part.ops);
                     batch.push(WriteOp::DeleteJournal {
                         doc: d.clone(),
@@ -263,6 +313,9 @@ impl<S: Store> Node<S> {
             }
             self.pump_all();
         }
+        if self.journal.len == 0 {
+            self.journaled_unsettled = false;
+        }
         self.journal.since_ms = if self.journal.len == 0 {
             None
         } else if failed.is_some() {
@@ -284,11 +337,7 @@ impl<S: Store> Node<S> {
 
     /// Folds the journal if its oldest reading is due ([`super::Config::journal_fold_ms`]).
     pub(super) fn fold_if_due(&mut self, now_ms: u64) {
-        if self
-            .journal
-            .due_at(self.cfg.journal_fold_ms)
-            .is_some_and(|t| t <= now_ms)
-        {
+        if self.journal_due_at().is_some_and(|t| t <= now_ms) {
             if let Err(e) = self.fold_journal() {
                 self.events.push_back(Event::FoldFailed {
                     reason: e.to_string(),

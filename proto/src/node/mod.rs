@@ -29,7 +29,7 @@ use crate::store::{
     LOGICAL_SCHEMA_VERSION,
 };
 use crate::sync::{Session, SessionId, SessionStats};
-use crate::trust::{Author, Trust};
+use crate::trust::{slot_actor, Author, Trust, ACTOR_SLOTS};
 use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
 use crate::wire::{
     CloseCode, DocClock, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN,
@@ -151,6 +151,16 @@ pub struct Config {
     /// them all at once. Default 4,096 (at most 32 MiB of readings at the reading size
     /// limit; well under 1 MiB for readings of a few fields).
     pub journal_readings_max: usize,
+    /// Whether a store that cannot know which actor slots its certificate spent elsewhere (a
+    /// new store, a restored copy; [`crate::trust::ACTOR_SLOTS`]) waits to learn it from a
+    /// peer before authoring: until a peer answers (its first session with one), the node
+    /// journals readings (up to [`Config::unsettled_readings_max`]), shows and sends none of
+    /// them, and refuses patches ([`NodeError::Unsettled`]). False (default): the store takes
+    /// the slot its own metadata names at once. edgesync sets it for a node that dials peers.
+    pub settle_from_peers: bool,
+    /// Readings an unsettled node journals before it refuses more ([`NodeError::Unsettled`]).
+    /// Default 65,536 (at most 16 MiB in memory for readings of 256 bytes).
+    pub unsettled_readings_max: usize,
     /// A planted bug for checker tests (feature `testing` only).
     #[cfg(feature = "testing")]
     pub danger_canary: Canary,
@@ -199,6 +209,8 @@ impl Config {
             session_authors_max: 1024,
             journal_fold_ms: 100,
             journal_readings_max: 4096,
+            settle_from_peers: false,
+            unsettled_readings_max: 65_536,
             #[cfg(feature = "testing")]
             danger_canary: Canary::None,
         }
@@ -238,8 +250,8 @@ impl Config {
                     .into(),
             );
         }
-        if self.journal_readings_max == 0 {
-            return Err("journal_readings_max must be positive".into());
+        if self.journal_readings_max == 0 || self.unsettled_readings_max == 0 {
+            return Err("journal_readings_max and unsettled_readings_max must be positive".into());
         }
         if self.batch_bytes_max == 0
             || self.inflight_batches_max == 0
@@ -441,6 +453,25 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// This node's store does not know yet which actor slots its certificate spent elsewhere
+    /// ([`Config::settle_from_peers`]): it authors nothing until a peer tells it, and holds at
+    /// most [`Config::unsettled_readings_max`] journaled readings meanwhile.
+    #[error(
+        "this node is waiting to learn its actor slot from a peer (a new or restored store): {what}"
+    )]
+    Unsettled {
+        /// What waits.
+        what: &'static str,
+    },
+    /// Every actor slot of this node's certificate is spent ([`crate::trust::ACTOR_SLOTS`]):
+    /// it authors nothing until it runs with a renewed certificate.
+    #[error(
+        "every one of the {max} actor slots of this node's certificate is spent (each restore or new store under it takes one); renew the certificate"
+    )]
+    ActorSlotsExhausted {
+        /// The number of slots a certificate has.
+        max: u32,
+    },
     /// Automerge refused the change that folds journaled readings into a document (the
     /// readings stay journaled).
     #[error("readings could not be written into {doc}: {reason}")]
@@ -525,6 +556,25 @@ pub enum Event {
         /// Why, for the log.
         reason: String,
     },
+    /// This node learned its actor slot ([`Config::settle_from_peers`]) from `peer`'s answer
+    /// and authors from now on.
+    Settled {
+        /// The peer that answered.
+        peer: NodeName,
+        /// The slot taken ([`crate::trust::ACTOR_SLOTS`] when none is left).
+        slot: u32,
+    },
+    /// A peer holds a statement of this node's certificate for a slot at or above the one
+    /// this node authors under, bound to another authoring key: another store runs, or ran,
+    /// under this certificate (a copied certificate, or a data directory wiped while a peer
+    /// that knew its slots was out of reach). Its changes and this node's may collide; the
+    /// remedy is a new certificate for one of them.
+    SlotConflict {
+        /// The peer that told.
+        peer: NodeName,
+        /// The slot it named.
+        slot: u32,
+    },
     /// An Ack frame was just released by [`Node::poll_transmit`]: this node told `peer` that
     /// it durably holds `clocks`. Shells may count it; the simulator audits the promise.
     Acknowledged {
@@ -601,6 +651,8 @@ pub struct Node<S: Store> {
     boot_id: [u8; 16],
     /// Journaled readings not yet folded (see [`journal`]).
     journal: journal::Journal,
+    /// The journal holds readings taken while the node was unsettled (or found at open).
+    journaled_unsettled: bool,
 }
 
 /// The id of the open `boot` is for: a hash of its nonce (the nonce itself may become an actor
@@ -612,6 +664,53 @@ fn boot_id(boot: &Boot) -> [u8; 16] {
     let mut id = [0; 16];
     id.copy_from_slice(&h.finalize().as_bytes()[..16]);
     id
+}
+
+/// The node actor `meta` names: a slot actor of its slot space, or (for a store without one)
+/// the one its epoch and nonce derive.
+fn node_actor(name: &NodeName, meta: &NodeMeta) -> Actor {
+    if meta.slot_space != [0; 32] {
+        slot_actor(&meta.slot_space, meta.actor_slot)
+    } else {
+        derive_actor(name, meta.actor_epoch, &meta.actor_nonce)
+    }
+}
+
+/// Adds to `ops` this node's own statement for `actor` (kept like any other author's, so that
+/// its changes go out with it) and, under a slot-bound certificate, the slot it spends (what
+/// the node answers a peer asking for its certificate's slots). Nothing for a node that does
+/// not sign or has no settled slot left to author under.
+fn own_statement<S: Store>(
+    store: &S,
+    trust: &Trust,
+    meta: &NodeMeta,
+    actor: Actor,
+    ops: &mut Vec<WriteOp>,
+) -> Result<(), StoreError> {
+    let Some(signer) = &trust.signer else {
+        return Ok(());
+    };
+    let slotted = meta.slot_space != [0; 32];
+    if slotted && (!meta.settled || meta.actor_slot >= ACTOR_SLOTS) {
+        return Ok(());
+    }
+    let statement = signer.statement(&actor);
+    if slotted
+        && store
+            .slot(&meta.slot_space)?
+            .is_none_or(|(s, _)| s < meta.actor_slot)
+    {
+        ops.push(WriteOp::PutSlot {
+            space: meta.slot_space,
+            slot: meta.actor_slot,
+            statement: statement.clone(),
+        });
+    }
+    ops.push(WriteOp::PutAuthor {
+        node_actor: actor,
+        statement,
+    });
+    Ok(())
 }
 
 /// Verified authors kept in memory.
@@ -644,6 +743,7 @@ impl<S: Store> Node<S> {
     pub fn open(mut store: S, cfg: Config, boot: Boot) -> Result<Node<S>, OpenError> {
         cfg.validate().map_err(OpenError::Config)?;
         let mut last_stop_clean = true;
+        let space = cfg.trust.signer.as_ref().and_then(|s| s.slot_space());
         let meta = match store.node_meta()? {
             None => NodeMeta {
                 schema_version: LOGICAL_SCHEMA_VERSION,
@@ -654,6 +754,10 @@ impl<S: Store> Node<S> {
                 actor_nonce: boot.nonce,
                 running: true,
                 author_key: cfg.trust.key_id(),
+                slot_space: space.unwrap_or([0; 32]),
+                actor_slot: 0,
+                // A new store cannot know whether its certificate authored elsewhere.
+                settled: space.is_none() || !cfg.settle_from_peers,
             },
             Some(m) => {
                 if m.schema_version > LOGICAL_SCHEMA_VERSION {
@@ -689,6 +793,24 @@ impl<S: Store> Node<S> {
                 let rebound = m.author_key != key && m.author_key != [0; 32];
                 let new_actor =
                     m.actor_epoch == 0 || (m.running && !cfg.keep_actor_after_crash) || rebound;
+                // Under a slot-bound certificate a new epoch is the next slot; another
+                // certificate (or the first slot-bound one) starts at its slot 0, settled only
+                // if this node need not ask its peers. An open without a signer keeps what it
+                // found.
+                let (slot_space, actor_slot, settled) = match space {
+                    None if signs => ([0; 32], 0, true),
+                    None => (m.slot_space, m.actor_slot, m.settled),
+                    Some(sp) if sp != m.slot_space => (sp, 0, !cfg.settle_from_peers),
+                    // After an unclean stop whose durability reports did not survive it, the
+                    // slots taken since the last durable record are unknown here, as for a
+                    // restored copy.
+                    Some(sp) => (
+                        sp,
+                        (m.actor_slot + u32::from(new_actor)).min(ACTOR_SLOTS),
+                        m.settled
+                            && !(m.running && !cfg.keep_actor_after_crash && cfg.settle_from_peers),
+                    ),
+                };
                 NodeMeta {
                     schema_version: LOGICAL_SCHEMA_VERSION,
                     incarnation: m.incarnation + 1,
@@ -696,20 +818,16 @@ impl<S: Store> Node<S> {
                     actor_nonce: if new_actor { boot.nonce } else { m.actor_nonce },
                     running: true,
                     author_key: key,
+                    slot_space,
+                    actor_slot,
+                    settled,
                     ..m
                 }
             }
         };
-        let actor = derive_actor(&cfg.name, meta.actor_epoch, &meta.actor_nonce);
+        let actor = node_actor(&cfg.name, &meta);
         let mut ops = vec![WriteOp::PutNodeMeta(meta.clone())];
-        // This node's own statement, kept like any other author's so that its changes go out
-        // with it.
-        if let Some(signer) = &cfg.trust.signer {
-            ops.push(WriteOp::PutAuthor {
-                node_actor: actor,
-                statement: signer.statement(&actor),
-            });
-        }
+        own_statement(&store, &cfg.trust, &meta, actor, &mut ops)?;
         store.commit(WriteBatch { ops })?;
         let docs = store.docs()?.into_iter().collect();
         let peers = store.peers()?.into_iter().collect();
@@ -740,6 +858,7 @@ impl<S: Store> Node<S> {
             feed,
             boot_id: boot_id(&boot),
             journal,
+            journaled_unsettled: true,
         })
     }
 
@@ -777,20 +896,20 @@ impl<S: Store> Node<S> {
             self.sessions.is_empty(),
             "a store is renewed before any session"
         );
+        // A copy cannot know which slots the store it copies spent after the copy was taken:
+        // it takes the next one and, when it may ask, asks its peers first.
+        let slotted = self.meta.slot_space != [0; 32];
         let meta = NodeMeta {
             store_id: boot.new_store_id,
             actor_epoch: self.meta.actor_epoch + 1,
             actor_nonce: boot.nonce,
+            actor_slot: (self.meta.actor_slot + u32::from(slotted)).min(ACTOR_SLOTS),
+            settled: !slotted || !self.cfg.settle_from_peers,
             ..self.meta.clone()
         };
-        let actor = derive_actor(&self.cfg.name, meta.actor_epoch, &meta.actor_nonce);
+        let actor = node_actor(&self.cfg.name, &meta);
         let mut ops = vec![WriteOp::PutNodeMeta(meta.clone())];
-        if let Some(signer) = &self.cfg.trust.signer {
-            ops.push(WriteOp::PutAuthor {
-                node_actor: actor,
-                statement: signer.statement(&actor),
-            });
-        }
+        own_statement(&self.store, &self.cfg.trust, &meta, actor, &mut ops)?;
         // What this node told its peers it held is older than what they believe: forget it,
         // so the next summaries are whole. (Each peer, meeting the new store id, answers with
         // a whole summary of its own, so the receipts forgotten with it come back at once.)
@@ -966,6 +1085,10 @@ impl<S: Store> Node<S> {
             }
             return Ok(Some(view));
         }
+        if self.journal.holds(doc) {
+            // Readings of it wait in the journal (an unsettled node folds none).
+            return self.part_view(doc);
+        }
         match self.with_doc(doc, doc::sensor_view)? {
             None => Ok(None),
             Some(Some(v)) => Ok(Some(v)),
@@ -1037,6 +1160,35 @@ impl<S: Store> Node<S> {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether every slot of this node's certificate is spent.
+    pub fn slots_exhausted(&self) -> bool {
+        self.meta.slot_space != [0; 32] && self.meta.actor_slot >= ACTOR_SLOTS
+    }
+
+    /// Whether this node knows its actor slot ([`Config::settle_from_peers`]).
+    pub fn is_settled(&self) -> bool {
+        self.meta.settled
+    }
+
+    /// Actor slots of this node's certificate left after the current one (`None` for a
+    /// certificate from before slots).
+    pub fn actor_slots_left(&self) -> Option<u32> {
+        (self.meta.slot_space != [0; 32])
+            .then(|| ACTOR_SLOTS.saturating_sub(self.meta.actor_slot.saturating_add(1)))
+    }
+
+    /// Refuses what would author a change now: every slot spent, or (`what`) the slot not
+    /// known yet.
+    fn check_authoring(&self, what: &'static str) -> Result<(), NodeError> {
+        if self.slots_exhausted() {
+            return Err(NodeError::ActorSlotsExhausted { max: ACTOR_SLOTS });
+        }
+        if !self.meta.settled {
+            return Err(NodeError::Unsettled { what });
+        }
+        Ok(())
     }
 
     /// Loads `doc` (snapshot, then changes after it, in order) if not in memory, and evicts the
@@ -1363,6 +1515,7 @@ impl<S: Store> Node<S> {
     /// one change.
     pub fn patch(&mut self, doc: &DocId, patch: &Json, now_ms: u64) -> Result<Patched, NodeError> {
         self.check_writable()?;
+        self.check_authoring("patches are refused until then")?;
         self.check_may_write(doc)?;
         self.now_ms = self.now_ms.max(now_ms);
         doc::validate_patch(patch)?;

@@ -53,7 +53,9 @@ impl<S: Store> Node<S> {
             version_max: PROTOCOL_VERSION,
             node: self.cfg.name.clone(),
             store_id: self.meta.store_id,
-            capabilities: crate::wire::CAP_DEFLATE | crate::wire::CAP_INCARNATION,
+            capabilities: crate::wire::CAP_DEFLATE
+                | crate::wire::CAP_INCARNATION
+                | crate::wire::CAP_SLOTS,
             frame_bytes_max: self.cfg.frame_bytes_max,
         };
         s.queue_hello(self.commit_seq, hello);
@@ -165,7 +167,11 @@ impl<S: Store> Node<S> {
             Message::Incarnation(_) => {
                 self.close_session(sid, CloseCode::Unexpected, "incarnation not expected")
             }
-            Message::Author(_) | Message::Changes(_) | Message::Ack(_)
+            Message::Author(_)
+            | Message::Changes(_)
+            | Message::Ack(_)
+            | Message::SlotQuery(_)
+            | Message::SlotAnswer(_)
                 if self.sessions[&sid].awaits_incarnation() =>
             {
                 self.close_session(sid, CloseCode::Unexpected, "message before incarnation")
@@ -174,6 +180,8 @@ impl<S: Store> Node<S> {
             Message::Author(st) => self.on_author(sid, st),
             Message::Changes(c) => self.on_changes(sid, c),
             Message::Ack(a) => self.on_ack(sid, a),
+            Message::SlotQuery(q) => self.on_slot_query(sid, q),
+            Message::SlotAnswer(a) => self.on_slot_answer(sid, a),
             // The frame decoder inflates what it receives and refuses a deflated message
             // inside one: this does not come from a decoder.
             Message::Deflated(_) => {
@@ -193,6 +201,11 @@ impl<S: Store> Node<S> {
                 boot: self.boot_id,
             };
             s.queue_incarnation(self.commit_seq, mine);
+        }
+        // Every slot-bound node asks: an unsettled one to learn its slot, a settled one to
+        // hear of another store under its certificate.
+        if self.meta.slot_space != [0; 32] {
+            s.ask_slot(self.commit_seq, self.meta.slot_space);
         }
         let peer = s.peer().clone();
         let recorded = self.peers.get(&peer).and_then(|r| r.store_id);
@@ -627,11 +640,7 @@ impl<S: Store> Node<S> {
     /// When [`Node::handle_timeout`] should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
         let limits = self.limits();
-        let fold = if self.poisoned {
-            None
-        } else {
-            self.journal.due_at(self.cfg.journal_fold_ms)
-        };
+        let fold = self.journal_due_at();
         self.sessions
             .values()
             .filter_map(|s| s.deadline(&limits))

@@ -294,7 +294,9 @@ impl<S: Store> Node<S> {
                 })
             };
         }
-        if actor == self.doc_actor(doc) {
+        // An unsettled node authors nothing yet: a change under the actor it would take is an
+        // earlier store's under this certificate, and settling takes a slot past it.
+        if self.meta.settled && actor == self.doc_actor(doc) {
             return Err(Refusal::ClaimsOurActor.into());
         }
         let seq = change.seq();

@@ -39,6 +39,19 @@ impl<S: Store> Node<S> {
         now_ms: u64,
     ) -> Result<Ingested, NodeError> {
         self.check_writable()?;
+        if self.slots_exhausted() {
+            return Err(NodeError::ActorSlotsExhausted {
+                max: crate::trust::ACTOR_SLOTS,
+            });
+        }
+        // An unsettled node folds nothing: its journal is all it holds of its readings.
+        if !self.is_settled()
+            && self.journal_len().saturating_add(readings.len()) > self.cfg.unsettled_readings_max
+        {
+            return Err(NodeError::Unsettled {
+                what: "its journal of readings is full until then",
+            });
+        }
         self.now_ms = self.now_ms.max(now_ms);
         for r in readings {
             r.validate()?;
@@ -204,12 +217,22 @@ impl<S: Store> Node<S> {
     fn bucket_docs<'a>(&'a self, stream: &'a DocId) -> impl Iterator<Item = (&'a DocId, Bucket)> {
         let lo = stream::bucket_range_start(stream);
         let hi = stream::bucket_range_end(stream);
-        self.docs
+        // Buckets held, then buckets only journaled so far (an unsettled node folds none).
+        let held: Vec<&DocId> = self
+            .docs
             .range::<str, _>((
                 std::ops::Bound::Included(lo.as_str()),
                 std::ops::Bound::Excluded(hi.as_str()),
             ))
-            .filter_map(|(d, _)| Bucket::parse(d).map(|b| (d, b)))
+            .map(|(d, _)| d)
+            .collect();
+        let journaled = self
+            .journal
+            .docs_in(lo, hi)
+            .filter(|d| !self.docs.contains_key(*d));
+        held.into_iter()
+            .chain(journaled)
+            .filter_map(|d| Bucket::parse(d).map(|b| (d, b)))
             .filter(move |(_, b)| b.stream == *stream)
     }
 
@@ -280,9 +303,12 @@ impl<S: Store> Node<S> {
         }))
     }
 
-    /// The sensor view of one part of a stream; `None` if it is not a sensor document.
-    fn part_view(&mut self, doc: &DocId) -> Result<Option<SensorView>, NodeError> {
-        Ok(self.with_doc(doc, doc::sensor_view)?.flatten())
+    /// The sensor view of one part of a stream; `None` if it is not a sensor document. With
+    /// the readings journaled for it and not folded yet (only an unsettled node has any when
+    /// it reads), so reads see every acknowledged reading.
+    pub(super) fn part_view(&mut self, doc: &DocId) -> Result<Option<SensorView>, NodeError> {
+        let view = self.with_doc(doc, doc::sensor_view)?.flatten();
+        Ok(self.journal.overlay(doc, view))
     }
 
     /// The latest reading of `stream` (greatest timestamp, then id); `Ok(None)` for an unknown

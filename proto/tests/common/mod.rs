@@ -13,9 +13,20 @@ use edgesync_proto::wire::{
 };
 use edgesync_proto::{Actor, Boot, Config, DocId, Event, MemStore, Node, NodeName, SessionId};
 
-/// The test fleet: every node shares its secret ([`Fleet`]).
+/// The test fleet: every node shares its secret ([`Fleet`]); members are slot-bound.
 pub fn fleet() -> Fleet {
     Fleet::new([1; 32])
+}
+
+/// The same fleet as members from before actor slots see it: any actor binds.
+pub fn unbounded_fleet() -> Fleet {
+    Fleet::unbounded([1; 32])
+}
+
+/// A config tweak: the node's identity as a member from before actor slots.
+pub fn unbounded(cfg: &mut Config) {
+    let id = cfg.trust.identity().cloned().expect("a fleet member");
+    cfg.trust = unbounded_fleet().trust(id, Rules::default());
 }
 
 /// A cloud node's identity (the default rules let it write and read everything).
@@ -40,9 +51,19 @@ impl Hand {
         Hand::with(cloud(&NodeName::new(name).unwrap()))
     }
 
+    /// A member named `name` from before actor slots: it may bind any actor.
+    pub fn unbounded(name: &str) -> Hand {
+        Hand::in_fleet(cloud(&NodeName::new(name).unwrap()), &unbounded_fleet())
+    }
+
     /// A member with this identity.
     pub fn with(identity: Identity) -> Hand {
-        let signer = fleet()
+        Hand::in_fleet(identity, &fleet())
+    }
+
+    /// A member of `fleet` with this identity.
+    pub fn in_fleet(identity: Identity, fleet: &Fleet) -> Hand {
+        let signer = fleet
             .trust(identity.clone(), Rules::default())
             .signer
             .unwrap();
@@ -59,8 +80,12 @@ impl Hand {
         h
     }
 
-    /// Its `k`-th node actor (a member may take as many as it likes, each with a statement).
+    /// Its `k`-th node actor: its slot `k` when it is slot-bound (a statement for `k` from
+    /// [`edgesync_proto::trust::ACTOR_SLOTS`] on does not verify), else any actor it likes.
     pub fn node_actor(&self, k: u64) -> Actor {
+        if let Some(space) = self.signer.slot_space() {
+            return edgesync_proto::trust::slot_actor(&space, k as u32);
+        }
         let mut h = blake3::Hasher::new();
         h.update(self.identity.name.as_str().as_bytes());
         h.update(&k.to_be_bytes());
