@@ -44,6 +44,24 @@ pub fn slot_actor(space: &[u8; 32], slot: u32) -> Actor {
     Actor(out)
 }
 
+/// The slot space of a node's name: where a node authors before it has a fleet identity (a
+/// store used without a signer), so that its first certificate can adopt what it wrote. Every
+/// certificate of that name binds these slots as well as its own: a name adds at most
+/// [`ACTOR_SLOTS`] actors, whatever certificates it has.
+pub fn name_space(name: &crate::id::NodeName) -> [u8; 32] {
+    blake3::derive_key("edgesync name slot space v1", name.as_str().as_bytes())
+}
+
+/// The slot `actor` is for a member named `name` whose certificate's slot space is
+/// `cert_space`: one of the certificate's slots, or one of the name's ([`name_space`]).
+pub fn member_slot(
+    cert_space: &[u8; 32],
+    name: &crate::id::NodeName,
+    actor: &Actor,
+) -> Option<Slot> {
+    find_slot(cert_space, actor).or_else(|| find_slot(&name_space(name), actor))
+}
+
 /// Which slot of `space` `actor` is, if it is one of its [`ACTOR_SLOTS`] slot actors.
 pub fn find_slot(space: &[u8; 32], actor: &Actor) -> Option<Slot> {
     (0..ACTOR_SLOTS)
@@ -273,12 +291,14 @@ pub mod keyed {
                 .contains(&identity.name);
             let slot = if self.slots && !self.legacy.contains(&identity.name) {
                 let space = keyed_space(&self.fleet, &identity.name);
-                Some(find_slot(&space, &s.node_actor).ok_or_else(|| {
-                    format!(
-                        "actor {} is not one of {}'s {ACTOR_SLOTS} slot actors",
-                        s.node_actor, identity.name
-                    )
-                })?)
+                Some(
+                    member_slot(&space, &identity.name, &s.node_actor).ok_or_else(|| {
+                        format!(
+                            "actor {} is not one of {}'s {ACTOR_SLOTS} slot actors",
+                            s.node_actor, identity.name
+                        )
+                    })?,
+                )
             } else {
                 None
             };

@@ -385,9 +385,9 @@ fn a_revoked_author_is_refused_where_it_was_not_known() {
 }
 
 // A node that writes before it has a fleet identity (offline, not provisioned yet) adopts those
-// writes at its first start with one from before actor slots: same actor, its statement proves
-// them, and they sync. A later start with another key takes a new actor (a node actor keeps one
-// statement). (A slot-bound certificate binds only its slot actors: see slots.rs.)
+// writes at its first start with one: same actor (one of its name's slots, which its
+// certificate binds), its statement proves them, and they sync. A later start with another key
+// takes a new actor (a node actor keeps one statement).
 #[test]
 fn writes_made_before_provisioning_sync_once_provisioned() {
     let name = nm("kiosk");
@@ -404,19 +404,10 @@ fn writes_made_before_provisioning_sync_once_provisioned() {
     let first = bare.actor();
     let id = Identity::new(name.clone(), Role::Gateway, Some("site-a"));
     let mut cfg = Config::new(name.clone());
-    cfg.trust = common::unbounded_fleet().trust(id.clone(), Rules::default());
+    cfg.trust = common::fleet().trust(id.clone(), Rules::default());
     let kiosk = Node::open(bare.into_store(), cfg, boot(2)).unwrap();
     assert_eq!(kiosk.actor(), first, "the unsigned actor is adopted");
     let mut net = Net::with_identities(vec![common::cloud(&nm("cloud")), id.clone()]);
-    let store = std::mem::replace(
-        &mut net.nodes[0],
-        Node::open(MemStore::new(), Config::new(nm("x")), boot(8)).unwrap(),
-    )
-    .into_store();
-    let mut cfg = Config::new(nm("cloud"));
-    cfg.trust = common::unbounded_fleet().trust(common::cloud(&nm("cloud")), Rules::default());
-    common::sync_at_once(&mut cfg);
-    net.nodes[0] = Node::open(store, cfg, boot(7)).unwrap();
     net.nodes[1] = kiosk;
     net.connect(0, 1);
     net.settle();
@@ -432,7 +423,7 @@ fn writes_made_before_provisioning_sync_once_provisioned() {
     )
     .into_store();
     let mut cfg = Config::new(name.clone());
-    cfg.trust = Fleet::unbounded([2; 32]).trust(id, Rules::default());
+    cfg.trust = Fleet::new([2; 32]).trust(id, Rules::default());
     let rekeyed = Node::open(store, cfg, boot(3)).unwrap();
     assert_ne!(rekeyed.actor(), first, "a new key takes a new actor");
 }

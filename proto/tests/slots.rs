@@ -8,7 +8,7 @@ mod common;
 
 use automerge::transaction::Transactable;
 use common::{boot, doc, open, persist, Hand, Net};
-use edgesync_proto::trust::{slot_actor, ACTOR_SLOTS};
+use edgesync_proto::trust::{name_space, slot_actor, ACTOR_SLOTS};
 use edgesync_proto::wire::{AuthorStatement, Message, SlotAnswer, SlotQuery, Summary};
 use edgesync_proto::{
     CloseCode, Config, Event, MemStore, Node, NodeError, Reading, SessionId, Store,
@@ -21,7 +21,19 @@ fn reading(id: &str, v: i64) -> Reading {
 
 /// A change of `d` on top of `base` under the member's slot `k` for `d`.
 fn change_in_slot(hand: &mut Hand, d: &str, base: &[automerge::Change], k: u32) -> Vec<u8> {
-    let mut am = automerge::Automerge::new().with_actor(hand.actor(&doc(d), u64::from(k)));
+    let na = hand.node_actor(u64::from(k));
+    change_under(hand, d, base, na, k)
+}
+
+/// A change of `d` on top of `base` under the member's node actor `na` for `d`.
+fn change_under(
+    hand: &mut Hand,
+    d: &str,
+    base: &[automerge::Change],
+    na: edgesync_proto::Actor,
+    k: u32,
+) -> Vec<u8> {
+    let mut am = automerge::Automerge::new().with_actor(hand.actor_of(&doc(d), na));
     am.apply_changes(base.to_vec()).unwrap();
     let mut tx = am.transaction();
     tx.put(automerge::ROOT, "x", i64::from(k)).unwrap();
@@ -81,10 +93,10 @@ fn released(node: &mut Node<MemStore>, sid: SessionId) -> Vec<Message> {
 }
 
 // Attack 4 with slot-bound members: a member signing statements for as many actors as it likes
-// lands only its 32 slot actors in a document, whatever it sends and over however many
-// sessions; a statement for any other actor ends the session as unauthorized. (Without the
-// slot check, the session quota alone lets it add 64 actors per session until the clock's 512
-// are full.) The node's own next slot still writes the document.
+// lands only its certificate's 32 slot actors and its name's 32 in a document, whatever it
+// sends and over however many sessions; a statement for any other actor ends the session as
+// unauthorized. (Without the slot check, the session quota alone lets it add 64 actors per
+// session until the clock's 512 are full.) The node's own next slot still writes the document.
 #[test]
 fn a_member_binds_only_its_slot_actors() {
     let mut node = open(0, MemStore::new(), 1, |_| {});
@@ -108,6 +120,17 @@ fn a_member_binds_only_its_slot_actors() {
         "every slot actor lands"
     );
     node.disconnect(sid);
+    // Its name's slots (where a node writes before it has a certificate) land too.
+    let names = name_space(&gw9.identity.name);
+    let named: Vec<Vec<u8>> = (0..ACTOR_SLOTS)
+        .map(|k| change_under(&mut gw9, d, &base, slot_actor(&names, k), k))
+        .collect();
+    let sid = hand_session(&mut node, &mut gw9, 0);
+    node.handle_input(sid, &gw9.frames(0, &[(doc(d), named)]), 0);
+    assert_eq!(closes(&mut node), vec![]);
+    let bound = 1 + 2 * ACTOR_SLOTS as usize;
+    assert_eq!(node.clock(&doc(d)).unwrap().len(), bound);
+    node.disconnect(sid);
     for round in 0..4u32 {
         let beyond: Vec<Vec<u8>> = (0..8)
             .map(|k| change_in_slot(&mut gw9, d, &base, ACTOR_SLOTS + round * 8 + k))
@@ -120,14 +143,14 @@ fn a_member_binds_only_its_slot_actors() {
         assert!(ended[0].1.contains("slot actors"), "{}", ended[0].1);
         node.disconnect(sid);
     }
-    assert_eq!(node.clock(&doc(d)).unwrap().len(), 1 + ACTOR_SLOTS as usize);
+    assert_eq!(node.clock(&doc(d)).unwrap().len(), bound);
     // A restored copy of the node takes its next slot and writes the document.
     let store = node.into_store();
     let mut node = open(0, store, 2, |_| {});
     node.renew_store(&boot(3)).unwrap();
     assert_eq!(node.meta().actor_slot, 1);
     node.patch(&doc(d), &json!({"a": 2}), 0).unwrap();
-    assert_eq!(node.clock(&doc(d)).unwrap().len(), 2 + ACTOR_SLOTS as usize);
+    assert_eq!(node.clock(&doc(d)).unwrap().len(), bound + 1);
 }
 
 // A node's actors are its certificate's slot actors, taken in order: a store starts at slot 0,
@@ -382,4 +405,42 @@ fn a_peer_answers_with_the_highest_slot_it_keeps() {
     assert_eq!(refusals(&net), vec![]);
     assert_eq!(net.nodes[0].meta().actor_slot, 2);
     assert_eq!(net.nodes[0].actor(), slot_actor(&space, 2));
+}
+
+// Retention waits for an unsettled node's journal: a bucket it holds with readings journaled
+// (not folded: the node does not know its slot yet) is not dropped, or the fold would bring it
+// back; once a peer answered and the readings are folded, the bucket goes whole.
+#[test]
+fn retention_waits_for_what_an_unsettled_node_journaled() {
+    const HOUR: i64 = 3_600_000;
+    let keep = 24 * HOUR as u64;
+    let mut node = open(0, MemStore::new(), 1, |c| c.keep_ms = Some(keep));
+    let s = doc("site-a/temp-1");
+    node.ingest(&s, &[reading("a", 7)], 0).unwrap();
+    persist(&mut node);
+    let mut node = open(0, node.into_store(), 2, |c| {
+        c.keep_ms = Some(keep);
+        c.settle_from_peers = true;
+    });
+    node.renew_store(&boot(3)).unwrap();
+    assert!(!node.is_settled());
+    node.ingest(&s, &[reading("b", 8)], HOUR as u64).unwrap();
+    assert_eq!(node.journal_len(), 1);
+    let late = 30 * HOUR as u64;
+    assert_eq!(
+        node.expire(late).unwrap(),
+        0,
+        "the journal holds some of it"
+    );
+    assert_eq!(node.docs().count(), 1);
+    // A peer answers: the node settles, folds, and retention drops the bucket whole.
+    let mut gw9 = Hand::new("gw-9");
+    let sid = hand_session(&mut node, &mut gw9, edgesync_proto::wire::CAP_SLOTS);
+    let answer = Message::SlotAnswer(SlotAnswer { statement: None });
+    node.handle_input(sid, &answer.to_frame(), late);
+    assert!(node.is_settled());
+    assert_eq!(node.journal_len(), 0);
+    assert_eq!(node.expire(late).unwrap(), 1);
+    assert_eq!(node.docs().count(), 0);
+    assert_eq!(node.journal_len(), 0, "nothing comes back");
 }

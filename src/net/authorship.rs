@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use edgesync_proto::authz::{Identity, Rules};
 use edgesync_proto::trust::{
-    find_slot, Author, Authority, Signer, Trust, ACTOR_SLOTS, STATEMENT_BYTES_MAX,
+    member_slot, Author, Authority, Signer, Trust, ACTOR_SLOTS, STATEMENT_BYTES_MAX,
 };
 use edgesync_proto::Actor;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
@@ -213,9 +213,9 @@ impl Authority for CertAuthority {
         // A slot-bound certificate binds its slot actors and no other.
         let slot = match pki::slot_space(&st.cert) {
             None => None,
-            Some(space) => Some(find_slot(&space, &st.node_actor).ok_or_else(|| {
+            Some(space) => Some(member_slot(&space, &id.name, &st.node_actor).ok_or_else(|| {
                 format!(
-                    "actor {} is not one of the {ACTOR_SLOTS} slot actors of {}'s certificate",
+                    "actor {} is not one of the {ACTOR_SLOTS} slot actors of {}'s certificate or name",
                     st.node_actor, id.name
                 )
             })?),

@@ -29,7 +29,7 @@ use crate::store::{
     LOGICAL_SCHEMA_VERSION,
 };
 use crate::sync::{Session, SessionId, SessionStats};
-use crate::trust::{slot_actor, Author, Trust, ACTOR_SLOTS};
+use crate::trust::{name_space, slot_actor, Author, Trust, ACTOR_SLOTS};
 use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
 use crate::wire::{
     CloseCode, DocClock, CHANGES_OVERHEAD_BYTES, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN,
@@ -744,6 +744,9 @@ impl<S: Store> Node<S> {
         cfg.validate().map_err(OpenError::Config)?;
         let mut last_stop_clean = true;
         let space = cfg.trust.signer.as_ref().and_then(|s| s.slot_space());
+        // Without a signer a node authors under its name's slots, which its first slot-bound
+        // certificate binds too: what it wrote before it had one syncs once it has.
+        let unsigned_space = name_space(&cfg.name);
         let meta = match store.node_meta()? {
             None => NodeMeta {
                 schema_version: LOGICAL_SCHEMA_VERSION,
@@ -754,7 +757,10 @@ impl<S: Store> Node<S> {
                 actor_nonce: boot.nonce,
                 running: true,
                 author_key: cfg.trust.key_id(),
-                slot_space: space.unwrap_or([0; 32]),
+                slot_space: match (&cfg.trust.signer, space) {
+                    (None, _) => unsigned_space,
+                    (Some(_), sp) => sp.unwrap_or([0; 32]),
+                },
                 actor_slot: 0,
                 // A new store cannot know whether its certificate authored elsewhere.
                 settled: space.is_none() || !cfg.settle_from_peers,
@@ -798,6 +804,14 @@ impl<S: Store> Node<S> {
                 // if this node need not ask its peers. An open without a signer keeps what it
                 // found.
                 let (slot_space, actor_slot, settled) = match space {
+                    // The first certificate of a store that wrote without one adopts its name's
+                    // slot (and keeps authoring under it: every certificate of the name binds
+                    // it, and one from before slots binds any actor).
+                    _ if signs && m.slot_space == unsigned_space => (
+                        m.slot_space,
+                        (m.actor_slot + u32::from(new_actor)).min(ACTOR_SLOTS),
+                        m.settled,
+                    ),
                     None if signs => ([0; 32], 0, true),
                     None => (m.slot_space, m.actor_slot, m.settled),
                     Some(sp) if sp != m.slot_space => (sp, 0, !cfg.settle_from_peers),
@@ -1515,7 +1529,6 @@ impl<S: Store> Node<S> {
     /// one change.
     pub fn patch(&mut self, doc: &DocId, patch: &Json, now_ms: u64) -> Result<Patched, NodeError> {
         self.check_writable()?;
-        self.check_authoring("patches are refused until then")?;
         self.check_may_write(doc)?;
         self.now_ms = self.now_ms.max(now_ms);
         doc::validate_patch(patch)?;
@@ -1528,6 +1541,9 @@ impl<S: Store> Node<S> {
                 actual: DocKind::Sensor,
             });
         }
+        // A patch the node may never take is refused as such first; one it may take later
+        // waits for its actor slot.
+        self.check_authoring("patches are refused until then")?;
         let is_new = !self.docs.contains_key(doc);
         if is_new {
             self.use_tick += 1;

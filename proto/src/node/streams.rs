@@ -39,19 +39,6 @@ impl<S: Store> Node<S> {
         now_ms: u64,
     ) -> Result<Ingested, NodeError> {
         self.check_writable()?;
-        if self.slots_exhausted() {
-            return Err(NodeError::ActorSlotsExhausted {
-                max: crate::trust::ACTOR_SLOTS,
-            });
-        }
-        // An unsettled node folds nothing: its journal is all it holds of its readings.
-        if !self.is_settled()
-            && self.journal_len().saturating_add(readings.len()) > self.cfg.unsettled_readings_max
-        {
-            return Err(NodeError::Unsettled {
-                what: "its journal of readings is full until then",
-            });
-        }
         self.now_ms = self.now_ms.max(now_ms);
         for r in readings {
             r.validate()?;
@@ -126,6 +113,21 @@ impl<S: Store> Node<S> {
         // refusal leaves memory and store as they were.
         for d in groups.keys() {
             self.check_sensor_target(d)?;
+        }
+        // Readings the node may take, but not now: every slot spent, or (an unsettled node,
+        // which folds nothing) its journal full.
+        if self.slots_exhausted() {
+            return Err(NodeError::ActorSlotsExhausted {
+                max: crate::trust::ACTOR_SLOTS,
+            });
+        }
+        // An unsettled node folds nothing: its journal is all it holds of its readings.
+        if !self.is_settled()
+            && self.journal_len().saturating_add(readings.len()) > self.cfg.unsettled_readings_max
+        {
+            return Err(NodeError::Unsettled {
+                what: "its journal of readings is full until then",
+            });
         }
         let mut batch = WriteBatch::default();
         let mut outcomes = vec![IngestOutcome::Duplicate; readings.len()];
@@ -399,12 +401,15 @@ impl<S: Store> Node<S> {
     pub fn expire(&mut self, now_ms: u64) -> Result<usize, NodeError> {
         self.check_writable()?;
         self.now_ms = self.now_ms.max(now_ms);
-        // Journaled readings are in their documents before anything decides on them.
+        // Journaled readings are in their documents before anything decides on them (an
+        // unsettled node folds none: a document with journaled readings waits until it has).
         self.fold_journal()?;
         let gone: Vec<DocId> = self
             .docs
             .iter()
-            .filter(|(d, m)| self.past_horizon(d) && self.upstream_acked(d, m))
+            .filter(|(d, m)| {
+                !self.journal.holds(d) && self.past_horizon(d) && self.upstream_acked(d, m)
+            })
             .take(EXPIRE_BATCH_MAX)
             .map(|(d, _)| d.clone())
             .collect();
@@ -514,13 +519,15 @@ impl<S: Store> Node<S> {
     pub fn prune(&mut self, now_ms: u64) -> Result<usize, NodeError> {
         self.check_writable()?;
         self.now_ms = self.now_ms.max(now_ms);
-        // Journaled readings are in their documents before anything decides on them.
+        // Journaled readings are in their documents before anything decides on them (an
+        // unsettled node folds none: a document with journaled readings waits until it has).
         self.fold_journal()?;
         let due: Vec<DocId> = self
             .docs
             .iter()
             .filter(|(d, m)| {
-                (!m.pruned || m.next_order > m.snapshot_order)
+                !self.journal.holds(d)
+                    && (!m.pruned || m.next_order > m.snapshot_order)
                     && self.prune_waiting_for(d, m).is_some_and(|w| w.is_empty())
             })
             .map(|(d, _)| d.clone())

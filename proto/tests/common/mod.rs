@@ -97,6 +97,11 @@ impl Hand {
     /// The Automerge actor of its `k`-th node actor for `doc`.
     pub fn actor(&mut self, doc: &DocId, k: u64) -> automerge::ActorId {
         let na = self.node_actor(k);
+        self.actor_of(doc, na)
+    }
+
+    /// The Automerge actor of node actor `na` (one it signs statements for) for `doc`.
+    pub fn actor_of(&mut self, doc: &DocId, na: Actor) -> automerge::ActorId {
         if !self.authors.iter().any(|(a, _)| *a == na) {
             self.authors.push((na, self.signer.clone()));
         }
