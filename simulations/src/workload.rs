@@ -222,7 +222,9 @@ impl Sim {
         let key = format!("k{}", self.rng.random_range(0..4));
         let v: i64 = self.rng.random_range(0..1000);
         let patch = match self.rng.random_range(0..4) {
-            0 => json!({ key: null }),
+            // A removal with a write beside it: every patch changes the document, so every
+            // one is an acknowledgement the audit checks.
+            0 => json!({ key: null, "n": v }),
             1 => json!({ "shared": { format!("n{i}"): v, "last": v } }),
             2 => json!({ key: [v, "x"] }),
             _ => json!({ key: v }),
