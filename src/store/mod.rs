@@ -628,27 +628,11 @@ impl Store for RocksStore {
         if v1.schema_version >= 6 {
             return open_postcard(CF_META, KEY_NODE, &v).map(Some);
         }
-        if v1.schema_version >= 4 {
-            // Before actor slots: no slot space, so the open decides (a store from before
-            // slots that opens with a slot-bound certificate starts at its slot 0).
-            let m: NodeMetaV5 = open_postcard(CF_META, KEY_NODE, &v)?;
-            return Ok(Some(NodeMeta {
-                schema_version: m.schema_version,
-                name: m.name,
-                store_id: m.store_id,
-                incarnation: m.incarnation,
-                actor_epoch: m.actor_epoch,
-                actor_nonce: m.actor_nonce,
-                running: m.running,
-                author_key: m.author_key,
-                slot_space: [0; 32],
-                actor_slot: 0,
-                settled: true,
-            }));
-        }
-        if v1.schema_version >= 2 {
+        let m = if v1.schema_version >= 4 {
+            open_postcard::<NodeMetaV5>(CF_META, KEY_NODE, &v)?
+        } else if v1.schema_version >= 2 {
             let m: NodeMetaV3 = open_postcard(CF_META, KEY_NODE, &v)?;
-            return Ok(Some(NodeMeta {
+            NodeMetaV5 {
                 schema_version: m.schema_version,
                 name: m.name,
                 store_id: m.store_id,
@@ -657,21 +641,31 @@ impl Store for RocksStore {
                 actor_nonce: m.actor_nonce,
                 running: m.running,
                 author_key: [0; 32],
-                slot_space: [0; 32],
-                actor_slot: 0,
-                settled: true,
-            }));
-        }
-        // Version 1 had no kept actor: epoch 0 makes the next open take one.
+            }
+        } else {
+            // Version 1 had no kept actor: epoch 0 makes the next open take one.
+            NodeMetaV5 {
+                schema_version: v1.schema_version,
+                name: v1.name,
+                store_id: v1.store_id,
+                incarnation: v1.incarnation,
+                actor_epoch: 0,
+                actor_nonce: [0; 16],
+                running: true,
+                author_key: [0; 32],
+            }
+        };
+        // Before actor slots: no slot space, so the open decides (a store from before slots
+        // that opens with a slot-bound certificate starts at its slot 0).
         Ok(Some(NodeMeta {
-            schema_version: v1.schema_version,
-            name: v1.name,
-            store_id: v1.store_id,
-            incarnation: v1.incarnation,
-            actor_epoch: 0,
-            actor_nonce: [0; 16],
-            running: true,
-            author_key: [0; 32],
+            schema_version: m.schema_version,
+            name: m.name,
+            store_id: m.store_id,
+            incarnation: m.incarnation,
+            actor_epoch: m.actor_epoch,
+            actor_nonce: m.actor_nonce,
+            running: m.running,
+            author_key: m.author_key,
             slot_space: [0; 32],
             actor_slot: 0,
             settled: true,
