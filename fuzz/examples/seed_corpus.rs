@@ -5,7 +5,10 @@
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ObjType, ROOT};
 use edgesync_proto::doc::sensor_genesis;
-use edgesync_proto::wire::{Ack, ChangeBytes, Changes, DocChanges, DocClock, Message, Summary};
+use edgesync_proto::wire::{
+    Ack, AuthorStatement, ChangeBytes, Changes, DocChanges, DocClock, Message, SlotAnswer, SlotQuery,
+    Summary,
+};
 use edgesync_proto::{DocId, Reading, VectorClock};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -82,6 +85,10 @@ fn main() {
             batch: 0,
             clocks: vec![DocClock { doc, clock }],
             last: true,
+        }),
+        Message::SlotQuery(SlotQuery { space: [3; 32] }),
+        Message::SlotAnswer(SlotAnswer {
+            statement: Some(AuthorStatement(vec![1; 40])),
         }),
     ];
     for (i, m) in messages.iter().enumerate() {
