@@ -13,7 +13,7 @@ use crate::trust::keyed::Fleet;
 use crate::vclock::Actor;
 use crate::wire::{
     AuthorStatement, ChangeBytes, Changes, DocChanges, FrameDecoder, Hello, Incarnation, Message,
-    Signed, Summary, CAP_DEFLATE, CAP_INCARNATION,
+    Signed, Summary, CAP_DEFLATE, CAP_INCARNATION, CAP_SLOTS,
 };
 use crate::wire::{FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION};
 use crate::{Boot, Config, DocId, MemStore, Node, NodeName, Reading, SessionId};
@@ -66,7 +66,7 @@ fn node_with_session(peer: &str) -> (Node<MemStore>, SessionId) {
         version_max: PROTOCOL_VERSION,
         node: peer,
         store_id: [9; 16],
-        capabilities: CAP_DEFLATE | CAP_INCARNATION,
+        capabilities: CAP_DEFLATE | CAP_INCARNATION | CAP_SLOTS,
         frame_bytes_max: FRAME_BYTES_LIMIT,
     });
     node.handle_input(sid, &hello.to_frame(), 0);
