@@ -185,14 +185,13 @@ impl<S: Store> Node<S> {
             Ok(k) => k,
             Err(e) => return self.close_session(sid, CloseCode::StoreFailed, &e.to_string()),
         };
-        let statement = kept.and_then(|(_, st)| {
-            let author = self
-                .cfg
-                .trust
-                .authority
-                .as_ref()?
-                .verify_statement(&st)
-                .ok()?;
+        // Whose it is comes from the verified authors (cached; the statement was verified when
+        // it was kept).
+        let statement = kept.and_then(|(slot, st)| {
+            let na = crate::trust::slot_actor(&q.space, slot);
+            let author = lookup(&self.store, &self.cfg.trust, &mut self.authors, &na)
+                .ok()
+                .flatten()?;
             let theirs = author.identity.name == peer.name
                 && author.slot.is_some_and(|s| s.space == q.space);
             theirs.then_some(AuthorStatement(st))
@@ -322,20 +321,10 @@ impl<S: Store> Node<S> {
                 continue;
             };
             if !matches!(self.store.author(author), Ok(Some(_))) {
-                // The highest slot of a certificate is what a peer asking for it learns.
+                // The highest slot of a certificate is what a peer asking for it learns (a
+                // store read that fails leaves the kept slot as it is).
                 if let Some(slot) = a.slot {
-                    let kept = self.store.slot(&slot.space).ok().flatten();
-                    let pending = batch.ops.iter().any(|op| {
-                        matches!(op, WriteOp::PutSlot { space, slot: s, .. }
-                            if *space == slot.space && *s >= slot.index)
-                    });
-                    if !pending && kept.is_none_or(|(k, _)| k < slot.index) {
-                        batch.push(WriteOp::PutSlot {
-                            space: slot.space,
-                            slot: slot.index,
-                            statement: statement.clone(),
-                        });
-                    }
+                    let _ = super::raise_slot(&self.store, &mut batch.ops, slot, &statement);
                 }
                 batch.push(WriteOp::PutAuthor {
                     node_actor: *author,

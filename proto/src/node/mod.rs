@@ -695,21 +695,39 @@ fn own_statement<S: Store>(
         return Ok(());
     }
     let statement = signer.statement(&actor);
-    if slotted
-        && store
-            .slot(&meta.slot_space)?
-            .is_none_or(|(s, _)| s < meta.actor_slot)
-    {
-        ops.push(WriteOp::PutSlot {
+    if slotted {
+        let slot = crate::trust::Slot {
             space: meta.slot_space,
-            slot: meta.actor_slot,
-            statement: statement.clone(),
-        });
+            index: meta.actor_slot,
+        };
+        raise_slot(store, ops, slot, &statement)?;
     }
     ops.push(WriteOp::PutAuthor {
         node_actor: actor,
         statement,
     });
+    Ok(())
+}
+
+/// Adds to `ops` the statement of `slot` as its space's highest kept slot
+/// ([`WriteOp::PutSlot`]), unless the store, or `ops` already, keeps that slot or a higher one.
+fn raise_slot<S: Store>(
+    store: &S,
+    ops: &mut Vec<WriteOp>,
+    slot: crate::trust::Slot,
+    statement: &[u8],
+) -> Result<(), StoreError> {
+    let pending = ops.iter().any(|op| {
+        matches!(op, WriteOp::PutSlot { space, slot: s, .. }
+            if *space == slot.space && *s >= slot.index)
+    });
+    if !pending && store.slot(&slot.space)?.is_none_or(|(k, _)| k < slot.index) {
+        ops.push(WriteOp::PutSlot {
+            space: slot.space,
+            slot: slot.index,
+            statement: statement.to_vec(),
+        });
+    }
     Ok(())
 }
 
