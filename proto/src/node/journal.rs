@@ -199,10 +199,16 @@ impl<S: Store> Node<S> {
     /// `None` while the node may not fold ([`NodeError::Unsettled`],
     /// [`NodeError::ActorSlotsExhausted`]).
     pub fn journal_due_at(&self) -> Option<u64> {
-        if self.poisoned || !self.is_settled() || self.slots_exhausted() {
+        if !self.may_fold() {
             return None;
         }
         self.journal.due_at(self.cfg.journal_fold_ms)
+    }
+
+    /// Whether the journal may be folded now: not by a poisoned node, nor by one that may not
+    /// author (unsettled, or every slot spent).
+    fn may_fold(&self) -> bool {
+        !self.poisoned && self.is_settled() && !self.slots_exhausted()
     }
 
     /// Folds every journaled reading into its document: one commit, one Automerge change per
@@ -237,7 +243,7 @@ impl<S: Store> Node<S> {
     fn fold(&mut self, docs: &[DocId]) -> Result<Folded, NodeError> {
         // An unsettled node (or one without a slot left) authors nothing: its readings stay
         // journaled, acknowledged and durable, until it may.
-        if docs.is_empty() || self.poisoned || !self.is_settled() || self.slots_exhausted() {
+        if docs.is_empty() || !self.may_fold() {
             return Ok(Folded::default());
         }
         let now_ms = self.now_ms;

@@ -1211,12 +1211,18 @@ impl<S: Store> Node<S> {
             .then(|| ACTOR_SLOTS.saturating_sub(self.meta.actor_slot.saturating_add(1)))
     }
 
-    /// Refuses what would author a change now: every slot spent, or (`what`) the slot not
-    /// known yet.
-    fn check_authoring(&self, what: &'static str) -> Result<(), NodeError> {
+    /// Refuses what needs a slot to author under when every slot is spent.
+    pub(super) fn check_slots_left(&self) -> Result<(), NodeError> {
         if self.slots_exhausted() {
             return Err(NodeError::ActorSlotsExhausted { max: ACTOR_SLOTS });
         }
+        Ok(())
+    }
+
+    /// Refuses what would author a change now: every slot spent, or (`what`) the slot not
+    /// known yet.
+    fn check_authoring(&self, what: &'static str) -> Result<(), NodeError> {
+        self.check_slots_left()?;
         if !self.meta.settled {
             return Err(NodeError::Unsettled { what });
         }

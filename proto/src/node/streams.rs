@@ -116,12 +116,7 @@ impl<S: Store> Node<S> {
         }
         // Readings the node may take, but not now: every slot spent, or (an unsettled node,
         // which folds nothing) its journal full.
-        if self.slots_exhausted() {
-            return Err(NodeError::ActorSlotsExhausted {
-                max: crate::trust::ACTOR_SLOTS,
-            });
-        }
-        // An unsettled node folds nothing: its journal is all it holds of its readings.
+        self.check_slots_left()?;
         if !self.is_settled()
             && self.journal_len().saturating_add(readings.len()) > self.cfg.unsettled_readings_max
         {
