@@ -63,15 +63,14 @@ impl Journal {
 
     /// The journaled body of reading `id` of `doc`.
     /// Journaled documents whose ids fall within `lo..hi`.
-    pub(super) fn docs_in(&self, lo: String, hi: String) -> impl Iterator<Item = &DocId> {
+    pub(super) fn docs_in<'a>(
+        &'a self,
+        lo: &str,
+        hi: &str,
+    ) -> impl Iterator<Item = &'a DocId> + 'a {
         self.docs
-            .range::<str, _>((
-                std::ops::Bound::Included(lo.as_str()),
-                std::ops::Bound::Excluded(hi.as_str()),
-            ))
+            .range::<str, _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
             .map(|(d, _)| d)
-            .collect::<Vec<_>>()
-            .into_iter()
     }
 
     /// `view` (of `doc`'s folded readings; `None` for a document not held) with `doc`'s

@@ -215,20 +215,18 @@ impl<S: Store> Node<S> {
         let lo = stream::bucket_range_start(stream);
         let hi = stream::bucket_range_end(stream);
         // Buckets held, then buckets only journaled so far (an unsettled node folds none).
-        let held: Vec<&DocId> = self
+        let held = self
             .docs
             .range::<str, _>((
                 std::ops::Bound::Included(lo.as_str()),
                 std::ops::Bound::Excluded(hi.as_str()),
             ))
-            .map(|(d, _)| d)
-            .collect();
+            .map(|(d, _)| d);
         let journaled = self
             .journal
-            .docs_in(lo, hi)
+            .docs_in(&lo, &hi)
             .filter(|d| !self.docs.contains_key(*d));
-        held.into_iter()
-            .chain(journaled)
+        held.chain(journaled)
             .filter_map(|d| Bucket::parse(d).map(|b| (d, b)))
             .filter(move |(_, b)| b.stream == *stream)
     }
