@@ -211,7 +211,7 @@ impl Authority for CertAuthority {
             })?;
         let revoked = self.creds.revoked(cert.raw_serial()).is_some();
         // A slot-bound certificate binds its slot actors and no other.
-        let slot = match pki::slot_space(&st.cert) {
+        let slot = match pki::slot_space_of(&cert, &st.cert) {
             None => None,
             Some(space) => Some(member_slot(&space, &id.name, &st.node_actor).ok_or_else(|| {
                 format!(

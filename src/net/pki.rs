@@ -249,6 +249,14 @@ pub const ACTOR_SLOTS_URI: &str = "urn:edgesync:actor-slots:32";
 /// certificate without it (or one that does not parse).
 pub fn slot_space(der: &[u8]) -> Option<[u8; 32]> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    slot_space_of(&cert, der)
+}
+
+/// [`slot_space`] of a certificate already parsed from `der`.
+pub fn slot_space_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    der: &[u8],
+) -> Option<[u8; 32]> {
     let marked = cert
         .subject_alternative_name()
         .ok()
