@@ -208,8 +208,9 @@ pub(crate) struct Session {
     incarnation_in: bool,
     /// The peer's Hello has [`crate::wire::CAP_SLOTS`]: it answers a `SlotQuery`.
     peer_slots: bool,
-    /// This node sent its `SlotQuery` and awaits the answer.
-    slot_asked: bool,
+    /// This node sent its `SlotQuery` at this time (ms) and awaits the answer (a lost frame is
+    /// a fault like a lost Ack: the answer is due within the acknowledgement timeout).
+    slot_asked: Option<u64>,
     /// The peer's `SlotQuery` was answered (a second one ends the session).
     slot_answered: bool,
     outbox: VecDeque<Outgoing>,
@@ -275,7 +276,7 @@ impl Session {
             peer_incarnates: false,
             incarnation_in: false,
             peer_slots: false,
-            slot_asked: false,
+            slot_asked: None,
             slot_answered: false,
             outbox: VecDeque::new(),
             known,
@@ -489,17 +490,28 @@ impl Session {
         self.incarnation_in = true;
     }
 
-    /// Queues this node's `SlotQuery` for `space` if the peer answers one and none was sent.
-    pub(crate) fn ask_slot(&mut self, gate: u64, space: [u8; 32]) {
-        if self.peer_slots && !self.slot_asked {
-            self.slot_asked = true;
+    /// Queues this node's `SlotQuery` for `space` at `now_ms`, if the peer answers one.
+    /// Called once per session (from the peer's Hello).
+    pub(crate) fn ask_slot(&mut self, gate: u64, space: [u8; 32], now_ms: u64) {
+        if self.peer_slots && self.slot_asked.is_none() {
+            self.slot_asked = Some(now_ms);
             self.push(gate, &Message::SlotQuery(crate::wire::SlotQuery { space }));
         }
     }
 
     /// Takes the outstanding `SlotQuery` of this node: false when none is outstanding.
     pub(crate) fn take_slot_question(&mut self) -> bool {
-        std::mem::replace(&mut self.slot_asked, false)
+        self.slot_asked.take().is_some()
+    }
+
+    /// When the answer to this node's outstanding `SlotQuery` is due, if one is outstanding.
+    fn slot_deadline(&self, limits: &Limits) -> Option<u64> {
+        self.slot_asked.map(|t| t + limits.ack_timeout_ms)
+    }
+
+    /// Whether the answer to this node's `SlotQuery` is overdue at `now_ms`.
+    pub(crate) fn slot_overdue(&self, limits: &Limits, now_ms: u64) -> bool {
+        self.slot_deadline(limits).is_some_and(|d| d <= now_ms)
     }
 
     /// Queues the answer to the peer's `SlotQuery`; false if it asked before in this session.
@@ -613,6 +625,7 @@ impl Session {
                 .inflight
                 .values()
                 .map(|b| b.sent_ms + limits.ack_timeout_ms)
+                .chain(self.slot_deadline(limits))
                 .min(),
             Phase::Closed => None,
         }

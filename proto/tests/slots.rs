@@ -444,3 +444,32 @@ fn retention_waits_for_what_an_unsettled_node_journaled() {
     assert_eq!(node.docs().count(), 0);
     assert_eq!(node.journal_len(), 0, "nothing comes back");
 }
+
+// A slot answer lost on the way (a fault like a lost Ack) does not leave the node unsettled on a
+// live link for ever: the session ends with Timeout once the acknowledgement timeout passes, and
+// the next session asks again and settles.
+#[test]
+fn an_unanswered_slot_query_times_out_and_is_asked_again() {
+    let mut node = open(0, MemStore::new(), 1, settling);
+    let ack_timeout = node.config().ack_timeout_ms;
+    let mut gw9 = Hand::new("gw-9");
+    let caps = edgesync_proto::wire::CAP_SLOTS;
+    let sid = hand_session(&mut node, &mut gw9, caps);
+    assert!(released(&mut node, sid)
+        .iter()
+        .any(|m| matches!(m, Message::SlotQuery(_))));
+    assert!(node.poll_timeout().is_some_and(|t| t <= ack_timeout));
+    node.handle_timeout(ack_timeout);
+    let ended = closes(&mut node);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].0, CloseCode::Timeout);
+    assert!(ended[0].1.contains("slot answer"), "{}", ended[0].1);
+    node.disconnect(sid);
+    let sid = hand_session(&mut node, &mut gw9, caps);
+    assert!(released(&mut node, sid)
+        .iter()
+        .any(|m| matches!(m, Message::SlotQuery(_))));
+    let answer = Message::SlotAnswer(SlotAnswer { statement: None });
+    node.handle_input(sid, &answer.to_frame(), ack_timeout + 1);
+    assert!(node.is_settled());
+}

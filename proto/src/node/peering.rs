@@ -205,7 +205,7 @@ impl<S: Store> Node<S> {
         // Every slot-bound node asks: an unsettled one to learn its slot, a settled one to
         // hear of another store under its certificate.
         if self.meta.slot_space != [0; 32] {
-            s.ask_slot(self.commit_seq, self.meta.slot_space);
+            s.ask_slot(self.commit_seq, self.meta.slot_space, self.now_ms);
         }
         let peer = s.peer().clone();
         let recorded = self.peers.get(&peer).and_then(|r| r.store_id);
@@ -625,14 +625,22 @@ impl<S: Store> Node<S> {
         self.now_ms = self.now_ms.max(now_ms);
         self.fold_if_due(now_ms);
         let limits = self.limits();
-        let overdue: Vec<(SessionId, bool)> = self
+        let overdue: Vec<(SessionId, &str)> = self
             .sessions
             .iter()
             .filter(|(_, s)| s.deadline(&limits).is_some_and(|d| d <= now_ms))
-            .map(|(id, s)| (*id, s.is_live()))
+            .map(|(id, s)| {
+                let what = if !s.is_live() {
+                    "handshake"
+                } else if s.slot_overdue(&limits, now_ms) {
+                    "slot answer"
+                } else {
+                    "acknowledgement"
+                };
+                (*id, what)
+            })
             .collect();
-        for (sid, live) in overdue {
-            let what = if live { "acknowledgement" } else { "handshake" };
+        for (sid, what) in overdue {
             self.close_session(sid, CloseCode::Timeout, &format!("{what} timed out"));
         }
     }
