@@ -389,6 +389,29 @@ fn copy_dir(from: &Path, to: &Path) {
 // ---------------------------------------------------------------------------------------------
 // Row 2: ingest over HTTP.
 
+/// A keep-alive HTTP client as a sensor gateway's would be: one connection, reused. The
+/// client shares the machine's cores with the server, so it must not cost more than one: no
+/// resolver thread per request (ureq spawns one to bound name resolution when a global
+/// timeout is set; these URLs are IP literals), and every answer read to its end (else the
+/// connection cannot be reused and each request opens a new one).
+fn keep_alive_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_send_body(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(30)))
+        .timeout_recv_body(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// POSTs `body` as JSON and reads the answer to its end; its status and JSON.
+fn post_json(agent: &ureq::Agent, url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let mut r = agent.post(url).send_json(body).expect("ingest over HTTP");
+    let status = r.status().as_u16();
+    let v = r.body_mut().read_json().expect("a JSON answer");
+    (status, v)
+}
+
 /// Readings/s through `POST /v1/ingest` from `writers` keep-alive clients, each request one
 /// reading (`batch` 1, a JSON object) or a JSON array of `batch` readings.
 fn http_ingest(rt: &tokio::runtime::Runtime, writers: usize, batch: u64, run: Duration) -> f64 {
@@ -409,10 +432,7 @@ fn http_ingest(rt: &tokio::runtime::Runtime, writers: usize, batch: u64, run: Du
         run,
         |w| {
             let url = url.clone();
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(30)))
-                .build()
-                .into();
+            let agent = keep_alive_agent();
             move |i| {
                 let reading = |i: u64| {
                     serde_json::json!({
@@ -426,10 +446,9 @@ fn http_ingest(rt: &tokio::runtime::Runtime, writers: usize, batch: u64, run: Du
                 } else {
                     (i * batch..(i + 1) * batch).map(reading).collect()
                 };
-                let mut r = agent.post(&url).send_json(body).expect("ingest over HTTP");
-                assert_eq!(r.status(), 200);
+                let (status, v) = post_json(&agent, &url, body);
+                assert_eq!(status, 200);
                 if batch > 1 {
-                    let v: serde_json::Value = r.body_mut().read_json().expect("JSON");
                     let results = v["results"].as_array().expect("results");
                     assert!(
                         results.len() as u64 == batch
@@ -1138,10 +1157,7 @@ fn long_stream(readings: u64) -> LongStream {
         .map(|_| {
             let (next, done, url) = (next.clone(), done.clone(), format!("{url}/v1/ingest"));
             std::thread::spawn(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(30)))
-                    .build()
-                    .into();
+                let agent = keep_alive_agent();
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= readings {
@@ -1151,8 +1167,8 @@ fn long_stream(readings: u64) -> LongStream {
                         "doc": "site-a/long-1", "id": format!("r{i:07}"), "ts": t0 + i * 1000,
                         "fields": {"temp": 20.0 + (i % 100) as f64 / 10.0, "ok": true},
                     });
-                    let r = agent.post(&url).send_json(body).expect("ingest over HTTP");
-                    assert_eq!(r.status(), 200);
+                    let (status, _) = post_json(&agent, &url, body);
+                    assert_eq!(status, 200);
                     done.fetch_add(1, Ordering::SeqCst);
                 }
             })
