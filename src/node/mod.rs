@@ -1,12 +1,21 @@
-//! The durable node for embedding: the core over RocksDB, driven by two threads.
+//! The durable node for embedding: the core over RocksDB, driven by two threads and by the
+//! threads of callers that ingest.
 //!
-//! - The **core thread** owns the [`edgesync_proto::Node`]. It takes requests from a channel,
-//!   drains whatever else is already queued (up to `ingest_batch_max` readings, waiting at most
-//!   `ingest_window_ms` for more), and ingests all readings for one document as one Automerge
-//!   change: one Automerge commit per reading would cost far more than the RocksDB write.
-//! - The **syncer thread** makes commits durable with one WAL fsync at a time. Commits made while
-//!   an fsync runs are covered by the next one, so concurrent writers share fsyncs (group commit)
-//!   and durable throughput grows with concurrency.
+//! - The **core** ([`edgesync_proto::Node`] and what waits on it) sits behind one lock. An
+//!   ingest runs on the caller's thread under that lock: blocking callers queue their request
+//!   and whoever takes the lock next ingests every queued request at once (readings of one
+//!   document become one journal commit), so concurrent writers share writes without a hop
+//!   to another thread; an async caller that finds the lock held hands its ingest to the core
+//!   thread instead of waiting. With `ingest_window_ms` above 0 every ingest goes to the core
+//!   thread, which gathers them for that long.
+//! - The **core thread** takes every other request from a channel (up to 1,024 per turn), and
+//!   fires the protocol's timers and housekeeping at the start of every turn. A caller whose
+//!   ingest gives the core an earlier deadline than the one the thread sleeps until (the
+//!   journal's fold) wakes it.
+//! - The **syncer thread** makes commits durable with one WAL fsync at a time and answers
+//!   what waited for it. Commits made while an fsync runs are covered by the next one, so
+//!   concurrent writers share fsyncs (group commit) and durable throughput grows with
+//!   concurrency.
 //!
 //! A request is answered only when everything it wrote is durable: fsynced, or with
 //! [`Durability::Wal`] written to the WAL. Peers hear of a commit only once it is fsynced, in
@@ -16,8 +25,8 @@
 //!
 //! Peers: the transport (see [`crate::mesh`]) reports an authenticated link with
 //! [`NodeHandle::peer_up`], feeds its frames with [`NodeHandle::peer_input`] and reports its end
-//! with [`NodeHandle::peer_down`]; the core thread sends outbound frames (only once durable) on
-//! the link's channel. The core thread also runs the protocol's timers.
+//! with [`NodeHandle::peer_down`]; whichever thread holds the core hands released frames (only
+//! once durable) to the link's channel.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -47,10 +56,14 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     /// When a write counts as durable. Default [`Durability::Fsync`].
     pub durability: Durability,
-    /// Most readings ingested as one batch (one Automerge change per document). Default 512.
+    /// Most readings the core thread takes into one batch of queued ingests (one journal
+    /// commit). Default 512. (Callers that ingest on their own threads batch what queued up
+    /// while the core's lock was held: at most one request per waiting caller.)
     pub ingest_batch_max: usize,
-    /// How long the core waits for more readings once it has one, in ms. Default 0: batches
-    /// form from what queued up during the previous commit, adding no latency when idle.
+    /// How long the core thread waits for more readings once it has one, in ms. Default 0:
+    /// ingests run on their callers' threads, and batches form from what queued up during the
+    /// previous commit, adding no latency when idle. Above 0, every ingest goes to the core
+    /// thread, which gathers them for this long.
     pub ingest_window_ms: u64,
     /// Bytes queued for one peer's link and not yet written to its transport. A session whose
     /// queue would grow past this (the peer does not read) ends with `Overloaded`; the peer
@@ -533,8 +546,69 @@ enum Cmd {
         peers: Vec<NodeName>,
         reply: Reply<NodeStatus, Stopped>,
     },
-    Durable(Result<u64, Arc<StoreError>>),
+    /// A caller gave the core an earlier deadline than the one its thread sleeps until: the
+    /// thread wakes to take the new one.
+    Wake,
     Shutdown,
+}
+
+/// What the core thread, the syncer thread and callers that ingest on their own thread share.
+struct Shared {
+    /// The core; `None` once the node stopped (or a panic while it was held ended it).
+    core: parking_lot::Mutex<Option<Core>>,
+    /// Ingests of blocking callers waiting for the core's lock: whoever takes it next ingests
+    /// all of them at once (one commit for all: concurrent writers share a write). At most one
+    /// entry per caller thread blocked on the lock.
+    queued: parking_lot::Mutex<Vec<QueuedIngest>>,
+}
+
+type SharedCore = Arc<Shared>;
+
+/// An ingest request: document, readings, answer.
+type QueuedIngest = (DocId, Vec<Reading>, IngestReply);
+
+/// The core, locked. Dropped while its thread panics, it ends the node (as a panic of the core
+/// thread always has): the core may be half-changed, so nothing uses it again, and dropping it
+/// answers every waiting request `Stopped` and closes every link.
+struct Locked<'a>(parking_lot::MutexGuard<'a, Option<Core>>);
+
+impl Locked<'_> {
+    /// Locks the core; `None` once the node stopped.
+    fn new(shared: &Shared) -> Option<Locked<'_>> {
+        Some(shared.core.lock()).filter(|g| g.is_some()).map(Locked)
+    }
+
+    /// [`Locked::new`] without waiting: `Err(())` while another thread holds the core.
+    fn try_new(shared: &Shared) -> Result<Option<Locked<'_>>, ()> {
+        let g = shared.core.try_lock().ok_or(())?;
+        Ok(Some(g).filter(|g| g.is_some()).map(Locked))
+    }
+
+    /// Takes the core out: from now on every caller is told `Stopped`.
+    fn take(mut self) -> Core {
+        self.0.take().expect("checked when locked")
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        self.0.as_ref().expect("checked when locked")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        self.0.as_mut().expect("checked when locked")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.take();
+        }
+    }
 }
 
 /// A running node.
@@ -549,6 +623,9 @@ pub struct DurableNode {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: Sender<Cmd>,
+    core: SharedCore,
+    /// Whether an ingest runs on the caller's thread (`ingest_window_ms` is 0).
+    direct: bool,
     health: Health,
     /// True while the core thread runs; false once it returned or unwound.
     core_alive: Arc<AtomicBool>,
@@ -628,54 +705,71 @@ impl DurableNode {
         let (kick_tx, kick_rx) = mpsc::channel::<()>();
         let (events, _) = broadcast::channel(1024);
         let (feed_tx, feed_rx) = watch::channel(node.feed_head());
-        let durable_tx = tx.clone();
-        let sync_handle = syncer;
+        let copy_refusals = CopyRefusals::default();
+        let core = parking_lot::Mutex::new(Some(Core {
+            node,
+            opts: opts.clone(),
+            kick: kick_tx,
+            waiting: VecDeque::new(),
+            links: BTreeMap::new(),
+            events: events.clone(),
+            feed_head: feed_tx,
+            // Housekeeping always runs: closed buckets leave memory even without retention.
+            housekeep_at: 0,
+            asleep_until: u64::MAX,
+            refused: BTreeMap::new(),
+            copy_refusals: copy_refusals.clone(),
+            slot_conflicts: 0,
+        }));
+        let shared: SharedCore = Arc::new(Shared {
+            core,
+            queued: parking_lot::Mutex::new(Vec::new()),
+        });
+        // The syncer holds the core weakly: it ends when the core is gone (its kick sender
+        // with it), not kept alive by itself.
+        let weak = Arc::downgrade(&shared);
+        let wake_tx = tx.clone();
         let syncer_thread = std::thread::Builder::new()
             .name("edgesync-syncer".into())
             .spawn(move || {
                 while kick_rx.recv().is_ok() {
                     while kick_rx.try_recv().is_ok() {}
                     let t = Instant::now();
-                    let r = sync_handle.sync().map_err(Arc::new);
+                    let r = syncer.sync().map_err(Arc::new);
                     metrics::histogram!("edgesync_store_sync_seconds")
                         .record(t.elapsed().as_secs_f64());
                     let failed = r.is_err();
-                    if durable_tx.send(Cmd::Durable(r)).is_err() || failed {
+                    // Answered here, without a hop through the core thread: durability is
+                    // what every fsync-mode answer waits for.
+                    let Some(shared) = weak.upgrade() else { break };
+                    let Some(mut core) = Locked::new(&shared) else {
+                        break;
+                    };
+                    core.durable(r);
+                    core.pump();
+                    if core.needs_wake() {
+                        let _ = wake_tx.send(Cmd::Wake);
+                    }
+                    if failed {
                         break;
                     }
                 }
             })?;
-        let core_opts = opts.clone();
-        let core_events = events.clone();
         let core_alive = Arc::new(AtomicBool::new(true));
         let alive = AliveGuard(core_alive.clone());
-        let copy_refusals = CopyRefusals::default();
-        let core_refusals = copy_refusals.clone();
+        let core_shared = shared.clone();
         let core = std::thread::Builder::new()
             .name("edgesync-core".into())
             .spawn(move || {
                 // Dropped when the thread ends, by returning or by a panic unwinding it.
                 let _alive = alive;
-                Core {
-                    node,
-                    opts: core_opts,
-                    kick: kick_tx,
-                    waiting: VecDeque::new(),
-                    links: BTreeMap::new(),
-                    events: core_events,
-                    feed_head: feed_tx,
-                    // Housekeeping always runs: closed buckets leave memory even without
-                    // retention.
-                    housekeep_at: 0,
-                    refused: BTreeMap::new(),
-                    copy_refusals: core_refusals,
-                    slot_conflicts: 0,
-                }
-                .run(rx)
+                run_core(&core_shared, rx)
             })?;
         Ok(DurableNode {
             handle: NodeHandle {
                 tx,
+                core: shared,
+                direct: opts.ingest_window_ms == 0,
                 health,
                 core_alive,
                 link_inbound_bytes_max: opts.link_inbound_bytes_max,
@@ -757,21 +851,71 @@ impl NodeHandle {
     }
 
     /// Ingests readings into a sensor document; returns once they are durable.
+    ///
+    /// The ingest runs on the calling thread, under the core's lock (no hop to the core
+    /// thread: with `wal` the answer needs none), unless `ingest_window_ms` asks the core
+    /// thread to gather ingests.
     pub fn ingest(
         &self,
         doc: DocId,
         readings: Vec<Reading>,
     ) -> Result<Vec<IngestOutcome>, WriteError> {
-        self.call(ingest_request(doc, readings)?)
+        validate(&readings)?;
+        if !self.direct {
+            return self.call(ingest_cmd(doc, readings));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.core.queued.lock().push((doc, readings, tx));
+        match Locked::new(&self.core) {
+            // Ours, and whatever other callers queued meanwhile (unless the thread that held
+            // the lock before took ours with its own).
+            Some(mut core) => {
+                let batch = std::mem::take(&mut *self.core.queued.lock());
+                self.ingest_locked(&mut core, batch);
+            }
+            None => {
+                self.core.queued.lock().clear();
+                return Err(Stopped.into());
+            }
+        }
+        rx.blocking_recv().map_err(|_| Stopped)?
     }
 
-    /// [`NodeHandle::ingest`] for async callers.
+    /// [`NodeHandle::ingest`] for async callers. An async caller does not wait for the core's
+    /// lock: while another thread holds it, the ingest goes to the core thread's queue.
     pub async fn ingest_async(
         &self,
         doc: DocId,
         readings: Vec<Reading>,
     ) -> Result<Vec<IngestOutcome>, WriteError> {
-        self.call_async(ingest_request(doc, readings)?).await
+        validate(&readings)?;
+        if !self.direct {
+            return self.call_async(ingest_cmd(doc, readings)).await;
+        }
+        let rx = match Locked::try_new(&self.core) {
+            Ok(Some(mut core)) => {
+                let (tx, rx) = oneshot::channel();
+                let mut batch = std::mem::take(&mut *self.core.queued.lock());
+                batch.push((doc, readings, tx));
+                self.ingest_locked(&mut core, batch);
+                rx
+            }
+            Ok(None) => return Err(Stopped.into()),
+            Err(()) => self.send(ingest_cmd(doc, readings))?,
+        };
+        rx.await.map_err(|_| Stopped)?
+    }
+
+    /// Ingests `batch` on this thread; each is answered once durable (at once with `wal`).
+    fn ingest_locked(&self, core: &mut Core, batch: Vec<QueuedIngest>) {
+        if batch.is_empty() {
+            return;
+        }
+        core.ingest_batch(batch);
+        core.pump();
+        if core.needs_wake() {
+            let _ = self.tx.send(Cmd::Wake);
+        }
     }
 
     /// Applies a JSON merge patch to a generic document; returns once durable. `false` when the
@@ -968,20 +1112,22 @@ impl NodeHandle {
     }
 }
 
-/// Validates `readings` on the caller's thread (the core thread's time is the scarce one) and
-/// makes the ingest request.
-fn ingest_request(
-    doc: DocId,
-    readings: Vec<Reading>,
-) -> Result<impl FnOnce(IngestReply) -> Cmd, WriteError> {
-    for r in &readings {
+/// Validates `readings` on the caller's thread, before the core's time (the scarce one) is
+/// spent on them.
+fn validate(readings: &[Reading]) -> Result<(), WriteError> {
+    for r in readings {
         r.validate().map_err(NodeError::from)?;
     }
-    Ok(move |reply| Cmd::Ingest {
+    Ok(())
+}
+
+/// The ingest request for the core thread's queue.
+fn ingest_cmd(doc: DocId, readings: Vec<Reading>) -> impl FnOnce(IngestReply) -> Cmd {
+    move |reply| Cmd::Ingest {
         doc,
         readings,
         reply,
-    })
+    }
 }
 
 /// An answer waiting for durability.
@@ -1017,6 +1163,9 @@ struct Core {
     feed_head: watch::Sender<edgesync_proto::Cursor>,
     /// When housekeeping (unloading closed buckets, retention, pruning) next runs.
     housekeep_at: u64,
+    /// When the core thread wakes unless a request comes first (ms; `u64::MAX` while it works):
+    /// whoever gives the core an earlier deadline wakes it ([`Core::needs_wake`]).
+    asleep_until: u64,
     /// Sessions this node ended on a peer's input, by close code: at most one entry per code.
     refused: BTreeMap<&'static str, u64>,
     copy_refusals: CopyRefusals,
@@ -1031,87 +1180,106 @@ const COMPACT_PER_TURN: usize = 16;
 /// buckets, ms: a bucket is pruned at most this long after its last acknowledgement.
 const EXPIRE_INTERVAL_MS: u64 = 10_000;
 
-impl Core {
-    fn run(mut self, rx: Receiver<Cmd>) {
-        let mut pending: Option<Cmd> = None;
-        loop {
+/// The core thread: due timers and housekeeping, then the requests queued for the core, a turn
+/// at a time, each turn under the core's lock.
+fn run_core(shared: &Shared, rx: Receiver<Cmd>) {
+    let mut pending: Option<Cmd> = None;
+    loop {
+        let wait = {
+            let Some(mut core) = Locked::new(shared) else {
+                return;
+            };
             // Due timers fire on every turn, not only when no request is waiting: a steady
             // stream of input (one busy peer) must not starve another session's timeouts.
             let now = os::now_ms();
-            if self.node.poll_timeout().is_some_and(|at| at <= now) {
-                self.node.handle_timeout(now);
+            if core.node.poll_timeout().is_some_and(|at| at <= now) {
+                core.node.handle_timeout(now);
             }
-            if self.housekeep_at <= now {
-                self.housekeep(now);
+            if core.housekeep_at <= now {
+                core.housekeep(now);
             }
-            self.pump();
-            let first = match pending.take() {
-                Some(c) => c,
-                None => {
-                    let at = self
-                        .node
-                        .poll_timeout()
-                        .map_or(self.housekeep_at, |t| t.min(self.housekeep_at));
-                    let wait = Duration::from_millis(at.saturating_sub(os::now_ms()));
-                    match rx.recv_timeout(wait) {
-                        Ok(c) => c,
-                        // Due timers fire at the top of the loop.
-                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
+            core.pump();
+            let at = core
+                .node
+                .poll_timeout()
+                .map_or(core.housekeep_at, |t| t.min(core.housekeep_at));
+            core.asleep_until = if pending.is_some() { now } else { at };
+            Duration::from_millis(at.saturating_sub(os::now_ms()))
+        };
+        let first = match pending.take() {
+            Some(c) => c,
+            None => match rx.recv_timeout(wait) {
+                Ok(c) => c,
+                // Due timers fire at the top of the loop.
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        let Some(mut core) = Locked::new(shared) else {
+            return;
+        };
+        core.asleep_until = u64::MAX;
+        let mut ingests: Vec<QueuedIngest> = Vec::new();
+        let mut readings = 0usize;
+        let mut cmd = Some(first);
+        let deadline = Instant::now() + Duration::from_millis(core.opts.ingest_window_ms);
+        let mut stop = false;
+        let mut taken = 0;
+        while let Some(c) = cmd.take() {
+            taken += 1;
+            match c {
+                Cmd::Ingest {
+                    doc,
+                    readings: rs,
+                    reply,
+                } => {
+                    readings += rs.len();
+                    ingests.push((doc, rs, reply));
                 }
-            };
-            let mut ingests: Vec<(DocId, Vec<Reading>, IngestReply)> = Vec::new();
-            let mut readings = 0usize;
-            let mut cmd = Some(first);
-            let deadline = Instant::now() + Duration::from_millis(self.opts.ingest_window_ms);
-            let mut stop = false;
-            let mut taken = 0;
-            while let Some(c) = cmd.take() {
-                taken += 1;
-                match c {
-                    Cmd::Ingest {
-                        doc,
-                        readings: rs,
-                        reply,
-                    } => {
-                        readings += rs.len();
-                        ingests.push((doc, rs, reply));
-                    }
-                    Cmd::Shutdown => {
-                        stop = true;
-                        break;
-                    }
-                    other => {
-                        // Other requests wait for the ingests before them (order is kept).
-                        if ingests.is_empty() {
-                            self.handle(other);
-                        } else {
-                            pending = Some(other);
-                            break;
-                        }
-                    }
-                }
-                // A turn ends after a bounded number of requests, so that released frames go out
-                // and timers fire (top of the loop) however steady the input.
-                if readings >= self.opts.ingest_batch_max || taken >= TURN_REQUESTS_MAX {
+                Cmd::Shutdown => {
+                    stop = true;
                     break;
                 }
-                cmd = match rx.try_recv() {
-                    Ok(c) => Some(c),
-                    Err(_) if !ingests.is_empty() => rx
-                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                        .ok(),
-                    Err(_) => None,
-                };
+                other => {
+                    // Other requests wait for the ingests before them (order is kept).
+                    if ingests.is_empty() {
+                        core.handle(other);
+                    } else {
+                        pending = Some(other);
+                        break;
+                    }
+                }
             }
-            if !ingests.is_empty() {
-                self.ingest_batch(ingests);
-            }
-            if stop {
+            // A turn ends after a bounded number of requests, so that released frames go out
+            // and timers fire (top of the loop) however steady the input.
+            if readings >= core.opts.ingest_batch_max || taken >= TURN_REQUESTS_MAX {
                 break;
             }
+            cmd = match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(_) if !ingests.is_empty() => rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok(),
+                Err(_) => None,
+            };
         }
+        if !ingests.is_empty() {
+            core.ingest_batch(ingests);
+        }
+        if stop {
+            // Callers are told `Stopped` from here on; the core is finished outside the lock.
+            core.take().finish();
+            return;
+        }
+    }
+    if let Some(core) = Locked::new(shared) {
+        core.take().finish();
+    }
+}
+
+impl Core {
+    /// A clean stop: journal folded, a last sync, everything waiting answered.
+    fn finish(mut self) {
         self.node.shutdown();
         self.pump();
         // A clean stop: the next open keeps the actor whatever the durability (the record is
@@ -1124,6 +1292,19 @@ impl Core {
         // Answer what is still waiting with one last sync.
         let syncer = self.node.store().syncer();
         self.durable(syncer.sync().map_err(Arc::new));
+    }
+
+    /// Whether the core thread sleeps past the core's next deadline (a caller's ingest started
+    /// the journal's fold timer, a released frame an acknowledgement timer): then the caller
+    /// wakes it, once per such deadline.
+    fn needs_wake(&mut self) -> bool {
+        match self.node.poll_timeout() {
+            Some(at) if at < self.asleep_until => {
+                self.asleep_until = at;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Housekeeping: snapshots and unloads closed buckets, drops the buckets past the horizon
@@ -1261,8 +1442,8 @@ impl Core {
             Cmd::Status { peers, reply } => {
                 let _ = reply.send(Ok(self.status(peers)));
             }
-            Cmd::Durable(r) => self.durable(r),
-            Cmd::Ingest { .. } | Cmd::Shutdown => unreachable!("handled by run"),
+            Cmd::Wake => {}
+            Cmd::Ingest { .. } | Cmd::Shutdown => unreachable!("handled by run_core"),
         }
     }
 
@@ -1445,7 +1626,7 @@ impl Core {
     }
 
     /// Ingests a batch: all readings for one document become one core ingest (one change).
-    fn ingest_batch(&mut self, batch: Vec<(DocId, Vec<Reading>, IngestReply)>) {
+    fn ingest_batch(&mut self, batch: Vec<QueuedIngest>) {
         let mut by_doc: BTreeMap<DocId, DocRequests> = BTreeMap::new();
         for (doc, rs, reply) in batch {
             by_doc.entry(doc).or_default().push((rs, reply));
@@ -1533,6 +1714,117 @@ mod tests {
         node.shutdown();
         assert!(!h.is_core_alive());
         assert!(matches!(h.docs(), Err(ReadError::Stopped)));
+        assert!(matches!(
+            h.ingest(doc("site/s-1"), vec![reading("r1", 1)]),
+            Err(WriteError::Stopped)
+        ));
+    }
+
+    fn doc(d: &str) -> DocId {
+        DocId::new(d).unwrap()
+    }
+
+    fn reading(id: &str, v: i64) -> Reading {
+        Reading::from_json(id, 1_700_000_000_000 + v, &serde_json::json!({ "v": v })).unwrap()
+    }
+
+    // An ingest on the caller's thread starts the journal's fold timer while the core thread
+    // sleeps until its next housekeeping (seconds away): the caller wakes it, and the reading
+    // is folded on time, with no other request to wake the core.
+    #[test]
+    fn a_callers_ingest_wakes_the_core_thread_for_the_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(NodeName::new("n1").unwrap());
+        cfg.journal_fold_ms = 50;
+        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
+        let h = node.handle();
+        // The core thread has gone to sleep until its next housekeeping.
+        std::thread::sleep(Duration::from_millis(200));
+        let out = h.ingest(doc("site/s-1"), vec![reading("r1", 1)]).unwrap();
+        assert_eq!(out, vec![IngestOutcome::Inserted]);
+        let journaled = || {
+            let core = Locked::new(&h.core).expect("running");
+            core.node.journal_len()
+        };
+        let started = Instant::now();
+        while journaled() > 0 && started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(journaled(), 0, "folded within its interval");
+        node.shutdown();
+    }
+
+    // Writers on many threads ingest on their own threads (sharing commits): every reading is
+    // inserted exactly once (the others are duplicates) and is there after a restart.
+    #[test]
+    fn concurrent_callers_insert_each_reading_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || NodeOptions::new(Config::new(NodeName::new("n1").unwrap()), dir.path());
+        let node = DurableNode::start(opts()).unwrap();
+        let inserted: usize = (0..8)
+            .map(|w| {
+                let h = node.handle();
+                std::thread::spawn(move || {
+                    let mut inserted = 0;
+                    for i in 0..100 {
+                        // Every writer writes the shared readings, and some of its own.
+                        let shared = h.ingest(doc("site/s-1"), vec![reading(&format!("r{i}"), i)]);
+                        let own = h.ingest(
+                            doc(&format!("site/w-{w}")),
+                            vec![reading(&format!("w{w}-{i}"), i)],
+                        );
+                        for out in [shared.unwrap(), own.unwrap()] {
+                            inserted += out
+                                .iter()
+                                .filter(|o| **o == IngestOutcome::Inserted)
+                                .count();
+                        }
+                    }
+                    inserted
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum();
+        assert_eq!(inserted, 100 + 8 * 100);
+        node.shutdown();
+        let node = DurableNode::start(opts()).unwrap();
+        let h = node.handle();
+        let count = |d: &str| {
+            let page = h.read_range(doc(d), Range::default()).unwrap().unwrap();
+            page.readings.len()
+        };
+        assert_eq!(count("site/s-1"), 100);
+        for w in 0..8 {
+            assert_eq!(count(&format!("site/w-{w}")), 100);
+        }
+        node.shutdown();
+    }
+
+    // A panic while a thread holds the core ends the node, as a panic of the core thread
+    // does: the core may be half-changed, so no one uses it again.
+    #[test]
+    fn a_panic_holding_the_core_stops_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::new(NodeName::new("n1").unwrap());
+        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
+        let h = node.handle();
+        h.ingest(doc("site/s-1"), vec![reading("r1", 1)]).unwrap();
+        let core = h.core.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = Locked::new(&core).expect("running");
+            panic!("a bug while holding the core");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(matches!(
+            h.ingest(doc("site/s-1"), vec![reading("r2", 2)]),
+            Err(WriteError::Stopped)
+        ));
+        assert!(matches!(h.docs(), Err(ReadError::Stopped)));
+        node.shutdown();
+        assert!(!h.is_core_alive());
     }
 
     // A session whose handshake never completes times out on time even while other input
