@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use edgesync_proto::stream::{Page, Range, EXPIRE_BATCH_MAX};
 use edgesync_proto::{
-    Boot, CloseCode, Config, DocId, Event, Identity, IngestOutcome, Node, NodeError, NodeName,
-    Origin, Reading, SessionId, SessionStats, StoreError,
+    Boot, CloseCode, Config, DocId, Event, Identity, IngestOutcome, Ingested, Node, NodeError,
+    NodeName, Origin, Reading, SessionId, SessionStats, StoreError,
 };
 use serde_json::Value as Json;
 use tokio::sync::{broadcast, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -1632,26 +1632,49 @@ impl Core {
             by_doc.entry(doc).or_default().push((rs, reply));
         }
         for (doc, requests) in by_doc {
+            if let [(rs, _)] = &requests[..] {
+                let done = self.ingest_one(&doc, rs);
+                self.answer(done, requests);
+                continue;
+            }
             let all: Vec<Reading> = requests
                 .iter()
                 .flat_map(|(rs, _)| rs.iter().cloned())
                 .collect();
-            let started = Instant::now();
-            match self.node.ingest(&doc, &all, os::now_ms()) {
-                Ok(done) => {
-                    metrics::histogram!("edgesync_commit_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    let mut outcomes = done.outcomes.into_iter();
+            match self.ingest_one(&doc, &all) {
+                Ok(done) => self.answer(Ok(done), requests),
+                // One request's refusal (a reading too old, say) is not another's: a refusal
+                // wrote nothing, so each is ingested alone and answered for itself.
+                Err(_) => {
                     for (rs, reply) in requests {
-                        let mine: Vec<IngestOutcome> = outcomes.by_ref().take(rs.len()).collect();
-                        self.wait(done.durable_at, Waiting::Ingest(reply, mine));
+                        let done = self.ingest_one(&doc, &rs);
+                        self.answer(done, vec![(rs, reply)]);
                     }
                 }
-                Err(e) => {
-                    let e = WriteError::from(e);
-                    for (_, reply) in requests {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+            }
+        }
+    }
+
+    fn ingest_one(&mut self, doc: &DocId, readings: &[Reading]) -> Result<Ingested, WriteError> {
+        let started = Instant::now();
+        let done = self.node.ingest(doc, readings, os::now_ms())?;
+        metrics::histogram!("edgesync_commit_seconds").record(started.elapsed().as_secs_f64());
+        Ok(done)
+    }
+
+    /// Answers `requests`, whose readings were ingested together, in order, as `done` says.
+    fn answer(&mut self, done: Result<Ingested, WriteError>, requests: DocRequests) {
+        match done {
+            Ok(done) => {
+                let mut outcomes = done.outcomes.into_iter();
+                for (rs, reply) in requests {
+                    let mine: Vec<IngestOutcome> = outcomes.by_ref().take(rs.len()).collect();
+                    self.wait(done.durable_at, Waiting::Ingest(reply, mine));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in requests {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -1799,6 +1822,49 @@ mod tests {
         for w in 0..8 {
             assert_eq!(count(&format!("site/w-{w}")), 100);
         }
+        node.shutdown();
+    }
+
+    // Requests ingested together (callers that queued meanwhile) are answered each for
+    // itself: one caller's refused reading does not refuse another's.
+    #[test]
+    fn a_refused_request_does_not_refuse_the_ones_batched_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::new(NodeName::new("n1").unwrap());
+        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
+        let h = node.handle();
+        let too_far = Reading::from_json(
+            "far",
+            edgesync_proto::stream::TS_LIMIT_MS,
+            &serde_json::json!({ "v": 1 }),
+        )
+        .unwrap();
+        let (good, bad, good2) = (oneshot::channel(), oneshot::channel(), oneshot::channel());
+        {
+            let mut core = Locked::new(&h.core).expect("running");
+            core.ingest_batch(vec![
+                (doc("site/s-1"), vec![reading("r1", 1)], good.0),
+                (doc("site/s-1"), vec![too_far], bad.0),
+                (doc("site/s-1"), vec![reading("r2", 2)], good2.0),
+            ]);
+        }
+        assert_eq!(
+            good.1.blocking_recv().unwrap().unwrap(),
+            vec![IngestOutcome::Inserted]
+        );
+        assert!(matches!(
+            bad.1.blocking_recv().unwrap(),
+            Err(WriteError::Refused(e)) if matches!(*e, NodeError::TooFarAhead { .. })
+        ));
+        assert_eq!(
+            good2.1.blocking_recv().unwrap().unwrap(),
+            vec![IngestOutcome::Inserted]
+        );
+        let page = h
+            .read_range(doc("site/s-1"), Range::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.readings.len(), 2);
         node.shutdown();
     }
 
