@@ -121,7 +121,10 @@ pub(crate) fn reading_body(doc: &impl ReadDoc, obj: &ObjId, id: &str) -> Option<
 
 /// Writes the readings not yet present into the document as one change, authored by the
 /// document's actor with sequence number `seq` (one past what the document holds of it),
-/// after `prev`, the actor's change before it (none for the first).
+/// after `prev`, the actor's change before it (none for the first). With `known_new` the
+/// caller knows no id is in the document (the journal's fold on a settled node, whose ingest
+/// judged every id against the document and which let nothing write it since), and the
+/// document is not searched for them.
 /// Returns the outcome per reading, in input order, and the change if anything was written;
 /// Automerge's reason if it refuses the change (`seq` is not the next of the document's
 /// actor), and then the document is unchanged.
@@ -135,6 +138,7 @@ pub(crate) fn put_readings(
     readings: &[(&str, &str)],
     time_s: i64,
     (seq, prev): (u64, Option<ChangeHash>),
+    known_new: bool,
 ) -> Result<(Vec<IngestOutcome>, Option<Change>), String> {
     let mut outcomes = Vec::with_capacity(readings.len());
     let mut written: BTreeMap<&str, &str> = BTreeMap::new();
@@ -143,6 +147,7 @@ pub(crate) fn put_readings(
     for &(id, body) in readings {
         let existing = match written.get(id) {
             Some(b) => Some(b.to_string()),
+            None if known_new => None,
             None => reading_body(doc, obj, id),
         };
         let outcome = match existing {
@@ -733,6 +738,30 @@ mod tests {
         }
     }
 
+    // Told the ids are new, the fold writes the change it writes after searching for them.
+    #[test]
+    fn put_readings_of_known_new_ids_makes_the_same_change() {
+        let mut doc = Automerge::new().with_actor(automerge::ActorId::from([1u8; 16]));
+        doc.apply_changes([sensor_genesis().clone()]).unwrap();
+        let (_, first) = put(&mut doc, &[reading("r1", 1, 1)], 7);
+        let map = readings_obj(&doc).unwrap();
+        let prev = first.map(|h| (1, Some(h))).unwrap();
+        let bodies = [
+            ("r2", reading("r2", 2, 2).encode()),
+            ("r3", reading("r3", 3, 3).encode()),
+        ];
+        let pairs: Vec<(&str, &str)> = bodies.iter().map(|(i, b)| (*i, b.as_str())).collect();
+        let (mut searched, mut trusted) = (doc.fork(), doc.fork());
+        searched.set_actor(automerge::ActorId::from([1u8; 16]));
+        trusted.set_actor(automerge::ActorId::from([1u8; 16]));
+        let next = (prev.0 + 1, prev.1);
+        let a = put_readings(&mut searched, &map, &pairs, 7, next, false).unwrap();
+        let b = put_readings(&mut trusted, &map, &pairs, 7, next, true).unwrap();
+        assert_eq!(a.0, vec![IngestOutcome::Inserted; 2]);
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.1.unwrap().hash(), b.1.unwrap().hash());
+    }
+
     /// `put_readings` into a sensor document's (intact) readings map.
     fn put(
         doc: &mut Automerge,
@@ -753,7 +782,7 @@ mod tests {
             .iter()
             .map(|(i, b)| (i.as_str(), b.as_str()))
             .collect();
-        let (out, change) = put_readings(doc, &map, &pairs, time_s, (seq, prev)).unwrap();
+        let (out, change) = put_readings(doc, &map, &pairs, time_s, (seq, prev), false).unwrap();
         (out, change.map(|c| c.hash()))
     }
 }

@@ -1490,12 +1490,16 @@ impl<S: Store> Node<S> {
             let time_s = (now_ms / 1000) as i64;
             let (last, prev) = self.own_last(doc)?;
             let seq = last + 1;
+            // A settled node's journaled ids are new to the document (see the journal's
+            // invariants); debug builds search anyway, for the fold's assertion to check it.
+            let known_new = !self.journaled_unsettled && !cfg!(debug_assertions);
             let (out, change) = doc::put_readings(
                 self.loaded_doc(doc)?,
                 &map,
                 &entries[start..end],
                 time_s,
                 (seq, prev),
+                known_new,
             )
             .map_err(|reason| NodeError::Fold {
                 doc: doc.clone(),
