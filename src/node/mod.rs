@@ -716,7 +716,7 @@ impl DurableNode {
             feed_head: feed_tx,
             // Housekeeping always runs: closed buckets leave memory even without retention.
             housekeep_at: 0,
-            asleep_until: u64::MAX,
+            asleep_until: 0,
             refused: BTreeMap::new(),
             copy_refusals: copy_refusals.clone(),
             slot_conflicts: 0,
@@ -1163,8 +1163,9 @@ struct Core {
     feed_head: watch::Sender<edgesync_proto::Cursor>,
     /// When housekeeping (unloading closed buckets, retention, pruning) next runs.
     housekeep_at: u64,
-    /// When the core thread wakes unless a request comes first (ms; `u64::MAX` while it works):
-    /// whoever gives the core an earlier deadline wakes it ([`Core::needs_wake`]).
+    /// When the core thread wakes unless a request comes first (ms; 0 while it works, as it
+    /// looks at every deadline before it sleeps again): whoever gives the core an earlier
+    /// deadline wakes it ([`Core::needs_wake`]).
     asleep_until: u64,
     /// Sessions this node ended on a peer's input, by close code: at most one entry per code.
     refused: BTreeMap<&'static str, u64>,
@@ -1218,7 +1219,7 @@ fn run_core(shared: &Shared, rx: Receiver<Cmd>) {
         let Some(mut core) = Locked::new(shared) else {
             return;
         };
-        core.asleep_until = u64::MAX;
+        core.asleep_until = 0;
         let mut ingests: Vec<QueuedIngest> = Vec::new();
         let mut readings = 0usize;
         let mut cmd = Some(first);
