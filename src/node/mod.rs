@@ -13,7 +13,7 @@
 //!   ingest gives the core an earlier deadline than the one the thread sleeps until (the
 //!   journal's fold) wakes it.
 //! - The **syncer thread** makes commits durable with one WAL fsync at a time and answers
-//!   what waited for it. Commits made while an fsync runs are covered by the next one, so
+//!   what waited for it (through the core thread when another thread holds the core). Commits made while an fsync runs are covered by the next one, so
 //!   concurrent writers share fsyncs (group commit) and durable throughput grows with
 //!   concurrency.
 //!
@@ -546,6 +546,8 @@ enum Cmd {
         peers: Vec<NodeName>,
         reply: Reply<NodeStatus, Stopped>,
     },
+    /// The syncer's report, when another thread held the core.
+    Durable(Result<u64, Arc<StoreError>>),
     /// A caller gave the core an earlier deadline than the one its thread sleeps until: the
     /// thread wakes to take the new one.
     Wake,
@@ -739,16 +741,25 @@ impl DurableNode {
                     metrics::histogram!("edgesync_store_sync_seconds")
                         .record(t.elapsed().as_secs_f64());
                     let failed = r.is_err();
-                    // Answered here, without a hop through the core thread: durability is
-                    // what every fsync-mode answer waits for.
+                    // Answered here when the core is free, without a hop through the core
+                    // thread (durability is what every fsync-mode answer waits for); while
+                    // another thread holds it, through the core thread's queue, so the next
+                    // fsync starts at once, over what the holder commits meanwhile.
                     let Some(shared) = weak.upgrade() else { break };
-                    let Some(mut core) = Locked::new(&shared) else {
-                        break;
-                    };
-                    core.durable(r);
-                    core.pump();
-                    if core.needs_wake() {
-                        let _ = wake_tx.send(Cmd::Wake);
+                    match Locked::try_new(&shared) {
+                        Ok(Some(mut core)) => {
+                            core.durable(r);
+                            core.pump();
+                            if core.needs_wake() {
+                                let _ = wake_tx.send(Cmd::Wake);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(()) => {
+                            if wake_tx.send(Cmd::Durable(r)).is_err() {
+                                break;
+                            }
+                        }
                     }
                     if failed {
                         break;
@@ -1443,6 +1454,7 @@ impl Core {
             Cmd::Status { peers, reply } => {
                 let _ = reply.send(Ok(self.status(peers)));
             }
+            Cmd::Durable(r) => self.durable(r),
             Cmd::Wake => {}
             Cmd::Ingest { .. } | Cmd::Shutdown => unreachable!("handled by run_core"),
         }
@@ -1866,6 +1878,48 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(page.readings.len(), 2);
+        node.shutdown();
+    }
+
+    // The syncer does not wait for the core's lock to report what it made durable: while
+    // another thread holds the core, its next fsync starts at once, over what the holder
+    // committed meanwhile (the report goes through the core thread's queue).
+    #[test]
+    fn the_syncer_keeps_syncing_while_another_thread_holds_the_core() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::new(NodeName::new("n1").unwrap());
+        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
+        let h = node.handle();
+        let mut core = Locked::new(&h.core).expect("running");
+        let syncer = core.node.store().syncer();
+        for i in 0..3 {
+            let r = reading(&format!("r{i}"), i);
+            core.node
+                .ingest(&doc("site/s-1"), &[r], os::now_ms())
+                .unwrap();
+            // Starts the fsync of the new commit.
+            core.pump();
+            let target = core.node.commit_seq();
+            let started = Instant::now();
+            while syncer.durable() < target && started.elapsed() < Duration::from_secs(3) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(syncer.durable() >= target, "commit {target} made durable");
+        }
+        drop(core);
+        // The reports queued meanwhile reach the core: everything is durable for it too.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            let s = rt.block_on(h.status_async(vec![])).unwrap();
+            if s.durable_commits == s.commits || started.elapsed() > Duration::from_secs(3) {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(status.durable_commits, status.commits);
         node.shutdown();
     }
 
