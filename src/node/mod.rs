@@ -749,10 +749,7 @@ impl DurableNode {
                     match Locked::try_new(&shared) {
                         Ok(Some(mut core)) => {
                             core.durable(r);
-                            core.pump();
-                            if core.needs_wake() {
-                                let _ = wake_tx.send(Cmd::Wake);
-                            }
+                            core.after_turn(&wake_tx);
                         }
                         Ok(None) => break,
                         Err(()) => {
@@ -880,10 +877,7 @@ impl NodeHandle {
         match Locked::new(&self.core) {
             // Ours, and whatever other callers queued meanwhile (unless the thread that held
             // the lock before took ours with its own).
-            Some(mut core) => {
-                let batch = std::mem::take(&mut *self.core.queued.lock());
-                self.ingest_locked(&mut core, batch);
-            }
+            Some(mut core) => self.ingest_queued(&mut core, None),
             None => {
                 self.core.queued.lock().clear();
                 return Err(Stopped.into());
@@ -906,9 +900,7 @@ impl NodeHandle {
         let rx = match Locked::try_new(&self.core) {
             Ok(Some(mut core)) => {
                 let (tx, rx) = oneshot::channel();
-                let mut batch = std::mem::take(&mut *self.core.queued.lock());
-                batch.push((doc, readings, tx));
-                self.ingest_locked(&mut core, batch);
+                self.ingest_queued(&mut core, Some((doc, readings, tx)));
                 rx
             }
             Ok(None) => return Err(Stopped.into()),
@@ -917,16 +909,16 @@ impl NodeHandle {
         rx.await.map_err(|_| Stopped)?
     }
 
-    /// Ingests `batch` on this thread; each is answered once durable (at once with `wal`).
-    fn ingest_locked(&self, core: &mut Core, batch: Vec<QueuedIngest>) {
+    /// Ingests what callers queued, and `own`, on this thread; each is answered once durable
+    /// (at once with `wal`).
+    fn ingest_queued(&self, core: &mut Core, own: Option<QueuedIngest>) {
+        let mut batch = std::mem::take(&mut *self.core.queued.lock());
+        batch.extend(own);
         if batch.is_empty() {
             return;
         }
         core.ingest_batch(batch);
-        core.pump();
-        if core.needs_wake() {
-            let _ = self.tx.send(Cmd::Wake);
-        }
+        core.after_turn(&self.tx);
     }
 
     /// Applies a JSON merge patch to a generic document; returns once durable. `false` when the
@@ -1304,6 +1296,15 @@ impl Core {
         // Answer what is still waiting with one last sync.
         let syncer = self.node.store().syncer();
         self.durable(syncer.sync().map_err(Arc::new));
+    }
+
+    /// After work on a thread other than the core thread: [`Core::pump`], and wake the core
+    /// thread through `wake` if the work gave the core an earlier deadline than it sleeps until.
+    fn after_turn(&mut self, wake: &Sender<Cmd>) {
+        self.pump();
+        if self.needs_wake() {
+            let _ = wake.send(Cmd::Wake);
+        }
     }
 
     /// Whether the core thread sleeps past the core's next deadline (a caller's ingest started
@@ -1742,10 +1743,7 @@ mod tests {
     // The handle reports the core thread alive while it runs and stopped once it ended.
     #[test]
     fn handles_see_whether_the_core_thread_is_alive() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::new(NodeName::new("n1").unwrap());
-        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
-        let h = node.handle();
+        let (_dir, node, h) = started(Config::new(NodeName::new("n1").unwrap()));
         assert!(h.is_core_alive());
         node.shutdown();
         assert!(!h.is_core_alive());
@@ -1754,6 +1752,14 @@ mod tests {
             h.ingest(doc("site/s-1"), vec![reading("r1", 1)]),
             Err(WriteError::Stopped)
         ));
+    }
+
+    /// A node of `cfg` in a new directory, and a handle.
+    fn started(cfg: Config) -> (tempfile::TempDir, DurableNode, NodeHandle) {
+        let dir = tempfile::tempdir().unwrap();
+        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
+        let h = node.handle();
+        (dir, node, h)
     }
 
     fn doc(d: &str) -> DocId {
@@ -1769,11 +1775,9 @@ mod tests {
     // is folded on time, with no other request to wake the core.
     #[test]
     fn a_callers_ingest_wakes_the_core_thread_for_the_fold() {
-        let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::new(NodeName::new("n1").unwrap());
         cfg.journal_fold_ms = 50;
-        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
-        let h = node.handle();
+        let (_dir, node, h) = started(cfg);
         // The core thread has gone to sleep until its next housekeeping.
         std::thread::sleep(Duration::from_millis(200));
         let out = h.ingest(doc("site/s-1"), vec![reading("r1", 1)]).unwrap();
@@ -1842,10 +1846,7 @@ mod tests {
     // itself: one caller's refused reading does not refuse another's.
     #[test]
     fn a_refused_request_does_not_refuse_the_ones_batched_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::new(NodeName::new("n1").unwrap());
-        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
-        let h = node.handle();
+        let (_dir, node, h) = started(Config::new(NodeName::new("n1").unwrap()));
         let too_far = Reading::from_json(
             "far",
             edgesync_proto::stream::TS_LIMIT_MS,
@@ -1886,10 +1887,7 @@ mod tests {
     // committed meanwhile (the report goes through the core thread's queue).
     #[test]
     fn the_syncer_keeps_syncing_while_another_thread_holds_the_core() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::new(NodeName::new("n1").unwrap());
-        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
-        let h = node.handle();
+        let (_dir, node, h) = started(Config::new(NodeName::new("n1").unwrap()));
         let mut core = Locked::new(&h.core).expect("running");
         let syncer = core.node.store().syncer();
         for i in 0..3 {
@@ -1927,10 +1925,7 @@ mod tests {
     // does: the core may be half-changed, so no one uses it again.
     #[test]
     fn a_panic_holding_the_core_stops_the_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::new(NodeName::new("n1").unwrap());
-        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
-        let h = node.handle();
+        let (_dir, node, h) = started(Config::new(NodeName::new("n1").unwrap()));
         h.ingest(doc("site/s-1"), vec![reading("r1", 1)]).unwrap();
         let core = h.core.clone();
         let panicked = std::thread::spawn(move || {
@@ -1952,11 +1947,9 @@ mod tests {
     // keeps the core's channel busy without a pause.
     #[test]
     fn timers_fire_while_input_keeps_the_core_busy() {
-        let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::new(NodeName::new("n1").unwrap());
         cfg.handshake_timeout_ms = 200;
-        let node = DurableNode::start(NodeOptions::new(cfg, dir.path())).unwrap();
-        let h = node.handle();
+        let (_dir, node, h) = started(cfg);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
