@@ -30,6 +30,10 @@ const ACKS_PER_RUN: usize = 300;
 const CUTS: usize = 12;
 /// Moments of a power cut in each run's opening (creating the store; recovering the log).
 const OPENING_CUTS: usize = 12;
+/// Moments of a power cut just after an acknowledgement was printed, spread over both runs:
+/// where the acknowledged set has just grown and no fsync since has made more durable, so
+/// the moments that tell `fsync` from `wal` whatever the syncer's timing.
+const ACK_CUTS: usize = 16;
 
 fn require_strace() {
     let ok = Command::new("strace")
@@ -175,9 +179,9 @@ fn reopen(dir: &Path, cut: &Cut) -> Found {
 }
 
 /// Two traced runs with `durability`, then a power cut at the end of each run, at `CUTS`
-/// moments around the fsyncs of the data directory (just before one returns and just after)
-/// and at `OPENING_CUTS` such moments in each run's opening; each with the names of the last
-/// directory sync and with every name.
+/// moments around the fsyncs of the data directory (just before one returns and just after),
+/// at `OPENING_CUTS` such moments in each run's opening and at `ACK_CUTS` moments just after
+/// an acknowledgement; each with the names of the last directory sync and with every name.
 fn power_cuts(durability: &str) -> Vec<Found> {
     require_strace();
     let dir = tempfile::tempdir().unwrap();
@@ -196,6 +200,7 @@ fn power_cuts(durability: &str) -> Vec<Found> {
     // recovering the log into table files) is sampled more densely.
     let mut model = Model::new(&data);
     let mut around_syncs = Vec::new();
+    let mut after_acks = Vec::new();
     let mut openings: Vec<Vec<usize>> = vec![Vec::new()];
     let mut run_ends = Vec::new();
     let mut acked_before_run = 0;
@@ -213,7 +218,11 @@ fn power_cuts(durability: &str) -> Vec<Found> {
             openings.push(Vec::new());
             acked_before_run = model.lines.len();
         }
+        let acks = model.lines.len();
         model.apply(&record, event);
+        if model.lines.len() > acks {
+            after_acks.push(at + 1);
+        }
     }
     run_ends.push(record.events.len());
     // The second run recovered the first run's log into table files: the cuts cover them.
@@ -245,6 +254,7 @@ fn power_cuts(durability: &str) -> Vec<Found> {
             .collect()
     };
     let mut cuts_at: BTreeSet<usize> = sample(&around_syncs, CUTS).into_iter().collect();
+    cuts_at.extend(sample(&after_acks, ACK_CUTS));
     for opening in &openings {
         assert!(!opening.is_empty(), "{durability}: a run opens with fsyncs");
         cuts_at.extend(sample(opening, OPENING_CUTS));
