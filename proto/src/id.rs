@@ -260,10 +260,14 @@ pub fn doc_actor(base: Actor, doc: &DocId) -> Actor {
 /// The actor of every sensor document's genesis change (hazard 1): a constant, so every node
 /// produces the byte-identical genesis change.
 pub fn genesis_actor() -> Actor {
-    let h = blake3::derive_key("edgesync sensor genesis v1", b"");
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&h[..16]);
-    Actor(out)
+    // Derived once: the checks of every received change ask for it.
+    static GENESIS: std::sync::OnceLock<Actor> = std::sync::OnceLock::new();
+    *GENESIS.get_or_init(|| {
+        let h = blake3::derive_key("edgesync sensor genesis v1", b"");
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h[..16]);
+        Actor(out)
+    })
 }
 
 #[cfg(test)]

@@ -338,6 +338,7 @@ pub fn check_in_doc(change: &Change, doc: &Automerge) -> Result<Puts, Refusal> {
 fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refusal> {
     let actor = change.actor_id().clone();
     let start = change.start_op().get();
+    let readings = readings_map_id();
     // Depth of every object named so far: found in the document, or created by this change.
     let mut depth: BTreeMap<(u64, ActorId), usize> = BTreeMap::new();
     for (i, op) in ops.iter().enumerate() {
@@ -345,6 +346,17 @@ fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refu
             ObjectId::Root => 0,
             ObjectId::Id(id) => match depth.get(&(id.0, id.1.clone())) {
                 Some(d) => *d,
+                // The readings map, what nearly every change writes: it exists (at depth 1,
+                // under the root) exactly when the genesis that creates it is in the document
+                // (only the genesis is authored by its actor, rule 1), a hash lookup rather
+                // than a search of the document.
+                None if *id == readings
+                    && doc
+                        .get_change_meta_by_hash(&sensor_genesis().hash())
+                        .is_some() =>
+                {
+                    1
+                }
                 None => {
                     let d = depth_in(doc, id).ok_or(Refusal::UnknownObject)?;
                     depth.insert((id.0, id.1.clone()), d);
@@ -561,6 +573,25 @@ mod tests {
         });
         let (_, m) = d.get(ROOT, "m").unwrap().unwrap();
         let c = change(&mut d, |tx| tx.put(&m, "k", 1).unwrap());
+        assert_eq!(
+            check_in_doc(&c, &Automerge::new()),
+            Err(Refusal::UnknownObject)
+        );
+    }
+
+    // The readings map's depth is taken from the genesis alone (not a search): that agrees
+    // with the document, and a reading for a document without the genesis is still refused.
+    #[test]
+    fn the_readings_maps_depth_agrees_with_the_document() {
+        let held = sensor(1);
+        assert_eq!(depth_in(&held, &readings_map_id()), Some(1));
+        assert_eq!(depth_in(&Automerge::new(), &readings_map_id()), None);
+        let mut d = held.clone();
+        let map = readings(&d);
+        let c = change(&mut d, |tx| {
+            tx.put(&map, "r-1", r#"{"fields":{},"ts":1}"#).unwrap();
+        });
+        assert!(matches!(check_in_doc(&c, &held), Ok(Puts::Readings(_))));
         assert_eq!(
             check_in_doc(&c, &Automerge::new()),
             Err(Refusal::UnknownObject)
