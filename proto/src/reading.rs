@@ -17,7 +17,7 @@ pub const FIELD_STRING_BYTES_MAX: usize = 1024;
 pub const READING_BYTES_MAX: usize = 8 * 1024;
 
 /// One field value: a JSON number, string or bool.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum FieldValue {
     /// Bool.
@@ -28,6 +28,40 @@ pub enum FieldValue {
     Float(f64),
     /// Text.
     Str(String),
+}
+
+/// Decoded by the value's own type (what an untagged derive would pick, trying `Bool`, `Int`,
+/// `Float`, `Str` in turn, without buffering the value and formatting an error per variant
+/// tried: every received reading is decoded).
+impl<'de> Deserialize<'de> for FieldValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FieldValue, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = FieldValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number, a string or a bool")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<FieldValue, E> {
+                Ok(FieldValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<FieldValue, E> {
+                Ok(FieldValue::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<FieldValue, E> {
+                Ok(i64::try_from(v).map_or(FieldValue::Float(v as f64), FieldValue::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<FieldValue, E> {
+                Ok(FieldValue::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<FieldValue, E> {
+                Ok(FieldValue::Str(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<FieldValue, E> {
+                Ok(FieldValue::Str(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A sensor reading, keyed by `id` within its document.
@@ -383,6 +417,68 @@ mod tests {
             };
             assert!(matches!(r.validate(), Err(ReadingError::NonFinite { .. })));
         }
+    }
+
+    // Decoding a field value by its type picks what the untagged derive picked, for every
+    // kind of JSON value.
+    #[test]
+    fn field_values_decode_as_the_untagged_derive_would() {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Untagged {
+            Bool(bool),
+            Int(i64),
+            Float(f64),
+            Str(String),
+        }
+        let derived = |text: &str| {
+            serde_json::from_str::<Untagged>(text).map(|v| match v {
+                Untagged::Bool(b) => FieldValue::Bool(b),
+                Untagged::Int(i) => FieldValue::Int(i),
+                Untagged::Float(f) => FieldValue::Float(f),
+                Untagged::Str(s) => FieldValue::Str(s),
+            })
+        };
+        let check = |text: &str| {
+            let ours = serde_json::from_str::<FieldValue>(text);
+            match (ours, derived(text)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{text}: {a:?} against the derive's {:?}", b.ok()),
+            }
+        };
+        for text in [
+            "true",
+            "false",
+            "0",
+            "-1",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "18446744073709551615",
+            "1e400",
+            "1.5",
+            "-0.0",
+            "1.0",
+            "2e3",
+            r#""""#,
+            r#""x""#,
+            r#""a\"b\u00e9""#,
+            "null",
+            "[]",
+            "[1]",
+            "{}",
+            r#"{"a":1}"#,
+        ] {
+            check(text);
+        }
+        proptest::proptest!(|(i in proptest::num::i64::ANY, u in proptest::num::u64::ANY,
+                              f in proptest::num::f64::NORMAL, s in ".{0,12}")| {
+            check(&i.to_string());
+            check(&u.to_string());
+            check(&serde_json::to_string(&f).unwrap());
+            check(&serde_json::to_string(&s).unwrap());
+        });
     }
 
     // A body from a peer with extra keys or the wrong shape is refused, not half-read.
