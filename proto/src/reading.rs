@@ -76,11 +76,36 @@ pub struct Reading {
 }
 
 /// The body stored under the reading's id: canonical JSON, identical bytes on every node.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Body {
     ts: i64,
     fields: BTreeMap<String, FieldValue>,
+}
+
+/// [`Body`] with its fields borrowed: what encoding serializes (no copy of the fields).
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    ts: i64,
+    fields: &'a BTreeMap<String, FieldValue>,
+}
+
+/// The length of `body`'s JSON, counted without building it.
+fn encoded_len(body: &BodyRef<'_>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A BTreeMap of finite scalars always serializes (validate checked them first).
+    serde_json::to_writer(&mut count, body).expect("finite flat reading serializes");
+    count.0
 }
 
 /// Why a reading was refused.
@@ -280,7 +305,7 @@ impl Reading {
                 _ => {}
             }
         }
-        let len = self.encode_unchecked().len();
+        let len = encoded_len(&self.body());
         if len > READING_BYTES_MAX {
             return Err(ReadingError::TooLarge {
                 len,
@@ -291,12 +316,16 @@ impl Reading {
     }
 
     fn encode_unchecked(&self) -> String {
-        let body = Body {
-            ts: self.ts_ms,
-            fields: self.fields.clone(),
-        };
         // A BTreeMap of finite scalars always serializes.
-        serde_json::to_string(&body).expect("finite flat reading serializes")
+        serde_json::to_string(&self.body()).expect("finite flat reading serializes")
+    }
+
+    /// The body to serialize, borrowing the fields (serialized exactly as [`Body`] is).
+    fn body(&self) -> BodyRef<'_> {
+        BodyRef {
+            ts: self.ts_ms,
+            fields: &self.fields,
+        }
     }
 
     /// The canonical body stored under the id: `{"ts":MS,"fields":{...}}` with sorted keys.
@@ -479,6 +508,31 @@ mod tests {
             check(&serde_json::to_string(&f).unwrap());
             check(&serde_json::to_string(&s).unwrap());
         });
+    }
+
+    // The size limit counts the canonical body's bytes exactly: a body of the limit passes,
+    // one byte more is refused with its length.
+    #[test]
+    fn the_size_limit_is_the_encoded_bodys_length() {
+        let mk = |k: usize| Reading {
+            id: "r".into(),
+            ts_ms: 0,
+            fields: (0..8)
+                .map(|i| (format!("f{i}"), FieldValue::Str("y".repeat(1000))))
+                .chain([("f8".to_string(), FieldValue::Str("z".repeat(k)))])
+                .collect(),
+        };
+        let k = READING_BYTES_MAX - mk(0).encode().len();
+        assert_eq!(mk(k).encode().len(), READING_BYTES_MAX);
+        assert_eq!(encoded_len(&mk(k).body()), READING_BYTES_MAX);
+        assert_eq!(mk(k).validate(), Ok(()));
+        assert_eq!(
+            mk(k + 1).validate(),
+            Err(ReadingError::TooLarge {
+                len: READING_BYTES_MAX + 1,
+                max: READING_BYTES_MAX
+            })
+        );
     }
 
     // A body from a peer with extra keys or the wrong shape is refused, not half-read.
