@@ -346,19 +346,20 @@ fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refu
             ObjectId::Root => 0,
             ObjectId::Id(id) => match depth.get(&(id.0, id.1.clone())) {
                 Some(d) => *d,
-                // The readings map, what nearly every change writes: it exists (at depth 1,
-                // under the root) exactly when the genesis that creates it is in the document
-                // (only the genesis is authored by its actor, rule 1), a hash lookup rather
-                // than a search of the document.
-                None if *id == readings
-                    && doc
-                        .get_change_meta_by_hash(&sensor_genesis().hash())
-                        .is_some() =>
-                {
-                    1
-                }
                 None => {
-                    let d = depth_in(doc, id).ok_or(Refusal::UnknownObject)?;
+                    // The readings map, what nearly every change writes, exists (at depth 1,
+                    // under the root) exactly when the genesis that creates it is in the
+                    // document (only the genesis is authored by its actor, rule 1): a lookup
+                    // of the genesis rather than a walk of the document.
+                    let d = if *id == readings
+                        && doc
+                            .get_change_meta_by_hash(&sensor_genesis().hash())
+                            .is_some()
+                    {
+                        1
+                    } else {
+                        depth_in(doc, id).ok_or(Refusal::UnknownObject)?
+                    };
                     depth.insert((id.0, id.1.clone()), d);
                     d
                 }
