@@ -338,7 +338,6 @@ pub fn check_in_doc(change: &Change, doc: &Automerge) -> Result<Puts, Refusal> {
 fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refusal> {
     let actor = change.actor_id().clone();
     let start = change.start_op().get();
-    let readings = readings_map_id();
     // Depth of every object named so far: found in the document, or created by this change.
     let mut depth: BTreeMap<(u64, ActorId), usize> = BTreeMap::new();
     for (i, op) in ops.iter().enumerate() {
@@ -347,19 +346,7 @@ fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refu
             ObjectId::Id(id) => match depth.get(&(id.0, id.1.clone())) {
                 Some(d) => *d,
                 None => {
-                    // The readings map, what nearly every change writes, exists (at depth 1,
-                    // under the root) exactly when the genesis that creates it is in the
-                    // document (only the genesis is authored by its actor, rule 1): a lookup
-                    // of the genesis rather than a walk of the document.
-                    let d = if *id == readings
-                        && doc
-                            .get_change_meta_by_hash(&sensor_genesis().hash())
-                            .is_some()
-                    {
-                        1
-                    } else {
-                        depth_in(doc, id).ok_or(Refusal::UnknownObject)?
-                    };
+                    let d = depth_in(doc, id).ok_or(Refusal::UnknownObject)?;
                     depth.insert((id.0, id.1.clone()), d);
                     d
                 }
@@ -378,7 +365,18 @@ fn depth_in_doc(change: &Change, ops: &[Op], doc: &Automerge) -> Result<(), Refu
 }
 
 /// Depth of an existing object of `doc` (its number of ancestors), `None` if it does not exist.
+/// The readings map, what nearly every change writes, exists (at depth 1, under the root)
+/// exactly when the genesis that creates it is in the document (only the genesis is authored
+/// by its actor, rule 1): looked up by the genesis rather than walked.
 fn depth_in(doc: &Automerge, id: &OpId) -> Option<usize> {
+    if *id == readings_map_id() {
+        return (crate::doc::kind_of(doc) == crate::doc::DocKind::Sensor).then_some(1);
+    }
+    walked_depth_in(doc, id)
+}
+
+/// [`depth_in`] by walking from the object to the root.
+fn walked_depth_in(doc: &Automerge, id: &OpId) -> Option<usize> {
     let (obj, _) = doc.import(&format!("{}@{}", id.0, id.1)).ok()?;
     Some(doc.parents(&obj).ok()?.count())
 }
@@ -585,6 +583,8 @@ mod tests {
     #[test]
     fn the_readings_maps_depth_agrees_with_the_document() {
         let held = sensor(1);
+        assert_eq!(walked_depth_in(&held, &readings_map_id()), Some(1));
+        assert_eq!(walked_depth_in(&Automerge::new(), &readings_map_id()), None);
         assert_eq!(depth_in(&held, &readings_map_id()), Some(1));
         assert_eq!(depth_in(&Automerge::new(), &readings_map_id()), None);
         let mut d = held.clone();

@@ -173,20 +173,21 @@ impl<S: Store> Node<S> {
                 max: CLOCK_ACTORS_MAX,
             });
         }
-        // A found readings map is the genesis' (`doc::readings_obj`): the document is a sensor
-        // document, no lookup of the genesis needed on every ingest.
-        if self.loaded_entry(doc)?.readings.is_some() {
-            return Ok(());
+        // The readings map (kept once found) is the genesis' own (`doc::readings_obj`): a
+        // document that has it is a sensor document. Without it, a generic document is the
+        // caller's mistake; a sensor document without it is a broken one.
+        match self.readings_map(doc) {
+            Ok(_) => Ok(()),
+            Err(NodeError::NoReadingsMap { .. })
+                if doc::kind_of(self.loaded_doc(doc)?) != DocKind::Sensor =>
+            {
+                Err(NodeError::KindMismatch {
+                    doc: doc.clone(),
+                    actual: DocKind::Generic,
+                })
+            }
+            Err(e) => Err(e),
         }
-        let am = self.loaded_doc(doc)?;
-        if doc::kind_of(am) != DocKind::Sensor {
-            return Err(NodeError::KindMismatch {
-                doc: doc.clone(),
-                actual: DocKind::Generic,
-            });
-        }
-        self.readings_map(doc)?;
-        Ok(())
     }
 
     /// The documents of `stream` this node holds, oldest bucket first; a sensor document
