@@ -315,11 +315,6 @@ impl Reading {
         Ok(())
     }
 
-    fn encode_unchecked(&self) -> String {
-        // A BTreeMap of finite scalars always serializes.
-        serde_json::to_string(&self.body()).expect("finite flat reading serializes")
-    }
-
     /// The body to serialize, borrowing the fields (serialized exactly as [`Body`] is).
     fn body(&self) -> BodyRef<'_> {
         BodyRef {
@@ -330,7 +325,8 @@ impl Reading {
 
     /// The canonical body stored under the id: `{"ts":MS,"fields":{...}}` with sorted keys.
     pub fn encode(&self) -> String {
-        self.encode_unchecked()
+        // A BTreeMap of finite scalars always serializes.
+        serde_json::to_string(&self.body()).expect("finite flat reading serializes")
     }
 
     /// Parses a stored body; the body came from a peer, so it is validated like new input.

@@ -13,9 +13,9 @@
 //!   ingest gives the core an earlier deadline than the one the thread sleeps until (the
 //!   journal's fold) wakes it.
 //! - The **syncer thread** makes commits durable with one WAL fsync at a time and answers
-//!   what waited for it (through the core thread when another thread holds the core). Commits made while an fsync runs are covered by the next one, so
-//!   concurrent writers share fsyncs (group commit) and durable throughput grows with
-//!   concurrency.
+//!   what waited for it (through the core thread when another thread holds the core).
+//!   Commits made while an fsync runs are covered by the next one, so concurrent writers
+//!   share fsyncs (group commit) and durable throughput grows with concurrency.
 //!
 //! A request is answered only when everything it wrote is durable: fsynced, or with
 //! [`Durability::Wal`] written to the WAL. Peers hear of a commit only once it is fsynced, in
