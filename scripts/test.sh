@@ -63,7 +63,7 @@ if cargo +nightly --version >/dev/null 2>&1; then
   (
     cd fuzz
     cargo +nightly run --quiet --example seed_corpus
-    for target in decode session remote_change; do
+    for target in decode session remote_change snapshot; do
       cargo +nightly fuzz run -O "$target" -- -max_total_time=30 -max_len=8192
     done
   )

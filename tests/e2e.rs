@@ -463,6 +463,37 @@ fn partition_then_heal_converges_with_every_reading_once() {
 
 /// Edge → gateway → cloud: the edge only dials the gateway, the gateway dials the cloud, and
 /// changes travel both ways through the middle; apps can subscribe to a document's changes.
+// A gateway that joins after the cloud wrote a document receives it whole, in its saved form
+// (a snapshot, PROTOCOL.md §5.6), over QUIC into its store, and holds what the cloud holds,
+// also after SIGKILL and a restart.
+#[test]
+fn a_new_gateway_receives_a_document_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = fleet(dir.path(), &[("cloud", "cloud"), ("gw-1", "gateway")]);
+    let (cloud, quic) = fast_cloud(dir.path(), &pki);
+    let url = format!("{}/v1/docs/site-a/apps/settings", cloud.api);
+    for k in 0..40 {
+        let patch = json!({ format!("k{}", k % 7): k, "note": format!("revision {k}") });
+        let (s, v) = try_request("PATCH", &url, Some(patch)).unwrap();
+        assert_eq!(s, 200, "{v}");
+    }
+    let want = cloud.doc("site-a/apps/settings").expect("written");
+    let mut gw = fast_gateway(dir.path(), &pki, "gw-1", quic);
+    wait_for(
+        "the document on the new gateway",
+        Duration::from_secs(30),
+        || gw.doc("site-a/apps/settings").as_ref() == Some(&want),
+    );
+    let got = gw.status()["totals"].clone();
+    assert!(got["snapshots_received"].as_u64().unwrap() >= 1, "{got}");
+    assert_eq!(got["changes_applied"].as_u64(), Some(40), "{got}");
+    let sent = cloud.status()["totals"].clone();
+    assert!(sent["snapshots_sent"].as_u64().unwrap() >= 1, "{sent}");
+    gw.kill9();
+    gw.spawn();
+    assert_eq!(gw.doc("site-a/apps/settings"), Some(want));
+}
+
 #[test]
 fn changes_relay_across_three_hops_and_events_stream() {
     let dir = tempfile::tempdir().unwrap();

@@ -91,6 +91,19 @@ fn main() {
             statement: Some(AuthorStatement(vec![1; 40])),
         }),
     ];
+    // Saved documents: the peer's own (its changes pass authorship), and the ones above.
+    let mut own = Automerge::new().with_actor(edgesync_proto::fuzzing::snapshot_actor());
+    for k in 0..20i64 {
+        let mut tx = own.transaction();
+        tx.put(ROOT, format!("k{}", k % 3), k).unwrap();
+        if k % 5 == 0 {
+            tx.put_object(ROOT, format!("o{k}"), ObjType::List).unwrap();
+        }
+        tx.commit();
+    }
+    write("snapshot", "own", &own.save());
+    write("snapshot", "sensor", &sensor.save());
+    write("snapshot", "generic", &generic.save());
     for (i, m) in messages.iter().enumerate() {
         let frame = m.to_frame();
         write("decode", &format!("frame-{i}"), &frame);

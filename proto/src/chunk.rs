@@ -14,9 +14,9 @@ use automerge::Change;
 use crate::schema::Refusal;
 
 /// First bytes of every Automerge chunk.
-const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+pub(crate) const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// Magic, checksum, chunk type.
-const HEADER: usize = 4 + 4 + 1;
+pub(crate) const HEADER: usize = 4 + 4 + 1;
 /// Chunk type of a change.
 const CHANGE: u8 = 1;
 /// Chunk type of a deflate-compressed change.
@@ -29,7 +29,7 @@ const INTEGER: u64 = 2;
 /// Column type of integers stored as run-length encoded deltas.
 const DELTA: u64 = 3;
 /// Bit of a column specification marking a deflated column (never in a change Automerge writes).
-const DEFLATE: u64 = 8;
+pub(crate) const DEFLATE: u64 = 8;
 /// Column ids (a specification's bits above the fourth) whose integers are operation counters:
 /// the object, the key and the predecessors.
 const COUNTER_COLUMNS: [u64; 3] = [0, 1, 7];
@@ -214,10 +214,10 @@ fn delta_max(data: &[u8]) -> i128 {
 }
 
 /// A cursor over LEB128 numbers and length-prefixed fields.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {
         let n = usize::try_from(n).ok()?;
         let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
         self.0 = rest;
@@ -237,11 +237,11 @@ impl<'a> Reader<'a> {
         None
     }
 
-    fn uleb(&mut self) -> Option<u64> {
+    pub(crate) fn uleb(&mut self) -> Option<u64> {
         self.leb().map(|(v, _, _)| v)
     }
 
-    fn sleb(&mut self) -> Option<i64> {
+    pub(crate) fn sleb(&mut self) -> Option<i64> {
         let (v, bits, last) = self.leb()?;
         let v = v as i64;
         // Sign-extend from the last byte's sign bit.
@@ -252,7 +252,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn skip_prefixed(&mut self) -> Option<()> {
+    pub(crate) fn skip_prefixed(&mut self) -> Option<()> {
         let n = self.uleb()?;
         self.bytes(n).map(|_| ())
     }

@@ -12,8 +12,8 @@ use crate::schema;
 use crate::trust::keyed::Fleet;
 use crate::vclock::Actor;
 use crate::wire::{
-    AuthorStatement, ChangeBytes, Changes, DocChanges, FrameDecoder, Hello, Incarnation, Message,
-    Signed, Summary, CAP_DEFLATE, CAP_INCARNATION, CAP_SLOTS,
+    AuthorStatement, ChangeBytes, Changes, DocChanges, DocSnapshot, FrameDecoder, Hello,
+    Incarnation, Message, Signed, Snapshots, Summary, CAP_DEFLATE, CAP_INCARNATION, CAP_SLOTS,
 };
 use crate::wire::{FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION};
 use crate::{Boot, Config, DocId, MemStore, Node, NodeName, Reading, SessionId};
@@ -23,8 +23,23 @@ fn fleet() -> Fleet {
     Fleet::new([7; 32])
 }
 
-/// The fuzzing peer's node actor.
-const PEER_ACTOR: Actor = Actor([0x42; 16]);
+/// The fuzzing peer (a cloud member named `gw-fuzz`) as its fleet signs for it.
+fn peer_signer() -> std::sync::Arc<dyn crate::trust::Signer> {
+    let peer = NodeName::new("gw-fuzz").expect("valid");
+    fleet()
+        .trust(Identity::new(peer, Role::Cloud, None), Rules::default())
+        .signer
+        .expect("a member")
+}
+
+/// The fuzzing peer's node actor: its certificate's first slot actor (a statement for any
+/// other actor does not verify, and nothing it sent would pass authorship).
+fn peer_actor() -> Actor {
+    let space = peer_signer()
+        .slot_space()
+        .expect("the fleet's certificates are slot-bound");
+    crate::trust::slot_actor(&space, 0)
+}
 
 /// Frame and message decoding: the bytes are a stream of frames, pushed in two pieces.
 pub fn decode(data: &[u8]) {
@@ -140,11 +155,7 @@ pub fn remote_change(data: &[u8]) {
         let _ = schema::check_in_doc(&change, &sensor);
         let _ = schema::check_in_doc(&change, &automerge::Automerge::new());
     }
-    let peer = NodeName::new("gw-fuzz").expect("valid");
-    let signer = fleet()
-        .trust(Identity::new(peer, Role::Cloud, None), Rules::default())
-        .signer
-        .expect("a member");
+    let signer = peer_signer();
     for doc in ["site-a/t1", "app/doc"] {
         let doc = DocId::new(doc).expect("valid");
         let (mut node, sid) = node_with_session("gw-fuzz");
@@ -154,14 +165,14 @@ pub fn remote_change(data: &[u8]) {
         let bytes = match crate::chunk::parse(data, usize::MAX) {
             Ok(c) if schema::check_checksum(data, &c).is_ok() => {
                 let mut e = c.decode();
-                e.actor_id = crate::id::doc_actor(PEER_ACTOR, &doc).to_automerge();
+                e.actor_id = crate::id::doc_actor(peer_actor(), &doc).to_automerge();
                 e.hash = None;
                 Change::from(e).raw_bytes().to_vec()
             }
             _ => data.to_vec(),
         };
         let hash = crate::chunk::parse(&bytes, usize::MAX).map_or([0; 32], |c| c.hash().0);
-        let author = Message::Author(AuthorStatement(signer.statement(&PEER_ACTOR)));
+        let author = Message::Author(AuthorStatement(signer.statement(&peer_actor())));
         node.handle_input(sid, &author.to_frame(), 1);
         let batch = Message::Changes(Changes {
             batch: 0,
@@ -183,4 +194,57 @@ pub fn remote_change(data: &[u8]) {
         node.ingest(&DocId::new("site-a/t1").expect("valid"), &[r], 2)
             .expect("the sensor document keeps taking readings");
     }
+}
+
+/// The actor a snapshot seed's changes have: the fuzzing peer's for [`SNAPSHOT_DOC`], so that a
+/// seed passes authorship and its mutations reach the checks after it.
+pub fn snapshot_actor() -> automerge::ActorId {
+    crate::id::doc_actor(peer_actor(), &DocId::new(SNAPSHOT_DOC).expect("valid")).to_automerge()
+}
+
+/// The document the `snapshot` target's bytes are sent as.
+pub const SNAPSHOT_DOC: &str = "app/new";
+
+/// Snapshot reading: the bytes as a document's saved form, opened within the smallest and the
+/// largest frame limit, then sent in a `Snapshots` frame to a node that holds nothing of the
+/// document, every change they hold signed by the fuzzing peer; the node must stay consistent
+/// and keep taking readings.
+pub fn snapshot(data: &[u8]) {
+    let _ = crate::snapshot::open(data, FRAME_BYTES_MIN as usize);
+    let opened = crate::snapshot::open(data, FRAME_BYTES_LIMIT as usize);
+    let signer = peer_signer();
+    // Every change signed, numbered as a snapshot numbers them (by actor, then sequence).
+    let signed = match &opened {
+        Ok(changes) => {
+            let mut order: Vec<&Change> = changes.iter().collect();
+            order.sort_by_key(|c| (c.actor_id().to_bytes().to_vec(), c.seq()));
+            order
+                .iter()
+                .enumerate()
+                .map(|(k, c)| Signed {
+                    change: k as u32,
+                    author: 0,
+                    sig: signer.sign(&c.hash().0),
+                })
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    let (mut node, sid) = node_with_session("gw-fuzz");
+    let author = Message::Author(AuthorStatement(signer.statement(&peer_actor())));
+    node.handle_input(sid, &author.to_frame(), 1);
+    let batch = Message::Snapshots(Snapshots {
+        batch: 0,
+        docs: vec![DocSnapshot {
+            doc: DocId::new(SNAPSHOT_DOC).expect("valid"),
+            saved: data.to_vec(),
+            signed,
+        }],
+    });
+    node.handle_input(sid, &batch.to_frame(), 1);
+    settle(&mut node, Some(sid));
+    assert_consistent(&mut node);
+    let r = Reading::from_json("r-9", 9, &json!({"v": 9})).expect("valid");
+    node.ingest(&DocId::new("site-a/t1").expect("valid"), &[r], 2)
+        .expect("the sensor document keeps taking readings");
 }

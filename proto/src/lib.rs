@@ -100,6 +100,7 @@ pub mod id;
 mod node;
 pub mod reading;
 pub mod schema;
+pub mod snapshot;
 pub mod store;
 pub mod stream;
 mod sync;

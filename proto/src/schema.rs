@@ -58,6 +58,9 @@ pub enum Refusal {
     /// Not an Automerge change.
     #[error("change does not parse: {0}")]
     Unparsable(String),
+    /// A snapshot (a document's saved form, [`crate::snapshot`]) that does not read or load.
+    #[error("snapshot refused: {0}")]
+    Snapshot(String),
     /// The checksum in the chunk's header is not the one of its content: the bytes were
     /// corrupted after the author made them (Automerge parses such a chunk anyway, and a
     /// corrupted change is a different change under the same actor and sequence number).

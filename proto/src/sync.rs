@@ -21,9 +21,9 @@ use crate::trust::Author;
 use crate::vclock::{Actor, VectorClock};
 use crate::wire::{
     truncate_utf8, Ack, AuthorStatement, ChangeBytes, Changes, Close, CloseCode, DecodeError,
-    DocChanges, DocClock, FrameDecoder, Hello, Incarnation, Message, Signed, Summary, CAP_DEFLATE,
-    CAP_INCARNATION, CHANGES_OVERHEAD_BYTES, CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT,
-    FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
+    DocChanges, DocClock, DocSnapshot, FrameDecoder, Hello, Incarnation, Message, Signed,
+    Snapshots, Summary, CAP_DEFLATE, CAP_INCARNATION, CHANGES_OVERHEAD_BYTES,
+    CLOSE_REASON_BYTES_MAX, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN, MAGIC, PROTOCOL_VERSION,
 };
 
 /// What building batches needs from the node beyond its store: which stored changes can end
@@ -40,6 +40,9 @@ pub(crate) trait Prover {
     fn statement(&mut self, node_actor: &Actor) -> Option<Vec<u8>>;
     /// Whether the fleet's rules let `peer` read `doc` (residency).
     fn may_read(&self, peer: &Identity, doc: &DocId) -> bool;
+    /// `doc`'s saved form (Automerge's `save`) holding exactly its committed changes, if it can
+    /// be had.
+    fn saved(&mut self, doc: &DocId) -> Option<Vec<u8>>;
 }
 
 /// Bytes a signature entry costs in a Changes frame (index, author number, length, signature).
@@ -53,6 +56,15 @@ const SIGNED_COST_BYTES: usize = 96;
 /// through any frame limit, and its own cut points keep that density (the received cut
 /// points are points it can cut at).
 const SEAL_BYTES: usize = 4 * 1024;
+
+/// Change bytes below which a document goes as changes without trying its saved form: a
+/// document chunk's own layout takes some hundred bytes, so a short history is no smaller
+/// saved, and saving it would cost the sender for nothing.
+const SNAPSHOT_MIN_BYTES: usize = 1024;
+
+/// Changes below which a document is not tried as a snapshot at all (its changes are not even
+/// read for it): a short history is sent as changes.
+const SNAPSHOT_MIN_CHANGES: u64 = 16;
 
 /// What a change costs in a batch: its bytes and its framing. Signatures are counted as the
 /// batch is built ([`BatchBuilder::add_run`], [`BatchBuilder::run_cost`]).
@@ -95,6 +107,10 @@ pub struct SessionStats {
     pub changes_buffered: u64,
     /// Batches the peer acknowledged.
     pub batches_acked: u64,
+    /// Documents sent whole, as snapshots (their changes count in `changes_sent`).
+    pub snapshots_sent: u64,
+    /// Documents received as snapshots (their changes count as received changes).
+    pub snapshots_received: u64,
 }
 
 impl SessionStats {
@@ -110,6 +126,8 @@ impl SessionStats {
         self.changes_duplicate += other.changes_duplicate;
         self.changes_buffered += other.changes_buffered;
         self.batches_acked += other.batches_acked;
+        self.snapshots_sent += other.snapshots_sent;
+        self.snapshots_received += other.snapshots_received;
     }
 }
 
@@ -153,6 +171,8 @@ pub(crate) struct Limits {
     pub(crate) inflight_bytes_max: usize,
     pub(crate) handshake_timeout_ms: u64,
     pub(crate) ack_timeout_ms: u64,
+    /// This node sends snapshots (to peers that accept them).
+    pub(crate) snapshots: bool,
 }
 
 #[derive(Debug)]
@@ -195,6 +215,10 @@ pub(crate) struct Session {
     /// sender sends it again, and then the document goes out. At most one entry per document
     /// this node holds; an entry leaves when its document changes.
     unprovable: BTreeSet<DocId>,
+    /// Documents tried as snapshots in this session that go as changes instead: not tried
+    /// again until they change. At most one entry per document this node holds; an entry
+    /// leaves when its document changes or is dropped.
+    as_changes: BTreeSet<DocId>,
     phase: Phase,
     opened_ms: u64,
     decoder: FrameDecoder,
@@ -208,6 +232,8 @@ pub(crate) struct Session {
     incarnation_in: bool,
     /// The peer's Hello has [`crate::wire::CAP_SLOTS`]: it answers a `SlotQuery`.
     peer_slots: bool,
+    /// The peer's Hello has [`crate::wire::CAP_SNAPSHOT`]: it accepts `Snapshots`.
+    peer_snapshots: bool,
     /// This node sent its `SlotQuery` at this time (ms) and awaits the answer (a lost frame is
     /// a fault like a lost Ack: the answer is due within the acknowledgement timeout).
     slot_asked: Option<u64>,
@@ -268,6 +294,7 @@ impl Session {
             authors_out: BTreeMap::new(),
             authors_in: Vec::new(),
             unprovable: BTreeSet::new(),
+            as_changes: BTreeSet::new(),
             phase: Phase::AwaitHello,
             opened_ms: now_ms,
             decoder: FrameDecoder::new(frame_bytes_max),
@@ -276,6 +303,7 @@ impl Session {
             peer_incarnates: false,
             incarnation_in: false,
             peer_slots: false,
+            peer_snapshots: false,
             slot_asked: None,
             slot_answered: false,
             outbox: VecDeque::new(),
@@ -471,6 +499,7 @@ impl Session {
         self.peer_deflates = h.capabilities & CAP_DEFLATE != 0;
         self.peer_incarnates = h.capabilities & CAP_INCARNATION != 0;
         self.peer_slots = h.capabilities & crate::wire::CAP_SLOTS != 0;
+        self.peer_snapshots = h.capabilities & crate::wire::CAP_SNAPSHOT != 0;
         self.phase = Phase::AwaitSummary;
         Ok(())
     }
@@ -538,6 +567,7 @@ impl Session {
     pub(crate) fn forget_doc(&mut self, doc: &DocId) {
         self.known.remove(doc);
         self.queue.remove(doc);
+        self.as_changes.remove(doc);
         if self.cursor.as_ref().is_some_and(|(d, _)| d == doc) {
             self.cursor = None;
         }
@@ -554,6 +584,7 @@ impl Session {
         // New changes may end the run it could not prove (a signed change whose ancestors
         // arrived first).
         self.unprovable.remove(doc);
+        self.as_changes.remove(doc);
         if self.phase == Phase::Live {
             self.queue.insert(doc.clone());
         }
@@ -683,11 +714,49 @@ impl Session {
         }
         let frame_room = self.send_frame_max - CHANGES_OVERHEAD_BYTES;
         let budget = limits.batch_bytes_max.min(frame_room) as usize;
+        // Documents the peer holds nothing of, as far as this node knows: each goes in its
+        // saved form if it can (`fill_snapshots`), else as changes below.
+        let mut fresh: VecDeque<DocId> = if limits.snapshots && self.peer_snapshots {
+            self.queue
+                .iter()
+                .filter(|d| {
+                    docs.get(*d)
+                        .is_some_and(|m| m.clock.total() >= SNAPSHOT_MIN_CHANGES)
+                        && !self.unprovable.contains(*d)
+                        && !self.as_changes.contains(*d)
+                        && self.known_with_inflight(d).is_empty()
+                })
+                .cloned()
+                .collect()
+        } else {
+            VecDeque::new()
+        };
         // The window is counted in bytes (what fills a link) and in batches (each costs the
         // peer one commit and one Ack); at least one batch is always allowed.
         while self.inflight.len() < limits.inflight_batches_max
             && (self.inflight.is_empty() || self.inflight_bytes() < limits.inflight_bytes_max)
         {
+            // (A document being sent as changes, `cursor`, is finished first.)
+            if !fresh.is_empty() && self.cursor.is_none() {
+                let snaps =
+                    self.fill_snapshots(store, docs, prover, budget, frame_room, &mut fresh, gate)?;
+                if let Some((docs, sent, bytes, changes)) = snaps {
+                    let batch = self.next_batch;
+                    self.next_batch += 1;
+                    self.stats.changes_sent += changes;
+                    self.stats.snapshots_sent += docs.len() as u64;
+                    self.inflight.insert(
+                        batch,
+                        Inflight {
+                            sent_ms: now_ms,
+                            bytes,
+                            clocks: sent,
+                        },
+                    );
+                    self.push(gate, &Message::Snapshots(Snapshots { batch, docs }));
+                    continue;
+                }
+            }
             let mut out = BatchBuilder::default();
             if let Some(reason) =
                 self.fill_batch(store, docs, prover, budget, frame_room, &mut out)?
@@ -713,6 +782,113 @@ impl Session {
             self.push(gate, &msg);
         }
         Ok(None)
+    }
+
+    /// Builds one batch of snapshots from `fresh` (queued documents the peer holds nothing of):
+    /// each document whose every change fits one frame of changes that ends, for every actor,
+    /// on a provable change (so that its signatures are the ones a section of those changes
+    /// would carry, cut points included), and whose saved form is the smaller. A document
+    /// that does not qualify stays queued and goes as changes. `None` when no document of
+    /// `fresh` qualified; else the snapshots, the clocks sent, the batch's bytes and its
+    /// changes.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_snapshots<S: Store>(
+        &mut self,
+        store: &S,
+        docs: &BTreeMap<DocId, DocMeta>,
+        prover: &mut dyn Prover,
+        budget: usize,
+        frame_room: u32,
+        fresh: &mut VecDeque<DocId>,
+        gate: u64,
+    ) -> Result<Option<SnapshotBatch>, StoreError> {
+        let mut out: Vec<DocSnapshot> = Vec::new();
+        let mut sent = BTreeMap::new();
+        let (mut bytes, mut changes) = (0usize, 0u64);
+        while let Some(doc) = fresh.pop_front() {
+            let Some(meta) = docs.get(&doc) else { continue };
+            if !self.queue.contains(&doc)
+                || !self.known_with_inflight(&doc).is_empty()
+                || !prover.may_read(&self.peer_id, &doc)
+            {
+                continue;
+            }
+            // Tried once: if it does not go whole now, it goes as changes.
+            self.as_changes.insert(doc.clone());
+            // The document's whole history as one section, built as a Changes batch is.
+            let rest = std::mem::replace(&mut self.queue, BTreeSet::from([doc.clone()]));
+            let mut one = BatchBuilder::default();
+            let built = self.fill_batch(
+                store,
+                docs,
+                prover,
+                frame_room as usize,
+                frame_room,
+                &mut one,
+            );
+            self.queue = rest;
+            let whole = self.cursor.take().is_none()
+                && one.docs.len() == 1
+                && one.sent.get(&doc).is_some_and(|c| meta.clock.le(c));
+            if built?.is_some() || !whole {
+                continue;
+            }
+            let raw: usize = one.docs[0].changes.iter().map(|c| c.0.len()).sum();
+            if raw < SNAPSHOT_MIN_BYTES {
+                continue;
+            }
+            let Some(saved) = prover.saved(&doc).filter(|s| s.len() < raw) else {
+                continue;
+            };
+            let signatures = one.heads[0].len() + one.cuts[0].chosen.len();
+            let cost = batch_cost(saved.len(), &doc) + SIGNED_COST_BYTES * signatures;
+            if !out.is_empty() && bytes + cost > budget {
+                fresh.push_front(doc);
+                break;
+            }
+            // Each signed change by actor and sequence number: its place in the document's
+            // changes ordered so ([`crate::wire::Signed::change`]).
+            let ids: BTreeMap<u32, (Actor, u64)> = one.heads[0]
+                .values()
+                .map(|(i, c)| (*i, (c.actor, c.seq)))
+                .chain(
+                    one.cuts[0]
+                        .chosen
+                        .iter()
+                        .map(|(i, c)| (*i, (c.actor, c.seq))),
+                )
+                .collect();
+            let mut offsets = BTreeMap::new();
+            let mut total = 0u64;
+            for (actor, seq) in meta.clock.iter() {
+                offsets.insert(*actor, total);
+                total += seq;
+            }
+            self.queue.remove(&doc);
+            self.as_changes.remove(&doc);
+            changes += one.changes;
+            bytes += cost;
+            sent.insert(doc.clone(), meta.clock.clone());
+            let section = self
+                .sign_batch(one, prover, gate)
+                .pop()
+                .expect("one section");
+            // (Every signed change is one of `ids`, of an actor of the clock.)
+            let signed = section
+                .signed
+                .into_iter()
+                .filter_map(|mut s| {
+                    let (actor, seq) = ids.get(&s.change)?;
+                    s.change = u32::try_from(offsets.get(actor)? + seq - 1).ok()?;
+                    Some(s)
+                })
+                .collect();
+            out.push(DocSnapshot { doc, saved, signed });
+            if bytes >= budget {
+                break;
+            }
+        }
+        Ok((!out.is_empty()).then_some((out, sent, bytes, changes)))
     }
 
     /// Adds each section's signatures (per actor: its last change there, and its last change
@@ -893,6 +1069,9 @@ impl Session {
         Ok(None)
     }
 }
+
+/// A batch of snapshots: the snapshots, the clocks sent, the batch's bytes and its changes.
+type SnapshotBatch = (Vec<DocSnapshot>, BTreeMap<DocId, VectorClock>, usize, u64);
 
 /// One Changes batch being assembled.
 #[derive(Default)]

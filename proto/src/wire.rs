@@ -43,9 +43,9 @@ pub enum Message {
     Close(Close),
     /// An authorship statement the sender's later `Changes` refer to by its number (version 2).
     Author(AuthorStatement),
-    /// Another message (`Summary`, `Changes` or `Ack`), its payload deflated (RFC 1951). Sent
-    /// only to a peer whose Hello has [`CAP_DEFLATE`]; inflated at most to the receiver's frame
-    /// limit.
+    /// Another message (`Summary`, `Changes`, `Ack` or `Snapshots`), its payload deflated (RFC
+    /// 1951). Sent only to a peer whose Hello has [`CAP_DEFLATE`]; inflated at most to the
+    /// receiver's frame limit.
     Deflated(DeflatedPayload),
     /// Which run of its store the sender is: sent once, right after receiving a Hello with
     /// [`CAP_INCARNATION`], by a sender whose own Hello had it too; never otherwise.
@@ -57,6 +57,46 @@ pub enum Message {
     /// The answer to a [`Message::SlotQuery`]: the statement of the highest slot the sender
     /// keeps of that slot space, if it keeps one of the asking node's.
     SlotAnswer(SlotAnswer),
+    /// A batch of documents the receiver holds nothing of, each in its saved form rather than
+    /// change by change; numbered, persisted and acknowledged as a `Changes` batch is. Sent only
+    /// to a peer whose Hello has [`CAP_SNAPSHOT`].
+    Snapshots(Snapshots),
+}
+
+/// A batch of snapshots.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshots {
+    /// Sender's batch number (shared with `Changes` batches), echoed in the Ack.
+    pub batch: u64,
+    /// Per document.
+    pub docs: Vec<DocSnapshot>,
+}
+
+/// One document in its saved form: an Automerge document chunk holding every change of the
+/// document the sender holds, and the signatures a `Changes` section of those changes would
+/// carry.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocSnapshot {
+    /// Document.
+    pub doc: DocId,
+    /// The document chunk (Automerge's `save`).
+    #[serde(with = "serde_bytes")]
+    pub saved: Vec<u8>,
+    /// Signatures; [`Signed::change`] numbers the document's changes ordered by actor, then
+    /// sequence number.
+    pub signed: Vec<Signed>,
+}
+
+impl std::fmt::Debug for DocSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DocSnapshot({}, {} bytes, {} signed)",
+            self.doc,
+            self.saved.len(),
+            self.signed.len()
+        )
+    }
 }
 
 /// Asks for the highest actor slot of `space` the receiver knows spent.
@@ -82,6 +122,8 @@ pub const CAP_DEFLATE: u64 = 1;
 pub const CAP_INCARNATION: u64 = 2;
 /// Hello capability bit: the sender answers [`Message::SlotQuery`].
 pub const CAP_SLOTS: u64 = 4;
+/// Hello capability bit: the sender accepts [`Message::Snapshots`].
+pub const CAP_SNAPSHOT: u64 = 8;
 
 /// Which run of its store a node is: a store's incarnation rises, durably, on every open, and
 /// every open draws a new boot id. A peer that sees one store id offer an incarnation below
@@ -124,7 +166,8 @@ impl std::fmt::Debug for AuthorStatement {
 /// ancestors.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Signed {
-    /// Index of the change in `DocChanges::changes`.
+    /// Index of the change in `DocChanges::changes` (in a [`DocSnapshot`], in the document's
+    /// changes ordered by actor, then sequence number).
     pub change: u32,
     /// The number of the sender's `Author` message that proves the change's author.
     pub author: u32,
@@ -340,7 +383,7 @@ impl Message {
         let payload = &plain[FRAME_HEADER_BYTES..];
         if !matches!(
             self,
-            Message::Summary(_) | Message::Changes(_) | Message::Ack(_)
+            Message::Summary(_) | Message::Changes(_) | Message::Ack(_) | Message::Snapshots(_)
         ) || payload.len() < DEFLATE_MIN_BYTES
         {
             return plain;
@@ -361,7 +404,7 @@ impl Message {
     }
 
     /// Decodes one payload (without the length prefix), inflating a [`Message::Deflated`] to
-    /// at most `max` bytes: what it holds must be a `Summary`, `Changes` or `Ack`.
+    /// at most `max` bytes: what it holds must be a `Summary`, `Changes`, `Ack` or `Snapshots`.
     pub fn from_payload_inflated(payload: &[u8], max: u32) -> Result<Message, DecodeError> {
         let d = match Message::from_payload(payload)? {
             Message::Deflated(d) => d,
@@ -380,9 +423,12 @@ impl Message {
             });
         }
         match Message::from_payload(&inner)? {
-            m @ (Message::Summary(_) | Message::Changes(_) | Message::Ack(_)) => Ok(m),
+            m @ (Message::Summary(_)
+            | Message::Changes(_)
+            | Message::Ack(_)
+            | Message::Snapshots(_)) => Ok(m),
             _ => Err(DecodeError::Malformed(
-                "a deflated message must be a Summary, Changes or Ack".into(),
+                "a deflated message must be a Summary, Changes, Ack or Snapshots".into(),
             )),
         }
     }

@@ -381,6 +381,8 @@ fn session_counters_add_field_by_field() {
         changes_duplicate: 8,
         changes_buffered: 9,
         batches_acked: 10,
+        snapshots_sent: 11,
+        snapshots_received: 12,
     };
     let mut t = a.clone();
     t.add(&a);
@@ -398,6 +400,8 @@ fn session_counters_add_field_by_field() {
             changes_duplicate: 24,
             changes_buffered: 27,
             batches_acked: 30,
+            snapshots_sent: 33,
+            snapshots_received: 36,
         }
     );
 }

@@ -37,3 +37,11 @@ fn remote_change_regressions_pass() {
         "inputs to replay"
     );
 }
+
+#[test]
+fn snapshot_regressions_pass() {
+    assert!(
+        replay("snapshot", fuzzing::snapshot) > 0,
+        "inputs to replay"
+    );
+}

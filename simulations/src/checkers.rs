@@ -220,31 +220,52 @@ impl Sim {
         }
     }
 
-    /// A frame is leaving node `i`: if it carries changes, each must be durable in its store
-    /// now (the same promise an Ack makes, checked on the data itself).
+    /// A frame is leaving node `i`: if it carries changes (or snapshots), each must be durable
+    /// in its store now (the same promise an Ack makes, checked on the data itself).
     pub(crate) fn audit_changes_frame(&mut self, i: usize, frame: &[u8]) {
         if self.is_byzantine(i) || frame.len() < 4 {
             return;
         }
-        let Ok(Message::Changes(c)) =
-            Message::from_payload_inflated(&frame[4..], edgesync_proto::wire::FRAME_BYTES_LIMIT)
-        else {
-            return;
+        let sections: Vec<(DocId, Vec<automerge::Change>)> = match Message::from_payload_inflated(
+            &frame[4..],
+            edgesync_proto::wire::FRAME_BYTES_LIMIT,
+        ) {
+            Ok(Message::Changes(c)) => c
+                .docs
+                .into_iter()
+                .map(|dc| {
+                    let cs = dc
+                        .changes
+                        .iter()
+                        .filter_map(|ch| automerge::Change::try_from(&ch.0[..]).ok())
+                        .collect();
+                    (dc.doc, cs)
+                })
+                .collect(),
+            Ok(Message::Snapshots(s)) => s
+                .docs
+                .into_iter()
+                .map(|ds| {
+                    let cs =
+                        edgesync_proto::snapshot::open(&ds.saved, usize::MAX).unwrap_or_default();
+                    (ds.doc, cs)
+                })
+                .collect(),
+            _ => return,
         };
         let sn = &self.nodes[i];
         let Some(n) = sn.node.as_ref() else { return };
         let empty = VectorClock::new();
-        let early = c.docs.iter().find_map(|dc| {
+        let early = sections.iter().find_map(|(doc, changes)| {
             // A frame built before retention dropped its bucket may leave after: it was
             // durable when built, and nothing of the bucket is kept now.
-            if n.is_gone(&dc.doc) {
+            if n.is_gone(doc) {
                 return None;
             }
-            let durable = n.store().durable_clock(&dc.doc).unwrap_or(&empty);
-            dc.changes.iter().find_map(|ch| {
-                let change = automerge::Change::try_from(&ch.0[..]).ok()?;
+            let durable = n.store().durable_clock(doc).unwrap_or(&empty);
+            changes.iter().find_map(|change| {
                 let actor = Actor::from_automerge(change.actor_id())?;
-                (durable.get(&actor) < change.seq()).then(|| (dc.doc.clone(), change.seq()))
+                (durable.get(&actor) < change.seq()).then(|| (doc.clone(), change.seq()))
             })
         });
         if let Some((doc, seq)) = early {

@@ -317,6 +317,14 @@ fn draw_journal(seed: u64, core: &mut Config) {
     core.settle_from_peers = rng.random_bool(0.5);
 }
 
+/// Whether node `i` takes and sends snapshots (snapshot transfer), from a generator of its own:
+/// three nodes in four, so that runs mix nodes with and without it.
+pub(crate) fn draw_snapshot_transfer(seed: u64, i: usize) -> bool {
+    let mut rng =
+        Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x736e_6170_7368_6f74 ^ (i as u64) << 48);
+    rng.random_range(0..4u32) != 0
+}
+
 /// Whether the hostile nodes' certificates predate actor slots (they then bind any actor, and
 /// the session limits alone slow their actor floods), from a generator of its own.
 fn draw_hostile_legacy(seed: u64) -> bool {

@@ -708,6 +708,7 @@ fn new_node(plan: &Plan, i: usize, rng: &mut Xoshiro256PlusPlus) -> SimNode {
         name: name.clone(),
         trust: fleet(plan).trust(identity.clone(), rules()),
         frame_bytes_max: k.frame_bytes_max[i],
+        snapshot_transfer: crate::plan::draw_snapshot_transfer(plan.seed, i),
         danger_canary: plan.canary,
         keep_ms,
         // A gateway that prunes lets go of what the cloud (node 0, keeping everything) holds.

@@ -733,6 +733,8 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
             ("edgesync_changes_received_total", t.changes_received),
             ("edgesync_changes_applied_total", t.changes_applied),
             ("edgesync_changes_duplicate_total", t.changes_duplicate),
+            ("edgesync_snapshots_sent_total", t.snapshots_sent),
+            ("edgesync_snapshots_received_total", t.snapshots_received),
         ] {
             metrics::counter!(name).absolute(v);
         }

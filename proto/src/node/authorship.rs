@@ -58,6 +58,9 @@ pub(super) struct NodeProver<'a, S: Store> {
     pub(super) store: &'a S,
     pub(super) trust: &'a Trust,
     pub(super) cache: &'a mut BTreeMap<Actor, Arc<Author>>,
+    /// The documents in memory, and every document's metadata (for a snapshot's saved form).
+    pub(super) loaded: &'a BTreeMap<DocId, super::Loaded>,
+    pub(super) docs: &'a BTreeMap<DocId, crate::store::DocMeta>,
 }
 
 impl<S: Store> NodeProver<'_, S> {
@@ -104,6 +107,18 @@ impl<S: Store> Prover for NodeProver<'_, S> {
 
     fn may_read(&self, peer: &Identity, doc: &DocId) -> bool {
         self.trust.rules.allows(peer, doc, Access::Read)
+    }
+
+    fn saved(&mut self, doc: &DocId) -> Option<Vec<u8>> {
+        if let Some(l) = self.loaded.get(doc) {
+            return Some(l.doc.save());
+        }
+        // Not in memory: loaded from the store for this once (not kept, so a peer's full sync
+        // does not evict what this node's own work keeps in memory).
+        let next_order = self.docs.get(doc)?.next_order;
+        super::load_stored(self.store, doc, next_order)
+            .ok()
+            .map(|d| d.save())
     }
 }
 

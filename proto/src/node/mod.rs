@@ -107,6 +107,10 @@ pub struct Config {
     /// A new snapshot is written after this many changes since the last one. Default 512:
     /// loading replays at most this many changes one by one.
     pub snapshot_changes_min: u64,
+    /// Snapshot transfer: this node accepts documents it holds nothing of in their saved form
+    /// (its Hello has [`crate::wire::CAP_SNAPSHOT`]), and sends them so to peers that accept
+    /// it. Default on.
+    pub snapshot_transfer: bool,
     /// Whether the shell's durability reports ([`Node::handle_durable`]) survive a power cut.
     /// When false (a shell that reports a commit durable once written, not synced, and so may
     /// send frames a power cut takes back), an open after an unclean stop takes a new actor,
@@ -199,6 +203,7 @@ impl Config {
             session_actors_max: 50_000,
             docs_loaded_max: 1024,
             snapshot_changes_min: 512,
+            snapshot_transfer: true,
             keep_actor_after_crash: true,
             bucket_ms: 3_600_000,
             keep_ms: None,
@@ -653,6 +658,41 @@ pub struct Node<S: Store> {
     journal: journal::Journal,
     /// The journal holds readings taken while the node was unsettled (or found at open).
     journaled_unsettled: bool,
+}
+
+/// Loads `doc` from `store` (snapshot, then the changes after it, in order), whose metadata
+/// says it holds changes up to order `next_order`.
+fn load_stored<S: Store>(store: &S, doc: &DocId, next_order: u64) -> Result<Automerge, NodeError> {
+    let load_err = |reason: String| NodeError::Load {
+        doc: doc.clone(),
+        reason,
+    };
+    let (mut am, mut from) = match store.snapshot(doc)? {
+        Some((covers, bytes)) => (
+            Automerge::load(&bytes).map_err(|e| load_err(e.to_string()))?,
+            covers,
+        ),
+        None => (Automerge::new(), 0),
+    };
+    loop {
+        let chunk = store.changes_from(doc, from, 256)?;
+        let Some(last) = chunk.last() else { break };
+        from = last.order + 1;
+        let changes = chunk
+            .iter()
+            // Parsed as remote bytes are: a store is input too, and a corrupted change must be
+            // a load error, not a panic.
+            .map(|c| crate::chunk::parse(&c.bytes, usize::MAX).map_err(|e| load_err(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        am.apply_changes(changes)
+            .map_err(|e| load_err(e.to_string()))?;
+    }
+    if from < next_order {
+        return Err(load_err(format!(
+            "store holds changes up to order {from}, metadata says {next_order}"
+        )));
+    }
+    Ok(am)
 }
 
 /// The id of the open `boot` is for: a hash of its nonce (the nonce itself may become an actor
@@ -1271,38 +1311,8 @@ impl<S: Store> Node<S> {
     }
 
     fn load_from_store(&mut self, doc: &DocId) -> Result<Automerge, NodeError> {
-        let load_err = |reason: String| NodeError::Load {
-            doc: doc.clone(),
-            reason,
-        };
-        let (mut am, mut from) = match self.store.snapshot(doc)? {
-            Some((covers, bytes)) => (
-                Automerge::load(&bytes).map_err(|e| load_err(e.to_string()))?,
-                covers,
-            ),
-            None => (Automerge::new(), 0),
-        };
-        loop {
-            let chunk = self.store.changes_from(doc, from, 256)?;
-            let Some(last) = chunk.last() else { break };
-            from = last.order + 1;
-            let changes = chunk
-                .iter()
-                // Parsed as remote bytes are: a store is input too, and a corrupted change
-                // must be a load error, not a panic.
-                .map(|c| {
-                    crate::chunk::parse(&c.bytes, usize::MAX).map_err(|e| load_err(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            am.apply_changes(changes)
-                .map_err(|e| load_err(e.to_string()))?;
-        }
-        let expected = self.docs.get(doc).map(|m| m.next_order).unwrap_or(0);
-        if from < expected {
-            return Err(load_err(format!(
-                "store holds changes up to order {from}, metadata says {expected}"
-            )));
-        }
+        let next_order = self.docs.get(doc).map(|m| m.next_order).unwrap_or(0);
+        let mut am = load_stored(&self.store, doc, next_order)?;
         am.set_actor(self.doc_actor(doc).to_automerge());
         Ok(am)
     }

@@ -13,9 +13,40 @@ use crate::store::{PeerReceipts, Store, WriteBatch, WriteOp};
 use crate::sync::{Limits, Refusal, Session, SessionId, SessionInfo, SessionStats};
 use crate::vclock::VectorClock;
 use crate::wire::{
-    Ack, Changes, CloseCode, DocClock, Hello, Incarnation, Message, Summary, MAGIC,
-    PROTOCOL_VERSION,
+    Ack, ChangeBytes, Changes, CloseCode, DocClock, Hello, Incarnation, Message, Signed, Snapshots,
+    Summary, MAGIC, PROTOCOL_VERSION,
 };
+use automerge::Change;
+
+/// One document's part of a received batch.
+struct Section<'a> {
+    doc: &'a DocId,
+    body: Body<'a>,
+    signed: &'a [Signed],
+}
+
+/// What a section carries: changes, or the document's saved form.
+enum Body<'a> {
+    Changes(&'a [ChangeBytes]),
+    Snapshot(&'a [u8]),
+}
+
+impl Body<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Body::Changes(c) => c.is_empty(),
+            Body::Snapshot(s) => s.is_empty(),
+        }
+    }
+
+    /// The changes the section counts as received: as sent, or (a snapshot) as parsed.
+    fn len(&self, parsed: usize) -> usize {
+        match self {
+            Body::Changes(c) => c.len(),
+            Body::Snapshot(_) => parsed,
+        }
+    }
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -29,6 +60,7 @@ impl<S: Store> Node<S> {
             inflight_bytes_max: self.cfg.inflight_bytes_max as usize,
             handshake_timeout_ms: self.cfg.handshake_timeout_ms,
             ack_timeout_ms: self.cfg.ack_timeout_ms,
+            snapshots: self.cfg.snapshot_transfer,
         }
     }
 
@@ -55,7 +87,12 @@ impl<S: Store> Node<S> {
             store_id: self.meta.store_id,
             capabilities: crate::wire::CAP_DEFLATE
                 | crate::wire::CAP_INCARNATION
-                | crate::wire::CAP_SLOTS,
+                | crate::wire::CAP_SLOTS
+                | if self.cfg.snapshot_transfer {
+                    crate::wire::CAP_SNAPSHOT
+                } else {
+                    0
+                },
             frame_bytes_max: self.cfg.frame_bytes_max,
         };
         s.queue_hello(self.commit_seq, hello);
@@ -169,6 +206,7 @@ impl<S: Store> Node<S> {
             }
             Message::Author(_)
             | Message::Changes(_)
+            | Message::Snapshots(_)
             | Message::Ack(_)
             | Message::SlotQuery(_)
             | Message::SlotAnswer(_)
@@ -179,6 +217,7 @@ impl<S: Store> Node<S> {
             Message::Summary(sm) => self.on_summary(sid, sm),
             Message::Author(st) => self.on_author(sid, st),
             Message::Changes(c) => self.on_changes(sid, c),
+            Message::Snapshots(c) => self.on_snapshots(sid, c),
             Message::Ack(a) => self.on_ack(sid, a),
             Message::SlotQuery(q) => self.on_slot_query(sid, q),
             Message::SlotAnswer(a) => self.on_slot_answer(sid, a),
@@ -372,10 +411,67 @@ impl<S: Store> Node<S> {
     }
 
     fn on_changes(&mut self, sid: SessionId, c: Changes) {
+        let sections = c.docs.iter().map(|dc| Section {
+            doc: &dc.doc,
+            body: Body::Changes(&dc.changes),
+            signed: &dc.signed,
+        });
+        self.receive_batch(sid, c.batch, sections.collect());
+    }
+
+    fn on_snapshots(&mut self, sid: SessionId, c: Snapshots) {
+        if !self.cfg.snapshot_transfer {
+            let reason = "snapshots to a node that does not accept them";
+            return self.close_session(sid, CloseCode::Unexpected, reason);
+        }
+        let sections = c.docs.iter().map(|ds| Section {
+            doc: &ds.doc,
+            body: Body::Snapshot(&ds.saved),
+            signed: &ds.signed,
+        });
+        self.receive_batch(sid, c.batch, sections.collect());
+    }
+
+    /// Parses a section: its changes (what parses before a change that does not, and the
+    /// failure) and the signatures that name them.
+    fn parse_section(&self, sec: &Section<'_>) -> (Vec<Change>, Vec<Signed>, Option<ApplyError>) {
+        match sec.body {
+            Body::Changes(changes) => {
+                let mut parsed = Vec::with_capacity(changes.len());
+                let mut failure = None;
+                for ch in changes {
+                    match self.parse_remote(&ch.0) {
+                        Ok(c) => parsed.push(c),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                // Signatures of changes that did not parse prove nothing; the parse failure is
+                // what the session ends with.
+                let signed = sec
+                    .signed
+                    .iter()
+                    .filter(|s| (s.change as usize) < parsed.len())
+                    .cloned()
+                    .collect();
+                (parsed, signed, failure)
+            }
+            Body::Snapshot(saved) => match self.parse_snapshot(saved, sec.signed) {
+                Ok((parsed, signed)) => (parsed, signed, None),
+                Err(e) => (Vec::new(), Vec::new(), Some(e)),
+            },
+        }
+    }
+
+    /// Receives a batch (of changes or snapshots): every section's changes proven, applied and
+    /// persisted in one commit, and acknowledged once durable.
+    fn receive_batch(&mut self, sid: SessionId, batch_no: u64, sections: Vec<Section<'_>>) {
         // Journaled readings of these documents go in first, so that the fold's change is
         // concurrent with the peer's, as the ingest's own change would have been.
-        let named = c.docs.iter().filter(|dc| !dc.changes.is_empty());
-        if let Err(e) = self.fold_docs(named.map(|dc| &dc.doc)) {
+        let named = sections.iter().filter(|sec| !sec.body.is_empty());
+        if let Err(e) = self.fold_docs(named.map(|sec| sec.doc)) {
             if self.sessions.contains_key(&sid) {
                 let reason = format!("folding the ingest journal failed: {e}");
                 self.close_session(sid, CloseCode::StoreFailed, &reason);
@@ -387,36 +483,25 @@ impl<S: Store> Node<S> {
         let mut received: BTreeMap<DocId, VectorClock> = BTreeMap::new();
         let mut stats = SessionStats::default();
         let mut failure = None;
-        'docs: for dc in &c.docs {
+        'docs: for sec in &sections {
+            let doc = sec.doc;
             // A document named with no changes carries nothing to apply or acknowledge.
-            if dc.changes.is_empty() {
+            if sec.body.is_empty() {
                 continue;
             }
-            received.entry(dc.doc.clone()).or_default();
+            received.entry(doc.clone()).or_default();
             // Parsed first, all of the section: who wrote each change is proven from the
             // section as a whole. What parses before a change that does not is still offered.
-            let mut parsed = Vec::with_capacity(dc.changes.len());
-            for ch in &dc.changes {
-                match self.parse_remote(&ch.0) {
-                    Ok(c) => parsed.push(c),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
+            let (parsed, signed, parse_failure) = self.parse_section(sec);
+            if parse_failure.is_some() {
+                failure = parse_failure;
+            } else if matches!(sec.body, Body::Snapshot(_)) {
+                stats.snapshots_received += 1;
             }
-            // Signatures of changes that did not parse prove nothing; the parse failure is what
-            // the session ends with.
-            let signed: Vec<_> = dc
-                .signed
-                .iter()
-                .filter(|s| (s.change as usize) < parsed.len())
-                .cloned()
-                .collect();
-            let bys = match self.prove(sid, &dc.doc, &parsed, &signed) {
+            let bys = match self.prove(sid, doc, &parsed, &signed) {
                 Ok(b) => b,
                 Err(e) => {
-                    stats.changes_received += dc.changes.len() as u64;
+                    stats.changes_received += sec.body.len(parsed.len()) as u64;
                     failure = failure.or(Some(e));
                     break 'docs;
                 }
@@ -428,13 +513,10 @@ impl<S: Store> Node<S> {
             let mut run = Run::default();
             for (ch, by) in parsed.into_iter().zip(bys) {
                 stats.changes_received += 1;
-                match self.apply_remote(&mut batch, &mut run, &dc.doc, ch, by, sid, &peer) {
+                match self.apply_remote(&mut batch, &mut run, doc, ch, by, sid, &peer) {
                     Ok((applied, actor, seq)) => {
                         // The sender holds (actor, 1..=seq): it holds this change, causally closed.
-                        received
-                            .get_mut(&dc.doc)
-                            .expect("inserted")
-                            .observe(actor, seq);
+                        received.get_mut(doc).expect("inserted").observe(actor, seq);
                         match applied {
                             Applied::New(n) => stats.changes_applied += 1 + n as u64,
                             Applied::Duplicate | Applied::Gone => stats.changes_duplicate += 1,
@@ -447,7 +529,7 @@ impl<S: Store> Node<S> {
                     }
                 }
             }
-            if let Err(e) = self.flush_run(&mut batch, &mut run, &dc.doc) {
+            if let Err(e) = self.flush_run(&mut batch, &mut run, doc) {
                 failure = failure.or(Some(e));
             }
             if failure.is_some() {
@@ -503,7 +585,7 @@ impl<S: Store> Node<S> {
             .collect();
         let gate = self.durable_at(seq);
         let s = self.sessions.get_mut(&sid).expect("session exists");
-        s.queue_ack(gate, c.batch, clocks);
+        s.queue_ack(gate, batch_no, clocks);
     }
 
     fn on_ack(&mut self, sid: SessionId, a: Ack) {
@@ -525,6 +607,8 @@ impl<S: Store> Node<S> {
                 store: &self.store,
                 trust: &self.cfg.trust,
                 cache: &mut self.authors,
+                loaded: &self.loaded,
+                docs: &self.docs,
             };
             let filled = s.fill_window(
                 &self.store,

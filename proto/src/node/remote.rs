@@ -13,7 +13,7 @@ use crate::store::{Store, WriteBatch};
 use crate::stream::Bucket;
 use crate::sync::SessionId;
 use crate::vclock::{Actor, CLOCK_ACTORS_MAX};
-use crate::wire::CloseCode;
+use crate::wire::{CloseCode, Signed};
 
 /// Outcome of offering one remote change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +232,46 @@ impl<S: Store> Node<S> {
         let max = self.cfg.change_bytes_max as usize;
         let change = chunk::parse(bytes, max)?;
         schema::check_checksum(bytes, &change)?;
+        self.check_remote(change)
+    }
+
+    /// Opens a received snapshot ([`crate::snapshot::open`], within this node's frame limit)
+    /// into its changes, each checked as [`Node::parse_remote`] checks a received change, in
+    /// a causal order; and `signed` renumbered from the snapshot's order (by actor, then
+    /// sequence number) to that order. A signature naming no change is left naming none (the
+    /// proof refuses it).
+    pub(crate) fn parse_snapshot(
+        &self,
+        saved: &[u8],
+        signed: &[Signed],
+    ) -> Result<(Vec<Change>, Vec<Signed>), ApplyError> {
+        let changes = crate::snapshot::open(saved, self.cfg.frame_bytes_max as usize)?
+            .into_iter()
+            .map(|c| {
+                // The layout Automerge's change parser would have been shown: the same rules
+                // hold for a change Automerge rebuilt from a document.
+                chunk::check_parsed(&c)?;
+                self.check_remote(c)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut by_id: Vec<usize> = (0..changes.len()).collect();
+        by_id.sort_by(|&a, &b| {
+            let key = |i: usize| (changes[i].actor_id().to_bytes(), changes[i].seq());
+            key(a).cmp(&key(b))
+        });
+        let signed = signed
+            .iter()
+            .map(|s| Signed {
+                change: by_id.get(s.change as usize).map_or(u32::MAX, |&i| i as u32),
+                ..s.clone()
+            })
+            .collect();
+        Ok((changes, signed))
+    }
+
+    /// The checks of a received change once Automerge parsed it.
+    fn check_remote(&self, change: Change) -> Result<Change, ApplyError> {
+        let max = self.cfg.change_bytes_max as usize;
         // Automerge keeps the inflated form: it must be within the limit too (it is stored and
         // relayed as it is).
         let len = change.raw_bytes().len();
