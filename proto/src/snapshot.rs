@@ -49,7 +49,7 @@ pub fn open(bytes: &[u8], max: usize) -> Result<Vec<Change>, Refusal> {
     // The layout is bounded; Automerge's own checks (the checksum, the heads against the
     // changes it rebuilds) decide the rest. Its loader is not known to panic on what passes
     // the scan, but a panic there must not end the node.
-    let loaded = std::panic::catch_unwind(|| Automerge::load(bytes))
+    let loaded = contained(|| Automerge::load(bytes))
         .map_err(|_| refused("the document does not load (the loader failed)"))?
         .map_err(|e| refused(format!("the document does not load: {e}")))?;
     let changes: Vec<Change> = loaded.get_changes(&[]);
@@ -60,6 +60,33 @@ pub fn open(bytes: &[u8], max: usize) -> Result<Vec<Change>, Refusal> {
         return Err(Refusal::TooLarge { len, max });
     }
     Ok(changes)
+}
+
+thread_local! {
+    /// Set while this thread runs Automerge's loader on a snapshot.
+    static LOADING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is running Automerge's loader on a received snapshot, where [`open`]
+/// turns a panic into a refusal: a panic hook that ends the process on any panic (the daemon's)
+/// lets such a panic unwind instead.
+pub fn loading() -> bool {
+    LOADING.with(|l| l.get())
+}
+
+/// Runs `f` (Automerge's loader) with [`loading`] set; a panic in it is an `Err`.
+fn contained<T>(f: impl FnOnce() -> T) -> Result<T, ()> {
+    LOADING.with(|l| l.set(true));
+    #[cfg(test)]
+    let f = || {
+        if tests::PANIC_IN_LOADER.with(|p| p.get()) {
+            panic!("a loader panic, planted by a test");
+        }
+        f()
+    };
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| ());
+    LOADING.with(|l| l.set(false));
+    out
 }
 
 /// Reads the chunk's layout (the Automerge binary format's document chunk: header, actors,
@@ -454,6 +481,36 @@ mod tests {
             Err(Refusal::Snapshot(why)) => assert!(why.contains("inflate"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    thread_local! {
+        /// Makes the next loads on this thread panic inside the loader.
+        pub(super) static PANIC_IN_LOADER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    // A panic of Automerge's loader is a refusal, and a process-wide hook sees `loading()` set
+    // while it unwinds (the daemon's hook then lets it unwind rather than end the process).
+    #[test]
+    fn a_loader_panic_is_a_refusal_and_marked_as_contained() {
+        let saved = document(5).save();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook_seen = seen.clone();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |_| {
+            hook_seen.lock().unwrap().push(loading());
+        }));
+        PANIC_IN_LOADER.with(|p| p.set(true));
+        let refused = open(&saved, 1 << 20);
+        PANIC_IN_LOADER.with(|p| p.set(false));
+        std::panic::set_hook(previous);
+        match refused {
+            Err(Refusal::Snapshot(why)) => assert!(why.contains("loader failed"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Other tests' panics may reach the hook too; this thread's was seen while loading.
+        assert!(seen.lock().unwrap().contains(&true));
+        assert!(!loading(), "cleared after the load");
+        assert!(open(&saved, 1 << 20).is_ok());
     }
 
     #[test]

@@ -275,10 +275,17 @@ const PANIC_EXIT_CODE: i32 = 70;
 
 /// A panic on any thread (the core, a link task, the API) ends the process at once with
 /// [`PANIC_EXIT_CODE`], after the usual report: a node must not run on with a dead thread.
-/// Everything acknowledged is durable, so the supervisor's restart loses nothing.
+/// Everything acknowledged is durable, so the supervisor's restart loses nothing. The one
+/// panic that unwinds instead is Automerge's loader's on a peer's snapshot, which the core
+/// contains and refuses (`edgesync_proto::snapshot::loading`): a peer must not be able to
+/// restart its peers.
 fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if edgesync_proto::snapshot::loading() {
+            tracing::warn!(panic = %info, "a peer's snapshot panicked Automerge's loader; refused");
+            return;
+        }
         report(info);
         tracing::error!(panic = %info, "panic; exiting");
         std::process::exit(PANIC_EXIT_CODE);
