@@ -258,8 +258,39 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// LEB128 encoders for tests that build chunks by hand.
+#[cfg(test)]
+pub(crate) mod leb {
+    pub(crate) fn uleb_bytes(mut v: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    pub(crate) fn sleb_bytes(mut v: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::leb::{sleb_bytes, uleb_bytes};
     use super::*;
     use automerge::transaction::Transactable;
     use automerge::{AutoCommit, ObjType, ROOT};
@@ -470,32 +501,6 @@ mod tests {
                 bytes[8] = kind;
             }
             let _ = parse(&bytes, 1000);
-        }
-    }
-
-    fn uleb_bytes(mut v: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn sleb_bytes(mut v: i64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
         }
     }
 

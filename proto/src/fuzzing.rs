@@ -187,12 +187,7 @@ pub fn remote_change(data: &[u8]) {
             }],
         });
         node.handle_input(sid, &batch.to_frame(), 1);
-        settle(&mut node, Some(sid));
-        assert_consistent(&mut node);
-        // Whatever a peer sent, the sensor document still takes readings.
-        let r = Reading::from_json("r-9", 9, &json!({"v": 9})).expect("valid");
-        node.ingest(&DocId::new("site-a/t1").expect("valid"), &[r], 2)
-            .expect("the sensor document keeps taking readings");
+        still_serves(&mut node, sid);
     }
 }
 
@@ -242,8 +237,14 @@ pub fn snapshot(data: &[u8]) {
         }],
     });
     node.handle_input(sid, &batch.to_frame(), 1);
-    settle(&mut node, Some(sid));
-    assert_consistent(&mut node);
+    still_serves(&mut node, sid);
+}
+
+/// After what a peer sent: the node is consistent, and its sensor document still takes
+/// readings.
+fn still_serves(node: &mut Node<MemStore>, sid: SessionId) {
+    settle(node, Some(sid));
+    assert_consistent(node);
     let r = Reading::from_json("r-9", 9, &json!({"v": 9})).expect("valid");
     node.ingest(&DocId::new("site-a/t1").expect("valid"), &[r], 2)
         .expect("the sensor document keeps taking readings");

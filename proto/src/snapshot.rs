@@ -226,6 +226,7 @@ fn rows(kind: u64, data: &[u8], max: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::leb::{sleb_bytes as sleb, uleb_bytes as uleb};
     use automerge::transaction::Transactable;
     use automerge::{AutoCommit, ObjType, ROOT};
 
@@ -375,33 +376,6 @@ mod tests {
         out.extend(&digest[..4]);
         out.extend(hashed);
         out
-    }
-
-    fn uleb(mut v: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn sleb(v: i64) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut v = v;
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
     }
 
     #[test]

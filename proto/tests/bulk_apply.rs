@@ -4,26 +4,12 @@
 mod common;
 
 use automerge::transaction::Transactable;
-use common::{bucket, doc, open, persist, Hand, Net};
-use edgesync_proto::wire::{Message, Summary};
-use edgesync_proto::{CloseCode, Event, MemStore, Node, Reading, SessionId};
+use common::{bucket, doc, hand_session, open, persist, Hand, Net};
+use edgesync_proto::{CloseCode, Event, MemStore, Node, Reading};
 use serde_json::json;
 
 fn reading(id: &str, v: i64) -> Reading {
     Reading::from_json(id, v, &json!({ "v": v })).unwrap()
-}
-
-fn hand_session(node: &mut Node<MemStore>, hand: &mut Hand) -> SessionId {
-    hand.new_session();
-    let peer = hand.identity.name.as_str().to_string();
-    let sid = node.connect(hand.identity.clone(), 0);
-    node.handle_input(sid, &common::hello(&peer, 4 << 20).to_frame(), 0);
-    let summary = Message::Summary(Summary {
-        entries: vec![],
-        last: true,
-    });
-    node.handle_input(sid, &summary.to_frame(), 0);
-    sid
 }
 
 /// A node holding one reading in a bucket, a member `gw-9` driven by hand, and the member's

@@ -6,12 +6,11 @@ mod common;
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ReadDoc};
-use common::{bucket, doc, open, persist, Hand, Net};
+use common::{bucket, doc, hand_session, open, persist, Hand, Net};
 use edgesync_proto::wire::{
-    DocSnapshot, FrameDecoder, Message, Signed, Snapshots, Summary, FRAME_BYTES_LIMIT,
-    FRAME_BYTES_MIN,
+    DocSnapshot, FrameDecoder, Message, Signed, Snapshots, FRAME_BYTES_LIMIT, FRAME_BYTES_MIN,
 };
-use edgesync_proto::{CloseCode, DocId, Event, MemStore, Node, Reading, SessionId};
+use edgesync_proto::{CloseCode, DocId, Event, MemStore, Node, Reading};
 use serde_json::json;
 
 fn reading(id: &str, ts: i64) -> Reading {
@@ -200,19 +199,6 @@ fn a_received_snapshot_relays_through_the_smallest_frames() {
             "{d}"
         );
     }
-}
-
-fn hand_session(node: &mut Node<MemStore>, hand: &mut Hand) -> SessionId {
-    hand.new_session();
-    let peer = hand.identity.name.as_str().to_string();
-    let sid = node.connect(hand.identity.clone(), 0);
-    node.handle_input(sid, &common::hello(&peer, 4 << 20).to_frame(), 0);
-    let summary = Message::Summary(Summary {
-        entries: vec![],
-        last: true,
-    });
-    node.handle_input(sid, &summary.to_frame(), 0);
-    sid
 }
 
 fn closed(node: &mut Node<MemStore>) -> Option<(Option<CloseCode>, String)> {

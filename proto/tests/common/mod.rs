@@ -279,6 +279,21 @@ pub fn hello(node: &str, frame_bytes_max: u32) -> Message {
     })
 }
 
+/// Opens a session on `node` for the peer `hand` drives (frames up to 4 MiB), past Hello and
+/// an empty Summary.
+pub fn hand_session(node: &mut Node<MemStore>, hand: &mut Hand) -> SessionId {
+    hand.new_session();
+    let peer = hand.identity.name.as_str().to_string();
+    let sid = node.connect(hand.identity.clone(), 0);
+    node.handle_input(sid, &hello(&peer, 4 << 20).to_frame(), 0);
+    let summary = Message::Summary(edgesync_proto::wire::Summary {
+        entries: vec![],
+        last: true,
+    });
+    node.handle_input(sid, &summary.to_frame(), 0);
+    sid
+}
+
 pub fn doc(s: &str) -> DocId {
     DocId::new(s).unwrap()
 }
