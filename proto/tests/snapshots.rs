@@ -167,6 +167,44 @@ fn a_peer_that_does_not_accept_snapshots_gets_changes() {
     assert_eq!(snapshot_count(&frames), 0);
 }
 
+// A document not in memory whose stored snapshot covers all of it goes as that snapshot, and
+// whole: the receiver needs no change after it.
+#[test]
+fn a_stored_snapshot_goes_whole_when_it_covers_the_document() {
+    let tweak = |c: &mut edgesync_proto::Config| c.snapshot_changes_min = 8;
+    let mut net = Net::new(2, tweak);
+    let d = doc("site-a/config");
+    for k in 0..40 {
+        let p = json!({ "k": k, "name": format!("config {k}") });
+        net.nodes[0].patch(&d, &p, k).unwrap();
+        persist(&mut net.nodes[0]);
+    }
+    // Reopened from its store: nothing in memory.
+    let store = net.nodes[0].store().clone();
+    net.nodes[0] = open(0, store, 1, tweak);
+    net.connect(0, 1);
+    let frames = settle_recording(&mut net, 0, 1, 0);
+    assert_eq!(heads(&mut net.nodes[0], &d), heads(&mut net.nodes[1], &d));
+    let ms = messages(&frames);
+    let snapshots: Vec<&DocSnapshot> = ms
+        .iter()
+        .filter_map(|m| match m {
+            Message::Snapshots(s) => Some(s.docs.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|s| s.doc == d)
+        .collect();
+    assert_eq!(snapshots.len(), 1);
+    let changes_after = ms.iter().any(|m| match m {
+        Message::Changes(c) => c.docs.iter().any(|dc| dc.doc == d),
+        _ => false,
+    });
+    assert!(!changes_after, "the snapshot held the whole document");
+    let held = automerge::Automerge::load(&snapshots[0].saved).unwrap();
+    assert_eq!(held.get_heads(), heads(&mut net.nodes[0], &d));
+}
+
 // A node that received a document as a snapshot relays it, as changes, to a peer whose frame
 // limit is the protocol's smallest: the snapshot carried the signatures of every cut point.
 #[test]

@@ -113,9 +113,16 @@ impl<S: Store> Prover for NodeProver<'_, S> {
         if let Some(l) = self.loaded.get(doc) {
             return Some(l.doc.save());
         }
-        // Not in memory: loaded from the store for this once (not kept, so a peer's full sync
-        // does not evict what this node's own work keeps in memory).
+        // Not in memory: the store's own snapshot when it covers every change (a closed
+        // bucket, compacted by housekeeping, usually does), else loaded from the store for
+        // this once (not kept, so a peer's full sync does not evict what this node's own work
+        // keeps in memory).
         let next_order = self.docs.get(doc)?.next_order;
+        if let Ok(Some((covers, bytes))) = self.store.snapshot(doc) {
+            if covers == next_order {
+                return Some(bytes);
+            }
+        }
         super::load_stored(self.store, doc, next_order)
             .ok()
             .map(|d| d.save())
