@@ -318,48 +318,71 @@ mod tests {
         }
     }
 
-    /// Rebuilds `saved` with column `which` (by position) replaced by `data`, and the checksum
-    /// recomputed (a hostile sender computes it).
-    fn with_column(saved: &[u8], which: usize, data: Vec<u8>, spec_or: u64) -> Vec<u8> {
+    /// A document chunk's parts: the body's prefix (actors and heads), the column
+    /// specifications per group (change columns, operation columns), each column's
+    /// (specification, bytes), and the suffix (head indices).
+    struct Layout {
+        prefix: Vec<u8>,
+        groups: Vec<usize>,
+        cols: Vec<(u64, Vec<u8>)>,
+        suffix: Vec<u8>,
+    }
+
+    fn layout(saved: &[u8]) -> Layout {
         let mut r = Reader(&saved[HEADER..]);
-        let body = {
-            let n = r.uleb().unwrap();
-            r.bytes(n).unwrap()
-        };
+        let n = r.uleb().unwrap();
+        let body = r.bytes(n).unwrap();
         let mut r = Reader(body);
-        let start = body.len();
         let actors = r.uleb().unwrap();
         for _ in 0..actors {
             r.skip_prefixed().unwrap();
         }
         let heads = r.uleb().unwrap();
         r.bytes(heads * 32).unwrap();
-        let prefix_end = start - r.0.len();
-        let mut groups = Vec::new();
+        let prefix = body[..body.len() - r.0.len()].to_vec();
+        let (mut groups, mut specs) = (Vec::new(), Vec::new());
         for _ in 0..2 {
             let count = r.uleb().unwrap();
-            let mut g = Vec::new();
+            groups.push(count as usize);
             for _ in 0..count {
-                g.push((r.uleb().unwrap(), r.uleb().unwrap()));
+                specs.push((r.uleb().unwrap(), r.uleb().unwrap()));
             }
-            groups.push(g);
         }
-        let mut cols: Vec<(u64, Vec<u8>)> = groups
-            .iter()
-            .flatten()
-            .map(|&(spec, len)| (spec, r.bytes(len).unwrap().to_vec()))
+        let cols = specs
+            .into_iter()
+            .map(|(spec, len)| (spec, r.bytes(len).unwrap().to_vec()))
             .collect();
-        let suffix = r.0.to_vec();
+        Layout {
+            prefix,
+            groups,
+            cols,
+            suffix: r.0.to_vec(),
+        }
+    }
+
+    fn columns(saved: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        layout(saved).cols
+    }
+
+    /// Rebuilds `saved` with column `which` (by position) replaced by `data`, and the checksum
+    /// recomputed (a hostile sender computes it).
+    fn with_column(saved: &[u8], which: usize, data: Vec<u8>, spec_or: u64) -> Vec<u8> {
+        let Layout {
+            prefix,
+            groups,
+            mut cols,
+            suffix,
+        } = layout(saved);
         cols[which] = (cols[which].0 | spec_or, data);
-        let mut out_body = body[..prefix_end].to_vec();
+        let mut out_body = prefix;
         let mut k = 0;
-        for g in &groups {
-            out_body.extend(uleb(g.len() as u64));
-            for _ in g {
-                out_body.extend(uleb(cols[k].0));
-                out_body.extend(uleb(cols[k].1.len() as u64));
-                k += 1;
+        for g in groups {
+            out_body.extend(uleb(g as u64));
+            for (spec, data) in &cols[k..k + g] {
+                out_body.extend(uleb(*spec));
+                out_body.extend(uleb(data.len() as u64));
             }
+            k += g;
         }
         for (_, c) in &cols {
             out_body.extend(c);
@@ -387,30 +410,6 @@ mod tests {
         for (i, (_, data)) in cols.iter().enumerate() {
             assert_eq!(with_column(&saved, i, data.clone(), 0), saved, "column {i}");
         }
-    }
-
-    fn columns(saved: &[u8]) -> Vec<(u64, Vec<u8>)> {
-        let mut r = Reader(&saved[HEADER..]);
-        let n = r.uleb().unwrap();
-        let body = r.bytes(n).unwrap();
-        let mut r = Reader(body);
-        let actors = r.uleb().unwrap();
-        for _ in 0..actors {
-            r.skip_prefixed().unwrap();
-        }
-        let heads = r.uleb().unwrap();
-        r.bytes(heads * 32).unwrap();
-        let mut specs = Vec::new();
-        for _ in 0..2 {
-            let count = r.uleb().unwrap();
-            for _ in 0..count {
-                specs.push((r.uleb().unwrap(), r.uleb().unwrap()));
-            }
-        }
-        specs
-            .into_iter()
-            .map(|(spec, len)| (spec, r.bytes(len).unwrap().to_vec()))
-            .collect()
     }
 
     #[test]
