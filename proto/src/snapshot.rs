@@ -39,6 +39,12 @@ fn refused(why: impl Into<String>) -> Refusal {
 /// `max` bytes as change chunks. Returns the document's changes in a causal order (each after
 /// its dependencies).
 pub fn open(bytes: &[u8], max: usize) -> Result<Vec<Change>, Refusal> {
+    open_loaded(bytes, max).map(|(_, changes)| changes)
+}
+
+/// [`open`], with the document Automerge loaded: it holds exactly those changes, so a node
+/// that holds nothing of the document can take it in place of applying them again.
+pub fn open_loaded(bytes: &[u8], max: usize) -> Result<(Automerge, Vec<Change>), Refusal> {
     if bytes.len() > max {
         return Err(Refusal::TooLarge {
             len: bytes.len(),
@@ -59,7 +65,7 @@ pub fn open(bytes: &[u8], max: usize) -> Result<Vec<Change>, Refusal> {
     if len > max {
         return Err(Refusal::TooLarge { len, max });
     }
-    Ok(changes)
+    Ok((loaded, changes))
 }
 
 thread_local! {

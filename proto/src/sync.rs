@@ -66,6 +66,23 @@ const SNAPSHOT_MIN_BYTES: usize = 1024;
 /// read for it): a short history is sent as changes.
 const SNAPSHOT_MIN_CHANGES: u64 = 16;
 
+/// Change bytes after which a Snapshots batch takes no further document (it holds at most the
+/// frame limit of them, the bound its receiver enforces). The receiver's work is per change,
+/// not per saved byte: a batch of this many is done by the peer while the next is built, and
+/// is large enough that its frame compresses well across documents.
+const SNAPSHOT_BATCH_CHANGE_BYTES: usize = 1024 * 1024;
+
+/// Stored changes [`Session::fill_batch`] reads at once, ahead of the one it takes (a
+/// document's changes go in stored order).
+const READ_AHEAD_CHANGES: usize = 64;
+
+/// Batches one call of [`Session::fill_window`] builds at most. Building a batch costs the
+/// sender store reads (and, for snapshots, a document's load and save); frames leave only
+/// between calls, so a window of 32 batches built in one go would keep the peer idle until
+/// the last of them is ready. The rest of the window is filled by further calls, which the
+/// node asks for through its timeout ([`Session::wants_fill`]).
+const FILL_BATCHES_PER_CALL: usize = 2;
+
 /// What a change costs in a batch: its bytes and its framing. Signatures are counted as the
 /// batch is built ([`BatchBuilder::add_run`], [`BatchBuilder::run_cost`]).
 fn batch_cost(change_len: usize, doc: &DocId) -> usize {
@@ -219,6 +236,9 @@ pub(crate) struct Session {
     /// again until they change. At most one entry per document this node holds; an entry
     /// leaves when its document changes or is dropped.
     as_changes: BTreeSet<DocId>,
+    /// The last [`Session::fill_window`] stopped at [`FILL_BATCHES_PER_CALL`] with room left
+    /// in the window: the node calls it again before waiting for input.
+    more: bool,
     phase: Phase,
     opened_ms: u64,
     decoder: FrameDecoder,
@@ -295,6 +315,7 @@ impl Session {
             authors_in: Vec::new(),
             unprovable: BTreeSet::new(),
             as_changes: BTreeSet::new(),
+            more: false,
             phase: Phase::AwaitHello,
             opened_ms: now_ms,
             decoder: FrameDecoder::new(frame_bytes_max),
@@ -368,6 +389,12 @@ impl Session {
             && self.inflight.is_empty()
             && self.queue.is_empty()
             && self.cursor.is_none()
+    }
+
+    /// The window has room and documents may be waiting for it, but the last fill stopped
+    /// after [`FILL_BATCHES_PER_CALL`] batches: fill again before waiting for input.
+    pub(crate) fn wants_fill(&self) -> bool {
+        self.more && self.phase == Phase::Live
     }
 
     /// Closed and every frame (the Close among them) handed out: the node may forget it.
@@ -709,37 +736,30 @@ impl Session {
         now_ms: u64,
         gate: u64,
     ) -> Result<Option<String>, StoreError> {
+        self.more = false;
         if self.phase != Phase::Live {
             return Ok(None);
         }
         let frame_room = self.send_frame_max - CHANGES_OVERHEAD_BYTES;
         let budget = limits.batch_bytes_max.min(frame_room) as usize;
-        // Documents the peer holds nothing of, as far as this node knows: each goes in its
-        // saved form if it can (`fill_snapshots`), else as changes below.
-        let mut fresh: VecDeque<DocId> = if limits.snapshots && self.peer_snapshots {
-            self.queue
-                .iter()
-                .filter(|d| {
-                    docs.get(*d)
-                        .is_some_and(|m| m.clock.total() >= SNAPSHOT_MIN_CHANGES)
-                        && !self.unprovable.contains(*d)
-                        && !self.as_changes.contains(*d)
-                        && self.known_with_inflight(d).is_empty()
-                })
-                .cloned()
-                .collect()
-        } else {
-            VecDeque::new()
-        };
+        // A document the peer holds nothing of, as far as this node knows, goes in its saved
+        // form if it can (`fill_snapshots`), else as changes. Documents go in queue order: a
+        // Changes batch ends before such a document, a Snapshots batch before any other.
+        let snapshots = limits.snapshots && self.peer_snapshots;
         // The window is counted in bytes (what fills a link) and in batches (each costs the
         // peer one commit and one Ack); at least one batch is always allowed.
+        let mut built = 0;
         while self.inflight.len() < limits.inflight_batches_max
             && (self.inflight.is_empty() || self.inflight_bytes() < limits.inflight_bytes_max)
         {
+            if built == FILL_BATCHES_PER_CALL {
+                self.more = true;
+                break;
+            }
+            built += 1;
             // (A document being sent as changes, `cursor`, is finished first.)
-            if !fresh.is_empty() && self.cursor.is_none() {
-                let snaps =
-                    self.fill_snapshots(store, docs, prover, budget, frame_room, &mut fresh, gate)?;
+            if snapshots && self.next_is_candidate(docs) {
+                let snaps = self.fill_snapshots(store, docs, prover, budget, frame_room, gate)?;
                 if let Some((docs, sent, bytes, changes)) = snaps {
                     let batch = self.next_batch;
                     self.next_batch += 1;
@@ -759,11 +779,16 @@ impl Session {
             }
             let mut out = BatchBuilder::default();
             if let Some(reason) =
-                self.fill_batch(store, docs, prover, budget, frame_room, &mut out)?
+                self.fill_batch(store, docs, prover, budget, frame_room, &mut out, snapshots)?
             {
                 return Ok(Some(reason));
             }
             if out.docs.is_empty() {
+                if snapshots && self.next_is_candidate(docs) {
+                    // The documents before it had nothing to send: it goes as a snapshot.
+                    built -= 1;
+                    continue;
+                }
                 break;
             }
             let batch = self.next_batch;
@@ -784,14 +809,36 @@ impl Session {
         Ok(None)
     }
 
-    /// Builds one batch of snapshots from `fresh` (queued documents the peer holds nothing of):
-    /// each document whose every change fits one frame of changes that ends, for every actor,
-    /// on a provable change (so that its signatures are the ones a section of those changes
-    /// would carry, cut points included), and whose saved form is the smaller. A document
-    /// that does not qualify stays queued and goes as changes. `None` when no document of
-    /// `fresh` qualified; else the snapshots, the clocks sent, the batch's bytes and its
-    /// changes.
-    #[allow(clippy::too_many_arguments)]
+    /// Whether `doc` is one to try as a snapshot: the peer holds nothing of it as far as this
+    /// session knows, it has enough changes to gain from it, and it was not tried already.
+    fn snapshot_candidate(&self, doc: &DocId, docs: &BTreeMap<DocId, DocMeta>) -> bool {
+        docs.get(doc)
+            .is_some_and(|m| m.clock.total() >= SNAPSHOT_MIN_CHANGES)
+            && !self.unprovable.contains(doc)
+            && !self.as_changes.contains(doc)
+            && self.known_with_inflight(doc).is_empty()
+    }
+
+    /// No document is being sent as changes, and the next one queued is a
+    /// [`Session::snapshot_candidate`].
+    fn next_is_candidate(&self, docs: &BTreeMap<DocId, DocMeta>) -> bool {
+        self.cursor.is_none()
+            && self
+                .queue
+                .first()
+                .is_some_and(|d| self.snapshot_candidate(d, docs))
+    }
+
+    /// Builds one batch of snapshots from the documents at the front of the queue that are
+    /// [`Session::snapshot_candidate`]s: each document whose every change fits one frame of
+    /// changes that ends, for every actor, on a provable change (so that its signatures are the
+    /// ones a section of those changes would carry, cut points included), and whose saved form
+    /// is the smaller. A document that does not qualify stays queued and goes as changes (it
+    /// is not tried again). The batch takes documents until it holds
+    /// [`SNAPSHOT_BATCH_CHANGE_BYTES`] of changes or `budget` bytes, and never more than the
+    /// frame limit (`frame_room`) of either, whatever the saved size of its changes: the
+    /// receiver's work is per change. `None` when the first document did not
+    /// qualify; else the snapshots, the clocks sent, the batch's bytes and its changes.
     fn fill_snapshots<S: Store>(
         &mut self,
         store: &S,
@@ -799,18 +846,20 @@ impl Session {
         prover: &mut dyn Prover,
         budget: usize,
         frame_room: u32,
-        fresh: &mut VecDeque<DocId>,
         gate: u64,
     ) -> Result<Option<SnapshotBatch>, StoreError> {
         let mut out: Vec<DocSnapshot> = Vec::new();
         let mut sent = BTreeMap::new();
-        let (mut bytes, mut changes) = (0usize, 0u64);
-        while let Some(doc) = fresh.pop_front() {
-            let Some(meta) = docs.get(&doc) else { continue };
-            if !self.queue.contains(&doc)
-                || !self.known_with_inflight(&doc).is_empty()
-                || !prover.may_read(&self.peer_id, &doc)
-            {
+        let (mut bytes, mut changes, mut raw_total) = (0usize, 0u64, 0usize);
+        while let Some(doc) = self.queue.first().cloned() {
+            let full = raw_total >= SNAPSHOT_BATCH_CHANGE_BYTES || bytes >= budget;
+            if full || !self.snapshot_candidate(&doc, docs) {
+                break;
+            }
+            let meta = docs.get(&doc).expect("a candidate has metadata");
+            if !prover.may_read(&self.peer_id, &doc) {
+                // Residency: the peer gets, and hears of, only what it may hold.
+                self.queue.remove(&doc);
                 continue;
             }
             // Tried once: if it does not go whole now, it goes as changes.
@@ -825,6 +874,7 @@ impl Session {
                 frame_room as usize,
                 frame_room,
                 &mut one,
+                false,
             );
             self.queue = rest;
             let whole = self.cursor.take().is_none()
@@ -842,8 +892,10 @@ impl Session {
             };
             let signatures = one.heads[0].len() + one.cuts[0].chosen.len();
             let cost = batch_cost(saved.len(), &doc) + SIGNED_COST_BYTES * signatures;
-            if !out.is_empty() && bytes + cost > budget {
-                fresh.push_front(doc);
+            let room = frame_room as usize;
+            if !out.is_empty() && (bytes + cost > room || raw_total + raw > room) {
+                // It goes whole in the next batch (tried again there).
+                self.as_changes.remove(&doc);
                 break;
             }
             // Each signed change by actor and sequence number: its place in the document's
@@ -868,6 +920,7 @@ impl Session {
             self.as_changes.remove(&doc);
             changes += one.changes;
             bytes += cost;
+            raw_total += raw;
             sent.insert(doc.clone(), meta.clock.clone());
             let section = self
                 .sign_batch(one, prover, gate)
@@ -884,9 +937,6 @@ impl Session {
                 })
                 .collect();
             out.push(DocSnapshot { doc, saved, signed });
-            if bytes >= budget {
-                break;
-            }
         }
         Ok((!out.is_empty()).then_some((out, sent, bytes, changes)))
     }
@@ -932,17 +982,24 @@ impl Session {
     }
 
     /// Picks the next document with changes the peer lacks and positions the cursor on them
-    /// (stored orders, ascending: a causal order). `false` when nothing is left to send.
+    /// (stored orders, ascending: a causal order). `false` when nothing is left to send, or
+    /// when the next document is a [`Session::snapshot_candidate`] and `snapshots` is set (it
+    /// goes in a Snapshots batch).
     fn advance_cursor<S: Store>(
         &mut self,
         store: &S,
         docs: &BTreeMap<DocId, DocMeta>,
         prover: &dyn Prover,
+        snapshots: bool,
     ) -> Result<bool, StoreError> {
         while self.cursor.is_none() {
-            let Some(doc) = self.queue.pop_first() else {
+            let Some(doc) = self.queue.first() else {
                 return Ok(false);
             };
+            if snapshots && self.snapshot_candidate(doc, docs) {
+                return Ok(false);
+            }
+            let doc = self.queue.pop_first().expect("first");
             let Some(meta) = docs.get(&doc) else {
                 continue;
             };
@@ -968,7 +1025,9 @@ impl Session {
     /// Fills one batch up to `budget` bytes (at least one change). A document's changes join
     /// the batch in runs that end, for every actor in them, on a change whose authorship can
     /// be proven there ([`Prover::sealable`]); a run may pass `budget` to reach such a change,
-    /// never the frame limit.
+    /// never the frame limit. With `snapshots`, the batch ends before a document that is a
+    /// [`Session::snapshot_candidate`].
+    #[allow(clippy::too_many_arguments)]
     fn fill_batch<S: Store>(
         &mut self,
         store: &S,
@@ -977,9 +1036,10 @@ impl Session {
         budget: usize,
         frame_room: u32,
         out: &mut BatchBuilder,
+        snapshots: bool,
     ) -> Result<Option<String>, StoreError> {
         let genesis = genesis_actor();
-        while self.advance_cursor(store, docs, &*prover)? {
+        while self.advance_cursor(store, docs, &*prover, snapshots)? {
             let (doc, orders) = self.cursor.as_mut().expect("advance_cursor set it");
             let doc = doc.clone();
             let mut run: Vec<StoredChange> = Vec::new();
@@ -989,9 +1049,19 @@ impl Session {
             let mut run_actors: BTreeSet<Actor> = BTreeSet::new();
             let mut run_raw = 0;
             let mut unsealed: BTreeSet<Actor> = BTreeSet::new();
+            // The document's stored changes are read ahead in order (one range read rather
+            // than a point read per change): at most READ_AHEAD_CHANGES at a time.
+            let mut ahead: VecDeque<StoredChange> = VecDeque::new();
             while let Some(&order) = orders.front() {
-                let change = store
-                    .change_at(&doc, order)?
+                while ahead.front().is_some_and(|c| c.order < order) {
+                    ahead.pop_front();
+                }
+                if ahead.front().is_none_or(|c| c.order != order) {
+                    ahead = store.changes_from(&doc, order, READ_AHEAD_CHANGES)?.into();
+                }
+                let change = ahead
+                    .pop_front()
+                    .filter(|c| c.order == order)
                     .ok_or_else(|| StoreError::Corrupt {
                         table: "changes",
                         key: format!("{doc}@{order}"),

@@ -29,19 +29,27 @@ fn summary_of_nothing() -> Vec<u8> {
 
 /// Everything `node` releases on `sid`, decoded as a peer that accepts frames of `limit` bytes
 /// decodes it: a frame over the limit fails here.
+/// Everything the node sends now, as a shell would take it: its frames, and while it fills a
+/// window a few batches at a time (its timeout is now), the frames of the next call.
 fn receive(node: &mut Node<MemStore>, sid: SessionId, limit: u32) -> Vec<Message> {
     let mut decoder = FrameDecoder::new(limit);
     let mut out = Vec::new();
-    while let Some(frame) = node.poll_transmit(sid) {
-        decoder.push(&frame);
-        while let Some(m) = decoder
-            .next_message()
-            .unwrap_or_else(|e| panic!("a frame over the peer's limit of {limit}: {e}"))
-        {
-            out.push(m);
+    loop {
+        while let Some(frame) = node.poll_transmit(sid) {
+            decoder.push(&frame);
+            while let Some(m) = decoder
+                .next_message()
+                .unwrap_or_else(|e| panic!("a frame over the peer's limit of {limit}: {e}"))
+            {
+                out.push(m);
+            }
         }
+        if node.poll_timeout() != Some(node.now_ms()) {
+            return out;
+        }
+        node.handle_timeout(node.now_ms());
+        persist(node);
     }
-    out
 }
 
 /// The Summary messages among `msgs`.
@@ -137,7 +145,24 @@ fn frames_fit_the_peers_limit_and_batches_fill_the_window() {
     assert_eq!(named.len(), 800, "every document once");
 
     input(&mut node, sid, &summary_of_nothing(), 0);
-    let sent = receive(&mut node, sid, FRAME_BYTES_MIN);
+    // The window fills a few batches at a time, so that the first leave while the rest are
+    // built: the node asks for a call at once (its timeout is now) until the window is full.
+    let mut decoder = FrameDecoder::new(FRAME_BYTES_MIN);
+    while let Some(f) = node.poll_transmit(sid) {
+        decoder.push(&f);
+    }
+    let mut sent = Vec::new();
+    while let Some(m) = decoder.next_message().unwrap() {
+        sent.push(m);
+    }
+    let early = changes(&sent).len();
+    assert!((1..window).contains(&early), "{early} batches at once");
+    assert_eq!(node.poll_timeout(), Some(node.now_ms()));
+    sent.extend(receive(&mut node, sid, FRAME_BYTES_MIN));
+    assert!(
+        node.poll_timeout() > Some(node.now_ms()),
+        "nothing more to fill"
+    );
     let batches: Vec<u64> = changes(&sent).iter().map(|c| c.batch).collect();
     assert_eq!(batches.len(), window, "the window is full: {batches:?}");
     // With more to send, each batch is filled close to the frame limit (changes are small),

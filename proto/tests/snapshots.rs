@@ -471,6 +471,124 @@ fn a_snapshot_past_the_frame_limit_as_changes_is_refused() {
     assert!(node.clock(&d).is_none());
 }
 
+// A node that holds nothing of a document takes the snapshot's loaded copy as its document
+// (rather than applying every change again) only when that copy is exactly what it would
+// hold: over a document held in part it still ends with the snapshot's document, and over a
+// document holding a change the snapshot lacks it keeps that change, in memory and in store.
+#[test]
+fn a_snapshot_over_a_document_held_in_part_keeps_every_change() {
+    let d = doc("site-a/shared");
+    let mut hand = Hand::new("gw-9");
+    let am = hand_doc(&mut hand, &d, 40);
+    let changes: Vec<Vec<u8>> = am
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect();
+
+    // Its first ten changes are held already.
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(
+        sid,
+        &hand.frames(0, &[(d.clone(), changes[..10].to_vec())]),
+        0,
+    );
+    node.handle_input(sid, &snapshot_frames(&mut hand, 1, &d, &am, |i| i), 0);
+    assert_eq!(closed(&mut node), None);
+    assert_eq!(heads(&mut node, &d), am.get_heads());
+    assert_eq!(node.clock(&d).unwrap().total(), 40);
+
+    // A change of this node's own, concurrent with the snapshot's.
+    let mut node = open(0, MemStore::new(), 1, |_| {});
+    node.patch(&d, &json!({"local": 1}), 0).unwrap();
+    let own = heads(&mut node, &d);
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(sid, &snapshot_frames(&mut hand, 0, &d, &am, |i| i), 0);
+    assert_eq!(closed(&mut node), None);
+    let mut want: Vec<_> = own.iter().chain(am.get_heads().iter()).copied().collect();
+    want.sort();
+    let mut got = heads(&mut node, &d);
+    got.sort();
+    assert_eq!(got, want, "both the node's change and the snapshot's");
+    assert_eq!(node.clock(&d).unwrap().total(), 41);
+    persist(&mut node);
+    let mut reopened = open(0, node.into_store(), 2, |_| {});
+    let mut stored = heads(&mut reopened, &d);
+    stored.sort();
+    assert_eq!(stored, want, "the store holds what memory held");
+}
+
+// A Snapshots batch holds at most the change bytes one Changes frame could: of two documents
+// that each fit the frame limit as changes, the second is refused in the same batch, and
+// taken in a batch of its own.
+#[test]
+fn a_snapshots_batch_past_the_frame_limit_in_changes_is_refused() {
+    let small = |c: &mut edgesync_proto::Config| {
+        c.frame_bytes_max = FRAME_BYTES_MIN;
+        c.change_bytes_max = FRAME_BYTES_MIN - edgesync_proto::wire::CHANGES_OVERHEAD_BYTES;
+    };
+    let mut hand = Hand::new("gw-9");
+    let (d1, d2) = (doc("site-a/one"), doc("site-a/two"));
+    let (a1, a2) = (hand_doc(&mut hand, &d1, 120), hand_doc(&mut hand, &d2, 120));
+    let raw = |am: &Automerge| -> usize {
+        am.get_changes(&[])
+            .iter()
+            .map(|c| c.raw_bytes().len())
+            .sum()
+    };
+    let limit = FRAME_BYTES_MIN as usize;
+    assert!(
+        raw(&a1) < limit && raw(&a2) < limit && raw(&a1) + raw(&a2) > limit,
+        "{} and {} bytes of changes",
+        raw(&a1),
+        raw(&a2)
+    );
+    // Both snapshots in batch 0: the hand's frames for each, merged into one Snapshots.
+    let both = |hand: &mut Hand| -> Vec<u8> {
+        let mut msgs = messages(&[snapshot_frames(hand, 0, &d1, &a1, |i| i)]);
+        msgs.extend(messages(&[snapshot_frames(hand, 0, &d2, &a2, |i| i)]));
+        let mut docs = Vec::new();
+        let mut out = Vec::new();
+        for m in msgs {
+            match m {
+                // (The hand signs every change; the last one of the document's one actor
+                // proves the rest, and two sections of all their signatures would not fit
+                // one frame.)
+                Message::Snapshots(s) => docs.extend(s.docs.into_iter().map(|mut ds| {
+                    ds.signed.sort_by_key(|x| x.change);
+                    ds.signed.drain(..ds.signed.len() - 1);
+                    ds
+                })),
+                other => out.extend(other.to_frame()),
+            }
+        }
+        assert_eq!(docs.len(), 2);
+        out.extend(Message::Snapshots(Snapshots { batch: 0, docs }).to_frame());
+        out
+    };
+    let mut node = open(0, MemStore::new(), 1, small);
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(sid, &both(&mut hand), 0);
+    let (code, reason) = closed(&mut node).unwrap();
+    assert_eq!(code, Some(CloseCode::InvalidChange), "{reason}");
+    assert!(reason.contains("batch's snapshots"), "{reason}");
+    // What came before the snapshot past the bound stays, as for any refused section.
+    assert_eq!(heads(&mut node, &d1), a1.get_heads());
+    assert!(node.clock(&d2).is_none());
+
+    // The same two snapshots in two batches are taken.
+    let mut hand = Hand::new("gw-9");
+    let (a1, a2) = (hand_doc(&mut hand, &d1, 120), hand_doc(&mut hand, &d2, 120));
+    let mut node = open(0, MemStore::new(), 1, small);
+    let sid = hand_session(&mut node, &mut hand);
+    node.handle_input(sid, &snapshot_frames(&mut hand, 0, &d1, &a1, |i| i), 0);
+    node.handle_input(sid, &snapshot_frames(&mut hand, 1, &d2, &a2, |i| i), 0);
+    assert_eq!(closed(&mut node), None);
+    assert_eq!(heads(&mut node, &d1), a1.get_heads());
+    assert_eq!(heads(&mut node, &d2), a2.get_heads());
+}
+
 // A reading ingested where the peer sent the bucket as a snapshot: the journal folds first
 // and both sides converge (the snapshot's changes are concurrent with the fold's).
 #[test]

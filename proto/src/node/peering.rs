@@ -19,6 +19,15 @@ use crate::wire::{
 use automerge::Change;
 
 /// One document's part of a received batch.
+/// A parsed section: its changes, their signatures, the failure that ended the parse, and
+/// for a snapshot the document as loaded with its number of changes.
+type Parsed = (
+    Vec<Change>,
+    Vec<Signed>,
+    Option<ApplyError>,
+    Option<(automerge::Automerge, usize)>,
+);
+
 struct Section<'a> {
     doc: &'a DocId,
     body: Body<'a>,
@@ -433,8 +442,10 @@ impl<S: Store> Node<S> {
     }
 
     /// Parses a section: its changes (what parses before a change that does not, and the
-    /// failure) and the signatures that name them.
-    fn parse_section(&self, sec: &Section<'_>) -> (Vec<Change>, Vec<Signed>, Option<ApplyError>) {
+    /// failure), the signatures that name them and, for a snapshot, the document as loaded
+    /// and its number of changes.
+    /// `room` is what is left of the batch's bound on snapshot changes (the frame limit).
+    fn parse_section(&self, sec: &Section<'_>, room: &mut usize) -> Parsed {
         match sec.body {
             Body::Changes(changes) => {
                 let mut parsed = Vec::with_capacity(changes.len());
@@ -456,11 +467,14 @@ impl<S: Store> Node<S> {
                     .filter(|s| (s.change as usize) < parsed.len())
                     .cloned()
                     .collect();
-                (parsed, signed, failure)
+                (parsed, signed, failure, None)
             }
-            Body::Snapshot(saved) => match self.parse_snapshot(saved, sec.signed) {
-                Ok((parsed, signed)) => (parsed, signed, None),
-                Err(e) => (Vec::new(), Vec::new(), Some(e)),
+            Body::Snapshot(saved) => match self.parse_snapshot(saved, sec.signed, room) {
+                Ok((parsed, signed, loaded)) => {
+                    let n = parsed.len();
+                    (parsed, signed, None, Some((loaded, n)))
+                }
+                Err(e) => (Vec::new(), Vec::new(), Some(e), None),
             },
         }
     }
@@ -483,6 +497,7 @@ impl<S: Store> Node<S> {
         let mut received: BTreeMap<DocId, VectorClock> = BTreeMap::new();
         let mut stats = SessionStats::default();
         let mut failure = None;
+        let mut room = self.cfg.frame_bytes_max as usize;
         'docs: for sec in &sections {
             let doc = sec.doc;
             // A document named with no changes carries nothing to apply or acknowledge.
@@ -492,7 +507,7 @@ impl<S: Store> Node<S> {
             received.entry(doc.clone()).or_default();
             // Parsed first, all of the section: who wrote each change is proven from the
             // section as a whole. What parses before a change that does not is still offered.
-            let (parsed, signed, parse_failure) = self.parse_section(sec);
+            let (parsed, signed, parse_failure, whole) = self.parse_section(sec, &mut room);
             if parse_failure.is_some() {
                 failure = parse_failure;
             } else if matches!(sec.body, Body::Snapshot(_)) {
@@ -529,7 +544,9 @@ impl<S: Store> Node<S> {
                     }
                 }
             }
-            if let Err(e) = self.flush_run(&mut batch, &mut run, doc) {
+            // A snapshot taken whole becomes the document as Automerge loaded it.
+            let whole = whole.filter(|_| failure.is_none());
+            if let Err(e) = self.flush_run_from(&mut batch, &mut run, doc, whole) {
                 failure = failure.or(Some(e));
             }
             if failure.is_some() {
@@ -727,22 +744,40 @@ impl<S: Store> Node<S> {
         for (sid, what) in overdue {
             self.close_session(sid, CloseCode::Timeout, &format!("{what} timed out"));
         }
+        // A window filled a few batches at a time (so that the first leave while the rest are
+        // built) is filled further here.
+        if self.sessions.values().any(Session::wants_fill) {
+            self.pump_all();
+        }
     }
 
-    /// When [`Node::handle_timeout`] should next be called, if ever.
+    /// When [`Node::handle_timeout`] should next be called, if ever: at once (this node's
+    /// time) while a session's window is being filled.
     pub fn poll_timeout(&self) -> Option<u64> {
         let limits = self.limits();
         let fold = self.journal_due_at();
+        let fill = self
+            .sessions
+            .values()
+            .any(Session::wants_fill)
+            .then_some(self.now_ms);
         self.sessions
             .values()
             .filter_map(|s| s.deadline(&limits))
             .chain(fold)
+            .chain(fill)
             .min()
     }
 
     /// Every session.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         self.sessions.iter().map(|(id, s)| s.info(*id)).collect()
+    }
+
+    /// The latest time this node was given (milliseconds): what [`Node::poll_timeout`] names
+    /// while a window is being filled.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     /// True when no session has frames waiting, batches in flight or documents to send: the

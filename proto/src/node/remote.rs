@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use automerge::{Change, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash};
 
 use super::{planted, By, Config, Node, NodeError};
 use crate::chunk;
@@ -12,7 +12,7 @@ use crate::schema::{self, Refusal};
 use crate::store::{Store, WriteBatch};
 use crate::stream::Bucket;
 use crate::sync::SessionId;
-use crate::vclock::{Actor, CLOCK_ACTORS_MAX};
+use crate::vclock::{Actor, VectorClock, CLOCK_ACTORS_MAX};
 use crate::wire::{CloseCode, Signed};
 
 /// Outcome of offering one remote change.
@@ -244,8 +244,20 @@ impl<S: Store> Node<S> {
         &self,
         saved: &[u8],
         signed: &[Signed],
-    ) -> Result<(Vec<Change>, Vec<Signed>), ApplyError> {
-        let changes = crate::snapshot::open(saved, self.cfg.frame_bytes_max as usize)?
+        room: &mut usize,
+    ) -> Result<(Vec<Change>, Vec<Signed>, Automerge), ApplyError> {
+        let (loaded, opened) =
+            crate::snapshot::open_loaded(saved, self.cfg.frame_bytes_max as usize)?;
+        // A batch's snapshots hold at most the change bytes one Changes frame could: the
+        // work a frame costs this node is per change, whatever the saved form's size.
+        let len = opened.iter().map(|c| c.raw_bytes().len()).sum::<usize>();
+        *room = room.checked_sub(len).ok_or_else(|| {
+            Refusal::Snapshot(format!(
+                "the batch's snapshots hold more than the frame limit of {} bytes of changes",
+                self.cfg.frame_bytes_max
+            ))
+        })?;
+        let changes = opened
             .into_iter()
             .map(|c| {
                 // The layout Automerge's change parser would have been shown: the same rules
@@ -266,7 +278,7 @@ impl<S: Store> Node<S> {
                 ..s.clone()
             })
             .collect();
-        Ok((changes, signed))
+        Ok((changes, signed, loaded))
     }
 
     /// The checks of a received change once Automerge parsed it.
@@ -537,9 +549,39 @@ impl<S: Store> Node<S> {
         run: &mut Run,
         doc: &DocId,
     ) -> Result<(), ApplyError> {
+        self.flush_run_from(batch, run, doc, None)
+    }
+
+    /// [`Node::flush_run`] of a snapshot's last run, `whole` being the snapshot's loaded
+    /// document and its number of changes. When the document held here and the run together
+    /// are exactly that document (every change held and every change of the run is one of
+    /// it, and they number as many), the document becomes the loaded copy rather than the run
+    /// being applied to it: applying would build the same document, change by change.
+    pub(crate) fn flush_run_from(
+        &mut self,
+        batch: &mut WriteBatch,
+        run: &mut Run,
+        doc: &DocId,
+        whole: Option<(Automerge, usize)>,
+    ) -> Result<(), ApplyError> {
         let items = std::mem::take(run).items;
         if items.is_empty() {
             return Ok(());
+        }
+        if let Some((loaded, changes)) = whole {
+            let held = self.clock(doc).map_or(0, VectorClock::total);
+            let has = |h: &ChangeHash| loaded.get_change_meta_by_hash(h).is_some();
+            let exact = held + items.len() as u64 == changes as u64
+                && items.iter().all(|i| !i.dropped && has(&i.change.hash()))
+                && self.loaded_doc(doc)?.get_heads().iter().all(has);
+            if exact {
+                *self.loaded_doc(doc)? = loaded;
+                for item in items {
+                    let events = (item.readings, item.generic);
+                    self.record_remote(batch, doc, &item.change, item.by, events, &item.origin)?;
+                }
+                return Ok(());
+            }
         }
         let am = self.loaded_doc(doc)?;
         let whole = am.apply_changes(
