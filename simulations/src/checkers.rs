@@ -3,7 +3,8 @@
 //! - durability at acknowledgement: a client answer, and every Ack frame a node releases,
 //!   promise only what the store holds durably at that moment;
 //! - monotonic state: durable clocks and receipts never go backwards, crashes included;
-//! - liveness: after the last heal, quiescence within [`crate::LIVENESS_MS`];
+//! - liveness: after the last heal, quiescence within [`crate::LIVENESS_MS`]
+//!   ([`crate::LIVENESS_DAYS_MS`] in a days run);
 //! - convergence: identical documents, heads, JSON and clocks everywhere, each clock equal to
 //!   the one recomputed from the document's changes;
 //! - final durability: every acknowledged reading present on every node, once, with an

@@ -20,7 +20,7 @@ mod workload;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use plan::{canary_name, parse_canary, Plan, RunArgs, Scenario, Topology, CANARIES};
-pub use sim::{Report, LIVENESS_MS};
+pub use sim::{Report, LIVENESS_DAYS_MS, LIVENESS_MS};
 
 /// Runs one simulation. A panic anywhere in the core or the simulator is reported as a
 /// violation, not propagated.
