@@ -18,7 +18,6 @@ use crate::wire::{
 };
 use automerge::Change;
 
-/// One document's part of a received batch.
 /// A parsed section: its changes, their signatures, the failure that ended the parse, and
 /// for a snapshot the document as loaded with its number of changes.
 type Parsed = (
@@ -28,6 +27,7 @@ type Parsed = (
     Option<(automerge::Automerge, usize)>,
 );
 
+/// One document's part of a received batch.
 struct Section<'a> {
     doc: &'a DocId,
     body: Body<'a>,
@@ -443,8 +443,8 @@ impl<S: Store> Node<S> {
 
     /// Parses a section: its changes (what parses before a change that does not, and the
     /// failure), the signatures that name them and, for a snapshot, the document as loaded
-    /// and its number of changes.
-    /// `room` is what is left of the batch's bound on snapshot changes (the frame limit).
+    /// and its number of changes. `room` is what is left of the batch's bound on the changes
+    /// of its snapshots (the frame limit).
     fn parse_section(&self, sec: &Section<'_>, room: &mut usize) -> Parsed {
         match sec.body {
             Body::Changes(changes) => {
