@@ -756,7 +756,6 @@ impl Session {
                 self.more = true;
                 break;
             }
-            built += 1;
             // (A document being sent as changes, `cursor`, is finished first.)
             if snapshots && self.next_is_candidate(docs) {
                 let snaps = self.fill_snapshots(store, docs, prover, budget, frame_room, gate)?;
@@ -774,6 +773,7 @@ impl Session {
                         },
                     );
                     self.push(gate, &Message::Snapshots(Snapshots { batch, docs }));
+                    built += 1;
                     continue;
                 }
             }
@@ -786,7 +786,6 @@ impl Session {
             if out.docs.is_empty() {
                 if snapshots && self.next_is_candidate(docs) {
                     // The documents before it had nothing to send: it goes as a snapshot.
-                    built -= 1;
                     continue;
                 }
                 break;
@@ -805,6 +804,7 @@ impl Session {
             let docs = self.sign_batch(out, prover, gate);
             let msg = Message::Changes(Changes { batch, docs });
             self.push(gate, &msg);
+            built += 1;
         }
         Ok(None)
     }
