@@ -816,7 +816,18 @@ impl Session {
             .is_some_and(|m| m.clock.total() >= SNAPSHOT_MIN_CHANGES)
             && !self.unprovable.contains(doc)
             && !self.as_changes.contains(doc)
-            && self.known_with_inflight(doc).is_empty()
+            && self.knows_nothing_of(doc)
+    }
+
+    /// `known_with_inflight(doc)` is empty, without building it: this is asked of every
+    /// queued document a batch reaches.
+    fn knows_nothing_of(&self, doc: &DocId) -> bool {
+        // (A merge takes no zero entry from the clocks in flight.)
+        self.known.get(doc).is_none_or(VectorClock::is_empty)
+            && self
+                .inflight
+                .values()
+                .all(|b| b.clocks.get(doc).is_none_or(|c| c.total() == 0))
     }
 
     /// No document is being sent as changes, and the next one queued is a
