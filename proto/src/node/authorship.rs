@@ -118,14 +118,13 @@ impl<S: Store> Prover for NodeProver<'_, S> {
         // this once (not kept, so a peer's full sync does not evict what this node's own work
         // keeps in memory).
         let next_order = self.docs.get(doc)?.next_order;
-        if let Ok(Some((covers, bytes))) = self.store.snapshot(doc) {
-            if covers == next_order {
-                return Some(bytes);
-            }
+        let snapshot = self.store.snapshot(doc).ok()?;
+        match snapshot {
+            Some((covers, bytes)) if covers == next_order => Some(bytes),
+            snapshot => super::load_stored_from(self.store, doc, next_order, snapshot)
+                .ok()
+                .map(|d| d.save()),
         }
-        super::load_stored(self.store, doc, next_order)
-            .ok()
-            .map(|d| d.save())
     }
 }
 

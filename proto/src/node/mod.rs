@@ -663,11 +663,21 @@ pub struct Node<S: Store> {
 /// Loads `doc` from `store` (snapshot, then the changes after it, in order), whose metadata
 /// says it holds changes up to order `next_order`.
 fn load_stored<S: Store>(store: &S, doc: &DocId, next_order: u64) -> Result<Automerge, NodeError> {
+    load_stored_from(store, doc, next_order, store.snapshot(doc)?)
+}
+
+/// [`load_stored`] from `snapshot`, the store's snapshot of `doc` already read.
+fn load_stored_from<S: Store>(
+    store: &S,
+    doc: &DocId,
+    next_order: u64,
+    snapshot: Option<(u64, Vec<u8>)>,
+) -> Result<Automerge, NodeError> {
     let load_err = |reason: String| NodeError::Load {
         doc: doc.clone(),
         reason,
     };
-    let (mut am, mut from) = match store.snapshot(doc)? {
+    let (mut am, mut from) = match snapshot {
         Some((covers, bytes)) => (
             Automerge::load(&bytes).map_err(|e| load_err(e.to_string()))?,
             covers,
