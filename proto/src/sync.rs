@@ -73,7 +73,9 @@ const SNAPSHOT_MIN_CHANGES: u64 = 16;
 const SNAPSHOT_BATCH_CHANGE_BYTES: usize = 1024 * 1024;
 
 /// Stored changes [`Session::fill_batch`] reads at once, ahead of the one it takes (a
-/// document's changes go in stored order).
+/// document's changes go in stored order). Held only within one call, and dropped with the
+/// document's cursor: at most 64 changes of at most `change_bytes_max` each (64 MiB at the
+/// 1 MiB default; some 11 KiB for sensor readings of ~170 bytes).
 const READ_AHEAD_CHANGES: usize = 64;
 
 /// Batches one call of [`Session::fill_window`] builds at most. Building a batch costs the
