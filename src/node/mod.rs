@@ -13,7 +13,9 @@
 //!   ingest gives the core an earlier deadline than the one the thread sleeps until (the
 //!   journal's fold) wakes it.
 //! - The **syncer thread** makes commits durable with one WAL fsync at a time and answers
-//!   what waited for it (through the core thread when another thread holds the core).
+//!   what waited for it (through the core thread when another thread holds the core; the
+//!   holder also reads how far the syncer got at every pump, so frames need not wait for
+//!   that report).
 //!   Commits made while an fsync runs are covered by the next one, so concurrent writers
 //!   share fsyncs (group commit) and durable throughput grows with concurrency.
 //!
@@ -709,6 +711,7 @@ impl DurableNode {
         let (feed_tx, feed_rx) = watch::channel(node.feed_head());
         let copy_refusals = CopyRefusals::default();
         let core = parking_lot::Mutex::new(Some(Core {
+            synced: node.store().syncer(),
             node,
             opts: opts.clone(),
             kick: kick_tx,
@@ -1157,6 +1160,8 @@ struct Core {
     node: Node<RocksStore>,
     opts: NodeOptions,
     kick: Sender<()>,
+    /// How far the syncer made the store durable, read without waiting for its report.
+    synced: crate::store::Syncer,
     /// Answers waiting for durability, in commit order: (commit, answer).
     waiting: VecDeque<(u64, Waiting)>,
     /// Open sessions and their links.
@@ -1196,6 +1201,10 @@ fn run_core(shared: &Shared, rx: Receiver<Cmd>) {
             // Due timers fire on every turn, not only when no request is waiting: a steady
             // stream of input (one busy peer) must not starve another session's timeouts.
             let now = os::now_ms();
+            // What became durable while the last turn's requests ran (a durability report
+            // the syncer queued) leaves before this turn's timers build more: a window being
+            // filled takes a while, and its peer would wait for it.
+            core.pump();
             if core.node.poll_timeout().is_some_and(|at| at <= now) {
                 core.node.handle_timeout(now);
             }
@@ -1248,6 +1257,10 @@ fn run_core(shared: &Shared, rx: Receiver<Cmd>) {
                     // Other requests wait for the ingests before them (order is kept).
                     if ingests.is_empty() {
                         core.handle(other);
+                        // A peer's input may have committed (receipts, changes) and built
+                        // batches that wait for that commit: the syncer starts on it now and
+                        // what is already durable leaves, not only at the end of the turn.
+                        core.pump();
                     } else {
                         pending = Some(other);
                         break;
@@ -1518,6 +1531,12 @@ impl Core {
     /// After every request: start making new commits durable, send released frames, publish
     /// events, and end the links of closed sessions.
     fn pump(&mut self) {
+        // What the syncer made durable while another thread held the core: its report is
+        // queued behind that thread's turn, and frames need not wait for it.
+        let synced = self.synced.durable().min(self.node.commit_seq());
+        if synced > self.node.durable_seq() {
+            self.durable(Ok(synced));
+        }
         if self.node.commit_seq() > self.node.durable_seq() {
             let _ = self.kick.send(());
         }
@@ -1768,6 +1787,32 @@ mod tests {
 
     fn reading(id: &str, v: i64) -> Reading {
         Reading::from_json(id, 1_700_000_000_000 + v, &serde_json::json!({ "v": v })).unwrap()
+    }
+
+    // While a thread holds the core, the syncer's report of an fsync waits in the core
+    // thread's queue; the holder's pump takes how far the store is durable from the store
+    // itself, so what waits for that commit (frames, answers) need not wait for the turn.
+    #[test]
+    fn a_pump_takes_the_durability_the_syncer_reached_while_the_core_was_held() {
+        let (_dir, node, h) = started(Config::new(NodeName::new("n1").unwrap()));
+        {
+            let mut core = Locked::new(&h.core).expect("running");
+            let before = core.node.commit_seq();
+            core.node
+                .ingest(&doc("site/s-1"), &[reading("r1", 1)], os::now_ms())
+                .unwrap();
+            let n = core.node.commit_seq();
+            assert!(n > before, "the ingest committed");
+            assert!(core.node.durable_seq() < n);
+            assert_eq!(core.node.store().syncer().sync().unwrap(), n);
+            core.pump();
+            assert_eq!(
+                core.node.durable_seq(),
+                n,
+                "taken without the syncer's report"
+            );
+        }
+        node.shutdown();
     }
 
     // An ingest on the caller's thread starts the journal's fold timer while the core thread
