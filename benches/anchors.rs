@@ -1303,7 +1303,7 @@ fn retention_days(days: u64, keep_hours: u64, marks: &[u64]) -> Days {
                 // The shell's housekeeping (`DurableNode`), in its order.
                 node.compact_closed(now, 16).expect("compact");
                 node.evict_closed(now);
-                node.trim_feed().expect("trim the feed");
+                node.trim_feed_if_due(now).expect("trim the feed");
                 while node.expire(now).expect("expire") == edgesync_proto::stream::EXPIRE_BATCH_MAX
                 {
                 }

@@ -116,7 +116,7 @@ pub use id::{DocId, NameError, NodeName};
 pub use node::Canary;
 pub use node::{
     Boot, Config, Cursor, Event, FeedPage, FeedReadError, Ingested, Node, NodeError, OpenError,
-    Origin, Patched, PruneStatus, VerifyError,
+    Origin, Patched, PruneStatus, VerifyError, FEED_TRIM_INTERVAL_MS,
 };
 pub use reading::{FieldValue, Reading, ReadingError};
 pub use store::{FeedEvent, MemStore, Store, StoreError};

@@ -5,7 +5,9 @@ mod common;
 
 use common::{doc, open, persist, Net};
 use edgesync_proto::stream::Bucket;
-use edgesync_proto::{Cursor, DocId, FeedReadError, MemStore, Node, Reading};
+use edgesync_proto::{
+    Cursor, DocId, FeedReadError, MemStore, Node, Reading, FEED_TRIM_INTERVAL_MS,
+};
 use serde_json::json;
 
 fn reading(id: &str, v: i64) -> Reading {
@@ -217,4 +219,51 @@ fn events_of_dropped_buckets_leave_the_feed() {
     let kept: Vec<_> = events(&n, None).into_iter().map(|e| e.1).collect();
     let want: Vec<String> = (6..31).map(|h| format!("r{h}")).collect();
     assert_eq!(kept, want);
+}
+
+// Housekeeping trims through `trim_feed_if_due`: at the first call, then only once the feed
+// grew by 1/64 of its bound since the last trim or an hour passed, so that trims (each a
+// range deletion in the store) do not pile up one per turn; the feed holds at most that
+// growth past its bound.
+#[test]
+fn trims_wait_for_growth_or_an_hour() {
+    // A bound of 640 events: a trim is due after 10 more.
+    let mut n = open(0, MemStore::new(), 1, |c| c.feed_events_max = 640);
+    let d = doc("site/s1");
+    let mut next = 0;
+    let mut ingest = |n: &mut Node<MemStore>, k: i64| {
+        for _ in 0..k {
+            n.ingest(&d, &[reading(&format!("r{next}"), next)], 0)
+                .unwrap();
+            next += 1;
+        }
+        persist(n);
+    };
+    ingest(&mut n, 650);
+    assert_eq!(n.trim_feed_if_due(0).unwrap(), 10, "the first call trims");
+    assert_eq!(events(&n, None).len(), 640);
+    ingest(&mut n, 9);
+    assert_eq!(
+        n.trim_feed_if_due(1_000).unwrap(),
+        0,
+        "9 more, within the hour"
+    );
+    assert_eq!(events(&n, None).len(), 649);
+    ingest(&mut n, 1);
+    assert_eq!(n.trim_feed_if_due(2_000).unwrap(), 10, "10 more");
+    ingest(&mut n, 3);
+    assert_eq!(
+        n.trim_feed_if_due(2_000 + FEED_TRIM_INTERVAL_MS - 1)
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        n.trim_feed_if_due(2_000 + FEED_TRIM_INTERVAL_MS).unwrap(),
+        3,
+        "an hour later"
+    );
+    let kept: Vec<_> = events(&n, None).into_iter().map(|e| e.1).collect();
+    assert_eq!(kept.len(), 640);
+    assert_eq!(kept[0], "r23");
+    assert_eq!(kept[639], "r662");
 }

@@ -1341,7 +1341,7 @@ impl Core {
             tracing::warn!(error = %e, "snapshotting closed buckets failed");
         }
         self.node.evict_closed(now);
-        if let Err(e) = self.node.trim_feed() {
+        if let Err(e) = self.node.trim_feed_if_due(now) {
             tracing::warn!(error = %e, "trimming the change feed failed");
         }
         let dropped = match self.node.expire(now) {

@@ -10,7 +10,7 @@ mod peering;
 mod remote;
 mod streams;
 
-pub use feed::{Cursor, FeedPage, FeedReadError};
+pub use feed::{Cursor, FeedPage, FeedReadError, FEED_TRIM_INTERVAL_MS};
 pub use journal::Folded;
 pub use streams::PruneStatus;
 
@@ -133,6 +133,8 @@ pub struct Config {
     pub prune_after_ack: Vec<NodeName>,
     /// The change feed ([`Node::feed`]) keeps at most this many events; older ones are dropped
     /// by [`Node::trim_feed`] (as are, from its head, events of documents no longer held).
+    /// A shell that trims with [`Node::trim_feed_if_due`] lets it pass the bound by at most
+    /// 1/64 of it (at most 65,536 events) plus what one of its turns adds.
     /// 0 keeps no feed. Default 1,000,000.
     pub feed_events_max: u64,
     /// A bucket is closed, and may be pruned, this long after its span ended. Default 10
