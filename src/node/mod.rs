@@ -1201,10 +1201,6 @@ fn run_core(shared: &Shared, rx: Receiver<Cmd>) {
             // Due timers fire on every turn, not only when no request is waiting: a steady
             // stream of input (one busy peer) must not starve another session's timeouts.
             let now = os::now_ms();
-            // What became durable while the last turn's requests ran (a durability report
-            // the syncer queued) leaves before this turn's timers build more: a window being
-            // filled takes a while, and its peer would wait for it.
-            core.pump();
             if core.node.poll_timeout().is_some_and(|at| at <= now) {
                 core.node.handle_timeout(now);
             }
@@ -1282,6 +1278,9 @@ fn run_core(shared: &Shared, rx: Receiver<Cmd>) {
         }
         if !ingests.is_empty() {
             core.ingest_batch(ingests);
+            // As after every request: the syncer starts on the journal's commit now, not
+            // after the next turn's timers (a window being filled takes a while).
+            core.pump();
         }
         if stop {
             // Callers are told `Stopped` from here on; the core is finished outside the lock.
