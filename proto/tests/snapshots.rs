@@ -623,3 +623,34 @@ fn a_snapshot_into_a_bucket_with_journaled_readings_converges() {
         .unwrap();
     assert_eq!(n, 51);
 }
+
+// A document received whole as a snapshot becomes the receiver's loaded copy: the receiver's
+// next change to it is written under its own actor for the document, so its peers accept it
+// (seed 44000129: the loaded copy kept the random actor of Automerge's load, and every
+// session that carried the receiver's next change to it was refused as unauthorized).
+#[test]
+fn a_document_received_as_a_snapshot_is_written_under_the_receivers_actor() {
+    let mut net = Net::new(2, |_| {});
+    let d = doc("site-a/config");
+    for k in 0..40 {
+        let p = json!({ "k": k, "name": format!("config {k}") });
+        net.nodes[0].patch(&d, &p, k).unwrap();
+        persist(&mut net.nodes[0]);
+    }
+    net.connect(0, 1);
+    let frames = settle_recording(&mut net, 0, 1, 0);
+    assert_eq!(snapshot_count(&frames), 1);
+    net.nodes[1].patch(&d, &json!({ "by": "n1" }), 100).unwrap();
+    persist(&mut net.nodes[1]);
+    let own = net.nodes[1].doc_actor(&d).to_automerge();
+    let actor = net.nodes[1]
+        .with_doc(&d, |a| {
+            a.get_last_local_change().map(|c| c.actor_id().clone())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(actor, Some(own));
+    net.settle();
+    assert!(net.closed.is_empty(), "{:?}", net.closed);
+    assert_eq!(heads(&mut net.nodes[0], &d), heads(&mut net.nodes[1], &d));
+}

@@ -575,6 +575,10 @@ impl<S: Store> Node<S> {
                 && items.iter().all(|i| !i.dropped && has(&i.change.hash()))
                 && self.loaded_doc(doc)?.get_heads().iter().all(has);
             if exact {
+                // Automerge's load gave the copy a random actor: this node writes the
+                // document under its own actor for it, as every copy it loads does.
+                let mut loaded = loaded;
+                loaded.set_actor(self.doc_actor(doc).to_automerge());
                 *self.loaded_doc(doc)? = loaded;
                 for item in items {
                     let events = (item.readings, item.generic);
