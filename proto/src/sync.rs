@@ -48,14 +48,18 @@ pub(crate) trait Prover {
 /// Bytes a signature entry costs in a Changes frame (index, author number, length, signature).
 const SIGNED_COST_BYTES: usize = 96;
 
-/// Section bytes after which a sender cuts: it signs, at the last point before them where it
-/// can, every actor's last change so far (a cut point). A receiver can cut a section only
-/// where every actor in it ends on a signed change, and its peers' frame limits may be
-/// smaller than the sender's (down to `FRAME_BYTES_MIN`): with a cut point at least every
-/// `SEAL_BYTES` of changes (plus one change), every relay can forward what it received
-/// through any frame limit, and its own cut points keep that density (the received cut
-/// points are points it can cut at).
-const SEAL_BYTES: usize = 4 * 1024;
+/// Frame bytes of a section after which a sender cuts: it signs, at the last point before
+/// them where it can, every actor's last change so far (a cut point). A receiver can cut a
+/// section only where every actor in it ends on a signed change, and its peers' frame limits
+/// may be smaller than the sender's (down to `FRAME_BYTES_MIN`). The bytes are counted as a
+/// frame counts them (each change with its entry's overhead, [`batch_cost`], and each
+/// signature the cut carries, `SIGNED_COST_BYTES`), so that the changes between two cut
+/// points and their signatures fit one frame of the smallest limit (with room for the
+/// frame's header), and every relay can forward what it received through any frame limit;
+/// its own cut points keep that density (the received cut points are points it can cut at).
+/// The only exception is a single run without a point to cut inside it, which a frame of
+/// the peer's limit holds anyway (one change always fits: §5.1).
+const SEAL_BYTES: usize = 12 * 1024;
 
 /// Change bytes below which a document goes as changes without trying its saved form: a
 /// document chunk's own layout takes some hundred bytes, so a short history is no smaller
@@ -1057,10 +1061,9 @@ impl Session {
             let doc = doc.clone();
             let mut run: Vec<StoredChange> = Vec::new();
             let mut run_bytes = 0;
-            // The run's actors (but the genesis) and raw change bytes, kept as it grows so the
-            // frame check below costs no pass over the run.
+            // The run's actors (but the genesis), kept as it grows so the frame check below
+            // costs no pass over the run.
             let mut run_actors: BTreeSet<Actor> = BTreeSet::new();
-            let mut run_raw = 0;
             let mut unsealed: BTreeSet<Actor> = BTreeSet::new();
             // The document's stored changes are read ahead in order (one range read rather
             // than a point read per change): at most READ_AHEAD_CHANGES at a time.
@@ -1099,7 +1102,7 @@ impl Session {
                 let cost = batch_cost(change.bytes.len(), &doc);
                 let soft = out.bytes + run_bytes + cost > budget;
                 let hard = out.bytes
-                    + out.run_cost(&doc, &run_actors, run_raw + change.bytes.len(), &change)
+                    + out.run_cost(&doc, &run_actors, run_bytes + cost, &change)
                     + run_bytes
                     + cost
                     > frame_room as usize;
@@ -1131,7 +1134,6 @@ impl Session {
                     }
                 }
                 run_bytes += cost;
-                run_raw += change.bytes.len();
                 if change.actor != genesis {
                     run_actors.insert(change.actor);
                 }
@@ -1139,7 +1141,6 @@ impl Session {
                 if unsealed.is_empty() {
                     out.add_run(&doc, std::mem::take(&mut run), run_bytes);
                     run_bytes = 0;
-                    run_raw = 0;
                     run_actors.clear();
                 }
             }
@@ -1170,38 +1171,47 @@ struct BatchBuilder {
     changes: u64,
 }
 
-/// The cut points of one section: at the last run boundary before the section's changes since
-/// the previous cut point pass `SEAL_BYTES`, every actor whose last change so far is not
-/// signed yet is signed there. A run boundary is a point where every actor's last change is
-/// sealable, so a cut is always possible there; taking the last one before the bound keeps
-/// two consecutive gaps above `SEAL_BYTES` (at most two cuts per `SEAL_BYTES`), and each cut
-/// signs only actors that wrote since the previous one. A receiver stores each signature, so
-/// the points it can cut at are as dense.
+/// The cut points of one section: at the last run boundary before the section's frame bytes
+/// since the previous cut point (its changes and the signatures a cut there carries) pass
+/// `SEAL_BYTES`, every actor whose last change so far is not signed yet is signed there. A run
+/// boundary is a point where every actor's last change is sealable, so a cut is always
+/// possible there; taking the last one before the bound keeps two consecutive gaps above
+/// `SEAL_BYTES` (at most two cuts per `SEAL_BYTES`), and each cut signs only actors that wrote
+/// since the previous one. A receiver stores each signature, so the points it can cut at are
+/// as dense.
 #[derive(Default)]
 struct Cuts {
     /// The changes signed at cut points: (index in the section, change without its bytes).
     chosen: BTreeMap<u32, StoredChange>,
     /// Per actor: its last change since the previous cut point (not signed by a cut yet).
     pending: BTreeMap<Actor, (u32, StoredChange)>,
-    /// Change bytes since the previous cut point.
+    /// Frame bytes of the changes since the previous cut point.
     since: usize,
     /// The last run boundary since then: the changes a cut there signs, and `since` there.
     candidate: Option<(Vec<(u32, StoredChange)>, usize)>,
 }
 
 impl Cuts {
-    /// Whether adding `len` bytes of changes cuts at the candidate first, and what that costs.
-    fn cut_cost(&self, len: usize) -> usize {
+    /// Whether adding a run of `len` frame bytes of changes by `actors` cuts at the candidate
+    /// first, and what that costs: the gap since the previous cut would pass `SEAL_BYTES` with
+    /// it, counting the signatures a cut after it would carry (one per actor pending or in
+    /// the run).
+    fn cut_cost<'a>(&self, len: usize, actors: impl IntoIterator<Item = &'a Actor>) -> usize {
+        let new = actors
+            .into_iter()
+            .filter(|a| !self.pending.contains_key(a))
+            .count();
+        let gap = self.since + SIGNED_COST_BYTES * (self.pending.len() + new) + len;
         match &self.candidate {
-            Some((sign, _)) if self.since + len > SEAL_BYTES => SIGNED_COST_BYTES * sign.len(),
+            Some((sign, _)) if gap > SEAL_BYTES => SIGNED_COST_BYTES * sign.len(),
             _ => 0,
         }
     }
 
-    /// Cuts at the candidate if `len` more bytes would pass `SEAL_BYTES`: returns the bytes the
-    /// signatures add.
-    fn before_run(&mut self, len: usize) -> usize {
-        let cost = self.cut_cost(len);
+    /// Cuts at the candidate if a run of `len` more frame bytes by `actors` would pass
+    /// `SEAL_BYTES`: returns the bytes the signatures add.
+    fn before_run<'a>(&mut self, len: usize, actors: impl IntoIterator<Item = &'a Actor>) -> usize {
+        let cost = self.cut_cost(len, actors);
         if cost == 0 {
             return 0;
         }
@@ -1216,6 +1226,7 @@ impl Cuts {
         cost
     }
 
+    /// A change at `index` that takes `len` frame bytes.
     fn add(&mut self, index: u32, change: &StoredChange, len: usize) {
         self.since += len;
         self.pending.insert(change.actor, (index, change.clone()));
@@ -1232,13 +1243,14 @@ impl Cuts {
 
 impl BatchBuilder {
     /// The signature bytes that adding a run of `doc`'s changes (its actors `run_actors`, but
-    /// the genesis, and then `next`; `raw` change bytes in all) adds to the batch at most: one
-    /// per actor new to the section, and those of a cut point the run passes.
+    /// the genesis, and then `next`; `len` frame bytes of changes in all, [`batch_cost`]) adds
+    /// to the batch at most: one per actor new to the section, and those of a cut point the
+    /// run passes.
     fn run_cost(
         &self,
         doc: &DocId,
         run_actors: &BTreeSet<Actor>,
-        raw: usize,
+        len: usize,
         next: &StoredChange,
     ) -> usize {
         let genesis = genesis_actor();
@@ -1251,7 +1263,10 @@ impl BatchBuilder {
         let is_new = |a: &Actor| section.is_none_or(|k| !self.heads[k].contains_key(a));
         let new_actors = run_actors.iter().filter(|a| is_new(a)).count()
             + usize::from(next_new && is_new(&next.actor));
-        let cut = section.map_or(0, |k| self.cuts[k].cut_cost(raw));
+        let actors = run_actors
+            .iter()
+            .chain((next.actor != genesis).then_some(&next.actor));
+        let cut = section.map_or(0, |k| self.cuts[k].cut_cost(len, actors));
         SIGNED_COST_BYTES * new_actors + cut
     }
 
@@ -1271,19 +1286,22 @@ impl BatchBuilder {
         let cuts = self.cuts.last_mut().expect("pushed");
         let genesis = genesis_actor();
         let sent = self.sent.entry(doc.clone()).or_default();
-        let raw: usize = run
+        let actors: BTreeSet<Actor> = run
             .iter()
-            .filter(|c| c.actor != genesis)
-            .map(|c| c.bytes.len())
-            .sum();
-        self.bytes += cost + cuts.before_run(raw);
+            .map(|c| c.actor)
+            .filter(|a| *a != genesis)
+            .collect();
+        self.bytes += cost + cuts.before_run(cost, &actors);
         for mut c in run {
             self.changes += 1;
             sent.observe(c.actor, c.seq);
             let bytes = std::mem::take(&mut c.bytes);
-            if c.actor != genesis {
+            let len = batch_cost(bytes.len(), doc);
+            if c.actor == genesis {
+                cuts.since += len;
+            } else {
                 let index = dc.changes.len() as u32;
-                cuts.add(index, &c, bytes.len());
+                cuts.add(index, &c, len);
                 if heads.insert(c.actor, (index, c)).is_none() {
                     self.bytes += SIGNED_COST_BYTES;
                 }

@@ -624,6 +624,61 @@ fn a_snapshot_into_a_bucket_with_journaled_readings_converges() {
     assert_eq!(n, 51);
 }
 
+// A section is cut (every actor's last change so far signed) where the changes since the
+// previous cut and the signatures of the cut fit a frame of the smallest limit, and no more
+// often: before a cut, one more change would have passed the 12 KiB of frame bytes
+// (PROTOCOL.md §8.2). Counted as a frame counts them: a change's bytes plus 16 plus the
+// document id, and 96 bytes a signature.
+#[test]
+fn sections_are_cut_every_twelve_kib_of_frame_bytes() {
+    const SEAL: usize = 12 * 1024;
+    let mut net = Net::new(2, |c| {
+        c.snapshot_transfer = false;
+    });
+    fill(&mut net, 0, 400);
+    net.connect(0, 1);
+    let frames = settle_recording(&mut net, 0, 1, 0);
+    let (mut sections, mut cuts) = (0, 0);
+    for m in messages(&frames) {
+        let Message::Changes(c) = m else { continue };
+        for dc in &c.docs {
+            sections += 1;
+            let cost = |i: usize| dc.changes[i].0.len() + 16 + dc.doc.as_str().len();
+            let mut signed: Vec<usize> = dc.signed.iter().map(|s| s.change as usize).collect();
+            signed.sort_unstable();
+            signed.dedup();
+            let mut from = 0;
+            for (k, &at) in signed.iter().enumerate() {
+                let gap: usize = (from..=at).map(cost).sum::<usize>() + 96;
+                assert!(
+                    gap <= SEAL || at == from,
+                    "{}: {gap} frame bytes between cuts before change {at}",
+                    dc.doc
+                );
+                if k + 1 < signed.len() {
+                    cuts += 1;
+                    assert!(
+                        gap + cost(at + 1) > SEAL,
+                        "{}: cut before change {} with {gap} frame bytes since the last",
+                        dc.doc,
+                        at + 1
+                    );
+                }
+                from = at + 1;
+            }
+            assert_eq!(
+                from,
+                dc.changes.len(),
+                "the section ends on a signed change"
+            );
+        }
+    }
+    assert!(
+        sections >= 3 && cuts >= 6,
+        "{sections} sections, {cuts} cuts"
+    );
+}
+
 // A document received whole as a snapshot becomes the receiver's loaded copy: the receiver's
 // next change to it is written under its own actor for the document, so its peers accept it
 // (seed 44000129: the loaded copy kept the random actor of Automerge's load, and every
