@@ -57,8 +57,8 @@ const SIGNED_COST_BYTES: usize = 96;
 /// points and their signatures fit one frame of the smallest limit (with room for the
 /// frame's header), and every relay can forward what it received through any frame limit;
 /// its own cut points keep that density (the received cut points are points it can cut at).
-/// The only exception is a single run without a point to cut inside it, which a frame of
-/// the peer's limit holds anyway (one change always fits: §5.1).
+/// The exception is a run with no point to cut inside it that passes `SEAL_BYTES` by itself
+/// (one change always fits a frame of the peer's limit: §5.1).
 const SEAL_BYTES: usize = 12 * 1024;
 
 /// Change bytes below which a document goes as changes without trying its saved form: a
