@@ -1139,7 +1139,7 @@ impl Session {
                 }
                 run.push(change);
                 if unsealed.is_empty() {
-                    out.add_run(&doc, std::mem::take(&mut run), run_bytes);
+                    out.add_run(&doc, std::mem::take(&mut run), &run_actors, run_bytes);
                     run_bytes = 0;
                     run_actors.clear();
                 }
@@ -1270,8 +1270,15 @@ impl BatchBuilder {
         SIGNED_COST_BYTES * new_actors + cut
     }
 
-    /// Adds a run of `doc`'s changes that ends, for each of its actors, on a provable change.
-    fn add_run(&mut self, doc: &DocId, run: Vec<StoredChange>, cost: usize) {
+    /// Adds a run of `doc`'s changes (its actors `actors`, but the genesis; `cost` frame bytes)
+    /// that ends, for each of its actors, on a provable change.
+    fn add_run(
+        &mut self,
+        doc: &DocId,
+        run: Vec<StoredChange>,
+        actors: &BTreeSet<Actor>,
+        cost: usize,
+    ) {
         if self.docs.last().is_none_or(|last| &last.doc != doc) {
             self.docs.push(DocChanges {
                 doc: doc.clone(),
@@ -1286,12 +1293,7 @@ impl BatchBuilder {
         let cuts = self.cuts.last_mut().expect("pushed");
         let genesis = genesis_actor();
         let sent = self.sent.entry(doc.clone()).or_default();
-        let actors: BTreeSet<Actor> = run
-            .iter()
-            .map(|c| c.actor)
-            .filter(|a| *a != genesis)
-            .collect();
-        self.bytes += cost + cuts.before_run(cost, &actors);
+        self.bytes += cost + cuts.before_run(cost, actors);
         for mut c in run {
             self.changes += 1;
             sent.observe(c.actor, c.seq);

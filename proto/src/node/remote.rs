@@ -568,7 +568,7 @@ impl<S: Store> Node<S> {
         if items.is_empty() {
             return Ok(());
         }
-        if let Some((loaded, changes)) = whole {
+        if let Some((mut loaded, changes)) = whole {
             let held = self.clock(doc).map_or(0, VectorClock::total);
             let has = |h: &ChangeHash| loaded.get_change_meta_by_hash(h).is_some();
             let exact = held + items.len() as u64 == changes as u64
@@ -577,7 +577,6 @@ impl<S: Store> Node<S> {
             if exact {
                 // Automerge's load gave the copy a random actor: this node writes the
                 // document under its own actor for it, as every copy it loads does.
-                let mut loaded = loaded;
                 loaded.set_actor(self.doc_actor(doc).to_automerge());
                 *self.loaded_doc(doc)? = loaded;
                 for item in items {
