@@ -736,3 +736,62 @@ fn buckets_are_snapshotted_once_closed_not_while_written() {
     assert_eq!(page.readings.len(), 100);
     n.verify_clock(&b0).unwrap();
 }
+
+// Retention finds every bucket past the horizon wherever it came from: written here before a
+// restart (the node's index of buckets by end is rebuilt from the store at open) or created
+// here by a peer's change; and when more are due than one call drops, the oldest go first.
+#[test]
+fn retention_drops_the_oldest_buckets_first_after_a_restart_and_from_peers() {
+    let keep = 24 * HOUR;
+    let tweak = |c: &mut edgesync_proto::Config| c.keep_ms = Some(keep);
+    let mut n = open(0, MemStore::new(), 1, tweak);
+    // Stream `b` holds the older hours, stream `a` the newer: by name, `a` sorts first.
+    let (a, b) = (doc("site-a/a"), doc("site-a/b"));
+    let older: Vec<Reading> = (0..150)
+        .map(|h| reading(&format!("b{h}"), h * HOUR + 1))
+        .collect();
+    let newer: Vec<Reading> = (150..262)
+        .map(|h| reading(&format!("a{h}"), h * HOUR + 1))
+        .collect();
+    n.ingest(&b, &older, 0).unwrap();
+    n.ingest(&a, &newer, 0).unwrap();
+    persist(&mut n);
+    let mut n = open(0, n.into_store(), 2, tweak);
+    // At hour 286 every bucket has ended at least a day before.
+    let now = 286 * HOUR + 1;
+    let first = n.expire(now).unwrap();
+    assert_eq!(first, edgesync_proto::stream::EXPIRE_BATCH_MAX);
+    persist(&mut n);
+    let left: Vec<u64> = n
+        .docs()
+        .filter_map(|(d, _)| Bucket::parse(d))
+        .map(|b| b.start_ms / HOUR)
+        .collect();
+    let mut left_sorted = left.clone();
+    left_sorted.sort();
+    assert_eq!(
+        left_sorted,
+        (256..262).collect::<Vec<_>>(),
+        "the oldest went first: {left:?}"
+    );
+    assert_eq!(n.expire(now).unwrap(), 6);
+    assert_eq!(n.expire(now).unwrap(), 0);
+    assert_eq!(n.docs().count(), 0);
+
+    // A bucket a peer's change created here.
+    let mut net = Net::new(2, |_| {});
+    reconfigure(&mut net, 1, tweak);
+    let s = doc("site-a/temp-1");
+    net.nodes[0].ingest(&s, &[reading("r", 5)], 0).unwrap();
+    net.connect(0, 1);
+    net.settle();
+    let b0 = bucket_at("site-a/temp-1", 0);
+    assert!(net.nodes[1].clock(&b0).is_some(), "taken from the peer");
+    assert_eq!(
+        net.nodes[1].expire(HOUR).unwrap(),
+        0,
+        "not past the horizon yet"
+    );
+    assert_eq!(net.nodes[1].expire(25 * HOUR).unwrap(), 1);
+    assert_eq!(net.nodes[1].clock(&b0), None);
+}

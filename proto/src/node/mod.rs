@@ -660,6 +660,11 @@ pub struct Node<S: Store> {
     journal: journal::Journal,
     /// The journal holds readings taken while the node was unsettled (or found at open).
     journaled_unsettled: bool,
+    /// Buckets by the end of their span, for retention ([`Node::expire`]) to find those past
+    /// the horizon without parsing every document's id at every turn. Kept only with
+    /// [`Config::keep_ms`] set; holds at most one entry per bucket held (a document dropped
+    /// other than by retention leaves its entry until the horizon passes it).
+    expiry: BTreeSet<(u64, DocId)>,
 }
 
 /// Loads `doc` from `store` (snapshot, then the changes after it, in order), whose metadata
@@ -913,7 +918,11 @@ impl<S: Store> Node<S> {
         let mut ops = vec![WriteOp::PutNodeMeta(meta.clone())];
         own_statement(&store, &cfg.trust, &meta, actor, &mut ops)?;
         store.commit(WriteBatch { ops })?;
-        let docs = store.docs()?.into_iter().collect();
+        let docs: BTreeMap<DocId, DocMeta> = store.docs()?.into_iter().collect();
+        let expiry = match cfg.keep_ms {
+            Some(_) => docs.keys().filter_map(streams::expiry_entry).collect(),
+            None => BTreeSet::new(),
+        };
         let peers = store.peers()?.into_iter().collect();
         let feed = feed::FeedState::open(store.feed_bounds()?.map(|(_, last)| last));
         // Readings journaled before the last stop are folded at the first timer or read.
@@ -943,6 +952,7 @@ impl<S: Store> Node<S> {
             boot_id: boot_id(&boot),
             journal,
             journaled_unsettled: true,
+            expiry,
         })
     }
 
@@ -1345,6 +1355,9 @@ impl<S: Store> Node<S> {
         };
         let actor =
             Actor::from_automerge(change.actor_id()).expect("recorded changes have 16-byte actors");
+        if self.cfg.keep_ms.is_some() && !self.docs.contains_key(doc) {
+            self.expiry.extend(streams::expiry_entry(doc));
+        }
         let meta = self.docs.entry(doc.clone()).or_default();
         if meta.clock.get(&actor) == 0 && meta.clock.len() >= CLOCK_ACTORS_MAX {
             return Err(NodeError::TooManyActors {

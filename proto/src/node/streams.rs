@@ -366,6 +366,9 @@ impl<S: Store> Node<S> {
     }
 
     /// Whether `doc` is a bucket past this node's retention (held or not).
+    ///
+    /// (Retention itself finds the buckets past the horizon in [`Node::expire`]'s index, not
+    /// by asking this of every document.)
     pub fn past_horizon(&self, doc: &DocId) -> bool {
         match (self.horizon_ms(), Bucket::parse(doc)) {
             (Some(h), Some(b)) => b.end_ms() <= h,
@@ -391,8 +394,9 @@ impl<S: Store> Node<S> {
         })
     }
 
-    /// Retention: drops up to [`EXPIRE_BATCH_MAX`] buckets past the horizon at `now_ms`, from
-    /// memory and the store (with every receipt and reported clock of them), in one commit.
+    /// Retention: drops up to [`EXPIRE_BATCH_MAX`] buckets past the horizon at `now_ms` (those
+    /// whose span ended first go first), from memory and the store (with every receipt and
+    /// reported clock of them), in one commit.
     /// With upstream peers listed ([`super::Config::prune_after_ack`]) a bucket is dropped
     /// only once they all acknowledged it: what never left this node is not lost to its age.
     /// Returns how many were dropped; call again while it returns the maximum. Reports
@@ -403,15 +407,34 @@ impl<S: Store> Node<S> {
         // Journaled readings are in their documents before anything decides on them (an
         // unsettled node folds none: a document with journaled readings waits until it has).
         self.fold_journal()?;
-        let gone: Vec<DocId> = self
-            .docs
-            .iter()
-            .filter(|(d, m)| {
-                !self.journal.holds(d) && self.past_horizon(d) && self.upstream_acked(d, m)
-            })
-            .take(EXPIRE_BATCH_MAX)
-            .map(|(d, _)| d.clone())
-            .collect();
+        let Some(horizon) = self.horizon_ms() else {
+            return Ok(0);
+        };
+        // Oldest first, among the buckets whose span ended by the horizon; an entry of a
+        // document no longer held goes, one still waiting (journaled readings, an upstream
+        // acknowledgement) stays for a later turn.
+        let mut gone = Vec::new();
+        let mut stale = Vec::new();
+        for entry in self.expiry.iter().take_while(|(end, _)| *end <= horizon) {
+            let d = &entry.1;
+            match self.docs.get(d) {
+                None => stale.push(entry.clone()),
+                Some(m) if !self.journal.holds(d) && self.upstream_acked(d, m) => {
+                    gone.push(entry.clone());
+                    if gone.len() == EXPIRE_BATCH_MAX {
+                        break;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for e in &stale {
+            self.expiry.remove(e);
+        }
+        for e in &gone {
+            self.expiry.remove(e);
+        }
+        let gone: Vec<DocId> = gone.into_iter().map(|(_, d)| d).collect();
         if gone.is_empty() {
             return Ok(0);
         }
@@ -604,4 +627,10 @@ pub struct PruneStatus {
     pub waiting_for: BTreeMap<crate::id::NodeName, usize>,
     /// Buckets pruned here (their clocks are kept).
     pub pruned: usize,
+}
+
+/// The entry of `doc` in the retention index (the end of its span, and the document), if it is
+/// a bucket.
+pub(super) fn expiry_entry(doc: &DocId) -> Option<(u64, DocId)> {
+    Bucket::parse(doc).map(|b| (b.end_ms(), doc.clone()))
 }
