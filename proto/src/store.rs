@@ -327,6 +327,13 @@ pub trait Store {
     fn slot(&self, space: &[u8; 32]) -> Result<Option<(u32, Vec<u8>)>, StoreError>;
     /// Up to `limit` feed events with a cursor above `after`, ascending.
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<(u64, FeedEvent)>, StoreError>;
+    /// Visits the feed's events with a cursor above `after`, ascending, while `visit` returns
+    /// true: a scan of any length in one pass, holding one event at a time.
+    fn feed_scan(
+        &self,
+        after: u64,
+        visit: &mut dyn FnMut(u64, FeedEvent) -> bool,
+    ) -> Result<(), StoreError>;
     /// The lowest and the highest cursor held, if any.
     fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError>;
     /// Every journaled reading not yet folded: (document, id, canonical body), in no
@@ -627,6 +634,19 @@ impl Store for MemStore {
             .take(limit)
             .map(|(k, v)| (*k, v.clone()))
             .collect())
+    }
+
+    fn feed_scan(
+        &self,
+        after: u64,
+        visit: &mut dyn FnMut(u64, FeedEvent) -> bool,
+    ) -> Result<(), StoreError> {
+        for (k, v) in self.visible.feed.range(after.saturating_add(1)..) {
+            if !visit(*k, v.clone()) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {

@@ -267,3 +267,85 @@ fn trims_wait_for_growth_or_an_hour() {
     assert_eq!(kept[0], "r23");
     assert_eq!(kept[639], "r662");
 }
+
+// The trim against a model of it: from the bound, the head goes up to the first event of a
+// document still held, never past the newest event. Random ingests into hourly buckets of
+// three streams, retention drops, restarts (events written before an open are read, those
+// written since are passed by each document's first event) and trims; after each trim the
+// feed starts where the model says.
+#[test]
+fn a_trim_drops_exactly_the_head_the_model_drops() {
+    const HOUR: u64 = 3_600_000;
+    let max = 80;
+    let tweak = |c: &mut edgesync_proto::Config| {
+        c.keep_ms = Some(6 * HOUR);
+        c.feed_events_max = max;
+    };
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let streams = [doc("site/a"), doc("site/b"), doc("site/c")];
+    let mut n = open(0, MemStore::new(), 1, tweak);
+    let (mut now_h, mut k, mut seed) = (10u64, 0u64, 1u64);
+    let (mut trims, mut by_bound, mut by_head) = (0, 0, 0);
+    for _ in 0..4_000 {
+        match next() % 64 {
+            0..=44 => {
+                let s = &streams[(next() % 3) as usize];
+                let h = now_h - next() % 5;
+                let r = reading(&format!("r{k}"), (h * HOUR + k % 1000) as i64);
+                n.ingest(s, &[r], now_h * HOUR).unwrap();
+                k += 1;
+            }
+            45..=48 => {
+                now_h += 1;
+                while n.expire(now_h * HOUR).unwrap() > 0 {}
+            }
+            49 => {
+                persist(&mut n);
+                seed += 1;
+                n = open(0, n.into_store(), seed, tweak);
+            }
+            _ => {
+                persist(&mut n);
+                let before: Vec<(u64, DocId)> = n
+                    .feed(None, 10_000, 100_000, &all)
+                    .unwrap()
+                    .events
+                    .into_iter()
+                    .map(|(c, e)| (c.n, e.doc))
+                    .collect();
+                let held: std::collections::BTreeSet<DocId> =
+                    n.docs().map(|(d, _)| d.clone()).collect();
+                n.trim_feed().unwrap();
+                persist(&mut n);
+                let Some(&(first, _)) = before.first() else {
+                    continue;
+                };
+                let last = before.last().unwrap().0;
+                let bound = first.max((last + 1).saturating_sub(max));
+                let mut model = bound;
+                while model < last
+                    && !held.contains(&before.iter().find(|(c, _)| *c == model).unwrap().1)
+                {
+                    model += 1;
+                }
+                let after = n.feed(None, 1, 1, &all).unwrap().events[0].0.n;
+                assert_eq!(after, model, "the head went elsewhere than the model says");
+                trims += 1;
+                by_bound += bound - first;
+                by_head += model - bound;
+            }
+        }
+    }
+    // The walk met every case: many trims, events dropped by the bound and by the head.
+    assert!(trims > 100, "{trims} trims");
+    assert!(
+        by_bound > 100 && by_head > 1_000,
+        "{by_bound} by the bound, {by_head} by the head"
+    );
+}

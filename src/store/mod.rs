@@ -799,12 +799,24 @@ impl Store for RocksStore {
         limit: usize,
     ) -> Result<Vec<(u64, edgesync_proto::FeedEvent)>, StoreError> {
         let mut out = Vec::new();
-        let Some(from) = after.checked_add(1) else {
-            return Ok(out);
-        };
         if limit == 0 {
             return Ok(out);
         }
+        self.feed_scan(after, &mut |n, e| {
+            out.push((n, e));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    fn feed_scan(
+        &self,
+        after: u64,
+        visit: &mut dyn FnMut(u64, edgesync_proto::FeedEvent) -> bool,
+    ) -> Result<(), StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(());
+        };
         self.scan_with(CF_FEED, &from.to_be_bytes(), None, false, |k, v| {
             let cursor = <[u8; 8]>::try_from(k)
                 .map(u64::from_be_bytes)
@@ -812,10 +824,8 @@ impl Store for RocksStore {
                     table: CF_FEED,
                     key: format!("{k:02x?}"),
                 })?;
-            out.push((cursor, open_postcard(CF_FEED, k, v)?));
-            Ok(out.len() < limit)
-        })?;
-        Ok(out)
+            Ok(visit(cursor, open_postcard(CF_FEED, k, v)?))
+        })
     }
 
     fn feed_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {

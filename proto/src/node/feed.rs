@@ -9,7 +9,7 @@
 //! cursor of the old one is answered as gone, never with a silent skip. Bounded by
 //! [`crate::Config::feed_events_max`] ([`Node::trim_feed`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use super::{Node, NodeError};
@@ -18,8 +18,6 @@ use crate::store::{FeedEvent, Store, WriteBatch, WriteOp};
 
 /// Events a trim looks at from the feed's head for documents no longer held.
 const TRIM_SCAN_MAX: usize = 10_000;
-/// Events a trim reads at a time.
-const TRIM_PAGE: usize = 64;
 /// The longest [`Node::trim_feed_if_due`] waits between trims.
 pub const FEED_TRIM_INTERVAL_MS: u64 = 3_600_000;
 /// [`Node::trim_feed_if_due`] trims at once when the feed grew by `feed_events_max` divided
@@ -105,6 +103,16 @@ pub(crate) struct FeedState {
     durable: u64,
     /// When [`Node::trim_feed_if_due`] last trimmed (node time, ms) and `next` then.
     trimmed: Option<(u64, u64)>,
+    /// The first event this open wrote: those before it are known only by reading them.
+    opened_at: u64,
+    /// The first and the last event of each document among those this open wrote (`heads`
+    /// holds the firsts, by cursor): what [`Node::trim_feed`] needs to drop events of
+    /// documents no longer held without reading them. Bounded by the feed itself: an entry
+    /// goes when its document is found no longer held, or once the feed's bound passed its
+    /// last event.
+    firsts: BTreeMap<DocId, (u64, u64)>,
+    /// The firsts of `firsts`, ordered by cursor.
+    heads: BTreeSet<(u64, DocId)>,
 }
 
 impl FeedState {
@@ -118,6 +126,9 @@ impl FeedState {
             inflight: VecDeque::new(),
             durable: last,
             trimmed: None,
+            opened_at: last + 1,
+            firsts: BTreeMap::new(),
+            heads: BTreeSet::new(),
         }
     }
 
@@ -163,6 +174,13 @@ impl<S: Store> Node<S> {
         }
         let cursor = self.feed.next;
         self.feed.next += 1;
+        match self.feed.firsts.get_mut(doc) {
+            Some((_, last)) => *last = cursor,
+            None => {
+                self.feed.firsts.insert(doc.clone(), (cursor, cursor));
+                self.feed.heads.insert((cursor, doc.clone()));
+            }
+        }
         batch.push(WriteOp::PutFeed {
             cursor,
             event: FeedEvent {
@@ -249,8 +267,14 @@ impl<S: Store> Node<S> {
 
     /// Bounds the feed: drops its oldest events past [`crate::Config::feed_events_max`], and
     /// from its head events of documents this node no longer holds (dropped by retention,
-    /// pruned), looking at up to 10,000 of them. The newest event is always kept, so the
-    /// sequence goes on after a restart. Returns how many cursors were dropped.
+    /// pruned), up to the first event of a document it holds. The newest event is always
+    /// kept, so the sequence goes on after a restart. Returns how many cursors were dropped.
+    ///
+    /// Events this open wrote are passed by the first event of each document (`FeedState`),
+    /// without being read: the cost is per document dropped, not per event. Events written
+    /// before the open are read from the head, at most 10,000 a call, and so are events from
+    /// the bound on when it passed a held document's first event but not its last (where
+    /// that document's next one is is not known without reading).
     pub fn trim_feed(&mut self) -> Result<u64, NodeError> {
         let Some((first, last)) = self.store.feed_bounds()? else {
             return Ok(0);
@@ -260,20 +284,66 @@ impl<S: Store> Node<S> {
         if last - first + 1 > max {
             below = last + 1 - max;
         }
-        // In small pages: at steady state the head is held, and one event says so.
-        let mut scanned = 0;
-        'scan: while scanned < TRIM_SCAN_MAX {
-            let page = self.store.feed(below - 1, TRIM_PAGE)?;
-            if page.is_empty() {
-                break;
-            }
-            for (n, e) in page {
+        let held = |node: &Self, doc: &DocId| node.docs.contains_key(doc) && !node.is_pruned(doc);
+        let mut stopped = false;
+        if below < self.feed.opened_at {
+            // Written before this open: one pass from the head, reading each event.
+            let mut scanned = 0;
+            let opened_at = self.feed.opened_at;
+            self.store.feed_scan(below - 1, &mut |n, e| {
+                if n >= opened_at {
+                    return false;
+                }
                 scanned += 1;
-                let held = self.docs.contains_key(&e.doc) && !self.is_pruned(&e.doc);
-                if held || n == last {
-                    break 'scan;
+                if held(self, &e.doc) || n == last {
+                    stopped = true;
+                    return false;
                 }
                 below = n + 1;
+                scanned < TRIM_SCAN_MAX
+            })?;
+            stopped |= below < opened_at;
+        }
+        if !stopped {
+            // Written by this open: every event below a document's first belongs to documents
+            // whose first came earlier, so the head goes up to the first of a held one.
+            below = below.max(self.feed.opened_at);
+            let mut straddling = Vec::new();
+            let mut held_first = last;
+            while let Some((at, doc)) = self.feed.heads.first().cloned() {
+                let its_last = self.feed.firsts.get(&doc).map_or(0, |&(_, l)| l);
+                let keep = held(self, &doc);
+                if keep && at >= below {
+                    held_first = at;
+                    break;
+                }
+                self.feed.heads.pop_first();
+                if keep && its_last >= below {
+                    // The bound passed its first event but not its last.
+                    straddling.push((doc, its_last));
+                } else {
+                    // No longer held, or none of its events is left.
+                    self.feed.firsts.remove(&doc);
+                }
+            }
+            if straddling.is_empty() {
+                below = below.max(held_first);
+            } else {
+                // Where the next events of those are is known only by reading from the bound.
+                let mut scanned = 0;
+                self.store.feed_scan(below - 1, &mut |n, e| {
+                    scanned += 1;
+                    if n >= held_first || held(self, &e.doc) {
+                        return false;
+                    }
+                    below = n + 1;
+                    scanned < TRIM_SCAN_MAX
+                })?;
+                below = below.min(held_first);
+                for (doc, its_last) in straddling {
+                    self.feed.heads.insert((below, doc.clone()));
+                    self.feed.firsts.insert(doc, (below, its_last));
+                }
             }
         }
         below = below.min(last);
