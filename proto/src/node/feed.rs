@@ -107,9 +107,10 @@ pub(crate) struct FeedState {
     opened_at: u64,
     /// The first and the last event of each document among those this open wrote (`heads`
     /// holds the firsts, by cursor): what [`Node::trim_feed`] needs to drop events of
-    /// documents no longer held without reading them. Bounded by the feed itself: an entry
-    /// goes when its document is found no longer held, or once the feed's bound passed its
-    /// last event.
+    /// documents no longer held without reading them. Bounded by the feed itself: at most one
+    /// entry per document with an event among the feed's last `feed_events_max` (an entry goes
+    /// when a trim finds its document no longer held, or once the bound passed its last
+    /// event).
     firsts: BTreeMap<DocId, (u64, u64)>,
     /// The firsts of `firsts`, ordered by cursor.
     heads: BTreeSet<(u64, DocId)>,
