@@ -274,8 +274,8 @@ impl<S: Store> Node<S> {
     /// Events this open wrote are passed by the first event of each document (`FeedState`),
     /// without being read: the cost is per document dropped, not per event. Events written
     /// before the open are read from the head, at most 10,000 a call, and so are events from
-    /// the bound on when it passed a held document's first event but not its last (where
-    /// that document's next one is is not known without reading).
+    /// the bound on when it passed a held document's first event but not its last (only
+    /// reading finds that document's next one).
     pub fn trim_feed(&mut self) -> Result<u64, NodeError> {
         let Some((first, last)) = self.store.feed_bounds()? else {
             return Ok(0);
