@@ -285,27 +285,10 @@ impl<S: Store> Node<S> {
         if last - first + 1 > max {
             below = last + 1 - max;
         }
-        let held = |node: &Self, doc: &DocId| node.docs.contains_key(doc) && !node.is_pruned(doc);
-        let mut stopped = false;
-        if below < self.feed.opened_at {
-            // Written before this open: one pass from the head, reading each event.
-            let mut scanned = 0;
-            let opened_at = self.feed.opened_at;
-            self.store.feed_scan(below - 1, &mut |n, e| {
-                if n >= opened_at {
-                    return false;
-                }
-                scanned += 1;
-                if held(self, &e.doc) || n == last {
-                    stopped = true;
-                    return false;
-                }
-                below = n + 1;
-                scanned < TRIM_SCAN_MAX
-            })?;
-            stopped |= below < opened_at;
-        }
-        if !stopped {
+        // Written before this open: read from the head.
+        let reached =
+            below >= self.feed.opened_at || self.pass_unheld(&mut below, self.feed.opened_at)?;
+        if reached {
             // Written by this open: every event below a document's first belongs to documents
             // whose first came earlier, so the head goes up to the first of a held one.
             below = below.max(self.feed.opened_at);
@@ -313,7 +296,7 @@ impl<S: Store> Node<S> {
             let mut held_first = last;
             while let Some((at, doc)) = self.feed.heads.first().cloned() {
                 let its_last = self.feed.firsts.get(&doc).map_or(0, |&(_, l)| l);
-                let keep = held(self, &doc);
+                let keep = self.holds_events_of(&doc);
                 if keep && at >= below {
                     held_first = at;
                     break;
@@ -331,16 +314,7 @@ impl<S: Store> Node<S> {
                 below = below.max(held_first);
             } else {
                 // Where the next events of those are is known only by reading from the bound.
-                let mut scanned = 0;
-                self.store.feed_scan(below - 1, &mut |n, e| {
-                    scanned += 1;
-                    if n >= held_first || held(self, &e.doc) {
-                        return false;
-                    }
-                    below = n + 1;
-                    scanned < TRIM_SCAN_MAX
-                })?;
-                below = below.min(held_first);
+                self.pass_unheld(&mut below, held_first)?;
                 for (doc, its_last) in straddling {
                     self.feed.heads.insert((below, doc.clone()));
                     self.feed.firsts.insert(doc, (below, its_last));
@@ -355,5 +329,30 @@ impl<S: Store> Node<S> {
             ops: vec![WriteOp::TrimFeed { below }],
         })?;
         Ok(below - first)
+    }
+
+    /// Whether the feed keeps `doc`'s events: the document is held, and not pruned.
+    fn holds_events_of(&self, doc: &DocId) -> bool {
+        self.docs.get(doc).is_some_and(|m| !m.pruned)
+    }
+
+    /// Moves `below` past the events of documents whose events the feed no longer keeps,
+    /// reading them from `below` up to `until` (exclusive), at most [`TRIM_SCAN_MAX`]. Whether
+    /// it got to `until` (or to the feed's end) rather than to an event kept or the limit.
+    fn pass_unheld(&self, below: &mut u64, until: u64) -> Result<bool, NodeError> {
+        let (mut passed, mut reached) = (0, true);
+        self.store.feed_scan(*below - 1, &mut |n, e| {
+            if n >= until {
+                return false;
+            }
+            if passed == TRIM_SCAN_MAX || self.holds_events_of(&e.doc) {
+                reached = false;
+                return false;
+            }
+            passed += 1;
+            *below = n + 1;
+            true
+        })?;
+        Ok(reached)
     }
 }
