@@ -14,7 +14,7 @@ pub use feed::{Cursor, FeedPage, FeedReadError, FEED_TRIM_INTERVAL_MS};
 pub use journal::Folded;
 pub use streams::PruneStatus;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{btree_map, BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use automerge::{Automerge, Change, ChangeHash, ObjId};
@@ -1355,10 +1355,15 @@ impl<S: Store> Node<S> {
         };
         let actor =
             Actor::from_automerge(change.actor_id()).expect("recorded changes have 16-byte actors");
-        if self.cfg.keep_ms.is_some() && !self.docs.contains_key(doc) {
-            self.expiry.extend(streams::expiry_entry(doc));
-        }
-        let meta = self.docs.entry(doc.clone()).or_default();
+        let meta = match self.docs.entry(doc.clone()) {
+            btree_map::Entry::Occupied(o) => o.into_mut(),
+            btree_map::Entry::Vacant(v) => {
+                if self.cfg.keep_ms.is_some() {
+                    self.expiry.extend(streams::expiry_entry(doc));
+                }
+                v.insert(DocMeta::default())
+            }
+        };
         if meta.clock.get(&actor) == 0 && meta.clock.len() >= CLOCK_ACTORS_MAX {
             return Err(NodeError::TooManyActors {
                 doc: doc.clone(),
