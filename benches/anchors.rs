@@ -273,22 +273,17 @@ fn fold_ceiling(writers: usize, n: u64) -> f64 {
                             insert: false,
                         })
                         .collect();
-                    let deps = doc.get_heads();
-                    let max_op = deps
-                        .iter()
-                        .filter_map(|h| doc.get_change_meta_by_hash(h))
-                        .map(|m| m.max_op)
-                        .max()
-                        .unwrap_or(0);
+                    // One actor: its operations so far are the map and the readings put.
+                    let start_op = 2 + (seq - 2) * 4096;
                     let change = Change::from(automerge::ExpandedChange {
                         operations,
                         actor_id: actor.clone(),
                         hash: None,
                         seq,
-                        start_op: std::num::NonZeroU64::new(max_op + 1).expect("positive"),
+                        start_op: std::num::NonZeroU64::new(start_op).expect("positive"),
                         time: 0,
                         message: None,
-                        deps,
+                        deps: doc.get_heads(),
                         extra_bytes: Vec::new(),
                         author: None,
                     });
