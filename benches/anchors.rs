@@ -226,8 +226,8 @@ fn ours(durability: Durability, writers: usize, run: Duration) -> (f64, f64) {
 /// Automerge alone doing the part of `wal` ingest no design can skip: every reading becomes an
 /// operation of its writer's document. `n` readings (those of [`reading`]) in all, spread over
 /// `writers` documents, each document on its own thread, in memory, put 4,096 at a time (the
-/// fold's default batch) the fastest way Automerge offers, the fold's own: one change built
-/// from its operations and applied in one call. Readings/s.
+/// fold's default batch) the fold's own way: one change built from its operations and
+/// applied in one call. Readings/s.
 fn fold_ceiling(writers: usize, n: u64) -> f64 {
     use automerge::legacy;
     use automerge::ReadDoc;
